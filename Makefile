@@ -1,0 +1,28 @@
+# Two commands from a fresh clone:  `make run` (main job)  and  `make test` (tests).
+# Both create .venv first if needed: torch (CPU wheel) first, then madyn and its tools.
+VENV  ?= .venv
+CORES ?= 2
+TORCH ?= torch==2.13.0
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install run smoke test lint
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q '$(TORCH)'
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+run: install            ## train and analyse the embedded suite (snakemake --cores $(CORES))
+	snakemake --cores $(CORES)
+
+smoke: install          ## the whole pipeline on the two-model smoke suite
+	snakemake --cores $(CORES) --config suite=smoke
+
+test: install           ## the test suite (slow tests excluded; `pytest -m slow` runs them)
+	python -m pytest -q
+
+lint: install
+	ruff check src tests benchmarks

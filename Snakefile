@@ -1,0 +1,13 @@
+# madyn workflow: suite -> extract -> fit -> features -> predict -> plots.
+# Configuration: params.yaml (validated before any job starts). Run: snakemake --cores N
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/suite.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        suite_outputs(),

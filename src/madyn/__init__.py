@@ -1,0 +1,3 @@
+"""madyn: massive-activation dynamics of transformers over training."""
+
+__version__ = "0.1.0"

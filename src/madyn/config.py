@@ -1,0 +1,122 @@
+"""Validation of params.yaml and the plain values every phase reads from it.
+
+No module reads the YAML itself: the Snakefile (configfile) and the CLI load it, call
+:func:`validate`, and pass plain values down.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the offending key."""
+
+
+def _schema() -> dict:
+    text = resources.files("madyn").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(err) -> str:
+    """One readable line for a jsonschema error, naming the key."""
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        keys = ", ".join(_key([*err.absolute_path, e]) for e in extra)
+        return f"unknown key {keys} (allowed here: {', '.join(allowed) or 'none'})"
+    if err.validator == "oneOf" and err.context:
+        # pick the branch that got furthest: the deepest error
+        best = max(err.context, key=lambda e: len(e.absolute_path))
+        return _describe(best)
+    return f"{_key(err.absolute_path)}: {err.message}"
+
+
+def validate(cfg: Any) -> dict:
+    """Check ``cfg`` (the parsed params.yaml); raise ConfigError naming the bad key."""
+    import jsonschema
+
+    if not isinstance(cfg, dict):
+        raise ConfigError("params.yaml must be a mapping of keys to values")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid params.yaml: " + "; ".join(_describe(e) for e in errors))
+    if cfg["suite"] not in cfg["suites"]:
+        raise ConfigError(f"suite: {cfg['suite']!r} is not one of suites "
+                          f"({', '.join(cfg['suites'])})")
+    for sname, suite in cfg["suites"].items():
+        names = [m["name"] for m in suite["models"]]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"suites.{sname}.models: duplicate model names {dup}")
+        if suite["source"] == "local":
+            for i, m in enumerate(suite["models"]):
+                if m["width"] % m["heads"]:
+                    raise ConfigError(f"suites.{sname}.models.{i}.heads: width {m['width']} "
+                                      f"is not divisible by heads {m['heads']}")
+            t = suite["train"]
+            if t["warmup"] >= t["steps"]:
+                raise ConfigError(f"suites.{sname}.train.warmup: must be < steps")
+        else:
+            sched = hub_schedule(suite)
+            steps = suite["analyse_steps"]
+            if steps != "all":
+                bad = sorted(set(steps) - set(sched))
+                if bad:
+                    raise ConfigError(f"suites.{sname}.analyse_steps: {bad} not in the "
+                                      "hub schedule")
+    return cfg
+
+
+def load(path: str) -> dict:
+    """Read and validate a params file."""
+    with open(path) as f:
+        try:
+            cfg = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return validate(cfg)
+
+
+def hub_schedule(suite: dict) -> list[int]:
+    """Every step the hub serves for a hub suite (Pythia: 154 revisions)."""
+    s = suite["schedule"]
+    return checkpoint_steps(s["last"], s["log_until"], s["every"])
+
+
+def active(cfg: dict) -> dict:
+    """The suite selected by the top-level ``suite`` key."""
+    return cfg["suites"][cfg["suite"]]
+
+
+def model_names(suite: dict) -> list[str]:
+    return [m["name"] for m in suite["models"]]
+
+
+def model_spec(suite: dict, name: str) -> ModelSpec:
+    (m,) = [m for m in suite["models"] if m["name"] == name]
+    return ModelSpec(**m)
+
+
+def train_spec(suite: dict) -> TrainSpec:
+    return TrainSpec(**suite["train"])
+
+
+def steps(suite: dict) -> list[int]:
+    """The checkpoint steps to analyse for every model of ``suite``."""
+    if suite["source"] == "local":
+        t = suite["train"]
+        return checkpoint_steps(t["steps"], t["log_until"], t["every"])
+    if suite["analyse_steps"] == "all":
+        return hub_schedule(suite)
+    return sorted(suite["analyse_steps"])

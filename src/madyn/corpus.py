@@ -1,0 +1,135 @@
+"""The offline corpus and its locally trained tokenizer.
+
+The embedded suite trains on the Python standard library's own source files (the
+CodeParrot-like setting of He et al., seed 004): every machine with Python has them, so
+no network is needed. A manifest records every file, its size, sha256 and split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from madyn.io import atomic_path, write_json
+
+EOT = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: str  # relative to the corpus root
+    bytes: int
+    sha256: str
+    split: str  # "train" or "heldout"
+
+
+def stdlib_root() -> Path:
+    """Directory of this interpreter's standard library sources."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _unit_hash(text: str) -> float:
+    """Deterministic number in [0, 1) from a string (stable across machines)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def collect_files(root: Path, max_mb: float, heldout_fraction: float) -> list[CorpusFile]:
+    """Pick ``.py`` files under ``root`` (no site-packages), in a hash order, up to ``max_mb``.
+
+    Files that are not valid UTF-8 are skipped. The split is decided per file by a hash
+    of its relative path, so it never depends on which other files exist.
+    """
+    candidates = sorted(
+        p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file()
+    )
+    candidates.sort(key=lambda p: _unit_hash(p.relative_to(root).as_posix()))
+    picked: list[CorpusFile] = []
+    total = 0
+    for p in candidates:
+        data = p.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        rel = p.relative_to(root).as_posix()
+        split = "heldout" if _unit_hash("split:" + rel) < heldout_fraction else "train"
+        picked.append(CorpusFile(rel, len(data), hashlib.sha256(data).hexdigest(), split))
+        total += len(data)
+        if total >= max_mb * 1e6:
+            break
+    if not picked:
+        raise ValueError(f"no usable .py files under {root}")
+    return picked
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> None:
+    """Train a byte-level BPE tokenizer and save it in Hugging Face format to ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT
+    )
+    fast.save_pretrained(str(out_dir))
+
+
+def encode(tokenizer_dir: Path, texts: list[str]) -> np.ndarray:
+    """Token ids of ``texts`` joined by the end-of-text token; uint16, shape (N,)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    eot = tok.convert_tokens_to_ids(EOT)
+    ids: list[int] = []
+    for enc in tok(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eot)
+    if len(tok) > np.iinfo(np.uint16).max:
+        raise ValueError("vocabulary too large for uint16 token files")
+    return np.asarray(ids, dtype=np.uint16)
+
+
+def build_corpus(out_dir: str | Path, max_mb: float, heldout_fraction: float,
+                 vocab_size: int, root: str | Path | None = None) -> dict:
+    """Write manifest.json, tokenizer/, train.npy and heldout.npy to ``out_dir``.
+
+    Returns the manifest. Every output is written atomically.
+    """
+    out = Path(out_dir)
+    src = Path(root) if root else stdlib_root()
+    files = collect_files(src, max_mb, heldout_fraction)
+    texts = {f.path: (src / f.path).read_text(encoding="utf-8") for f in files}
+    train = [texts[f.path] for f in files if f.split == "train"]
+    heldout = [texts[f.path] for f in files if f.split == "heldout"]
+    with atomic_path(out / "tokenizer") as tdir:
+        train_tokenizer(train, vocab_size, tdir)
+    arrays = {"train": encode(out / "tokenizer", train),
+              "heldout": encode(out / "tokenizer", heldout)}
+    for name, arr in arrays.items():
+        with atomic_path(out / f"{name}.npy") as tmp:
+            np.save(tmp, arr)
+    digest = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
+    manifest = {
+        "root": str(src),
+        "files": [f.__dict__ for f in files],
+        "n_files": len(files),
+        "bytes": sum(f.bytes for f in files),
+        "sha256": digest,
+        "tokens": {k: int(v.size) for k, v in arrays.items()},
+        "vocab_size": vocab_size,
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest

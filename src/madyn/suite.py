@@ -1,0 +1,207 @@
+"""The embedded reference suite: tiny Pythia-architecture models trained here.
+
+Each model is a ``GPTNeoXForCausalLM`` (rotary embeddings, parallel residual, LayerNorm:
+Pythia's own architecture) trained from scratch on the offline corpus, with Hugging Face
+checkpoints (safetensors) saved on a Pythia-like log-spaced schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from madyn.io import atomic_path, sha256_file, write_json
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of one embedded model."""
+
+    name: str
+    layers: int
+    width: int
+    heads: int
+    ff_mult: int = 4
+    rotary_pct: float = 0.25
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training recipe shared by a suite (steps are optimizer updates)."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup: int
+    min_lr_ratio: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    seed: int
+    log_until: int  # checkpoints at 0, 1, 2, 4, ... up to this step ...
+    every: int  # ... then every ``every`` steps, and always at ``steps``
+
+
+def checkpoint_steps(steps: int, log_until: int, every: int) -> list[int]:
+    """Pythia-like schedule: 0, powers of two up to ``log_until``, then every ``every``.
+
+    >>> checkpoint_steps(500, 64, 100)
+    [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400, 500]
+    """
+    out = {0, steps}
+    p = 1
+    while p <= min(log_until, steps):
+        out.add(p)
+        p *= 2
+    out.update(range(every, steps + 1, every))
+    return sorted(out)
+
+
+def neox_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
+    """A ``GPTNeoXConfig`` for ``spec`` with Pythia's defaults (no dropout, untied)."""
+    from transformers import GPTNeoXConfig
+
+    if spec.width % spec.heads:
+        raise ValueError(f"model {spec.name}: width {spec.width} not divisible by heads")
+    return GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.width,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.ff_mult * spec.width,
+        hidden_act="gelu",
+        rotary_pct=spec.rotary_pct,
+        max_position_embeddings=seq_len,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+    )
+
+
+def lr_at(step: int, t: TrainSpec) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    if step < t.warmup:
+        return t.lr * (step + 1) / t.warmup
+    frac = (step - t.warmup) / max(1, t.steps - t.warmup)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class Progress:
+    """Periodic one-line progress reports (step, loss, rate, time left) on stderr."""
+
+    def __init__(self, name: str, total: int, every_s: float = 10.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, step: int, loss: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        el = now - self.t0
+        left = el / max(step, 1) * (self.total - step)
+        print(f"[{self.name}] step {step}/{self.total} loss {loss:.3f} "
+              f"elapsed {el:.0f}s left {left:.0f}s", file=sys.stderr, flush=True)
+
+
+def _save_checkpoint(model, tokenizer_dir: Path, out: Path, meta: dict) -> None:
+    """Save an HF checkpoint (config + safetensors + tokenizer) atomically."""
+    with atomic_path(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        for f in tokenizer_dir.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        (tmp / "madyn_checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
+                out_dir: str | Path, threads: int = 1) -> dict:
+    """Train ``spec`` from scratch and write ``out_dir/step{N}/`` checkpoints.
+
+    Writes ``out_dir/manifest.json`` last (the job's completion marker): the steps,
+    the sha256 of each checkpoint's weights and the final training loss.
+    Deterministic: same arguments and thread count give bit-identical checkpoints.
+    """
+    import torch
+    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(train.seed)
+
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    tok_dir = corpus_dir / "tokenizer"
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    data = np.load(corpus_dir / "train.npy", mmap_mode="r")
+    if data.size <= train.seq_len:
+        raise ValueError(f"corpus too small for seq_len {train.seq_len}")
+    config = neox_config(spec, len(tok), train.seq_len, tok.eos_token_id)
+    model = GPTNeoXForCausalLM(config)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=train.lr, betas=(train.beta1, train.beta2),
+    )
+    rng = np.random.default_rng(train.seed)
+    schedule = checkpoint_steps(train.steps, train.log_until, train.every)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(spec.name, train.steps)
+    n_params = sum(p.numel() for p in model.parameters())
+    losses: list[float] = []
+    loss_val = float("nan")
+    for step in range(train.steps + 1):
+        if step in schedule:
+            meta = {"model": spec.name, "step": step, "loss": loss_val,
+                    "seed": train.seed, "threads": threads}
+            _save_checkpoint(model, tok_dir, out_dir / f"step{step}", meta)
+        if step == train.steps:
+            break
+        starts = rng.integers(0, data.size - train.seq_len, size=train.batch_size)
+        batch = np.stack([data[s:s + train.seq_len] for s in starts]).astype(np.int64)
+        x = torch.from_numpy(batch)  # B x T token ids; HF shifts labels internally
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, train)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_val = float(loss.detach())
+        losses.append(loss_val)
+        progress.update(step + 1, loss_val)
+    progress.update(train.steps, loss_val, force=True)
+    manifest = {
+        "model": spec.name,
+        "architecture": spec.__dict__,
+        "n_params": n_params,
+        "train": train.__dict__,
+        "threads": threads,
+        "steps": schedule,
+        "weights_sha256": {
+            str(s): sha256_file(out_dir / f"step{s}" / "model.safetensors") for s in schedule
+        },
+        "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "loss_curve": losses[:: max(1, len(losses) // 200)],
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,36 @@
+# Phase 1: the embedded suite (corpus, tokenizer, one training job per model).
+# Hub suites (pythia) have nothing to train: their checkpoints are revisions on the hub.
+import json
+import shlex
+
+if SUITE_CFG["source"] == "local":
+
+    rule corpus:
+        output:
+            manifest=f"{RESULTS}/corpus/manifest.json",
+            train=f"{RESULTS}/corpus/train.npy",
+            heldout=f"{RESULTS}/corpus/heldout.npy",
+        params:
+            corpus=SUITE_CFG["corpus"],
+        log:
+            f"{RESULTS}/logs/corpus.log",
+        shell:
+            "madyn corpus --out {RESULTS}/corpus --max-mb {params.corpus[max_mb]} "
+            "--heldout-fraction {params.corpus[heldout_fraction]} "
+            "--vocab-size {params.corpus[vocab_size]} 2> {log}"
+
+    rule train:
+        input:
+            rules.corpus.output.manifest,
+        output:
+            f"{RESULTS}/models/{{model}}/manifest.json",
+        params:
+            outdir=lambda wc: f"{RESULTS}/models/{wc.model}",
+            spec=lambda wc: shlex.quote(json.dumps(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__)),
+            train=shlex.quote(json.dumps(SUITE_CFG["train"])),
+        threads: SUITE_CFG["threads"]
+        log:
+            f"{RESULTS}/logs/train_{{model}}.log",
+        shell:
+            "madyn train --spec-json {params.spec} --train-json {params.train} "
+            "--corpus {RESULTS}/corpus --out {params.outdir} --threads {threads} 2> {log}"
