@@ -5,9 +5,11 @@ configfile: "params.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/suite.smk"
+include: "workflow/rules/extract.smk"
 
 
 rule all:
     default_target: True
     input:
         suite_outputs(),
+        extract_outputs(),

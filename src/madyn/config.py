@@ -67,7 +67,7 @@ def validate(cfg: Any) -> dict:
             t = suite["train"]
             if t["warmup"] >= t["steps"]:
                 raise ConfigError(f"suites.{sname}.train.warmup: must be < steps")
-        else:
+        elif suite["source"] == "hub":
             sched = hub_schedule(suite)
             steps = suite["analyse_steps"]
             if steps != "all":
@@ -113,7 +113,10 @@ def train_spec(suite: dict) -> TrainSpec:
 
 
 def steps(suite: dict) -> list[int]:
-    """The checkpoint steps to analyse for every model of ``suite``."""
+    """The checkpoint steps to analyse for every model of ``suite`` (not ``released``:
+    those are whatever files the folder holds)."""
+    if suite["source"] == "released":
+        raise ValueError("a released suite's steps are read from its folder")
     if suite["source"] == "local":
         t = suite["train"]
         return checkpoint_steps(t["steps"], t["log_until"], t["every"])

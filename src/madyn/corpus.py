@@ -133,3 +133,33 @@ def build_corpus(out_dir: str | Path, max_mb: float, heldout_fraction: float,
     }
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def heldout_texts(manifest: dict) -> list[str]:
+    """The held-out files' texts listed in a corpus manifest."""
+    root = Path(manifest["root"])
+    return [(root / f["path"]).read_text(encoding="utf-8")
+            for f in manifest["files"] if f["split"] == "heldout"]
+
+
+def encode_with(tokenizer: str, texts: list[str], revision: str | None = None) -> np.ndarray:
+    """Encode ``texts`` joined by blank lines with any HF tokenizer (local dir or hub id)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer, revision=revision)
+    return np.asarray(tok("\n\n".join(texts), add_special_tokens=False)["input_ids"],
+                      dtype=np.int64)
+
+
+def eval_windows(ids: np.ndarray, n_seqs: int, seq_len: int, seed: int) -> np.ndarray:
+    """``n_seqs`` non-overlapping windows of ``seq_len`` tokens at seeded random offsets.
+
+    ids: 1-D token stream. Returns an int64 array, n_seqs x seq_len.
+    """
+    n_windows = len(ids) // seq_len
+    if n_windows < n_seqs:
+        raise ValueError(f"held-out text has {len(ids)} tokens: too few for {n_seqs} "
+                         f"sequences of {seq_len}; raise corpus.max_mb or heldout_fraction")
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(n_windows, size=n_seqs, replace=False))
+    return np.stack([ids[p * seq_len:(p + 1) * seq_len] for p in picks]).astype(np.int64)

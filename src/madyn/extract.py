@@ -1,0 +1,346 @@
+"""Activation statistics of one checkpoint, measured inside forward hooks.
+
+For every decoder layer l (found structurally, see :func:`decoder_layers`) and every
+evaluation sequence b, the hook receives h_l (T tokens x D channels, the residual stream
+after the layer) and reduces it at once, in float32, to a handful of numbers; no layer's
+hidden states outlive its hook. Columns of the output table (one row per seq x layer):
+
+- ``top1``, ``top2``, ``top3``: the three largest |h| over all T x D entries.
+- ``median``: the lower median of |h| over T x D (``torch.median``: the element of rank
+  floor((n-1)/2), as the study's reference code).
+- ``ratio``: top1 / median.
+- ``top1_token``, ``top1_channel``: where top1 sits (0-based token position, channel).
+- ``kurtosis``: kurtosis of per-channel RMS, s_j = sqrt(mean_t h_tj^2),
+  mean_j s_j^4 / (mean_j s_j^2)^2 (He et al.); 1 = no outlier channel, D = one channel.
+- ``mmr``: max-median ratio, per token max_j |h_tj| / median_j |h_tj|, mean over tokens.
+- ``cos_sim``: mean off-diagonal cosine similarity between tokens (signal propagation),
+  from ||sum_t u_t||^2 with u_t = h_t / ||h_t||: no T x T matrix.
+- ``mlp_active_token``: fraction of MLP hidden units > 0 per token, mean over tokens.
+- ``mlp_active_seq``: fraction of MLP hidden units > 0 for at least one token.
+- ``nonfinite``: number of non-finite entries of h (the other statistics ignore them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STAT_COLUMNS = ["top1", "top2", "top3", "median", "ratio", "top1_token", "top1_channel",
+                "kurtosis", "mmr", "cos_sim", "mlp_active_token", "mlp_active_seq",
+                "nonfinite"]
+
+
+# ----------------------------------------------------------------------------- loading
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(source: str, revision: str | None = None, dtype: str = "float32",
+               device: str = "auto"):
+    """Load a causal LM from a local HF directory or a hub repo id at ``revision``.
+
+    Safetensors only, never remote code. ``dtype``: float32, float16 or bfloat16.
+    Returns the model in eval mode on the resolved device.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        revision=revision,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+    return model.to(resolve_device(device)).eval()
+
+
+def weight_files(source: str, revision: str | None = None) -> list[Path]:
+    """The safetensors files of a checkpoint: a local dir, or a hub repo's revision as
+    cached by the download that loading it just made."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    local = Path(source)
+    if local.is_dir():
+        return sorted(local.glob("*.safetensors"))
+
+    def cached(name: str) -> Path | None:
+        p = try_to_load_from_cache(source, name, revision=revision)
+        return Path(p) if isinstance(p, str) else None
+
+    idx = cached("model.safetensors.index.json")
+    names = (sorted(set(json.loads(idx.read_text())["weight_map"].values())) if idx
+             else ["model.safetensors"])
+    files = [cached(n) for n in names]
+    if any(f is None for f in files):
+        raise FileNotFoundError(f"{source}@{revision}: weights not in the hub cache")
+    return files
+
+
+def fingerprint(files: list[Path]) -> dict:
+    """sha256 of each weight file and of all of them together.
+
+    Hub cache blobs are named by their sha256 already; that name is used without reading.
+    """
+    shards = {}
+    for f in files:
+        real = f.resolve()
+        if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+            shards[f.name] = real.name
+        else:
+            h = hashlib.sha256()
+            with open(real, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+            shards[f.name] = h.hexdigest()
+    overall = hashlib.sha256("".join(shards[k] for k in sorted(shards)).encode()).hexdigest()
+    return {"sha256": overall, "shards": shards}
+
+
+# -------------------------------------------------------------------- structural lookup
+def decoder_layers(model) -> list:
+    """The decoder blocks of ``model``, found by structure, not by model name.
+
+    The blocks are the one ``nn.ModuleList`` whose length equals the configured number of
+    hidden layers and whose entries are all of one class (GPT-NeoX ``gpt_neox.layers``,
+    Llama/Mistral ``model.layers``, GPT-2 ``transformer.h``, OPT ``model.decoder.layers``).
+    Their outputs are the residual stream after each layer, before any final norm.
+    """
+    import torch
+
+    n = model.config.num_hidden_layers
+    found = [
+        (name, mod) for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and n > 0
+        and len({type(m) for m in mod}) == 1
+        and sum(p.numel() for p in mod[0].parameters()) > 0
+    ]
+    if len(found) != 1:
+        names = [nm for nm, _ in found]
+        raise ValueError(f"expected exactly one stack of {n} decoder layers, found {names}; "
+                         "is this a decoder-only transformer?")
+    return list(found[0][1])
+
+
+def mlp_activation(layer, hidden_size: int):
+    """The MLP's nonlinearity inside one decoder layer: its first parameter-free leaf
+    submodule (not dropout) whose output width differs from the residual width."""
+    import torch
+
+    skip = (torch.nn.Dropout, torch.nn.Identity)
+    for _, mod in layer.named_modules():
+        if list(mod.children()) or list(mod.parameters(recurse=False)) or isinstance(mod, skip):
+            continue
+        cls = type(mod).__name__.lower()
+        if "act" in cls or "gelu" in cls or "relu" in cls or "silu" in cls or "tanh" in cls:
+            return mod
+    return None
+
+
+# ------------------------------------------------------------------------- statistics
+def layer_stats(h) -> dict:
+    """Statistics of one layer's output, reduced per sequence.
+
+    h: B x T x D tensor (any float dtype; computed in float32). Returns a dict of
+    length-B float64 numpy arrays, keyed by the module docstring's column names.
+    """
+    import torch
+
+    h = h.float()
+    b, t, d = h.shape
+    finite = torch.isfinite(h)
+    nonfinite = (~finite).reshape(b, -1).sum(1)
+    if bool(nonfinite.any()):
+        h = torch.where(finite, h, torch.zeros((), dtype=h.dtype, device=h.device))
+    a = h.abs().reshape(b, t * d)
+    top = torch.topk(a, 3, dim=1)
+    median = a.median(dim=1).values
+    idx = top.indices[:, 0]
+    ms = h.pow(2).mean(dim=1)  # B x D: mean square per channel
+    kurt = ms.pow(2).mean(1) / ms.mean(1).pow(2)
+    at = a.reshape(b, t, d)
+    mmr = (at.amax(2) / at.median(2).values).mean(1)
+    u = h / h.norm(dim=2, keepdim=True).clamp_min(1e-30)
+    cos = (u.sum(1).pow(2).sum(1) - t) / max(t * (t - 1), 1)
+    out = {
+        "top1": top.values[:, 0], "top2": top.values[:, 1], "top3": top.values[:, 2],
+        "median": median, "ratio": top.values[:, 0] / median,
+        "top1_token": torch.div(idx, d, rounding_mode="floor"), "top1_channel": idx % d,
+        "kurtosis": kurt, "mmr": mmr, "cos_sim": cos, "nonfinite": nonfinite,
+    }
+    return {k: v.double().cpu().numpy() for k, v in out.items()}
+
+
+def mlp_stats(act, batch_shape: tuple[int, int]) -> dict:
+    """Activation sparsity of MLP hidden units (seed 003).
+
+    act: B x T x F tensor (or (B*T) x F, as OPT flattens tokens); batch_shape: (B, T).
+    """
+    pos = act.reshape(*batch_shape, -1) > 0
+    return {
+        "mlp_active_token": pos.float().mean(dim=(1, 2)).double().cpu().numpy(),
+        "mlp_active_seq": pos.any(dim=1).float().mean(dim=1).double().cpu().numpy(),
+    }
+
+
+@dataclass
+class _Collector:
+    """Accumulates per-layer statistics for the current batch of sequences."""
+
+    rows: dict = field(default_factory=dict)  # (layer, key) -> list of arrays
+    batch_shape: tuple[int, int] = (0, 0)  # (B, T) of the forward pass in flight
+
+    def hook(self, layer: int, fn: Callable) -> Callable:
+        def _hook(_mod, _inp, out):
+            h = out[0] if isinstance(out, tuple) else out
+            for k, v in fn(h).items():
+                self.rows.setdefault((layer, k), []).append(v)
+
+        return _hook
+
+
+def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = False
+            ) -> pd.DataFrame:
+    """Statistics of every decoder layer for every sequence of ``tokens`` (N x T ids).
+
+    Returns a tidy table: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS`;
+    N x L rows. Layers are 0-based decoder-layer indices.
+    """
+    import torch
+
+    layers = decoder_layers(model)
+    coll = _Collector()
+    handles = []
+    hidden = model.config.hidden_size
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(coll.hook(i, layer_stats)))
+        act = mlp_activation(layer, hidden)
+        if act is not None:
+            handles.append(act.register_forward_hook(
+                coll.hook(i, lambda a: mlp_stats(a, coll.batch_shape))))
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    starts = range(0, len(ids), batch_size)
+    try:
+        with torch.inference_mode():
+            for s in _maybe_tqdm(starts, progress):
+                batch = ids[s:s + batch_size]
+                coll.batch_shape = tuple(batch.shape)
+                model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for hd in handles:
+            hd.remove()
+    n = len(ids)
+    frames = []
+    for i in range(len(layers)):
+        cols = {"seq": np.arange(n), "layer": np.full(n, i)}
+        for k in STAT_COLUMNS:
+            parts = coll.rows.get((i, k))
+            cols[k] = np.concatenate(parts) if parts else np.full(n, np.nan)
+        frames.append(pd.DataFrame(cols))
+    df = pd.concat(frames, ignore_index=True)
+    for k in ("top1_token", "top1_channel", "nonfinite"):
+        df[k] = df[k].astype("int64")
+    return df
+
+
+def _maybe_tqdm(it, enabled: bool):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc="batches", unit="batch")
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------- one checkpoint
+def write_stats(df: pd.DataFrame, meta: dict, path: str | Path) -> None:
+    """Write a per-checkpoint table as Parquet with ``meta`` (JSON) in its schema, atomically."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from madyn.io import _clean, atomic_path
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"madyn": json.dumps(_clean(meta)).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_stats(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read a table written by :func:`write_stats`: (table, metadata)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"madyn", b"{}"))
+    return table.to_pandas(), meta
+
+
+def extract_checkpoint(source: str, tokens: np.ndarray, out: str | Path, *,
+                       revision: str | None = None, model_name: str | None = None,
+                       step: int | None = None, dtype: str = "float32",
+                       device: str = "auto", batch_size: int = 10,
+                       progress: bool = False, delete_download: bool = False
+                       ) -> pd.DataFrame:
+    """Load one checkpoint, measure it on ``tokens`` (N x T) and write ``out`` (Parquet).
+
+    ``delete_download``: for a hub checkpoint, remove that revision from the local hub
+    cache afterwards (39 revisions of pythia-12b would fill any disk).
+    """
+    import time
+
+    t0 = time.monotonic()
+    model = load_model(source, revision, dtype, device)
+    fp = fingerprint(weight_files(source, revision))
+    df = measure(model, tokens, batch_size=batch_size, progress=progress)
+    meta = {
+        "model": model_name or Path(source).name, "source": source, "revision": revision,
+        "step": step, "weights": fp, "dtype": dtype, "device": str(model.device),
+        "n_seqs": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
+        "n_layers": len(decoder_layers(model)), "median": "lower (torch.median)",
+        "seconds": round(time.monotonic() - t0, 3), **versions(),
+    }
+    write_stats(df, meta, out)
+    if delete_download and not Path(source).is_dir():
+        delete_cached_revision(source, weight_files(source, revision)[0].parent.name)
+    return df
+
+
+def delete_cached_revision(repo_id: str, commit: str | None) -> None:
+    """Remove one downloaded revision (snapshot and blobs no other revision uses)."""
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir()
+    hashes = [r.commit_hash for repo in info.repos if repo.repo_id == repo_id
+              for r in repo.revisions if commit is None or r.commit_hash == commit]
+    if hashes:
+        info.delete_revisions(*hashes).execute()

@@ -1,0 +1,115 @@
+"""Per-model time series (step x layer x statistic) and checkpoint integrity.
+
+The series table is tidy: one row per (step, layer, statistic) with ``mean``, ``std``
+and ``sem`` over sequences, plus ``n`` (sequences with finite values). Two ratios:
+
+- ``ratio``: the mean over sequences of per-sequence top1/median (what the fits use: it
+  matches the study, which fits the ratio series of per-sequence ratios averaged);
+- ``ratio_of_means``: mean(top1) / mean(median) (std/sem not defined: NaN).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+
+from madyn.extract import STAT_COLUMNS
+
+SERIES_STATS = [c for c in STAT_COLUMNS if c not in ("top1_token", "top1_channel")]
+
+
+def checkpoint_series(stats: pd.DataFrame, step: int) -> pd.DataFrame:
+    """Reduce one checkpoint's seq x layer table to per-layer mean/std/sem rows."""
+    present = [c for c in SERIES_STATS if c in stats.columns]  # released files: 4 of them
+    long = stats.melt(id_vars=["seq", "layer"], value_vars=present,
+                      var_name="statistic", value_name="value")
+    long = long[np.isfinite(long["value"])]
+    g = long.groupby(["layer", "statistic"])["value"]
+    out = g.agg(mean="mean", std="std", n="count").reset_index()
+    out["sem"] = out["std"] / np.sqrt(out["n"])
+    means = stats.groupby("layer")[["top1", "median"]].mean()
+    rom = pd.DataFrame({"layer": means.index, "statistic": "ratio_of_means",
+                        "mean": (means["top1"] / means["median"]).to_numpy(),
+                        "std": np.nan, "n": stats.groupby("layer").size().to_numpy(),
+                        "sem": np.nan})
+    out = pd.concat([out, rom], ignore_index=True)
+    out.insert(0, "step", int(step))
+    return out
+
+
+def integrity(fingerprints: dict[int, dict]) -> dict[int, str]:
+    """Flag checkpoints whose weights repeat another step's.
+
+    fingerprints: step -> {"sha256": overall, "shards": {file: sha256}}. A group of steps
+    with identical weights keeps its last step (the hub serves the final weights under
+    earlier revisions, never the reverse); the others are flagged. A step sharing any
+    single shard with another step is flagged too (pythia-12b's first shard).
+    Returns step -> reason for every flagged step.
+    """
+    flags: dict[int, str] = {}
+    by_all: dict[str, list[int]] = defaultdict(list)
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for step, fp in fingerprints.items():
+        by_all[fp["sha256"]].append(step)
+        for name, h in fp.get("shards", {}).items():
+            by_shard[f"{name}:{h}"].append(step)
+    for steps in by_all.values():
+        keep = max(steps)
+        for s in steps:
+            if s != keep:
+                flags[s] = f"weights identical to step {keep}"
+    for key, steps in by_shard.items():
+        distinct = {fingerprints[s]["sha256"] for s in steps}
+        if len(distinct) > 1:
+            keep = max(steps)
+            for s in steps:
+                if s != keep and s not in flags:
+                    flags[s] = f"shard {key.split(':')[0]} identical to step {keep}'s"
+    return dict(sorted(flags.items()))
+
+
+def build_series(tables: dict[int, pd.DataFrame], metas: dict[int, dict], model: str
+                 ) -> tuple[pd.DataFrame, dict]:
+    """Series table for one model and its integrity report.
+
+    tables/metas: step -> per-checkpoint table and metadata (from extract.read_stats).
+    The series gets ``flagged`` (bool) and ``flag_reason`` per step: weights repeated
+    (see :func:`integrity`) or non-finite activations.
+    """
+    parts = [checkpoint_series(tables[s], s) for s in sorted(tables)]
+    series = pd.concat(parts, ignore_index=True)
+    series.insert(0, "model", model)
+    fps = {s: m["weights"] for s, m in metas.items() if m.get("weights")}
+    flags = integrity(fps)
+    for s, t in tables.items():
+        if int(t["nonfinite"].sum()) > 0:
+            flags[s] = "; ".join(filter(None, [flags.get(s), "non-finite activations"]))
+    series["flagged"] = series["step"].isin(list(flags))
+    series["flag_reason"] = series["step"].map(flags).fillna("")
+    report = {
+        "model": model,
+        "n_checkpoints": len(tables),
+        "flagged": {str(k): v for k, v in sorted(flags.items())},
+        "identical_groups": [sorted(v) for v in _groups(fps) if len(v) > 1],
+        "nonfinite_steps": sorted(int(s) for s, t in tables.items()
+                                  if int(t["nonfinite"].sum()) > 0),
+    }
+    return series, report
+
+
+def _groups(fps: dict[int, dict]) -> list[list[int]]:
+    g: dict[str, list[int]] = defaultdict(list)
+    for s, fp in fps.items():
+        g[fp["sha256"]].append(int(s))
+    return list(g.values())
+
+
+def fit_input(series: pd.DataFrame, quantities=("ratio", "top1", "median")) -> pd.DataFrame:
+    """The tidy input of the fitting phase: model, step, layer, quantity, value, flagged."""
+    s = series[series["statistic"].isin(quantities)]
+    return pd.DataFrame({"model": s["model"], "step": s["step"].astype(int),
+                         "layer": s["layer"].astype(int), "quantity": s["statistic"],
+                         "value": s["mean"].astype(float),
+                         "flagged": s["flagged"].astype(bool)}).reset_index(drop=True)
