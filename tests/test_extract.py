@@ -129,3 +129,28 @@ def test_extract_cli_writes_table_with_metadata(tiny_model_dir, corpus_dir, tmp_
     expected = read_json(tiny_model_dir / "manifest.json")["weights_sha256"]["0"]
     assert meta["weights"]["shards"]["model.safetensors"] == expected
     assert meta["median"].startswith("lower") and "torch" in meta
+
+
+@pytest.mark.parametrize("with_nonfinite", [False, True])
+def test_cpu_worker_path_equals_reference_statistics(with_nonfinite):
+    """measure() on the CPU finishes statistics in numpy on a worker thread; it must
+    agree with layer_stats / mlp_stats (the torch path used on GPUs)."""
+    from madyn.extract import _Collector, mlp_stats
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3, 20, 16, generator=g)
+    h[:, :, 3] *= 25
+    if with_nonfinite:
+        h[1, 2, 5] = float("nan")
+        h[2, 0, 0] = float("-inf")
+    act = torch.nn.functional.gelu(torch.randn(3, 20, 64, generator=g))
+    ref = {**layer_stats(h.clone()), **mlp_stats(act, (3, 20))}
+    coll = _Collector(on_cpu=True)
+    coll.batch_shape = (3, 20)
+    coll.layer_hook(0)(None, None, (h.clone(),))
+    coll.mlp_hook(0)(None, None, act)
+    coll.drain()
+    coll.close()
+    for key, want in ref.items():
+        got = np.concatenate(coll.rows[(0, key)])
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)

@@ -18,7 +18,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def _project_copy(dst: Path) -> Path:
     for name in ("Snakefile", "params.yaml"):
         shutil.copy(ROOT / name, dst / name)
-    shutil.copytree(ROOT / "workflow", dst / "workflow")
+    for name in ("workflow", "profiles"):
+        shutil.copytree(ROOT / name, dst / name)
     return dst
 
 
@@ -57,6 +58,10 @@ def test_smoke_suite_trains_every_model(smoke_run):
         out = proj / "results/smoke/models" / m["name"]
         assert (out / "manifest.json").exists()
         assert len(list(out.glob("step*/model.safetensors"))) >= 8
+        assert (proj / "results/smoke/series" / f"{m['name']}.parquet").exists()
+        assert (proj / "results/smoke/figures" / m["name"] / "series.png").exists()
+        exp2 = proj / "results/smoke/released" / m["name"] / "stats"
+        assert len(list(exp2.glob(f"exp2_{m['name']}_step*"))) >= 8
         log = (proj / f"results/smoke/logs/train_{m['name']}.log").read_text()
         assert "loss" in log  # progress lines were written
 
@@ -66,3 +71,57 @@ def test_second_run_does_nothing(smoke_run):
     r = _snakemake(proj, "--cores", "2", "--config", "suite=smoke", "-n")
     assert r.returncode == 0
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def _job_counts(text: str) -> dict[str, int]:
+    """Rule -> job count from Snakemake's 'Job stats' table."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("Job stats"):
+            in_table = True
+            continue
+        parts = line.split()
+        if in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+        elif in_table and parts and parts[0] == "total":
+            break
+    return counts
+
+
+def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
+    import os
+    import signal
+    import time
+
+    from madyn.extract import read_stats
+
+    proj, _ = smoke_run
+    model = "s3-w48-h4"
+    stats = sorted((proj / "results/smoke/stats" / model).glob("step*.parquet"))
+    for f in stats:
+        f.unlink()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep
+           + os.environ.get("PATH", "")}
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "--config", "suite=smoke"], cwd=proj,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while sum(f.exists() for f in stats) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harshest stop: no cleanup at all
+    proc.wait()
+    done = [f for f in stats if f.exists()]
+    assert 2 <= len(done) < len(stats)
+    for f in done:  # whatever exists is complete and readable
+        df, meta = read_stats(f)
+        assert len(df) > 0 and meta["model"] == model
+    assert _snakemake(proj, "--unlock", "--config", "suite=smoke").returncode == 0
+    dry = _snakemake(proj, "--cores", "2", "--config", "suite=smoke", "-n")
+    counts = _job_counts(dry.stdout + dry.stderr)
+    assert counts.get("extract") == len(stats) - len(done)
+    assert "train" not in counts and "corpus" not in counts
+    r = _snakemake(proj, "--cores", "2", "--config", "suite=smoke")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert all(f.exists() for f in stats)
+    assert not list((proj / "results/smoke/stats" / model).glob(".*"))  # no temp debris

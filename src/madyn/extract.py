@@ -160,22 +160,27 @@ def layer_stats(h) -> dict:
 
     h: B x T x D tensor (any float dtype; computed in float32). Returns a dict of
     length-B float64 numpy arrays, keyed by the module docstring's column names.
+    Non-finite entries sort above every finite one in ``topk``, so a finite top1 proves
+    the whole tensor finite and the slower masked path runs only when it is not.
     """
     import torch
 
     h = h.float()
     b, t, d = h.shape
-    finite = torch.isfinite(h)
-    nonfinite = (~finite).reshape(b, -1).sum(1)
-    if bool(nonfinite.any()):
-        h = torch.where(finite, h, torch.zeros((), dtype=h.dtype, device=h.device))
     a = h.abs().reshape(b, t * d)
     top = torch.topk(a, 3, dim=1)
+    nonfinite = torch.zeros(b, dtype=torch.int64)
+    if not bool(torch.isfinite(top.values[:, 0]).all()):
+        finite = torch.isfinite(h)
+        nonfinite = (~finite).reshape(b, -1).sum(1).cpu()
+        h = torch.where(finite, h, torch.zeros((), dtype=h.dtype, device=h.device))
+        a = h.abs().reshape(b, t * d)
+        top = torch.topk(a, 3, dim=1)
     median = a.median(dim=1).values
     idx = top.indices[:, 0]
     ms = h.pow(2).mean(dim=1)  # B x D: mean square per channel
     kurt = ms.pow(2).mean(1) / ms.mean(1).pow(2)
-    at = a.reshape(b, t, d)
+    at = a.view(b, t, d)
     mmr = (at.amax(2) / at.median(2).values).mean(1)
     u = h / h.norm(dim=2, keepdim=True).clamp_min(1e-30)
     cos = (u.sum(1).pow(2).sum(1) - t) / max(t * (t - 1), 1)
@@ -193,25 +198,125 @@ def mlp_stats(act, batch_shape: tuple[int, int]) -> dict:
 
     act: B x T x F tensor (or (B*T) x F, as OPT flattens tokens); batch_shape: (B, T).
     """
-    pos = act.reshape(*batch_shape, -1) > 0
+    import torch
+
+    act = act.reshape(*batch_shape, -1)
+    b, t, f = act.shape
+    n_pos = (act > 0).view(b, -1).view(torch.uint8).sum(dim=1, dtype=torch.int64)
+    seq_active = (act.amax(dim=1) > 0).sum(dim=1)
     return {
-        "mlp_active_token": pos.float().mean(dim=(1, 2)).double().cpu().numpy(),
-        "mlp_active_seq": pos.any(dim=1).float().mean(dim=1).double().cpu().numpy(),
+        "mlp_active_token": (n_pos.double() / (t * f)).cpu().numpy(),
+        "mlp_active_seq": (seq_active.double() / f).cpu().numpy(),
     }
+
+
+def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int) -> dict:
+    """Second half of :func:`layer_stats` on the CPU, from |h| (B x T x D, float32, a
+    private copy) and ||sum_t u_t||^2 (B,). numpy's introselect (``np.partition``) gives
+    the exact lower medians several times faster than ``torch.median`` on the CPU, and
+    releases the GIL, so it overlaps with the forward pass of the next layers."""
+    b, _, d = a.shape
+    flat = a.reshape(b, -1)
+    n = flat.shape[1]
+    nonfinite = np.zeros(b, dtype=np.int64)
+    if not np.isfinite(flat.max(axis=1)).all():
+        bad = ~np.isfinite(flat)
+        nonfinite = bad.sum(axis=1)
+        flat[bad] = 0.0  # a is private: zero the non-finite entries in place
+    idx = np.argmax(flat, axis=1)
+    part = np.partition(flat, [(n - 1) // 2, n - 3], axis=1)
+    top = -np.sort(-part[:, n - 3:], axis=1)
+    median = part[:, (n - 1) // 2]
+    ms = np.einsum("btd,btd->bd", a, a) / t  # B x D mean square per channel
+    tok_med = np.partition(a, (d - 1) // 2, axis=2)[:, :, (d - 1) // 2]
+    mmr = (a.max(axis=2) / tok_med).mean(axis=1)
+    f64 = np.float64
+    return {
+        "top1": top[:, 0].astype(f64), "top2": top[:, 1].astype(f64),
+        "top3": top[:, 2].astype(f64), "median": median.astype(f64),
+        "ratio": top[:, 0].astype(f64) / median, "top1_token": (idx // d).astype(f64),
+        "top1_channel": (idx % d).astype(f64),
+        "kurtosis": (ms.astype(f64) ** 2).mean(1) / ms.astype(f64).mean(1) ** 2,
+        "mmr": mmr.astype(f64), "cos_sim": (usum_sq - t) / max(t * (t - 1), 1),
+        "nonfinite": nonfinite.astype(f64),
+    }
+
+
+def _cpu_mlp_finish(pos: np.ndarray) -> dict:
+    """MLP sparsity from a private boolean array pos = act > 0, B x T x F."""
+    b, t, f = pos.shape
+    return {"mlp_active_token": np.count_nonzero(pos.reshape(b, -1), axis=1) / (t * f),
+            "mlp_active_seq": np.count_nonzero(pos.any(axis=1), axis=1) / f}
 
 
 @dataclass
 class _Collector:
-    """Accumulates per-layer statistics for the current batch of sequences."""
+    """Accumulates per-layer statistics; on the CPU, finishes them on a worker thread.
 
+    Hooks copy what they need into private tensors (|h|, act > 0) at once, so nothing
+    depends on the model leaving its activations untouched; at most ``max_pending``
+    layers wait for the worker, which bounds memory.
+    """
+
+    on_cpu: bool
+    max_pending: int = 2
     rows: dict = field(default_factory=dict)  # (layer, key) -> list of arrays
     batch_shape: tuple[int, int] = (0, 0)  # (B, T) of the forward pass in flight
+    pending: list = field(default_factory=list)  # (layer, future), in order
 
-    def hook(self, layer: int, fn: Callable) -> Callable:
+    def __post_init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1) if self.on_cpu else None
+
+    def _store(self, layer: int, out: dict) -> None:
+        for k, v in out.items():
+            self.rows.setdefault((layer, k), []).append(np.asarray(v))
+
+    def _submit(self, layer: int, fn: Callable, *args) -> None:
+        self.pending.append((layer, self.pool.submit(fn, *args)))
+        while len(self.pending) > self.max_pending:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        layer, fut = self.pending.pop(0)
+        self._store(layer, fut.result())
+
+    def drain(self) -> None:
+        while self.pending:
+            self._drain_one()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def layer_hook(self, layer: int) -> Callable:
         def _hook(_mod, _inp, out):
             h = out[0] if isinstance(out, tuple) else out
-            for k, v in fn(h).items():
-                self.rows.setdefault((layer, k), []).append(v)
+            if not self.on_cpu:
+                self._store(layer, layer_stats(h))
+                return
+            import torch
+
+            h = h.float()
+            norms = torch.linalg.vector_norm(h, dim=2)  # B x T
+            if not bool(torch.isfinite(norms).all()):
+                h = torch.nan_to_num(h, nan=0.0, posinf=0.0, neginf=0.0)
+                norms = torch.linalg.vector_norm(h, dim=2)
+            usum = torch.bmm((1.0 / norms.clamp_min(1e-30))[:, None, :], h)[:, 0]
+            usum_sq = usum.double().pow(2).sum(1).numpy()
+            a = (out[0] if isinstance(out, tuple) else out).float().abs().numpy()
+            self._submit(layer, _cpu_finish, a, usum_sq, h.shape[1])
+
+        return _hook
+
+    def mlp_hook(self, layer: int) -> Callable:
+        def _hook(_mod, _inp, out):
+            if not self.on_cpu:
+                self._store(layer, mlp_stats(out, self.batch_shape))
+                return
+            pos = (out.reshape(*self.batch_shape, -1) > 0).numpy()
+            self._submit(layer, _cpu_mlp_finish, pos)
 
         return _hook
 
@@ -220,22 +325,24 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
             ) -> pd.DataFrame:
     """Statistics of every decoder layer for every sequence of ``tokens`` (N x T ids).
 
+    Runs the model's body (``model.base_model``), not the LM head: logits are never
+    needed, and for Pythia they are the largest tensor of the forward pass.
     Returns a tidy table: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS`;
     N x L rows. Layers are 0-based decoder-layer indices.
     """
     import torch
 
     layers = decoder_layers(model)
-    coll = _Collector()
+    device = next(model.parameters()).device
+    coll = _Collector(on_cpu=device.type == "cpu")
     handles = []
     hidden = model.config.hidden_size
     for i, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(coll.hook(i, layer_stats)))
+        handles.append(layer.register_forward_hook(coll.layer_hook(i)))
         act = mlp_activation(layer, hidden)
         if act is not None:
-            handles.append(act.register_forward_hook(
-                coll.hook(i, lambda a: mlp_stats(a, coll.batch_shape))))
-    device = next(model.parameters()).device
+            handles.append(act.register_forward_hook(coll.mlp_hook(i)))
+    body = model.base_model  # the decoder stack without the LM head: no logits needed
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     starts = range(0, len(ids), batch_size)
     try:
@@ -243,10 +350,12 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
             for s in _maybe_tqdm(starts, progress):
                 batch = ids[s:s + batch_size]
                 coll.batch_shape = tuple(batch.shape)
-                model(input_ids=batch.to(device), use_cache=False)
+                body(input_ids=batch.to(device), use_cache=False)
+            coll.drain()
     finally:
         for hd in handles:
             hd.remove()
+        coll.close()
     n = len(ids)
     frames = []
     for i in range(len(layers)):
