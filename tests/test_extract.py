@@ -154,3 +154,22 @@ def test_cpu_worker_path_equals_reference_statistics(with_nonfinite):
     for key, want in ref.items():
         got = np.concatenate(coll.rows[(0, key)])
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cuda_path_matches_cpu(dtype, tmp_path):
+    """On a GPU the statistics run in torch on the device; they must match the CPU's."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=512, hidden_size=128, num_hidden_layers=3,
+                        num_attention_heads=4, intermediate_size=512, rotary_pct=0.25)
+    GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path)
+    tokens = np.random.default_rng(0).integers(0, 512, size=(4, 64))
+    cpu = measure(load_model(str(tmp_path), dtype=dtype, device="cpu"), tokens)
+    gpu = measure(load_model(str(tmp_path), dtype=dtype, device="auto"), tokens)
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    for col in ["top1", "top2", "top3", "median", "kurtosis", "mmr", "cos_sim",
+                "mlp_active_token"]:
+        np.testing.assert_allclose(gpu[col], cpu[col], rtol=tol, err_msg=col)

@@ -119,7 +119,7 @@ def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
     assert _snakemake(proj, "--unlock", "--config", "suite=smoke").returncode == 0
     dry = _snakemake(proj, "--cores", "2", "--config", "suite=smoke", "-n")
     counts = _job_counts(dry.stdout + dry.stderr)
-    assert counts.get("extract") == len(stats) - len(done)
+    assert counts.get("extract_checkpoint") == len(stats) - len(done)
     assert "train" not in counts and "corpus" not in counts
     r = _snakemake(proj, "--cores", "2", "--config", "suite=smoke")
     assert r.returncode == 0, r.stderr[-2000:]

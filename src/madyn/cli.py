@@ -123,6 +123,24 @@ def _cmd_series(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_growth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from madyn.io import write_json
+    from madyn.series import growth_summary
+
+    series = {Path(f).stem: pd.read_parquet(f) for f in args.series}
+    summary = growth_summary(series)
+    write_json(args.out, summary)
+    for m, g in summary.items():
+        per = " ".join(f"{x:.1f}" for x in g["growth_per_layer"])
+        print(f"{m:14s} top1/median x{g['growth_middle_mean']:.2f} (middle layers); "
+              f"per layer {per}", file=sys.stderr)
+    return 0
+
+
 def _cmd_plot_series(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -216,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--integrity", required=True, help="integrity report .json")
     c.add_argument("--export", default=None, help="also write the released layout here")
     c.set_defaults(func=_cmd_series)
+
+    c = sub.add_parser("growth", help="growth of top1/median per model and layer",
+                       description="Ratio at the last checkpoint / at the first, per layer; "
+                       "writes JSON (a DVC metric) and prints a line per model.")
+    c.add_argument("series", nargs="+", help="series .parquet files (one per model)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_growth)
 
     c = sub.add_parser("plot-series", help="figures of one model's series")
     c.add_argument("--series", required=True)

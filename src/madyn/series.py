@@ -113,3 +113,26 @@ def fit_input(series: pd.DataFrame, quantities=("ratio", "top1", "median")) -> p
                          "layer": s["layer"].astype(int), "quantity": s["statistic"],
                          "value": s["mean"].astype(float),
                          "flagged": s["flagged"].astype(bool)}).reset_index(drop=True)
+
+
+def growth_summary(series_by_model: dict[str, pd.DataFrame], statistic: str = "ratio"
+                   ) -> dict:
+    """Per model: ``statistic`` at the last checkpoint / at the first, per layer, and the
+    same for the middle layers (relative depth in [0.25, 0.75]) and the minimum over
+    training (the early dip). Flagged checkpoints are left out."""
+    out = {}
+    for model, series in series_by_model.items():
+        d = series[(series["statistic"] == statistic) & ~series["flagged"]]
+        wide = d.pivot(index="step", columns="layer", values="mean").sort_index()
+        first, last = wide.iloc[0], wide.iloc[-1]
+        n = wide.shape[1]
+        middle = [c for c in wide.columns if 0.25 <= (c + 0.5) / n <= 0.75] or list(wide)
+        g = last / first
+        out[model] = {
+            "first_step": int(wide.index[0]), "last_step": int(wide.index[-1]),
+            "first": first.round(3).tolist(), "last": last.round(3).tolist(),
+            "growth_per_layer": g.round(3).tolist(),
+            "growth_middle_mean": round(float(g[middle].mean()), 3),
+            "growth_from_min_per_layer": (last / wide.min()).round(3).tolist(),
+        }
+    return out

@@ -40,7 +40,7 @@ def _checkpoint_args(wc):
     return f"{hub_model(wc.model)['repo']} --revision step{wc.step}"
 
 
-rule extract:
+rule extract_checkpoint:
     input:
         tokens=lambda wc: f"{RESULTS}/eval/tokens_{tokenizer_of(wc.model)}.npy",
         trained=lambda wc: [model_manifest(wc.model)] if SOURCE == "local" else [],
@@ -99,4 +99,16 @@ rule plot_series:
 
 def extract_outputs():
     return ([f"{RESULTS}/series/{m}.parquet" for m in MODELS]
-            + [f"{RESULTS}/figures/{m}/series.png" for m in MODELS])
+            + [f"{RESULTS}/figures/{m}/series.png" for m in MODELS]
+            + [f"{RESULTS}/metrics/growth.json"])
+
+
+rule growth:
+    input:
+        [f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+    output:
+        f"{RESULTS}/metrics/growth.json",
+    log:
+        f"{RESULTS}/logs/growth.log",
+    shell:
+        "madyn growth {input} --out {output} 2> {log}"
