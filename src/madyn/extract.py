@@ -155,27 +155,23 @@ def mlp_activation(layer, hidden_size: int):
 
 
 # ------------------------------------------------------------------------- statistics
-def layer_stats(h) -> dict:
-    """Statistics of one layer's output, reduced per sequence.
+def layer_stats(h, to_numpy: bool = True) -> dict:
+    """Statistics of one layer's output, reduced per sequence, in torch on h's device.
 
     h: B x T x D tensor (any float dtype; computed in float32). Returns a dict of
-    length-B float64 numpy arrays, keyed by the module docstring's column names.
-    Non-finite entries sort above every finite one in ``topk``, so a finite top1 proves
-    the whole tensor finite and the slower masked path runs only when it is not.
+    length-B arrays keyed by the module docstring's column names: float64 numpy arrays,
+    or (``to_numpy=False``) tensors left on the device, so a GPU never waits for the host
+    between layers. The reference definition; the CPU runs :func:`_cpu_finish` instead.
     """
     import torch
 
     h = h.float()
     b, t, d = h.shape
+    finite = torch.isfinite(h)
+    nonfinite = (~finite).reshape(b, -1).sum(1)
+    h = torch.where(finite, h, torch.zeros((), dtype=h.dtype, device=h.device))
     a = h.abs().reshape(b, t * d)
     top = torch.topk(a, 3, dim=1)
-    nonfinite = torch.zeros(b, dtype=torch.int64)
-    if not bool(torch.isfinite(top.values[:, 0]).all()):
-        finite = torch.isfinite(h)
-        nonfinite = (~finite).reshape(b, -1).sum(1).cpu()
-        h = torch.where(finite, h, torch.zeros((), dtype=h.dtype, device=h.device))
-        a = h.abs().reshape(b, t * d)
-        top = torch.topk(a, 3, dim=1)
     median = a.median(dim=1).values
     idx = top.indices[:, 0]
     ms = h.pow(2).mean(dim=1)  # B x D: mean square per channel
@@ -190,10 +186,12 @@ def layer_stats(h) -> dict:
         "top1_token": torch.div(idx, d, rounding_mode="floor"), "top1_channel": idx % d,
         "kurtosis": kurt, "mmr": mmr, "cos_sim": cos, "nonfinite": nonfinite,
     }
+    if not to_numpy:
+        return out
     return {k: v.double().cpu().numpy() for k, v in out.items()}
 
 
-def mlp_stats(act, batch_shape: tuple[int, int]) -> dict:
+def mlp_stats(act, batch_shape: tuple[int, int], to_numpy: bool = True) -> dict:
     """Activation sparsity of MLP hidden units (seed 003).
 
     act: B x T x F tensor (or (B*T) x F, as OPT flattens tokens); batch_shape: (B, T).
@@ -204,10 +202,9 @@ def mlp_stats(act, batch_shape: tuple[int, int]) -> dict:
     b, t, f = act.shape
     n_pos = (act > 0).view(b, -1).view(torch.uint8).sum(dim=1, dtype=torch.int64)
     seq_active = (act.amax(dim=1) > 0).sum(dim=1)
-    return {
-        "mlp_active_token": (n_pos.double() / (t * f)).cpu().numpy(),
-        "mlp_active_seq": (seq_active.double() / f).cpu().numpy(),
-    }
+    out = {"mlp_active_token": n_pos.double() / (t * f),
+           "mlp_active_seq": seq_active.double() / f}
+    return out if not to_numpy else {k: v.cpu().numpy() for k, v in out.items()}
 
 
 def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int) -> dict:
@@ -271,7 +268,7 @@ class _Collector:
 
     def _store(self, layer: int, out: dict) -> None:
         for k, v in out.items():
-            self.rows.setdefault((layer, k), []).append(np.asarray(v))
+            self.rows.setdefault((layer, k), []).append(v)
 
     def _submit(self, layer: int, fn: Callable, *args) -> None:
         self.pending.append((layer, self.pool.submit(fn, *args)))
@@ -283,8 +280,12 @@ class _Collector:
         self._store(layer, fut.result())
 
     def drain(self) -> None:
+        """Finish pending work; bring device tensors to the host (one sync per batch)."""
         while self.pending:
             self._drain_one()
+        for key, parts in self.rows.items():
+            self.rows[key] = [p.double().cpu().numpy() if hasattr(p, "cpu") else
+                              np.asarray(p) for p in parts]
 
     def close(self) -> None:
         if self.pool is not None:
@@ -294,7 +295,7 @@ class _Collector:
         def _hook(_mod, _inp, out):
             h = out[0] if isinstance(out, tuple) else out
             if not self.on_cpu:
-                self._store(layer, layer_stats(h))
+                self._store(layer, layer_stats(h, to_numpy=False))
                 return
             import torch
 
@@ -313,7 +314,7 @@ class _Collector:
     def mlp_hook(self, layer: int) -> Callable:
         def _hook(_mod, _inp, out):
             if not self.on_cpu:
-                self._store(layer, mlp_stats(out, self.batch_shape))
+                self._store(layer, mlp_stats(out, self.batch_shape, to_numpy=False))
                 return
             pos = (out.reshape(*self.batch_shape, -1) > 0).numpy()
             self._submit(layer, _cpu_mlp_finish, pos)
@@ -351,7 +352,7 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
                 batch = ids[s:s + batch_size]
                 coll.batch_shape = tuple(batch.shape)
                 body(input_ids=batch.to(device), use_cache=False)
-            coll.drain()
+                coll.drain()
     finally:
         for hd in handles:
             hd.remove()

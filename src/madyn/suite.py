@@ -134,16 +134,26 @@ def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
     Deterministic: same arguments and thread count give bit-identical checkpoints.
     """
     import torch
-    from transformers import AutoTokenizer, GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(threads)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(spec, train, Path(corpus_dir), Path(out_dir), threads)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
+           threads: int) -> dict:
+    import torch
+    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+
     torch.manual_seed(train.seed)
 
-    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     tok_dir = corpus_dir / "tokenizer"
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     data = np.load(corpus_dir / "train.npy", mmap_mode="r")
