@@ -1,0 +1,510 @@
+"""Feature table: from a model's architecture (a Hugging Face ``config.json``) and the fit
+phase's tidy table to one row per (model, layer) with engineered features and the fitted
+parameters of one parametrisation, transformed into regression targets.
+
+Layer index convention: ``layer`` is 0-based everywhere (as in the fit table); the features
+use the 1-based position ``l = layer + 1``, so the relative depth ``l / L`` lies in
+``(0, 1]`` (the last layer is 1, the first 1/L > 0, which keeps ``sqrt`` and powers
+well-behaved) and the interaction is ``l * L``.
+
+Targets (paper-method.md section 4): for ``original``, A, lambda, gamma and t0 through
+``log1p`` and K through Yeo-Johnson (scipy's maximum-likelihood lambda, fitted once over
+the usable rows of the table and stored in the table's ``attrs["transforms"]`` and the
+Parquet metadata, so predictions can be mapped back). For ``reparam`` the analogues are:
+beta and tau0 (non-negative rates / offsets) through ``log1p``; A1, A2 and K (any sign)
+through Yeo-Johnson.
+
+``log1p`` is applied sign-symmetrically, ``sign(v) log1p(|v|)``: identical to the study's
+``log1p`` for v >= 0 (lambda, gamma, t0, beta, tau0 are bounded below by 0 in the fits) and
+invertible for a negative amplitude instead of leaving the domain. The transforms are fixed
+table-wide (a reparametrisation of the target space, fitted on targets, never on features);
+LOMO and the random split evaluate in this one space. The ``_reg`` variants of both
+parametrisations use the same transforms (chosen by parameter names).
+
+Rows whose chosen fit failed (``success`` false, no fit of that hypothesis, unreadable or
+non-finite parameters) stay in the table with ``usable = False`` and the reason in
+``exclude_reason``; predictors train only on usable rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from madyn.io import atomic_path
+
+ARCH_COLUMNS = ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "rotary_pct", "vocab_size", "n_params"]
+
+FEATURE_COLUMNS = ["f_depth", "f_depth2", "f_depth3", "f_sqrt_depth", "f_heads_per_d",
+                   "f_ff_ratio", "f_d_per_layer", "f_heads_per_layer", "f_log_d",
+                   "f_l_times_L", "f_log_params"]
+
+# Per parameter set (the hypothesis's param_names): parameter -> target transform.
+_TRANSFORMS_BY_PARAMS: dict[tuple[str, ...], dict[str, str]] = {
+    ("A", "lambda", "gamma", "t0", "K"): {"A": "log1p", "lambda": "log1p", "gamma": "log1p",
+                                          "t0": "log1p", "K": "yeojohnson"},
+    ("A1", "A2", "beta", "tau0", "K"): {"A1": "yeojohnson", "A2": "yeojohnson", "beta": "log1p",
+                                        "tau0": "log1p", "K": "yeojohnson"},
+}
+
+# Column -> kind ("str", "int", "float", "bool"); parameter columns are added per
+# parametrisation by :func:`feature_schema`.
+FEATURE_SCHEMA: dict[str, str] = {
+    "model": "str", "layer": "int", "n_layers": "int",
+    **{c: ("float" if c == "rotary_pct" else "int") for c in ARCH_COLUMNS},
+    **{c: "float" for c in FEATURE_COLUMNS},
+    "parametrisation": "str", "quantity": "str",
+    "fit_success": "bool", "fit_r2": "float", "winner": "str", "winner_r2": "float",
+    "final_value": "float", "peak_step": "float", "peak_in_range": "bool",
+    "last_step": "int", "usable": "bool", "exclude_reason": "str",
+}
+
+_KIND_CHECK = {
+    "str": pd.api.types.is_string_dtype,
+    "int": pd.api.types.is_integer_dtype,
+    "float": pd.api.types.is_float_dtype,
+    "bool": pd.api.types.is_bool_dtype,
+}
+_META_KEY = b"madyn_feature_table"
+
+
+class ArchitectureError(ValueError):
+    """A config that does not describe a decoder-only causal language model."""
+
+
+class SchemaError(ValueError):
+    """A feature table with a missing or mistyped column."""
+
+
+# ----------------------------------------------------------------------------- architecture
+
+_ALIASES = {
+    "num_hidden_layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "dim"),
+    "num_attention_heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "ffn_hidden_size"),
+    "vocab_size": ("vocab_size", "padded_vocab_size"),
+}
+_ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta",
+                 "deberta-v2", "camembert", "mpnet", "ernie", "modernbert", "esm", "longformer",
+                 "big_bird", "funnel", "layoutlm", "megatron-bert", "nezha", "rembert", "roformer",
+                 "squeezebert", "xlm", "flaubert", "ibert", "canine", "convbert", "data2vec-text"}
+_ENCODER_HEADS = ("ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction",
+                  "ForConditionalGeneration", "ForSeq2SeqLM")
+_GATED_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                   "gemma3_text", "olmo", "olmo2", "phi3", "internlm2", "cohere", "granite",
+                   "stablelm_gated", "deepseek_v2", "deepseek_v3", "yi", "baichuan", "smollm3"}
+_GATED_ACTS = {"silu", "swish", "swiglu", "geglu"}
+_ALIBI_FAMILIES = {"bloom", "mpt"}
+_ROPE_KEYS = ("rotary_pct", "partial_rotary_factor", "rotary_dim", "rope_theta", "rope_scaling",
+              "rope_parameters", "rotary_emb_base", "rope_type")
+
+
+def _first(config: dict, keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        if config.get(k) is not None:
+            return config[k]
+    return None
+
+
+def _reject_non_decoder(config: dict) -> None:
+    mt = str(config.get("model_type", "")).lower()
+    archs = [str(a) for a in (config.get("architectures") or [])]
+    if config.get("is_encoder_decoder"):
+        raise ArchitectureError(
+            f"not a decoder-only model: is_encoder_decoder is true (model_type {mt!r}, "
+            f"architectures {archs}); only decoder-only causal LMs are supported")
+    if mt in _ENCODER_ONLY:
+        raise ArchitectureError(
+            f"not a decoder-only model: model_type {mt!r} is an encoder-only (bidirectional) "
+            f"family; only decoder-only causal LMs are supported")
+    bad = [a for a in archs if a.endswith(_ENCODER_HEADS)]
+    if bad and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise ArchitectureError(
+            f"not a decoder-only model: architectures {bad} are encoder or encoder-decoder "
+            f"heads (model_type {mt!r}); only decoder-only causal LMs are supported")
+
+
+def _rotary_pct(config: dict) -> float:
+    """Fraction of each head's dimensions that are rotated (0 = learned or ALiBi positions)."""
+    rope = config.get("rope_parameters") or {}
+    for src in (config, rope if isinstance(rope, dict) else {}):
+        for k in ("rotary_pct", "partial_rotary_factor"):
+            if src.get(k) is not None:
+                return float(src[k])
+    if config.get("rotary_dim") is not None:
+        d = _first(config, _ALIASES["hidden_size"])
+        h = _first(config, _ALIASES["num_attention_heads"])
+        return float(config["rotary_dim"]) / (int(d) / int(h))
+    if any(config.get(k) is not None for k in _ROPE_KEYS):
+        return 1.0
+    return 0.0
+
+
+def _n_position_params(config: dict, d: int, rotary: float) -> int:
+    """Learned absolute position embeddings (GPT-2, OPT); none with RoPE or ALiBi."""
+    mt = str(config.get("model_type", "")).lower()
+    if rotary > 0 or mt in _ALIBI_FAMILIES or config.get("alibi"):
+        return 0
+    n_pos = _first(config, ("n_positions", "max_position_embeddings", "n_ctx"))
+    if n_pos is None:
+        return 0
+    offset = 2 if mt == "opt" else 0  # OPT's learned positions are offset by 2
+    return (int(n_pos) + offset) * d
+
+
+def _count_params(config: dict, L: int, d: int, h: int, dff: int, V: int, rotary: float,
+                  gated: bool) -> int:
+    """Parameter count from shapes: embeddings (+ untied head), per layer attention
+    (q, k, v, o with grouped KV heads), MLP (2 or 3 matrices), norms; biases where the family
+    has them (LayerNorm families: everywhere; RMSNorm families: none unless configured)."""
+    mt = str(config.get("model_type", "")).lower()
+    rms = "rms_norm_eps" in config or mt in _GATED_FAMILIES
+    norm = d if rms else 2 * d
+    default_bias = not rms
+    attn_bias = bool(_first(config, ("attention_bias", "enable_bias", "bias", "use_bias"))
+                     if _first(config, ("attention_bias", "enable_bias", "bias", "use_bias"))
+                     is not None else default_bias)
+    mlp_bias = bool(config["mlp_bias"]) if config.get("mlp_bias") is not None else (
+        attn_bias if "enable_bias" in config or not rms else False)
+    head_dim = int(config.get("head_dim") or d // h)
+    if config.get("multi_query") and not config.get("new_decoder_architecture"):
+        kv = 1  # Falcon-7b style multi-query attention
+    else:
+        kv = int(_first(config, ("num_key_value_heads", "num_kv_heads", "n_head_kv")) or h)
+    q_out, kv_out = h * head_dim, kv * head_dim
+    attn = d * q_out + 2 * d * kv_out + q_out * d
+    if attn_bias:
+        attn += q_out + 2 * kv_out + d
+    mlp = (3 if gated else 2) * d * dff
+    if mlp_bias:
+        mlp += (2 * dff if gated else dff) + d
+    # Falcon-style parallel attention shares one input norm per layer
+    single_norm = config.get("parallel_attn") and not config.get("new_decoder_architecture")
+    layer = attn + mlp + (1 if single_norm else 2) * norm
+    proj = int(config.get("word_embed_proj_dim") or d)  # OPT-350m style projections
+    emb = V * proj + _n_position_params(config, d, rotary)
+    if proj != d:
+        emb += 2 * proj * d
+    tied = config.get("tie_word_embeddings", True)
+    head = 0 if tied else V * d
+    final_norm = 0 if (mt == "opt" and (not config.get("do_layer_norm_before", True)
+                                         or config.get("_remove_final_layer_norm"))) else norm
+    return int(emb + head + L * layer + final_norm)
+
+
+def architecture(config: dict) -> dict:
+    """Normalise a Hugging Face config dict of a decoder-only causal LM.
+
+    Returns ``num_hidden_layers``, ``hidden_size``, ``intermediate_size`` (default 4 d),
+    ``num_attention_heads``, ``rotary_pct`` (1.0 for full RoPE, 0 for learned/ALiBi
+    positions), ``vocab_size``, ``gated_mlp`` and ``n_params`` (counted from shapes).
+    Raises :class:`ArchitectureError` for encoder-decoder or encoder-only models and for
+    configs without layer / width / head keys, naming what was found.
+    """
+    if not isinstance(config, dict):
+        raise ArchitectureError(f"config must be a dict, got {type(config).__name__}")
+    _reject_non_decoder(config)
+    vals = {k: _first(config, keys) for k, keys in _ALIASES.items()}
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads")
+               if vals[k] is None]
+    if missing:
+        raise ArchitectureError(
+            f"config (model_type {config.get('model_type')!r}) lacks {missing}; looked for "
+            + "; ".join(f"{k}: {'/'.join(_ALIASES[k])}" for k in missing))
+    L, d = int(vals["num_hidden_layers"]), int(vals["hidden_size"])
+    h = int(vals["num_attention_heads"])
+    if L < 1 or d < 1 or h < 1 or d % h and config.get("head_dim") is None:
+        raise ArchitectureError(f"implausible shape: layers {L}, width {d}, heads {h}")
+    dff = int(vals["intermediate_size"]) if vals["intermediate_size"] is not None else 4 * d
+    V = int(vals["vocab_size"]) if vals["vocab_size"] is not None else 0
+    if V < 1:
+        raise ArchitectureError(
+            f"config (model_type {config.get('model_type')!r}) has no vocab_size")
+    act = str(_first(config, ("hidden_act", "activation_function", "hidden_activation")) or "")
+    mt = str(config.get("model_type", "")).lower()
+    gated = mt in _GATED_FAMILIES or act.lower() in _GATED_ACTS
+    rotary = _rotary_pct(config)
+    return {"num_hidden_layers": L, "hidden_size": d, "intermediate_size": dff,
+            "num_attention_heads": h, "rotary_pct": rotary, "vocab_size": V,
+            "gated_mlp": gated,
+            "n_params": _count_params(config, L, d, h, dff, V, rotary, gated)}
+
+
+def is_architecture(obj: dict) -> bool:
+    """True when ``obj`` already is the output of :func:`architecture`."""
+    return all(k in obj for k in ARCH_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- features
+
+def layer_features(arch: dict, layer: int) -> dict[str, float]:
+    """Engineered features of one layer (0-based ``layer``; see module docstring)."""
+    L = int(arch["num_hidden_layers"])
+    if not 0 <= layer < L:
+        raise ValueError(f"layer {layer} outside 0..{L - 1}")
+    d, h = float(arch["hidden_size"]), float(arch["num_attention_heads"])
+    r = (layer + 1) / L
+    return {"f_depth": r, "f_depth2": r ** 2, "f_depth3": r ** 3, "f_sqrt_depth": math.sqrt(r),
+            "f_heads_per_d": h / d, "f_ff_ratio": float(arch["intermediate_size"]) / d,
+            "f_d_per_layer": d / L, "f_heads_per_layer": h / L, "f_log_d": math.log(d),
+            "f_l_times_L": float((layer + 1) * L),
+            "f_log_params": math.log(float(arch["n_params"]))}
+
+
+def feature_frame(arch: dict, model: str = "new") -> pd.DataFrame:
+    """Architecture and feature columns for every layer of one model (one row per layer)."""
+    rows = []
+    for layer in range(int(arch["num_hidden_layers"])):
+        rows.append({"model": model, "layer": layer, "n_layers": int(arch["num_hidden_layers"]),
+                     **{c: arch[c] for c in ARCH_COLUMNS}, **layer_features(arch, layer)})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def yeojohnson_inverse(y: np.ndarray, lmbda: float) -> np.ndarray:
+    """Inverse of scipy's Yeo-Johnson transform with parameter ``lmbda``."""
+    y = np.asarray(y, dtype=float)
+    x = np.empty_like(y)
+    pos = y >= 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if abs(lmbda) < 1e-12:
+            x[pos] = np.expm1(y[pos])
+        else:
+            x[pos] = np.power(y[pos] * lmbda + 1, 1 / lmbda) - 1
+        if abs(lmbda - 2) < 1e-12:
+            x[~pos] = -np.expm1(-y[~pos])
+        else:
+            x[~pos] = 1 - np.power(-(2 - lmbda) * y[~pos] + 1, 1 / (2 - lmbda))
+    return x
+
+
+def _yeojohnson(x: np.ndarray, lmbda: float) -> np.ndarray:
+    from scipy.stats import yeojohnson
+
+    return np.asarray(yeojohnson(np.asarray(x, dtype=float), lmbda=lmbda), dtype=float)
+
+
+def forward_transform(values: np.ndarray, kind: str, lmbda: float | None = None) -> np.ndarray:
+    """Map raw parameter values to the target space."""
+    v = np.asarray(values, dtype=float)
+    if kind == "log1p":
+        return np.sign(v) * np.log1p(np.abs(v))
+    if kind == "yeojohnson":
+        return _yeojohnson(v, float(lmbda))
+    raise ValueError(f"unknown transform {kind!r}")
+
+
+def inverse_transform(values: np.ndarray, kind: str, lmbda: float | None = None) -> np.ndarray:
+    """Map target-space values back to raw parameter values."""
+    v = np.asarray(values, dtype=float)
+    if kind == "log1p":
+        with np.errstate(over="ignore"):
+            return np.sign(v) * np.expm1(np.abs(v))
+    if kind == "yeojohnson":
+        return yeojohnson_inverse(v, float(lmbda))
+    raise ValueError(f"unknown transform {kind!r}")
+
+
+def transforms_for(parametrisation: str) -> dict[str, str]:
+    """Parameter -> transform kind for a hypothesis of the emlog family (original, reparam
+    and their regularised variants); ValueError for other hypotheses."""
+    from madyn import hypotheses
+
+    names = tuple(hypotheses.get(parametrisation).param_names)
+    if names not in _TRANSFORMS_BY_PARAMS:
+        raise ValueError(f"parametrisation {parametrisation!r} (parameters {names}) has no "
+                         f"target transforms; use original, reparam or their _reg variants")
+    return dict(_TRANSFORMS_BY_PARAMS[names])
+
+
+def param_columns(parametrisation: str) -> tuple[list[str], list[str]]:
+    """(raw parameter columns ``param_*``, transformed target columns ``target_*``)."""
+    names = list(transforms_for(parametrisation))
+    return [f"param_{n}" for n in names], [f"target_{n}" for n in names]
+
+
+def feature_schema(parametrisation: str) -> dict[str, str]:
+    """:data:`FEATURE_SCHEMA` plus the parameter and target columns of ``parametrisation``."""
+    raw, tgt = param_columns(parametrisation)
+    return {**FEATURE_SCHEMA, **{c: "float" for c in raw + tgt}}
+
+
+# ----------------------------------------------------------------------------- table
+
+def _winners(fit: pd.DataFrame) -> pd.DataFrame:
+    w = fit[fit["is_winner"].astype(bool)]
+    w = w.sort_values(["model", "layer", "hypothesis"]).drop_duplicates(["model", "layer"])
+    return w.set_index(["model", "layer"])[["hypothesis", "r2"]]
+
+
+def _param_row(row: pd.Series, names: list[str]) -> tuple[dict[str, float], str]:
+    """Raw parameters of one fit row, and why the row is unusable ('' when usable)."""
+    nan = dict.fromkeys(names, math.nan)
+    if not bool(row["success"]):
+        return nan, f"fit failed: {row.get('reason') or 'no reason given'}"
+    try:
+        pn, popt = json.loads(row["param_names"]), json.loads(row["popt"])
+    except (TypeError, ValueError):
+        return nan, "unreadable param_names/popt"
+    if list(pn) != names or len(popt) != len(names):
+        return nan, f"param_names {pn} differ from {names}"
+    vals = {n: (float(v) if v is not None else math.nan) for n, v in zip(names, popt, strict=True)}
+    bad = [n for n, v in vals.items() if not math.isfinite(v)]
+    return vals, (f"non-finite parameter(s) {bad}" if bad else "")
+
+
+def build_feature_table(fit_table: pd.DataFrame, configs: dict[str, dict],
+                        parametrisation: str = "original", quantity: str = "ratio"
+                        ) -> pd.DataFrame:
+    """One row per (model, layer) of ``fit_table`` for ``quantity``.
+
+    Columns: :func:`feature_schema` (architecture, features, the chosen parametrisation's
+    raw parameters ``param_*`` even when another hypothesis won, targets ``target_*``, fit
+    quality, the winner and its r2, final value / peak step / last step of the fit table).
+    ``attrs["transforms"]``: per target, its kind and (Yeo-Johnson) lambda.
+    """
+    names = list(transforms_for(parametrisation))
+    fit = fit_table[fit_table["quantity"] == quantity]
+    if fit.empty:
+        raise ValueError(f"fit table has no rows for quantity {quantity!r}")
+    missing_cfg = sorted(set(fit["model"]) - set(configs))
+    if missing_cfg:
+        raise ValueError(f"no config for model(s) {missing_cfg}")
+    winners = _winners(fit)
+    chosen = fit[fit["hypothesis"] == parametrisation].set_index(["model", "layer"])
+    rows = []
+    for model in sorted(fit["model"].unique()):
+        arch = architecture(configs[model])
+        n_fit = set(fit.loc[fit["model"] == model, "n_layers"].astype(int))
+        if n_fit != {arch["num_hidden_layers"]}:
+            raise ValueError(f"model {model}: fit table says n_layers {sorted(n_fit)}, its "
+                             f"config says {arch['num_hidden_layers']}")
+        layers = sorted(int(x) for x in fit.loc[fit["model"] == model, "layer"].unique())
+        for layer in layers:
+            feats = layer_features(arch, layer)
+            row: dict[str, Any] = {"model": model, "layer": layer,
+                                   "n_layers": arch["num_hidden_layers"],
+                                   **{c: arch[c] for c in ARCH_COLUMNS}, **feats,
+                                   "parametrisation": parametrisation, "quantity": quantity}
+            w = winners.loc[(model, layer)] if (model, layer) in winners.index else None
+            row["winner"] = str(w["hypothesis"]) if w is not None else ""
+            row["winner_r2"] = float(w["r2"]) if w is not None else math.nan
+            if (model, layer) in chosen.index:
+                c = chosen.loc[(model, layer)]
+                if isinstance(c, pd.DataFrame):
+                    c = c.iloc[0]
+                vals, reason = _param_row(c, names)
+                row.update(fit_success=bool(c["success"]), fit_r2=_f(c["r2"]),
+                           final_value=_f(c["final_value"]), peak_step=_f(c["peak_step"]),
+                           peak_in_range=bool(c["peak_in_range"])
+                           if pd.notna(c["peak_in_range"]) else False,
+                           last_step=int(c["last_step"]))
+            else:
+                vals, reason = dict.fromkeys(names, math.nan), f"no {parametrisation} fit"
+                any_row = fit[(fit["model"] == model) & (fit["layer"] == layer)].iloc[0]
+                row.update(fit_success=False, fit_r2=math.nan,
+                           final_value=_f(any_row["final_value"]), peak_step=math.nan,
+                           peak_in_range=False, last_step=int(any_row["last_step"]))
+            row.update({f"param_{n}": v for n, v in vals.items()})
+            row["exclude_reason"] = reason
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    transforms = _apply_transforms(df, parametrisation)
+    df["usable"] = df["exclude_reason"] == ""
+    df = df[list(feature_schema(parametrisation))]
+    df = _coerce(df, feature_schema(parametrisation))
+    df.attrs["transforms"] = transforms
+    return df
+
+
+def _f(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _apply_transforms(df: pd.DataFrame, parametrisation: str) -> dict[str, dict]:
+    """Fill ``target_*`` columns (in place); mark rows outside a transform's domain."""
+    from scipy.stats import yeojohnson
+
+    out: dict[str, dict] = {}
+    for name, kind in transforms_for(parametrisation).items():
+        raw = df[f"param_{name}"].to_numpy(dtype=float)
+        if kind == "log1p":
+            df[f"target_{name}"] = forward_transform(raw, "log1p")
+            out[name] = {"kind": "log1p", "lambda": None}
+        else:
+            ok = np.isfinite(raw) & (df["exclude_reason"] == "").to_numpy()
+            lmbda = float(yeojohnson(raw[ok])[1]) if ok.sum() >= 2 else 1.0  # 1.0 = identity
+            tgt = np.full(raw.shape, np.nan)
+            tgt[np.isfinite(raw)] = forward_transform(raw[np.isfinite(raw)], kind, lmbda)
+            df[f"target_{name}"] = tgt
+            out[name] = {"kind": "yeojohnson", "lambda": lmbda}
+    return out
+
+
+def _coerce(df: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
+    conv = {"str": str, "int": "int64", "float": "float64", "bool": bool}
+    df = df.copy()
+    for c, kind in schema.items():
+        df[c] = df[c].astype(conv[kind])
+    return df.reset_index(drop=True)
+
+
+def check_schema(df: pd.DataFrame, parametrisation: str | None = None) -> None:
+    """Raise :class:`SchemaError` naming the first missing or mistyped column."""
+    if parametrisation is None:
+        if "parametrisation" not in df.columns or df.empty:
+            raise SchemaError("column 'parametrisation' is missing (or the table is empty)")
+        parametrisation = str(df["parametrisation"].iloc[0])
+    for col, kind in feature_schema(parametrisation).items():
+        if col not in df.columns:
+            raise SchemaError(f"feature table: column {col!r} is missing")
+        if not _KIND_CHECK[kind](df[col]) or (kind == "str" and df[col].dtype == bool):
+            raise SchemaError(f"feature table: column {col!r} has dtype {df[col].dtype}, "
+                              f"expected {kind}")
+
+
+def write_feature_table(df: pd.DataFrame, path: str | Path, csv_path: str | Path | None = None
+                        ) -> None:
+    """Check the schema, then write Parquet (transforms in its metadata) and a CSV copy
+    (default: ``fitted_param_dataset_{parametrisation}.csv`` beside the Parquet file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    check_schema(df)
+    param = str(df["parametrisation"].iloc[0])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[_META_KEY] = json.dumps({"transforms": df.attrs.get("transforms", {}),
+                                  "parametrisation": param}, sort_keys=True).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    csv_path = csv_path or Path(path).with_name(f"fitted_param_dataset_{param}.csv")
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.10g")
+
+
+def read_feature_table(path: str | Path) -> pd.DataFrame:
+    """Read a feature table written by :func:`write_feature_table` and check its schema."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    df.attrs = {}
+    raw = (table.schema.metadata or {}).get(_META_KEY)
+    if raw is None:
+        raise SchemaError(f"{path}: no madyn feature-table metadata (transforms)")
+    df.attrs["transforms"] = json.loads(raw)["transforms"]
+    check_schema(df)
+    return df
