@@ -1,12 +1,16 @@
-# madyn workflow: suite -> extract -> fit -> features -> predict -> plots.
+# madyn workflow: suite -> extract -> fit -> features -> predict -> report.
 # Configuration: params.yaml (validated before any job starts). Run: snakemake --cores N
-# Phase targets (what the DVC stages call): suite_all, extract_all.
+# Phase targets (what the DVC stages call): suite_all, extract_all, fit_all, features_all,
+# predict_all, report_all.
 configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/suite.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -14,6 +18,9 @@ rule all:
     input:
         suite_outputs(),
         extract_outputs(),
+        fit_outputs(),
+        predict_outputs(),
+        report_outputs(),
 
 
 rule suite_all:
@@ -24,3 +31,23 @@ rule suite_all:
 rule extract_all:
     input:
         extract_outputs(),
+
+
+rule fit_all:
+    input:
+        fit_outputs(),
+
+
+rule features_all:
+    input:
+        FEATURES,
+
+
+rule predict_all:
+    input:
+        predict_outputs(),
+
+
+rule report_all:
+    input:
+        report_outputs(),

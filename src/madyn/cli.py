@@ -152,6 +152,174 @@ def _cmd_plot_series(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(text: str | None) -> dict:
+    return json.loads(text) if text else {}
+
+
+def _cmd_config_json(args: argparse.Namespace) -> int:
+    from madyn.extract import model_config
+    from madyn.io import write_json
+
+    write_json(args.out, model_config(args.source, args.revision))
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from madyn.fit import FitSettings, run_fit
+
+    s = _json_arg(args.settings_json)
+    for k in ("hypotheses", "quantities"):
+        if k in s:
+            s[k] = tuple(s[k])
+    run_fit(args.series, args.params_dir, args.out, FitSettings(**s))
+    return 0
+
+
+def _cmd_plot_fit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from madyn.plots_fit import plot_example_fits, plot_fit_quality
+    from madyn.series import fit_input
+
+    table = pd.read_parquet(args.fits)
+    data = fit_input(pd.read_parquet(args.series), tuple(table["quantity"].unique()))
+    plot_example_fits(data, table, args.out_examples)
+    plot_fit_quality(table, args.out_quality)
+    return 0
+
+
+def _cmd_fit_summary(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from madyn.fit import fit_summary
+    from madyn.io import atomic_path, write_json
+
+    table = pd.concat([pd.read_parquet(f) for f in args.fits], ignore_index=True)
+    with atomic_path(args.out_table) as tmp:
+        table.to_parquet(tmp, index=False)
+    summary = fit_summary(table)
+    write_json(args.out, summary)
+    for m, q in summary["per_model"].items():
+        r = q.get("ratio", {})
+        print(f"{m:14s} ratio: mean best R^2 {r.get('best_emlog_r2_mean', float('nan')):.4f}, "
+              f"winners {r.get('winners', {})}", file=sys.stderr)
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from madyn.predict import run_features
+
+    configs = dict(c.split("=", 1) for c in args.config)
+    t = run_features(args.fits, configs, args.out, args.out_csv, args.parametrisation,
+                     args.quantity)
+    print(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from madyn.predict import run_evaluate
+
+    m = run_evaluate(args.features, args.series, _json_arg(args.settings_json), args.out,
+                     args.out_dir)
+    lomo = m.get("lomo", {}).get("mean_r2", {})
+    print("LOMO mean R^2 per model type: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None),
+          file=sys.stderr)
+    return 0
+
+
+def _arch_from_flags(args: argparse.Namespace) -> dict:
+    from madyn.suite import ModelSpec, neox_config
+
+    spec = ModelSpec(name="query", layers=args.layers, width=args.width, heads=args.heads,
+                     **({"ff_mult": args.ff_mult} if args.ff_mult else {}),
+                     **({"rotary_pct": args.rotary_pct} if args.rotary_pct else {}))
+    return neox_config(spec, args.vocab_size, 2048, 0).to_dict()
+
+
+def _default_steps(features_path: str) -> list[int]:
+    import numpy as np
+    import pandas as pd
+
+    last = int(pd.read_parquet(features_path, columns=["last_step"])["last_step"].max())
+    return sorted({0, *np.unique(np.round(np.geomspace(1, last, 60))).astype(int).tolist()})
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from madyn import config
+    from madyn.features import ArchitectureError
+    from madyn.predict import run_predict
+
+    if args.settings_json:
+        settings, suite = json.loads(args.settings_json), None
+    else:
+        cfg = config.load(args.params)
+        settings, suite = config.predict_settings(cfg), cfg["suite"]
+    features = args.features or (f"results/{suite}/features/fitted_param_dataset_"
+                                 f"{settings['parametrisation']}.parquet")
+    if not Path(features).exists():
+        raise SystemExit(f"madyn predict: no feature table at {features}: run the workflow "
+                         "first (snakemake --cores N), or pass --features")
+    if args.config:
+        arch = json.loads(Path(args.config).read_text())
+    elif args.layers and args.width and args.heads:
+        arch = _arch_from_flags(args)
+    else:
+        raise SystemExit("madyn predict: give --config config.json, or --layers, --width "
+                         "and --heads")
+    steps = ([int(x) for x in args.steps.split(",")] if args.steps
+             else _default_steps(features))
+    try:
+        summary = run_predict(features, arch, steps, settings, args.out)
+    except ArchitectureError as e:
+        raise SystemExit(f"madyn predict: {args.config or 'flags'}: {e}") from None
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4g}"
+
+    for row in summary.get("layers", []):
+        print(f"layer {row['layer']}: final ratio {num(row['final_ratio'])} "
+              f"[{num(row['final_ratio_lo'])}, {num(row['final_ratio_hi'])}], peak step "
+              f"{num(row['peak_step'])}", file=sys.stderr)
+    print(f"-> {args.out}/curves.csv, summary.json, prediction.png", file=sys.stderr)
+    return 0
+
+
+def _cmd_report_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from madyn import plots
+    from madyn.features import architecture
+    from madyn.io import atomic_path, read_json
+    from madyn.series import layer_summary
+
+    series = {Path(f).stem: pd.read_parquet(f) for f in args.series}
+    n_params = {m: architecture(read_json(c))["n_params"]
+                for m, c in (x.split("=", 1) for x in args.config)}
+    layers = layer_summary(series, n_params)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "layers.csv") as tmp:
+        layers.to_csv(tmp, index=False, float_format="%.6g")
+    loss = []
+    for f in args.manifests:  # loss_curve: every k-th update's loss, k = steps // 200
+        m = read_json(f)
+        k = max(1, m["train"]["steps"] // 200)
+        loss.append(pd.DataFrame({"model": m["model"], "loss": m["loss_curve"],
+                                  "step": [j * k + 1 for j in range(len(m["loss_curve"]))]}))
+    with atomic_path(out / "loss.csv") as tmp:
+        (pd.concat(loss, ignore_index=True) if loss
+         else pd.DataFrame(columns=["model", "step", "loss"])).to_csv(tmp, index=False)
+    plots.plot_peak_heatmaps(layers, out / "peak_heatmaps.png")
+    plots.plot_final_vs_params(layers, out / "final_vs_params.png")
+    plots.plot_kurtosis(series, out / "kurtosis.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="madyn",
@@ -247,6 +415,84 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-series", required=True)
     c.add_argument("--out-first-last", required=True)
     c.set_defaults(func=_cmd_plot_series)
+
+    c = sub.add_parser("report-figures", help="cross-model figures and tables")
+    c.add_argument("--series", nargs="+", required=True)
+    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
+    c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
+    c.add_argument("--out-dir", required=True)
+    c.set_defaults(func=_cmd_report_figures)
+
+    c = sub.add_parser("config-json", help="a model's config.json (local checkpoint or hub)")
+    c.add_argument("source", help="checkpoint folder or hub repo id")
+    c.add_argument("--revision", help="hub revision (default main)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_config_json)
+
+    c = sub.add_parser("fit", help="fit every hypothesis to one model's per-layer series",
+                       description="Fit each layer's ratio/top1/median series with every "
+                       "hypothesis (trust-region least squares, grid starts), select by AICc. "
+                       "Writes the released layout params/layer_fit_params_{quantity}.json "
+                       "and a tidy table.")
+    c.add_argument("--series", required=True, help="the model's series Parquet")
+    c.add_argument("--params-dir", required=True, help="folder for layer_fit_params_*.json")
+    c.add_argument("--out", required=True, help="tidy fit table (Parquet)")
+    c.add_argument("--settings-json", help="FitSettings as JSON (params.yaml: fit)")
+    c.set_defaults(func=_cmd_fit)
+
+    c = sub.add_parser("plot-fit", help="example fits and fit quality figures of one model")
+    c.add_argument("--series", required=True)
+    c.add_argument("--fits", required=True)
+    c.add_argument("--out-examples", required=True)
+    c.add_argument("--out-quality", required=True)
+    c.set_defaults(func=_cmd_plot_fit)
+
+    c = sub.add_parser("fit-summary", help="one tidy fit table over all models + metrics")
+    c.add_argument("fits", nargs="+", help="per-model fit tables")
+    c.add_argument("--out-table", required=True)
+    c.add_argument("--out", required=True, help="metrics JSON")
+    c.set_defaults(func=_cmd_fit_summary)
+
+    c = sub.add_parser("features", help="the consolidated (model, layer) feature table")
+    c.add_argument("--fits", nargs="+", required=True, help="fit tables (Parquet)")
+    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
+    c.add_argument("--parametrisation", default="original")
+    c.add_argument("--quantity", default="ratio")
+    c.add_argument("--out", required=True)
+    c.add_argument("--out-csv", required=True)
+    c.set_defaults(func=_cmd_features)
+
+    c = sub.add_parser("evaluate", help="train and evaluate the predictors (study protocol, "
+                       "leave-one-model-out, curve space)")
+    c.add_argument("--features", required=True)
+    c.add_argument("--series", nargs="*", default=[], help="observed series (curve space)")
+    c.add_argument("--settings-json", help="PredictSettings as JSON (params.yaml: predict)")
+    c.add_argument("--out", required=True, help="metrics JSON")
+    c.add_argument("--out-dir", required=True, help="predictions, OLS summary, figures")
+    c.set_defaults(func=_cmd_evaluate)
+
+    c = sub.add_parser(
+        "predict", help="predict an architecture's per-layer massive-activation curves",
+        description="Train the predictors on every fitted (model, layer) and predict the "
+        "top1/median curve of each layer of a new architecture, with its peak step and final "
+        "ratio and bootstrap intervals. Give a Hugging Face config.json of any decoder-only "
+        "model, or --layers/--width/--heads for a Pythia-style one.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: madyn predict --config path/to/config.json --out results/mine")
+    c.add_argument("--config", help="a Hugging Face config.json")
+    c.add_argument("--layers", type=int)
+    c.add_argument("--width", type=int)
+    c.add_argument("--heads", type=int)
+    c.add_argument("--ff-mult", type=int)
+    c.add_argument("--rotary-pct", type=float)
+    c.add_argument("--vocab-size", type=int, default=512)
+    c.add_argument("--params", default="params.yaml", help="settings (default params.yaml)")
+    c.add_argument("--settings-json", help="PredictSettings as JSON (instead of --params)")
+    c.add_argument("--features", help="feature table (default: the active suite's)")
+    c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
+                   "training data's last step)")
+    c.add_argument("--out", default="prediction", help="output folder (default prediction/)")
+    c.set_defaults(func=_cmd_predict)
     return p
 
 

@@ -54,6 +54,13 @@ def validate(cfg: Any) -> dict:
     if cfg["suite"] not in cfg["suites"]:
         raise ConfigError(f"suite: {cfg['suite']!r} is not one of suites "
                           f"({', '.join(cfg['suites'])})")
+    lo, hi = cfg["predict"]["interval"]
+    if lo >= hi:
+        raise ConfigError(f"predict.interval: lower percentile {lo} must be < upper {hi}")
+    ex = cfg["predict"].get("example")
+    if ex and ex["width"] % ex["heads"]:
+        raise ConfigError(f"predict.example.heads: width {ex['width']} is not divisible by "
+                          f"heads {ex['heads']}")
     for sname, suite in cfg["suites"].items():
         names = [m["name"] for m in suite["models"]]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -123,3 +130,10 @@ def steps(suite: dict) -> list[int]:
     if suite["analyse_steps"] == "all":
         return hub_schedule(suite)
     return sorted(suite["analyse_steps"])
+
+
+def predict_settings(cfg: dict) -> dict:
+    """The predictor settings as plain values: ``predict`` (less ``example``) plus the
+    feature table's parametrisation and quantity (the targets)."""
+    out = {k: v for k, v in cfg["predict"].items() if k != "example"}
+    return {**out, **cfg["features"]}

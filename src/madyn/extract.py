@@ -70,6 +70,20 @@ def load_model(source: str, revision: str | None = None, dtype: str = "float32",
     return model.to(resolve_device(device)).eval()
 
 
+def model_config(source: str, revision: str | None = None) -> dict:
+    """A checkpoint's ``config.json`` as a dict: a local HF directory, or a hub repo id at
+    ``revision`` (a plain JSON download; no model code is loaded)."""
+    import json
+
+    local = Path(source)
+    if local.is_dir():
+        return json.loads((local / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(source, "config.json", revision=revision))
+                      .read_text())
+
+
 def weight_files(source: str, revision: str | None = None) -> list[Path]:
     """The safetensors files of a checkpoint: a local dir, or a hub repo's revision as
     cached by the download that loading it just made."""

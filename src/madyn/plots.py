@@ -81,3 +81,89 @@ def growth(series: pd.DataFrame, statistic: str = "ratio") -> pd.Series:
     first = d[d["step"] == d["step"].min()].set_index("layer")["mean"]
     last = d[d["step"] == d["step"].max()].set_index("layer")["mean"]
     return (last / first).rename("growth").astype(float).replace([np.inf], np.nan)
+
+
+def _depth_grid(layers: pd.DataFrame, value: str, bins: int) -> tuple[np.ndarray, list[str]]:
+    """models (rows, by parameter count) x relative-depth bins (columns) of ``value``."""
+    models = list(dict.fromkeys(layers.sort_values("n_params")["model"]))
+    grid = np.full((len(models), bins), np.nan)
+    for i, m in enumerate(models):
+        d = layers[layers["model"] == m]
+        col = np.minimum((d["rel_depth"].to_numpy() * bins - 1e-9).astype(int), bins - 1)
+        for j in range(bins):
+            v = d[value].to_numpy()[col == j]
+            if len(v):
+                grid[i, j] = float(np.mean(v))
+    return grid, models
+
+
+def plot_peak_heatmaps(layers: pd.DataFrame, out: str | Path, bins: int = 8) -> None:
+    """Heatmaps of the peak step (log10) and the peak top1/median of each layer, by
+    relative depth (x, (layer + 1) / L in ``bins`` bins; a bin holds the mean of its layers)
+    and model (y, ordered by parameter count)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.55 * layers["model"].nunique() + 2.2))
+    for ax, value, label, tf in [
+        (axes[0], "peak_step", "step of the peak (log10 step+1)", lambda g: np.log10(g + 1)),
+        (axes[1], "peak_ratio", "peak top1/median", lambda g: g),
+    ]:
+        grid, models = _depth_grid(layers, value, bins)
+        im = ax.imshow(tf(grid), aspect="auto", cmap="magma", origin="lower")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0f}" if value == "peak_step" else f"{v:.1f}",
+                        ha="center", va="center", fontsize=7, color="cyan")
+        ax.set_yticks(range(len(models)))
+        n_par = layers.drop_duplicates("model").set_index("model")["n_params"]
+        ax.set_yticklabels([f"{m} ({n_par[m] / 1e6:.2f}M)" for m in models], fontsize=8)
+        ax.set_xticks(range(bins))
+        ax.set_xticklabels([f"{(j + 1) / bins:.2f}" for j in range(bins)], fontsize=8)
+        ax.set_xlabel("relative depth (upper edge of bin)")
+        ax.set_title(label)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle("Where and when top1/median peaks, by relative depth and model size")
+    _save(fig, out)
+
+
+def plot_final_vs_params(layers: pd.DataFrame, out: str | Path) -> None:
+    """Final top1/median against parameter count: every layer (points, coloured by relative
+    depth), the model's mean and maximum over layers (lines)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sc = ax.scatter(layers["n_params"], layers["final_ratio"], c=layers["rel_depth"],
+                    cmap="viridis", s=25, zorder=3)
+    g = layers.groupby("n_params")["final_ratio"]
+    ax.plot(g.mean().index, g.mean().to_numpy(), "k-o", ms=3, label="mean over layers")
+    ax.plot(g.max().index, g.max().to_numpy(), "r--", label="max over layers")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("top1 / median at the last checkpoint")
+    fig.colorbar(sc, ax=ax, label="relative depth")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, out)
+
+
+def plot_kurtosis(series_by_model: dict[str, pd.DataFrame], out: str | Path) -> None:
+    """Kurtosis of per-channel RMS (He et al.; 1 = no outlier channel) over training, one
+    panel per model, one line per layer (log-x, step + 1)."""
+    n = len(series_by_model)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (model, series) in zip(axes.flat, series_by_model.items(), strict=False):
+        d = _stat(series, "kurtosis")
+        layers = sorted(d["layer"].unique())
+        for layer in layers:
+            s = d[d["layer"] == layer]
+            ax.plot(s["step"] + 1, s["mean"], color=cmap(layer / max(1, len(layers) - 1)),
+                    label=f"layer {layer}")
+        ax.set_xscale("log")
+        ax.set_title(model, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("training step + 1")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("kurtosis of channel RMS")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("Outlier features: kurtosis of per-channel RMS over training")
+    _save(fig, out)

@@ -136,3 +136,30 @@ def growth_summary(series_by_model: dict[str, pd.DataFrame], statistic: str = "r
             "growth_from_min_per_layer": (last / wide.min()).round(3).tolist(),
         }
     return out
+
+
+def layer_summary(series_by_model: dict[str, pd.DataFrame], n_params: dict[str, int]
+                  ) -> pd.DataFrame:
+    """One row per (model, layer) for cross-model figures, from the observed series
+    (flagged checkpoints left out): ``rel_depth`` = (layer + 1) / L, ``n_params``,
+    ``peak_step`` / ``peak_ratio`` (step and value of the largest mean top1/median over
+    training), ``final_ratio`` (at the last checkpoint), ``final_kurtosis``."""
+    rows = []
+    for model, series in series_by_model.items():
+        d = series[~series["flagged"]]
+        ratio = d[d["statistic"] == "ratio"].pivot(index="step", columns="layer",
+                                                   values="mean").sort_index()
+        kurt = d[d["statistic"] == "kurtosis"].pivot(index="step", columns="layer",
+                                                     values="mean").sort_index()
+        n_layers = ratio.shape[1]
+        for layer in ratio.columns:
+            col = ratio[layer].dropna()
+            rows.append({"model": model, "layer": int(layer), "n_layers": n_layers,
+                         "rel_depth": (int(layer) + 1) / n_layers,
+                         "n_params": int(n_params[model]),
+                         "peak_step": int(col.idxmax()), "peak_ratio": float(col.max()),
+                         "final_ratio": float(col.iloc[-1]),
+                         "final_kurtosis": (float(kurt[layer].dropna().iloc[-1])
+                                            if layer in kurt else np.nan)})
+    return pd.DataFrame(rows).sort_values(["n_params", "model", "layer"],
+                                          ignore_index=True)

@@ -1,0 +1,29 @@
+# Phase 6: cross-model figures and tables; `snakemake --report` gathers every figure.
+
+
+rule report_figures:
+    input:
+        series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+        configs=[f"{RESULTS}/configs/{m}.json" for m in MODELS],
+        manifests=[model_manifest(m) for m in MODELS] if SOURCE == "local" else [],
+    output:
+        layers=f"{RESULTS}/report/layers.csv",
+        loss=f"{RESULTS}/report/loss.csv",
+        heat=report(f"{RESULTS}/report/peak_heatmaps.png", category="Across models",
+                    caption="../report/peak_heatmaps.rst"),
+        final=report(f"{RESULTS}/report/final_vs_params.png", category="Across models",
+                     caption="../report/final_vs_params.rst"),
+        kurt=report(f"{RESULTS}/report/kurtosis.png", category="Across models",
+                    caption="../report/kurtosis.rst"),
+    params:
+        configs=lambda wc, input: [f"{m}={c}" for m, c in zip(MODELS, input.configs)],
+        outdir=f"{RESULTS}/report",
+    log:
+        f"{RESULTS}/logs/report_figures.log",
+    shell:
+        "madyn report-figures --series {input.series} --config {params.configs} "
+        "--manifests {input.manifests} --out-dir {params.outdir} 2> {log}"
+
+
+def report_outputs():
+    return [f"{RESULTS}/report/peak_heatmaps.png"]
