@@ -1,10 +1,17 @@
-"""The Snakemake workflow on the smoke suite: validation first, parallel jobs, idempotence."""
+"""The workflow on the smoke suite, driven the way researchers drive it: `dvc repro` (whose
+stages call Snakemake targets), then Snakemake directly. Validation first, idempotence,
+incremental reruns from DVC's own output, the report, and a kill -9 midway."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,24 +19,44 @@ import yaml
 
 from tests.conftest import ROOT
 
+BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+DVC = [str(BIN / "dvc")]
+ENV = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
+       "GIT_AUTHOR_NAME": "madyn-test", "GIT_AUTHOR_EMAIL": "test@madyn",
+       "GIT_COMMITTER_NAME": "madyn-test", "GIT_COMMITTER_EMAIL": "test@madyn"}
 
 
-def _project_copy(dst: Path) -> Path:
-    for name in ("Snakefile", "params.yaml"):
+def _project_copy(dst: Path, suite: str = "smoke") -> Path:
+    for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(ROOT / name, dst / name)
-    for name in ("workflow", "profiles"):
-        shutil.copytree(ROOT / name, dst / name)
+    for name in ("workflow", "profiles", "src"):
+        shutil.copytree(ROOT / name, dst / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg["suite"] = suite
+    (dst / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dst
 
 
-def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env_path = str(Path(sys.executable).parent)
-    import os
+def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
 
-    env = {**os.environ, "PATH": env_path + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+
+def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return _run([*SNAKEMAKE, *args], cwd)
+
+
+def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    r = _run([*DVC, *args], cwd)
+    assert r.returncode == 0, f"dvc {' '.join(args)}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def _stages_run(out: str) -> set[str]:
+    """Stages DVC says it ran ("Running stage 'fit':")."""
+    return set(re.findall(r"Running stage '([^']+)'", out))
 
 
 def test_bad_params_fail_before_any_job(tmp_path):
@@ -37,7 +64,7 @@ def test_bad_params_fail_before_any_job(tmp_path):
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
     cfg["suites"]["smoke"]["train"]["steps"] = -1
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg))
-    r = _snakemake(proj, "--cores", "1", "--config", "suite=smoke")
+    r = _snakemake(proj, "--cores", "1")
     assert r.returncode != 0
     assert "suites.smoke.train.steps" in r.stdout + r.stderr
     assert not (proj / "results").exists()
@@ -45,32 +72,66 @@ def test_bad_params_fail_before_any_job(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The smoke suite through `dvc repro` in a fresh git + DVC repository."""
     proj = _project_copy(tmp_path_factory.mktemp("proj"))
-    r = _snakemake(proj, "--cores", "2", "--config", "suite=smoke")
-    assert r.returncode == 0, r.stderr[-3000:]
+    remote = tmp_path_factory.mktemp("remote")
+    assert _run(["git", "init", "-q"], proj).returncode == 0
+    _dvc(proj, "init", "-q")
+    _dvc(proj, "remote", "add", "-d", "local", str(remote))
+    assert _run(["git", "add", "-A"], proj).returncode == 0
+    assert _run(["git", "commit", "-qm", "init"], proj).returncode == 0
+    r = _dvc(proj, "repro")
     return proj, r
 
 
-def test_smoke_suite_trains_every_model(smoke_run):
-    proj, _ = smoke_run
+def test_dvc_repro_runs_every_phase(smoke_run):
+    proj, r = smoke_run
+    assert _stages_run(r.stdout) == {"suite", "extract", "fit", "features", "predict",
+                                      "report"}
+    res = proj / "results/smoke"
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
-    for m in cfg["suites"]["smoke"]["models"]:
-        out = proj / "results/smoke/models" / m["name"]
-        assert (out / "manifest.json").exists()
-        assert len(list(out.glob("step*/model.safetensors"))) >= 8
-        assert (proj / "results/smoke/series" / f"{m['name']}.parquet").exists()
-        assert (proj / "results/smoke/figures" / m["name"] / "series.png").exists()
-        exp2 = proj / "results/smoke/released" / m["name"] / "stats"
-        assert len(list(exp2.glob(f"exp2_{m['name']}_step*"))) >= 8
-        log = (proj / f"results/smoke/logs/train_{m['name']}.log").read_text()
-        assert "loss" in log  # progress lines were written
+    for m in [m["name"] for m in cfg["suites"]["smoke"]["models"]]:
+        assert len(list((res / "models" / m).glob("step*/model.safetensors"))) >= 8
+        assert (res / "series" / f"{m}.parquet").exists()
+        assert (res / "figures" / m / "series.png").exists()
+        assert len(list((res / "released" / m / "stats").glob(f"exp2_{m}_step*"))) >= 8
+        assert (res / "params" / m / "layer_fit_params_ratio.json").exists()
+        assert "loss" in (res / f"logs/train_{m}.log").read_text()  # progress lines
+    for f in ["metrics/growth.json", "metrics/fit.json", "metrics/predict.json",
+              "predict/example/summary.json", "report/peak_heatmaps.png"]:
+        assert (res / f).exists(), f
+    html = (res / "report.html").read_text(errors="replace")
+    assert "peak_heatmaps.png" in html and "s2-w32-h2" in html
 
 
 def test_second_run_does_nothing(smoke_run):
     proj, _ = smoke_run
-    r = _snakemake(proj, "--cores", "2", "--config", "suite=smoke", "-n")
+    r = _snakemake(proj, "--cores", "2", "-n")
     assert r.returncode == 0
     assert "Nothing to be done" in r.stdout + r.stderr
+    assert "up to date" in _dvc(proj, "status").stdout
+
+
+def test_predictor_param_reruns_only_predict_onward(smoke_run):
+    proj, _ = smoke_run
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["predict"]["xgb_max_depth"] = 2
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = _dvc(proj, "repro")
+    assert _stages_run(r.stdout) == {"predict", "report"}, r.stdout
+    for stage in ("suite", "extract", "fit", "features"):
+        assert f"Stage '{stage}' didn't change, skipping" in r.stdout
+    again = _dvc(proj, "repro")
+    assert _stages_run(again.stdout) == set()
+    assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_dvc_plots_and_push(smoke_run, tmp_path):
+    proj, _ = smoke_run
+    _dvc(proj, "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "loss.csv" in html and "peak_heatmaps.png" in html
+    assert "pushed" in _dvc(proj, "push").stdout
 
 
 def _job_counts(text: str) -> dict[str, int]:
@@ -90,30 +151,23 @@ def _job_counts(text: str) -> dict[str, int]:
 
 
 def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
-    import contextlib
-    import os
-    import signal
-    import time
-
     from madyn.extract import read_stats
 
     proj, _ = smoke_run
     model = "s3-w48-h4"
     stats = sorted((proj / "results/smoke/stats" / model).glob("step*.parquet"))
-    assert len(stats) >= 8, sorted(p.name for p in (proj / "results/smoke").rglob("*"))[:50]
+    assert len(stats) >= 8
     for f in stats:
         f.unlink()
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep
-           + os.environ.get("PATH", "")}
     log = proj / "killed_run.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "--config", "suite=smoke"],
-                                cwd=proj, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "extract_all"], cwd=proj,
+                                env=ENV, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.monotonic() + 300
         while (sum(f.exists() for f in stats) < 2 and proc.poll() is None
                and time.monotonic() < deadline):
-            time.sleep(0.2)
+            time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the harshest stop: no cleanup at all
         proc.wait()
@@ -122,12 +176,12 @@ def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
     for f in done:  # whatever exists is complete and readable
         df, meta = read_stats(f)
         assert len(df) > 0 and meta["model"] == model
-    assert _snakemake(proj, "--unlock", "--config", "suite=smoke").returncode == 0
-    dry = _snakemake(proj, "--cores", "2", "--config", "suite=smoke", "-n")
+    assert _snakemake(proj, "--unlock").returncode == 0
+    dry = _snakemake(proj, "--cores", "2", "-n", "extract_all")
     counts = _job_counts(dry.stdout + dry.stderr)
     assert counts.get("extract_checkpoint") == len(stats) - len(done)
     assert "train" not in counts and "corpus" not in counts
-    r = _snakemake(proj, "--cores", "2", "--config", "suite=smoke")
+    r = _snakemake(proj, "--cores", "2", "extract_all")
     assert r.returncode == 0, r.stderr[-2000:]
     assert all(f.exists() for f in stats)
     assert not list((proj / "results/smoke/stats" / model).glob(".*"))  # no temp debris

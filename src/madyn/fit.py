@@ -486,3 +486,37 @@ def run_fit(series_path: str, out_params_dir: str, out_table: str,
         write_json(Path(out_params_dir) / f"layer_fit_params_{q}.json", layers)
     with atomic_path(out_table) as tmp:
         table.to_parquet(tmp, index=False)
+
+
+EMLOG = ("original", "reparam", "original_reg", "reparam_reg")
+
+
+def fit_summary(table: pd.DataFrame) -> dict:
+    """Metrics of the fit phase over all models (for DVC): per model and quantity, the mean
+    over layers of the best emlog-family R^2 (best of original/reparam and their
+    regularised variants: the study's figure), the mean and minimum R^2 of the AICc winner,
+    and how often each hypothesis wins; plus the same pooled over every layer."""
+    ok = table[table["success"].astype(bool)]
+
+    def block(d: pd.DataFrame) -> dict:
+        if d.empty:
+            return {"n_layers": 0}
+        key = ["model", "layer"]
+        em = d[d["hypothesis"].isin(EMLOG)].groupby(key)["r2"].max()
+        win = d[d["is_winner"].astype(bool)]
+        return {"n_layers": int(d.groupby(key).ngroups),
+                "best_emlog_r2_mean": round(float(em.mean()), 4) if len(em) else None,
+                "best_emlog_r2_min": round(float(em.min()), 4) if len(em) else None,
+                "winner_r2_mean": round(float(win["r2"].mean()), 4),
+                "winner_r2_min": round(float(win["r2"].min()), 4),
+                "winners": {str(k): int(v) for k, v in
+                            win["hypothesis"].value_counts().sort_index().items()}}
+
+    per_model = {str(m): {str(q): block(dq) for q, dq in dm.groupby("quantity")}
+                 for m, dm in ok.groupby("model")}
+    failed = table[~table["success"].astype(bool)]
+    return {"per_model": per_model,
+            "all": {str(q): block(dq) for q, dq in ok.groupby("quantity")},
+            "n_fits": int(len(table)), "n_failed": int(len(failed)),
+            "failed_reasons": {str(k): int(v) for k, v in
+                               failed["reason"].str.split(":").str[0].value_counts().items()}}

@@ -193,10 +193,16 @@ def _grid(kind: str, s: PredictSettings) -> list[dict]:
 
 def _fit_predict(kind: str, s: PredictSettings, Xtr: np.ndarray, ytr: np.ndarray,
                  Xte: np.ndarray, seed: int | None = None, **params: Any) -> np.ndarray:
+    """Predictions of ``kind`` trained on (Xtr, ytr), clipped to the range of ``ytr``.
+
+    The clip guards every model type alike against extrapolating a (transformed) parameter
+    beyond anything observed: linear models on a handful of models otherwise predict
+    combinations whose curves overflow (trees and the mean never leave the range)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = make_model(kind, s, seed=seed, **params).fit(Xtr, ytr)
-        return np.asarray(m.predict(Xte), float)
+        pred = np.asarray(m.predict(Xte), float)
+    return np.clip(pred, np.nanmin(ytr), np.nanmax(ytr))
 
 
 def _cv_select(kind: str, s: PredictSettings, X: np.ndarray, y: np.ndarray

@@ -87,7 +87,7 @@ def build_series(tables: dict[int, pd.DataFrame], metas: dict[int, dict], model:
         if int(t["nonfinite"].sum()) > 0:
             flags[s] = "; ".join(filter(None, [flags.get(s), "non-finite activations"]))
     series["flagged"] = series["step"].isin(list(flags))
-    series["flag_reason"] = series["step"].map(flags).fillna("")
+    series["flag_reason"] = series["step"].map(lambda s: flags.get(s, "")).astype(str)
     report = {
         "model": model,
         "n_checkpoints": len(tables),
