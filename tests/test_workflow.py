@@ -157,7 +157,10 @@ def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
     model = "s3-w48-h4"
     stats = sorted((proj / "results/smoke/stats" / model).glob("step*.parquet"))
     assert len(stats) >= 8
-    for f in stats:
+    # back to the state of a first run that is still extracting this model: no statistics,
+    # nothing downstream of them (Snakemake rightly leaves intermediates alone otherwise)
+    res = proj / "results/smoke"
+    for f in [*stats, res / f"series/{model}.parquet", res / f"integrity/{model}.json"]:
         f.unlink()
     log = proj / "killed_run.log"
     with log.open("w") as out:
@@ -165,21 +168,28 @@ def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
                                 env=ENV, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.monotonic() + 300
-        while (sum(f.exists() for f in stats) < 2 and proc.poll() is None
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
+
+        def finished() -> int:  # extraction jobs Snakemake has recorded as complete
+            return log.read_text().count("(Rule: extract_checkpoint)")
+
+        while finished() < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the harshest stop: no cleanup at all
         proc.wait()
+    recorded = finished()
     done = [f for f in stats if f.exists()]
-    assert 2 <= len(done) < len(stats), log.read_text()[-3000:]
+    assert 2 <= recorded <= len(done) < len(stats), log.read_text()[-3000:]
     for f in done:  # whatever exists is complete and readable
         df, meta = read_stats(f)
         assert len(df) > 0 and meta["model"] == model
     assert _snakemake(proj, "--unlock").returncode == 0
     dry = _snakemake(proj, "--cores", "2", "-n", "extract_all")
     counts = _job_counts(dry.stdout + dry.stderr)
-    assert counts.get("extract_checkpoint") == len(stats) - len(done)
+    # redone: the missing files, plus any written in the instant between the file landing
+    # and Snakemake recording its job as finished (Snakemake reruns those, conservatively)
+    redo = counts.get("extract_checkpoint", 0)
+    assert len(stats) - len(done) <= redo <= len(stats) - recorded
     assert "train" not in counts and "corpus" not in counts
     r = _snakemake(proj, "--cores", "2", "extract_all")
     assert r.returncode == 0, r.stderr[-2000:]
