@@ -126,6 +126,21 @@ def test_predictor_param_reruns_only_predict_onward(smoke_run):
     assert "Data and pipelines are up to date" in again.stdout
 
 
+@pytest.mark.slow
+def test_adding_a_model_trains_and_measures_only_it(smoke_run):
+    proj, _ = smoke_run
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    smoke = cfg["suites"]["smoke"]
+    smoke["models"].append({"name": "s2-w48-h2", "layers": 2, "width": 48, "heads": 2})
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = _dvc(proj, "repro")
+    counts = _job_counts(r.stdout + r.stderr)  # summed over the stages' Snakemake tables
+    n_steps = len(list((proj / "results/smoke/models/s2-w48-h2").glob("step*")))
+    assert counts["train"] == 1
+    assert counts["extract_checkpoint"] == n_steps
+    assert _stages_run(_dvc(proj, "repro").stdout) == set()
+
+
 def test_dvc_plots_and_push(smoke_run, tmp_path):
     proj, _ = smoke_run
     _dvc(proj, "plots", "show", "-o", str(tmp_path / "plots"))
@@ -135,7 +150,7 @@ def test_dvc_plots_and_push(smoke_run, tmp_path):
 
 
 def _job_counts(text: str) -> dict[str, int]:
-    """Rule -> job count from Snakemake's 'Job stats' table."""
+    """Rule -> job count from Snakemake's 'Job stats' tables (summed over tables)."""
     counts: dict[str, int] = {}
     in_table = False
     for line in text.splitlines():
@@ -144,9 +159,9 @@ def _job_counts(text: str) -> dict[str, int]:
             continue
         parts = line.split()
         if in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
+            counts[parts[0]] = counts.get(parts[0], 0) + int(parts[1])
         elif in_table and parts and parts[0] == "total":
-            break
+            in_table = False
     return counts
 
 
