@@ -134,11 +134,46 @@ def test_adding_a_model_trains_and_measures_only_it(smoke_run):
     smoke["models"].append({"name": "s2-w48-h2", "layers": 2, "width": 48, "heads": 2})
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = _dvc(proj, "repro")
-    counts = _job_counts(r.stdout + r.stderr)  # summed over the stages' Snakemake tables
+    counts = _job_counts(r.stdout + r.stderr, first_only=False)  # over the stages
     n_steps = len(list((proj / "results/smoke/models/s2-w48-h2").glob("step*")))
     assert counts["train"] == 1
     assert counts["extract_checkpoint"] == n_steps
     assert _stages_run(_dvc(proj, "repro").stdout) == set()
+
+
+@pytest.mark.slow
+def test_fit_param_reruns_fit_onward(smoke_run):
+    proj, _ = smoke_run
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["fit"]["alpha"] = cfg["fit"]["alpha"] * 2
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = _dvc(proj, "repro")
+    assert _stages_run(r.stdout) == {"fit", "features", "predict", "report"}, r.stdout
+
+
+def test_predict_cli_on_outside_configs(smoke_run, tmp_path):
+    from transformers import BertConfig, LlamaConfig
+
+    proj, _ = smoke_run
+    llama = tmp_path / "llama.json"
+    llama.write_text(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=5,
+                                 num_attention_heads=4, num_key_value_heads=2,
+                                 vocab_size=320).to_json_string())
+    r = _run([str(BIN / "madyn"), "predict", "--config", str(llama), "--out",
+              str(tmp_path / "pred")], proj)
+    assert r.returncode == 0, r.stderr[-2000:]
+    curves = (tmp_path / "pred/curves.csv").read_text().splitlines()
+    assert curves[0] == "layer,step,pred,lo,hi"
+    assert {line.split(",")[0] for line in curves[1:]} == {str(i) for i in range(5)}
+    assert (tmp_path / "pred/prediction.png").stat().st_size > 10_000
+    bert = tmp_path / "bert.json"
+    bert.write_text(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128).to_json_string())
+    r = _run([str(BIN / "madyn"), "predict", "--config", str(bert), "--out",
+              str(tmp_path / "bad")], proj)
+    assert r.returncode != 0
+    assert "not a decoder-only" in r.stderr and "bert" in r.stderr
+    assert not (tmp_path / "bad").exists()  # nothing half-written
 
 
 def test_dvc_plots_and_push(smoke_run, tmp_path):
@@ -149,8 +184,9 @@ def test_dvc_plots_and_push(smoke_run, tmp_path):
     assert "pushed" in _dvc(proj, "push").stdout
 
 
-def _job_counts(text: str) -> dict[str, int]:
-    """Rule -> job count from Snakemake's 'Job stats' tables (summed over tables)."""
+def _job_counts(text: str, first_only: bool = True) -> dict[str, int]:
+    """Rule -> job count from Snakemake's 'Job stats' table: the first one (a dry run
+    prints it twice), or summed over the tables of several runs (one per DVC stage)."""
     counts: dict[str, int] = {}
     in_table = False
     for line in text.splitlines():
@@ -161,6 +197,8 @@ def _job_counts(text: str) -> dict[str, int]:
         if in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = counts.get(parts[0], 0) + int(parts[1])
         elif in_table and parts and parts[0] == "total":
+            if first_only:
+                break
             in_table = False
     return counts
 
@@ -204,7 +242,8 @@ def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
     # redone: the missing files, plus any written in the instant between the file landing
     # and Snakemake recording its job as finished (Snakemake reruns those, conservatively)
     redo = counts.get("extract_checkpoint", 0)
-    assert len(stats) - len(done) <= redo <= len(stats) - recorded
+    reasons = "\n".join(x for x in dry.stdout.splitlines() if "reason:" in x or "output:" in x)
+    assert len(stats) - len(done) <= redo <= len(stats) - recorded, reasons[-4000:]
     assert "train" not in counts and "corpus" not in counts
     r = _snakemake(proj, "--cores", "2", "extract_all")
     assert r.returncode == 0, r.stderr[-2000:]
