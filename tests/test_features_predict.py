@@ -3,6 +3,7 @@ curve parameters depend smoothly on depth and width, and the file entry points."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -275,6 +276,27 @@ def test_predict_architecture_unseen(table):
     # the architecture dict itself is accepted too
     c2, _ = _quiet(predict_architecture, table, architecture(cfg), STEPS, FAST)
     pd.testing.assert_frame_equal(c2, curves)
+
+
+def test_predict_architecture_mean_curve(table):
+    """The mean-curve predictor: per layer the mean of the training models' fitted curves
+    at the same relative depth, with a model-bootstrap band."""
+    cfg = _neox(ModelSpec("l5-w80-h4", 5, 80, 4))
+    s = dataclasses.replace(FAST, predict_model="mean_curve")
+    curves, summary = _quiet(predict_architecture, table, cfg, STEPS, s)
+    assert summary["model_type"] == "mean_curve" and len(summary["layers"]) == 5
+    assert (curves["lo"] <= curves["pred"]).all() and (curves["pred"] <= curves["hi"]).all()
+    # the last layer (depth 1.0) is exactly the mean of every model's last-layer curve
+    d = table[table["usable"]]
+    last = d.loc[d.groupby("model")["layer"].idxmax()]
+    names = [c[len("param_"):] for c in d.columns if c.startswith("param_")]
+    expect = np.mean([hypotheses.get(FAST.parametrisation).func(np.asarray(STEPS, float),
+                                                     *r[[f"param_{n}" for n in names]])
+                      for _, r in last.iterrows()], axis=0)
+    got = curves[curves["layer"] == 4].sort_values("step")["pred"].to_numpy()
+    np.testing.assert_allclose(got, expect, rtol=1e-9)
+    again, _ = _quiet(predict_architecture, table, cfg, STEPS, s)
+    pd.testing.assert_frame_equal(again, curves)
 
 
 # ----------------------------------------------------------------------------- files, determinism

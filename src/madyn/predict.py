@@ -89,8 +89,9 @@ class PredictSettings:
             if k in d:
                 d[k] = tuple(float(x) for x in d[k])
         s = cls(**d)
-        if s.predict_model not in MODEL_TYPES:
-            raise ValueError(f"predict_model {s.predict_model!r} not in {MODEL_TYPES}")
+        if s.predict_model not in (*MODEL_TYPES, "mean_curve"):
+            raise ValueError(f"predict_model {s.predict_model!r} not in "
+                             f"{(*MODEL_TYPES, 'mean_curve')}")
         return s
 
 
@@ -619,6 +620,8 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
     d = _usable(table)
     if d.empty:
         raise ValueError("feature table has no usable rows to train on")
+    if s.predict_model == "mean_curve":
+        return _predict_mean_curve(d, arch, steps, s)
     names = [c[len("param_"):] for c in d.columns if c.startswith("param_")]
     transforms = table.attrs["transforms"]
     new = feature_frame(arch)
@@ -643,6 +646,63 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
         rows.append(pd.DataFrame({"layer": i, "step": steps, "pred": pc, "lo": lo, "hi": hi}))
         layers.append(_layer_summary(i, s, point[i], [bp[i] for bp in boot], grid, lo_q, hi_q))
     summary = {"model_type": s.predict_model, "parametrisation": s.parametrisation,
+               "quantity": s.quantity, "n_boot": s.n_boot, "interval": list(s.interval),
+               "interval_method": "bootstrap over training models (grouped), percentiles",
+               "trained_on_models": models.tolist(), "n_rows": len(d),
+               "architecture": arch, "steps": [float(steps.min()), float(steps.max())],
+               "layers": layers}
+    return pd.concat(rows, ignore_index=True), _clean(summary)
+
+
+def _depth_curves(d: pd.DataFrame, depths: np.ndarray, steps: np.ndarray,
+                  parametrisation: str) -> np.ndarray:
+    """(n_models, len(depths), len(steps)): each training model's fitted curves
+    interpolated at relative ``depths`` (as :func:`mean_curve_baseline`)."""
+    names = [c[len("param_"):] for c in d.columns if c.startswith("param_")]
+    out = []
+    for _m, g in d.groupby("model", sort=True):
+        g = g.sort_values("f_depth")
+        C = np.stack([curve(parametrisation, steps, p)
+                      for p in g[[f"param_{n}" for n in names]].to_numpy(float)])
+        out.append(_interp_depth(g["f_depth"].to_numpy(float), C, depths))
+    return np.stack(out)
+
+
+def _predict_mean_curve(d: pd.DataFrame, arch: dict, steps: np.ndarray,
+                        s: PredictSettings) -> tuple[pd.DataFrame, dict]:
+    """``predict_model: mean_curve``: each layer's curve is the mean of the training
+    models' fitted curves at the same relative depth ((layer + 1) / L); the interval is
+    the same grouped bootstrap over models as for the parameter predictors."""
+    new = feature_frame(arch)
+    depths = new["f_depth"].to_numpy(float)
+    grid = dense_grid(steps.min(), steps.max())
+    on_steps = _depth_curves(d, depths, steps, s.parametrisation)
+    on_grid = _depth_curves(d, depths, grid, s.parametrisation)
+    models = np.array(sorted(d["model"].unique()))
+    rng = np.random.default_rng(s.seed)
+    picks = [rng.integers(0, len(models), size=len(models)) for _ in range(s.n_boot)]
+    lo_q, hi_q = s.interval
+    rows, layers = [], []
+    with np.errstate(all="ignore"):
+        for i in range(len(new)):
+            pc, pg = on_steps[:, i].mean(0), on_grid[:, i].mean(0)
+            bc = np.stack([on_steps[k, i].mean(0) for k in picks])
+            bg = np.stack([on_grid[k, i].mean(0) for k in picks])
+            lo, hi = _band(bc, pc, lo_q, hi_q)
+            rows.append(pd.DataFrame({"layer": i, "step": steps, "pred": pc, "lo": lo,
+                                      "hi": hi}))
+            j = int(np.nanargmax(pg))
+            bj = np.nanargmax(bg, axis=1)
+            pk_lo, pk_hi = _band(grid[bj][:, None], np.array([grid[j]]), lo_q, hi_q)
+            fv_lo, fv_hi = _band(bg[:, -1:], pg[-1:], lo_q, hi_q)
+            layers.append({"layer": i, "peak_step": float(grid[j]),
+                           "peak_step_lo": float(pk_lo[0]), "peak_step_hi": float(pk_hi[0]),
+                           "peak_in_range": bool(0 < j < len(grid) - 1),
+                           "peak_in_range_frac": float(np.mean((bj > 0)
+                                                               & (bj < len(grid) - 1))),
+                           "final_ratio": float(pg[-1]), "final_ratio_lo": float(fv_lo[0]),
+                           "final_ratio_hi": float(fv_hi[0])})
+    summary = {"model_type": "mean_curve", "parametrisation": s.parametrisation,
                "quantity": s.quantity, "n_boot": s.n_boot, "interval": list(s.interval),
                "interval_method": "bootstrap over training models (grouped), percentiles",
                "trained_on_models": models.tolist(), "n_rows": len(d),
