@@ -236,8 +236,10 @@ def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int) -> dict:
         flat[bad] = 0.0  # a is private: zero the non-finite entries in place
     idx = np.argmax(flat, axis=1)
     ms = np.einsum("btd,btd->bd", a, a) / t  # B x D mean square per channel
-    tok_med = np.partition(a, (d - 1) // 2, axis=2)[:, :, (d - 1) // 2]
-    mmr = (a.max(axis=2) / tok_med).mean(axis=1)
+    tok = np.partition(a, (d - 1) // 2, axis=2)  # per token: lower median, then the rest
+    tok_upper = tok[:, :, (d - 1) // 2:]
+    mmr = (tok_upper.max(axis=2) / tok_upper[:, :, 0]).mean(axis=1)
+    del tok, tok_upper
     # last, as it scrambles a: the lower median in place, then the top 3 within the upper
     # half (two single-kth selections are ~10x faster than one with kth=[median, n-3])
     k = (n - 1) // 2
