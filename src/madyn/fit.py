@@ -488,8 +488,6 @@ def run_fit(series_path: str, out_params_dir: str, out_table: str,
         table.to_parquet(tmp, index=False)
 
 
-EMLOG = ("original", "reparam", "original_reg", "reparam_reg")
-
 
 def fit_summary(table: pd.DataFrame) -> dict:
     """Metrics of the fit phase over all models (for DVC): per model and quantity, the mean
@@ -502,7 +500,7 @@ def fit_summary(table: pd.DataFrame) -> dict:
         if d.empty:
             return {"n_layers": 0}
         key = ["model", "layer"]
-        em = d[d["hypothesis"].isin(EMLOG)].groupby(key)["r2"].max()
+        em = d[d["family"] == "emlog"].groupby(key)["r2"].max()
         win = d[d["is_winner"].astype(bool)]
         return {"n_layers": int(d.groupby(key).ngroups),
                 "best_emlog_r2_mean": round(float(em.mean()), 4) if len(em) else None,

@@ -411,18 +411,13 @@ def mean_curve_baseline(table: pd.DataFrame, model: str, layer_depths: np.ndarra
                         steps: np.ndarray, parametrisation: str) -> np.ndarray:
     """(n_layers, n_steps): mean over the other models of their fitted curves at the same
     relative depths (linear interpolation in depth, clamped at the ends)."""
-    names = [c[len("param_"):] for c in table.columns if c.startswith("param_")]
     d = _usable(table)
-    per_model = []
-    for _m, g in d[d["model"] != model].groupby("model", sort=True):
-        g = g.sort_values("f_depth")
-        P = g[[f"param_{n}" for n in names]].to_numpy(float)
-        C = np.stack([curve(parametrisation, steps, p) for p in P])  # (layers_m, steps)
-        per_model.append(_interp_depth(g["f_depth"].to_numpy(float), C, layer_depths))
-    if not per_model:
+    d = d[d["model"] != model]
+    if d.empty:
         return np.full((len(layer_depths), len(steps)), np.nan)
     with np.errstate(all="ignore"):
-        return np.mean(np.stack(per_model), axis=0)
+        return _depth_curves(d, np.asarray(layer_depths, float), steps,
+                             parametrisation).mean(axis=0)
 
 
 def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
@@ -645,19 +640,25 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
         lo, hi = _band(bc, pc, lo_q, hi_q)
         rows.append(pd.DataFrame({"layer": i, "step": steps, "pred": pc, "lo": lo, "hi": hi}))
         layers.append(_layer_summary(i, s, point[i], [bp[i] for bp in boot], grid, lo_q, hi_q))
-    summary = {"model_type": s.predict_model, "parametrisation": s.parametrisation,
-               "quantity": s.quantity, "n_boot": s.n_boot, "interval": list(s.interval),
-               "interval_method": "bootstrap over training models (grouped), percentiles",
-               "trained_on_models": models.tolist(), "n_rows": len(d),
-               "architecture": arch, "steps": [float(steps.min()), float(steps.max())],
-               "layers": layers}
+    summary = _prediction_summary(s, models, d, arch, steps, layers)
     return pd.concat(rows, ignore_index=True), _clean(summary)
+
+
+def _prediction_summary(s: PredictSettings, models: np.ndarray, d: pd.DataFrame, arch: dict,
+                        steps: np.ndarray, layers: list[dict]) -> dict:
+    """The summary.json of :func:`predict_architecture` (any ``predict_model``)."""
+    return {"model_type": s.predict_model, "parametrisation": s.parametrisation,
+            "quantity": s.quantity, "n_boot": s.n_boot, "interval": list(s.interval),
+            "interval_method": "bootstrap over training models (grouped), percentiles",
+            "trained_on_models": models.tolist(), "n_rows": len(d),
+            "architecture": arch, "steps": [float(steps.min()), float(steps.max())],
+            "layers": layers}
 
 
 def _depth_curves(d: pd.DataFrame, depths: np.ndarray, steps: np.ndarray,
                   parametrisation: str) -> np.ndarray:
     """(n_models, len(depths), len(steps)): each training model's fitted curves
-    interpolated at relative ``depths`` (as :func:`mean_curve_baseline`)."""
+    interpolated at relative ``depths`` (linear in depth, clamped at the ends)."""
     names = [c[len("param_"):] for c in d.columns if c.startswith("param_")]
     out = []
     for _m, g in d.groupby("model", sort=True):
@@ -702,12 +703,7 @@ def _predict_mean_curve(d: pd.DataFrame, arch: dict, steps: np.ndarray,
                                                                & (bj < len(grid) - 1))),
                            "final_ratio": float(pg[-1]), "final_ratio_lo": float(fv_lo[0]),
                            "final_ratio_hi": float(fv_hi[0])})
-    summary = {"model_type": "mean_curve", "parametrisation": s.parametrisation,
-               "quantity": s.quantity, "n_boot": s.n_boot, "interval": list(s.interval),
-               "interval_method": "bootstrap over training models (grouped), percentiles",
-               "trained_on_models": models.tolist(), "n_rows": len(d),
-               "architecture": arch, "steps": [float(steps.min()), float(steps.max())],
-               "layers": layers}
+    summary = _prediction_summary(s, models, d, arch, steps, layers)
     return pd.concat(rows, ignore_index=True), _clean(summary)
 
 
