@@ -47,6 +47,7 @@ def _mutated(path: str, value) -> dict:
         ("suites.embedded.train.steps", -5, "suites.embedded.train.steps"),
         ("suites.smoke.models", [], "suites.smoke.models"),
         ("suites.embedded.models.0.heads", 3, "suites.embedded.models.0.heads"),
+        ("suites.embedded.models.1.lr", -0.01, "suites.embedded.models.1.lr"),
         ("suite", "nope", "suite"),
         ("suites.pythia.analyse_steps", [0, 1, 3], "suites.pythia.analyse_steps"),
         ("suites.pythia.models.0.repo", "no-slash", "suites.pythia.models.0.repo"),
@@ -56,6 +57,16 @@ def test_bad_params_name_the_key(path, value, named):
     with pytest.raises(config.ConfigError) as err:
         config.validate(_mutated(path, value))
     assert named in str(err.value)
+
+
+def test_model_lr_overrides_the_suite_recipe_only_for_that_model():
+    cfg = _mutated("suites.smoke.models.1.lr", 0.002)
+    suite = config.validate(cfg)["suites"]["smoke"]
+    first, second = config.model_names(suite)
+    assert config.train_spec(suite, second).lr == 0.002
+    assert config.train_spec(suite, first).lr == suite["train"]["lr"] == config.train_spec(suite).lr
+    spec = config.model_spec(suite, second)
+    assert not hasattr(spec, "lr") and spec.layers == suite["models"][1]["layers"]
 
 
 def test_duplicate_model_names_rejected():

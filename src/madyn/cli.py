@@ -47,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
         if args.model not in config.model_names(suite):
             raise SystemExit(f"madyn train: no model {args.model!r} in suite {cfg['suite']!r}")
-        spec, train = config.model_spec(suite, args.model), config.train_spec(suite)
+        spec, train = config.model_spec(suite, args.model), config.train_spec(suite, args.model)
     t0 = time.monotonic()
     m = train_model(spec, train, args.corpus, args.out, threads=args.threads)
     print(f"[{spec.name}] trained {train.steps} steps in {time.monotonic() - t0:.0f}s, "

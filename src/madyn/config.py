@@ -110,13 +110,27 @@ def model_names(suite: dict) -> list[str]:
     return [m["name"] for m in suite["models"]]
 
 
-def model_spec(suite: dict, name: str) -> ModelSpec:
+TRAIN_OVERRIDES = ("lr",)  # model-entry keys that override the suite's train recipe
+
+
+def _model_entry(suite: dict, name: str) -> dict:
     (m,) = [m for m in suite["models"] if m["name"] == name]
-    return ModelSpec(**m)
+    return m
 
 
-def train_spec(suite: dict) -> TrainSpec:
-    return TrainSpec(**suite["train"])
+def model_spec(suite: dict, name: str) -> ModelSpec:
+    """The architecture of model ``name`` (its training overrides left out)."""
+    m = _model_entry(suite, name)
+    return ModelSpec(**{k: v for k, v in m.items() if k not in TRAIN_OVERRIDES})
+
+
+def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
+    """The suite's training recipe, with model ``name``'s overrides (its ``lr``) applied."""
+    t = dict(suite["train"])
+    if name is not None:
+        m = _model_entry(suite, name)
+        t.update({k: m[k] for k in TRAIN_OVERRIDES if k in m})
+    return TrainSpec(**t)
 
 
 def steps(suite: dict) -> list[int]:

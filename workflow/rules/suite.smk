@@ -27,7 +27,7 @@ if SUITE_CFG["source"] == "local":
         params:
             outdir=lambda wc: f"{RESULTS}/models/{wc.model}",
             spec=lambda wc: shlex.quote(json.dumps(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__)),
-            train=shlex.quote(json.dumps(SUITE_CFG["train"])),
+            train=lambda wc: shlex.quote(json.dumps(madyn_config.train_spec(SUITE_CFG, wc.model).__dict__)),
         threads: SUITE_CFG["threads"]
         log:
             f"{RESULTS}/logs/train_{{model}}.log",
