@@ -3,6 +3,8 @@
 import json
 import shlex
 
+from madyn.suite import train_cost
+
 if SUITE_CFG["source"] == "local":
 
     rule corpus:
@@ -29,6 +31,8 @@ if SUITE_CFG["source"] == "local":
             spec=lambda wc: shlex.quote(json.dumps(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__)),
             train=lambda wc: shlex.quote(json.dumps(madyn_config.train_spec(SUITE_CFG, wc.model).__dict__)),
         threads: SUITE_CFG["threads"]
+        # longest job first, so that N cores finish together (not the slowest model last)
+        priority: lambda wc: train_cost(madyn_config.model_spec(SUITE_CFG, wc.model))
         log:
             f"{RESULTS}/logs/train_{{model}}.log",
         shell:
