@@ -132,6 +132,15 @@ def _save_checkpoint(model, tokenizer_dir: Path, out: Path, meta: dict) -> None:
         (tmp / "madyn_checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def _remove_stale_checkpoints(out_dir: Path) -> None:
+    """Delete checkpoints an earlier recipe left in ``out_dir`` (a retrain rewrites them
+    all; a changed schedule would otherwise leave steps that no longer belong)."""
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    for d in out_dir.glob("step*"):
+        if d.is_dir() and d.name[4:].isdigit() and (d / "madyn_checkpoint.json").exists():
+            shutil.rmtree(d)
+
+
 def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
                 out_dir: str | Path, threads: int = 1) -> dict:
     """Train ``spec`` from scratch and write ``out_dir/step{N}/`` checkpoints.
@@ -179,6 +188,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     rng = np.random.default_rng(train.seed)
     schedule = checkpoint_steps(train.steps, train.log_until, train.every)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_checkpoints(out_dir)
     progress = Progress(spec.name, train.steps)
     n_params = sum(p.numel() for p in model.parameters())
     losses: list[float] = []
