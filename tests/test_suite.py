@@ -59,8 +59,14 @@ def test_checkpoints_are_hf_safetensors_and_load(tiny_model_dir: Path):
 
 def test_training_is_bit_identical(corpus_dir: Path, tiny_model_dir: Path, tmp_path: Path):
     again = tmp_path / "again"
+    # a checkpoint of an earlier schedule, and a file that is not a checkpoint
+    (again / "step999").mkdir(parents=True)
+    (again / "step999" / "madyn_checkpoint.json").write_text("{}")
+    (again / "notes.txt").write_text("mine")
     train_model(TINY_MODEL, TINY_TRAIN, corpus_dir, again, threads=1)
     first = read_json(tiny_model_dir / "manifest.json")["weights_sha256"]
     assert read_json(again / "manifest.json")["weights_sha256"] == first
+    assert sorted(p.name for p in again.glob("step*")) == sorted(f"step{k}" for k in first)
+    assert (again / "notes.txt").read_text() == "mine"
     s = str(TINY_TRAIN.steps)
     assert sha256_file(again / f"step{s}" / "model.safetensors") == first[s]
