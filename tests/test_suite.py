@@ -6,9 +6,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from madyn.io import read_json, sha256_file
-from madyn.suite import checkpoint_steps, train_model
+from madyn.suite import checkpoint_steps, train_model, training_summary
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -70,3 +71,16 @@ def test_training_is_bit_identical(corpus_dir: Path, tiny_model_dir: Path, tmp_p
     assert (again / "notes.txt").read_text() == "mine"
     s = str(TINY_TRAIN.steps)
     assert sha256_file(again / f"step{s}" / "model.safetensors") == first[s]
+
+
+def test_training_summary_times_the_suite(tiny_model_dir: Path):
+    m = read_json(tiny_model_dir / "manifest.json")
+    t = m["train_seconds"]
+    assert 0 < t < 600 and m["started_unix"] > 1.7e9
+    later = {**m, "started_unix": m["started_unix"] + 10 * t}  # a model added later
+    half = {**m, "started_unix": m["started_unix"] + t / 2}  # run beside the first
+    old = {k: v for k, v in m.items() if k not in ("train_seconds", "started_unix")}
+    s = training_summary({"a": m, "b": later, "c": half, "d": old}, budget_s=1e6)
+    assert s["wall_s"] == pytest.approx(2.5 * t, abs=0.2)  # a and c overlap; b does not
+    assert s["sum_s"] == pytest.approx(3 * t, abs=0.2)
+    assert s["untimed"] == ["d"] and s["within_budget"] and sorted(s["models"]) == ["a", "b", "c"]

@@ -141,6 +141,30 @@ def _cmd_growth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_summary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from madyn.io import read_json, write_json
+    from madyn.suite import training_summary
+
+    manifests = {Path(f).parent.name: read_json(f) for f in args.manifests}
+    budget = args.budget_min * 60 if args.budget_min else None
+    s = training_summary(manifests, budget)
+    write_json(args.out, s)
+    if "wall_s" in s:
+        w = s["wall_s"]
+        verdict = ""
+        if budget:
+            verdict = (f", within the {args.budget_min:g}-minute budget" if s["within_budget"]
+                       else f", OVER the {args.budget_min:g}-minute budget")
+        print(f"suite trained: {len(s['models'])} models in {int(w // 60)} min {w % 60:.0f} s "
+              f"wall ({s['sum_s']:.0f} s summed over jobs){verdict}", file=sys.stderr)
+    if s["untimed"]:
+        print(f"not timed (trained by an older madyn): {', '.join(s['untimed'])}",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_plot_series(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -402,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--integrity", required=True, help="integrity report .json")
     c.add_argument("--export", default=None, help="also write the released layout here")
     c.set_defaults(func=_cmd_series)
+
+    c = sub.add_parser("train-summary", help="how long the suite's training took",
+                       description="Reads the models' manifests and writes (and prints) "
+                       "the training wall time: the time during which at least one "
+                       "training job ran, and the sum over jobs.")
+    c.add_argument("manifests", nargs="+", help="models/<model>/manifest.json files")
+    c.add_argument("--out", required=True)
+    c.add_argument("--budget-min", type=float, default=None,
+                   help="flag the wall time against this budget (minutes)")
+    c.set_defaults(func=_cmd_train_summary)
 
     c = sub.add_parser("growth", help="growth of top1/median per model and layer",
                        description="Ratio at the last checkpoint / at the first, per layer; "

@@ -190,6 +190,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_checkpoints(out_dir)
     progress = Progress(spec.name, train.steps)
+    started = time.time()
     n_params = sum(p.numel() for p in model.parameters())
     losses: list[float] = []
     loss_val = float("nan")
@@ -225,6 +226,8 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
             str(s): sha256_file(out_dir / f"step{s}" / "model.safetensors") for s in schedule
         },
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "started_unix": started,  # wall clock (s): not part of the checkpoints' identity
+        "train_seconds": time.time() - started,
         "loss_curve": losses[:: max(1, len(losses) // 200)],
         "torch": torch.__version__,
         "python": sys.version.split()[0],
@@ -232,3 +235,33 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def training_summary(manifests: dict[str, dict], budget_s: float | None = None) -> dict:
+    """Training time of a suite from its models' manifests (seconds, wall clock).
+
+    ``wall_s`` is the time during which at least one training job ran (the union of the
+    jobs' intervals): what ``snakemake --cores N`` spent training (corpus excluded), and
+    not inflated when a model is added days later. ``sum_s`` is the total over jobs.
+    Models trained by an older madyn (no timing in the manifest) are listed as ``untimed``.
+    """
+    timed = {m: x for m, x in manifests.items() if "train_seconds" in x}
+    out: dict = {
+        "models": {m: round(x["train_seconds"], 1) for m, x in sorted(timed.items())},
+        "untimed": sorted(set(manifests) - set(timed)),
+        "threads": sorted({x.get("threads") for x in manifests.values()} - {None}),
+    }
+    if timed:
+        spans = sorted((x["started_unix"], x["started_unix"] + x["train_seconds"])
+                       for x in timed.values())
+        wall, (lo, hi) = 0.0, spans[0]
+        for a, b in spans[1:]:
+            if a > hi:
+                wall, lo = wall + hi - lo, a
+            hi = max(hi, b)
+        out["wall_s"] = round(wall + hi - lo, 1)
+        out["sum_s"] = round(sum(x["train_seconds"] for x in timed.values()), 1)
+        if budget_s is not None:
+            out["budget_s"] = budget_s
+            out["within_budget"] = out["wall_s"] <= budget_s
+    return out

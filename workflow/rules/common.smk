@@ -53,5 +53,5 @@ def tokenizer_of(model):
 
 def suite_outputs():
     if SOURCE == "local":
-        return [model_manifest(m) for m in MODELS]
+        return [model_manifest(m) for m in MODELS] + [f"{RESULTS}/metrics/train.json"]
     return []

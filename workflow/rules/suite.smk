@@ -38,3 +38,13 @@ if SUITE_CFG["source"] == "local":
         shell:
             "madyn train --spec-json {params.spec} --train-json {params.train} "
             "--corpus {RESULTS}/corpus --out {params.outdir} --threads {threads} 2> {log}"
+
+    rule train_summary:
+        input:
+            [model_manifest(m) for m in MODELS],
+        output:
+            f"{RESULTS}/metrics/train.json",
+        log:
+            f"{RESULTS}/logs/train_summary.log",
+        shell:
+            "madyn train-summary {input} --out {output} 2> {log}; cat {log}"
