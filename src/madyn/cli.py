@@ -35,6 +35,7 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from madyn import config
+    from madyn.io import write_json
     from madyn.suite import ModelSpec, TrainSpec, train_model
 
     if args.spec_json:
@@ -50,6 +51,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         spec, train = config.model_spec(suite, args.model), config.train_spec(suite, args.model)
     t0 = time.monotonic()
     m = train_model(spec, train, args.corpus, args.out, threads=args.threads)
+    if args.timing_out:
+        write_json(args.timing_out, {k: m[k] for k in ("model", "threads", "started_unix",
+                                                         "train_seconds")})
     print(f"[{spec.name}] trained {train.steps} steps in {time.monotonic() - t0:.0f}s, "
           f"{len(m['steps'])} checkpoints, final loss {m['final_loss']:.3f}", file=sys.stderr)
     return 0
@@ -147,9 +151,9 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
     from madyn.io import read_json, write_json
     from madyn.suite import training_summary
 
-    manifests = {Path(f).parent.name: read_json(f) for f in args.manifests}
+    timings = {Path(f).stem: read_json(f) for f in args.timings}
     budget = args.budget_min * 60 if args.budget_min else None
-    s = training_summary(manifests, budget)
+    s = training_summary(timings, budget)
     write_json(args.out, s)
     if "wall_s" in s:
         w = s["wall_s"]
@@ -160,7 +164,7 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
         print(f"suite trained: {len(s['models'])} models in {int(w // 60)} min {w % 60:.0f} s "
               f"wall ({s['sum_s']:.0f} s summed over jobs){verdict}", file=sys.stderr)
     if s["untimed"]:
-        print(f"not timed (trained by an older madyn): {', '.join(s['untimed'])}",
+        print(f"not timed: {', '.join(s['untimed'])}",
               file=sys.stderr)
     return 0
 
@@ -379,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--corpus", required=True, help="directory written by `madyn corpus`")
     c.add_argument("--out", required=True, help="checkpoint directory")
     c.add_argument("--threads", type=int, default=1, help="torch threads")
+    c.add_argument("--timing-out", help="also write the job's wall-clock timing (JSON) here")
     c.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("eval-tokens", help="write the fixed evaluation batch for a tokenizer",
@@ -428,10 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_series)
 
     c = sub.add_parser("train-summary", help="how long the suite's training took",
-                       description="Reads the models' manifests and writes (and prints) "
+                       description="Reads the training jobs' timing files and writes (and prints) "
                        "the training wall time: the time during which at least one "
                        "training job ran, and the sum over jobs.")
-    c.add_argument("manifests", nargs="+", help="models/<model>/manifest.json files")
+    c.add_argument("timings", nargs="+",
+                   help="timing/<model>.json files (madyn train --timing-out)")
     c.add_argument("--out", required=True)
     c.add_argument("--budget-min", type=float, default=None,
                    help="flag the wall time against this budget (minutes)")

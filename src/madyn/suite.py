@@ -147,7 +147,8 @@ def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
 
     Writes ``out_dir/manifest.json`` last (the job's completion marker): the steps,
     the sha256 of each checkpoint's weights and the final training loss.
-    Deterministic: same arguments and thread count give bit-identical checkpoints.
+    Deterministic: same arguments and thread count give bit-identical checkpoints and
+    manifest. Returns the manifest plus ``started_unix`` and ``train_seconds`` (wall clock).
     """
     import torch
     from transformers.utils import logging as hf_logging
@@ -226,30 +227,31 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
             str(s): sha256_file(out_dir / f"step{s}" / "model.safetensors") for s in schedule
         },
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
-        "started_unix": started,  # wall clock (s): not part of the checkpoints' identity
-        "train_seconds": time.time() - started,
+
         "loss_curve": losses[:: max(1, len(losses) // 200)],
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
     }
     write_json(out_dir / "manifest.json", manifest)
-    return manifest
+    # wall-clock timing stays out of the manifest, which is deterministic like the weights
+    return {**manifest, "started_unix": started, "train_seconds": time.time() - started}
 
 
-def training_summary(manifests: dict[str, dict], budget_s: float | None = None) -> dict:
-    """Training time of a suite from its models' manifests (seconds, wall clock).
+def training_summary(timings: dict[str, dict], budget_s: float | None = None) -> dict:
+    """Training time of a suite from its models' timing records (seconds, wall clock):
+    per model, ``started_unix`` and ``train_seconds`` as :func:`train_model` returns them.
 
     ``wall_s`` is the time during which at least one training job ran (the union of the
     jobs' intervals): what ``snakemake --cores N`` spent training (corpus excluded), and
     not inflated when a model is added days later. ``sum_s`` is the total over jobs.
-    Models trained by an older madyn (no timing in the manifest) are listed as ``untimed``.
+    Records without timing (models trained by an older madyn) are listed as ``untimed``.
     """
-    timed = {m: x for m, x in manifests.items() if "train_seconds" in x}
+    timed = {m: x for m, x in timings.items() if "train_seconds" in x}
     out: dict = {
         "models": {m: round(x["train_seconds"], 1) for m, x in sorted(timed.items())},
-        "untimed": sorted(set(manifests) - set(timed)),
-        "threads": sorted({x.get("threads") for x in manifests.values()} - {None}),
+        "untimed": sorted(set(timings) - set(timed)),
+        "threads": sorted({x.get("threads") for x in timings.values()} - {None}),
     }
     if timed:
         spans = sorted((x["started_unix"], x["started_unix"] + x["train_seconds"])

@@ -26,6 +26,7 @@ if SUITE_CFG["source"] == "local":
             rules.corpus.output.manifest,
         output:
             f"{RESULTS}/models/{{model}}/manifest.json",
+            timing=f"{RESULTS}/timing/{{model}}.json",
         params:
             outdir=lambda wc: f"{RESULTS}/models/{wc.model}",
             spec=lambda wc: shlex.quote(json.dumps(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__)),
@@ -37,11 +38,12 @@ if SUITE_CFG["source"] == "local":
             f"{RESULTS}/logs/train_{{model}}.log",
         shell:
             "madyn train --spec-json {params.spec} --train-json {params.train} "
-            "--corpus {RESULTS}/corpus --out {params.outdir} --threads {threads} 2> {log}"
+            "--corpus {RESULTS}/corpus --out {params.outdir} --threads {threads} "
+            "--timing-out {output.timing} 2> {log}"
 
     rule train_summary:
         input:
-            [model_manifest(m) for m in MODELS],
+            [f"{RESULTS}/timing/{m}.json" for m in MODELS],
         output:
             f"{RESULTS}/metrics/train.json",
         log:
