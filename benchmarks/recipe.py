@@ -24,12 +24,8 @@ import numpy as np
 
 from madyn import config
 from madyn.extract import load_model, measure
+from madyn.series import middle_layers
 from madyn.suite import TrainSpec, train_model
-
-
-def middle_layers(n_layers: int) -> list[int]:
-    """Layers whose relative depth (i + 0.5) / L lies in [0.25, 0.75] (as growth.json)."""
-    return [i for i in range(n_layers) if 0.25 <= (i + 0.5) / n_layers <= 0.75]
 
 
 def run_variant(model: str, suite: dict, results: Path, variant: dict, work: Path) -> str:

@@ -115,6 +115,12 @@ def fit_input(series: pd.DataFrame, quantities=("ratio", "top1", "median")) -> p
                          "flagged": s["flagged"].astype(bool)}).reset_index(drop=True)
 
 
+def middle_layers(n_layers: int) -> list[int]:
+    """Layers whose relative depth (i + 0.5) / L lies in [0.25, 0.75] (all, if none)."""
+    return [i for i in range(n_layers) if 0.25 <= (i + 0.5) / n_layers <= 0.75] or list(
+        range(n_layers))
+
+
 def growth_summary(series_by_model: dict[str, pd.DataFrame], statistic: str = "ratio"
                    ) -> dict:
     """Per model: ``statistic`` at the last checkpoint / at the first, per layer, and the
@@ -126,7 +132,7 @@ def growth_summary(series_by_model: dict[str, pd.DataFrame], statistic: str = "r
         wide = d.pivot(index="step", columns="layer", values="mean").sort_index()
         first, last = wide.iloc[0], wide.iloc[-1]
         n = wide.shape[1]
-        middle = [c for c in wide.columns if 0.25 <= (c + 0.5) / n <= 0.75] or list(wide)
+        middle = [wide.columns[i] for i in middle_layers(n)]
         g = last / first
         out[model] = {
             "first_step": int(wide.index[0]), "last_step": int(wide.index[-1]),
