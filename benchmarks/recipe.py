@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +36,14 @@ def run_variant(model: str, suite: dict, results: Path, variant: dict, work: Pat
         raise SystemExit(f"unknown recipe keys {sorted(unknown)}; known: {sorted(base)}")
     t = TrainSpec(**{**base, **variant, "log_until": 0,
                      "every": max(1, (variant.get("steps", base["steps"])) // 4)})
-    out = work
-    t0 = time.monotonic()
-    manifest = train_model(spec, t, results / "corpus", out, threads=1)
-    train_s = time.monotonic() - t0
+    m = train_model(spec, t, results / "corpus", work, threads=1)
     tokens = np.load(results / "eval" / "tokens_corpus.npy")
-    ratio = {s: measure(load_model(str(out / f"step{s}")), tokens)
-             .groupby("layer")["ratio"].mean().to_numpy() for s in manifest["steps"]}
-    first, last = ratio[0], ratio[manifest["steps"][-1]]
-    growth = last / first
-    traj = " ".join(f"{s}:{ratio[s].mean():.1f}" for s in manifest["steps"])
-    return (f"{json.dumps(variant):58s} {train_s:6.0f} s  loss {manifest['final_loss']:.3f}"
+    ratio = {s: measure(load_model(str(work / f"step{s}")), tokens)
+             .groupby("layer")["ratio"].mean().to_numpy() for s in m["steps"]}
+    growth = ratio[m["steps"][-1]] / ratio[0]
+    traj = " ".join(f"{s}:{ratio[s].mean():.1f}" for s in m["steps"])
+    return (f"{json.dumps(variant):58s} {m['train_seconds']:6.0f} s  "
+            f"loss {m['final_loss']:.3f}"
             f"  middle x{growth[middle_layers(spec.layers)].mean():.2f}"
             f"  per layer x{growth.min():.2f}-{growth.max():.2f}  ratio {traj}")
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from madyn.project import copy_workflow
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
@@ -40,14 +42,7 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def setup(dst: Path) -> None:
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, dst / name)
-    for name in ("workflow", "profiles", "src"):
-        shutil.copytree(ROOT / name, dst / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cfg["suite"] = "smoke"
-    (dst / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    copy_workflow(ROOT, dst, "smoke")
     run(["git", "init", "-q"], dst)
     run([str(BIN / "dvc"), "init", "-q"], dst)
     run(["git", "add", "-A"], dst)

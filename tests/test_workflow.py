@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from madyn.project import copy_workflow
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -25,18 +25,6 @@ DVC = [str(BIN / "dvc")]
 ENV = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
        "GIT_AUTHOR_NAME": "madyn-test", "GIT_AUTHOR_EMAIL": "test@madyn",
        "GIT_COMMITTER_NAME": "madyn-test", "GIT_COMMITTER_EMAIL": "test@madyn"}
-
-
-def _project_copy(dst: Path, suite: str = "smoke") -> Path:
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, dst / name)
-    for name in ("workflow", "profiles", "src"):
-        shutil.copytree(ROOT / name, dst / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cfg["suite"] = suite
-    (dst / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dst
 
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -60,7 +48,7 @@ def _stages_run(out: str) -> set[str]:
 
 
 def test_bad_params_fail_before_any_job(tmp_path):
-    proj = _project_copy(tmp_path)
+    proj = copy_workflow(ROOT, tmp_path)
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
     cfg["suites"]["smoke"]["train"]["steps"] = -1
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg))
@@ -73,7 +61,7 @@ def test_bad_params_fail_before_any_job(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """The smoke suite through `dvc repro` in a fresh git + DVC repository."""
-    proj = _project_copy(tmp_path_factory.mktemp("proj"))
+    proj = copy_workflow(ROOT, tmp_path_factory.mktemp("proj"))
     remote = tmp_path_factory.mktemp("remote")
     assert _run(["git", "init", "-q"], proj).returncode == 0
     _dvc(proj, "init", "-q")

@@ -49,12 +49,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.model not in config.model_names(suite):
             raise SystemExit(f"madyn train: no model {args.model!r} in suite {cfg['suite']!r}")
         spec, train = config.model_spec(suite, args.model), config.train_spec(suite, args.model)
-    t0 = time.monotonic()
     m = train_model(spec, train, args.corpus, args.out, threads=args.threads)
     if args.timing_out:
         write_json(args.timing_out, {k: m[k] for k in ("model", "threads", "started_unix",
                                                          "train_seconds")})
-    print(f"[{spec.name}] trained {train.steps} steps in {time.monotonic() - t0:.0f}s, "
+    print(f"[{spec.name}] trained {train.steps} steps in {m['train_seconds']:.0f}s, "
           f"{len(m['steps'])} checkpoints, final loss {m['final_loss']:.3f}", file=sys.stderr)
     return 0
 
@@ -164,8 +163,7 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
         print(f"suite trained: {len(s['models'])} models in {int(w // 60)} min {w % 60:.0f} s "
               f"wall ({s['sum_s']:.0f} s summed over jobs){verdict}", file=sys.stderr)
     if s["untimed"]:
-        print(f"not timed: {', '.join(s['untimed'])}",
-              file=sys.stderr)
+        print(f"not timed: {', '.join(s['untimed'])}", file=sys.stderr)
     return 0
 
 

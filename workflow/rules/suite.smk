@@ -43,7 +43,7 @@ if SUITE_CFG["source"] == "local":
 
     rule train_summary:
         input:
-            [f"{RESULTS}/timing/{m}.json" for m in MODELS],
+            expand(rules.train.output.timing, model=MODELS),
         output:
             f"{RESULTS}/metrics/train.json",
         log:
