@@ -1,7 +1,7 @@
 # madyn workflow: suite -> extract -> fit -> features -> predict -> report.
 # Configuration: params.yaml (validated before any job starts). Run: snakemake --cores N
-# Phase targets (what the DVC stages call): suite_all, extract_all, fit_all, features_all,
-# predict_all, report_all.
+# Phase targets (what the DVC stages call): inputs_all, suite_all, extract_all, fit_all,
+# features_all, predict_all, report_all.
 configfile: "params.yaml"
 
 
@@ -9,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/suite.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/fit.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/report.smk"
 
@@ -21,6 +22,11 @@ rule all:
         fit_outputs(),
         predict_outputs(),
         report_outputs(),
+
+
+rule inputs_all:
+    input:
+        f"{RESULTS}/inputs.json",
 
 
 rule suite_all:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -24,157 +24,122 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
-    from madyn.corpus import build_corpus
+    from madyn.stages import suite
 
-    t0 = time.monotonic()
-    m = build_corpus(args.out, args.max_mb, args.heldout_fraction, args.vocab_size, args.root)
-    print(f"corpus: {m['n_files']} files, {m['bytes'] / 1e6:.1f} MB, tokens {m['tokens']}, "
-          f"sha256 {m['sha256'][:12]} ({time.monotonic() - t0:.0f}s)", file=sys.stderr)
+    suite.corpus(args.out, args.max_mb, args.heldout_fraction, args.vocab_size, args.root)
+    return 0
+
+
+def _cmd_heldout_manifest(args: argparse.Namespace) -> int:
+    from madyn.stages import suite
+
+    suite.heldout_manifest(args.out, args.max_mb, args.heldout_fraction)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from madyn import config
-    from madyn.io import write_json
-    from madyn.suite import ModelSpec, TrainSpec, train_model
+    from madyn.stages import suite
+    from madyn.suite import ModelSpec, TrainSpec
 
     if args.spec_json:
         spec = ModelSpec(**json.loads(args.spec_json))
         train = TrainSpec(**json.loads(args.train_json))
     else:
         cfg = config.load(args.params)
-        suite = config.active(cfg)
-        if suite["source"] != "local":
+        active = config.active(cfg)
+        if active["source"] != "local":
             raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
-        if args.model not in config.model_names(suite):
+        if args.model not in config.model_names(active):
             raise SystemExit(f"madyn train: no model {args.model!r} in suite {cfg['suite']!r}")
-        spec, train = config.model_spec(suite, args.model), config.train_spec(suite, args.model)
-    m = train_model(spec, train, args.corpus, args.out, threads=args.threads)
-    if args.timing_out:
-        write_json(args.timing_out, {k: m[k] for k in ("model", "threads", "started_unix",
-                                                         "train_seconds")})
-    print(f"[{spec.name}] trained {train.steps} steps in {m['train_seconds']:.0f}s, "
-          f"{len(m['steps'])} checkpoints, final loss {m['final_loss']:.3f}", file=sys.stderr)
+        spec, train = config.model_spec(active, args.model), config.train_spec(active, args.model)
+    suite.train(spec, train, args.corpus, args.out, args.threads, args.timing_out)
     return 0
 
 
 def _cmd_eval_tokens(args: argparse.Namespace) -> int:
-    import numpy as np
+    from madyn.stages import extract
 
-    from madyn.corpus import encode_with, eval_windows, heldout_texts
-    from madyn.io import atomic_path, read_json
-
-    manifest = read_json(args.corpus_manifest)
-    ids = encode_with(args.tokenizer, heldout_texts(manifest), args.revision)
-    tokens = eval_windows(ids, args.n_seqs, args.seq_len, args.seed)
-    with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
-        np.save(f, tokens)
-    print(f"eval tokens: {tokens.shape[0]} x {tokens.shape[1]} from {len(ids)} held-out "
-          f"tokens -> {args.out}", file=sys.stderr)
+    extract.eval_tokens(args.corpus_manifest, args.tokenizer, args.out, n_seqs=args.n_seqs,
+                        seq_len=args.seq_len, seed=args.seed, revision=args.revision)
     return 0
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    import numpy as np
+    from pathlib import Path
 
-    from madyn.extract import extract_checkpoint
+    from madyn.stages import extract
 
-    tokens = np.load(args.tokens)
-    if tokens.ndim != 2:
-        raise SystemExit(f"madyn extract: {args.tokens} must hold an N x T array of ids")
-    df = extract_checkpoint(
-        args.checkpoint, tokens, args.out, revision=args.revision, model_name=args.model,
-        step=args.step, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
-        progress=args.progress, delete_download=args.delete_download,
-    )
-    last = df[df["layer"] == df["layer"].max()]
-    print(f"{args.checkpoint}@{args.revision or 'local'}: {df['layer'].nunique()} layers, "
-          f"last-layer top1/median {last['ratio'].mean():.1f} -> {args.out}", file=sys.stderr)
+    opts = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size}
+    if args.marker:
+        extract.measure_download(args.marker, args.tokens, args.out, args.model, args.step,
+                                 delete=args.delete_download, **opts)
+        return 0
+    if not args.checkpoint:
+        raise ValueError("give a CHECKPOINT (folder or hub repo id) or --marker")
+    step = 0 if args.step is None else args.step
+    model = args.model or Path(args.checkpoint).name
+    if args.revision:  # a hub revision by hand: download, measure, optionally delete
+        marker = str(Path(args.out).with_suffix(".download.json"))
+        extract.download(args.checkpoint, args.revision, marker)
+        extract.measure_download(marker, args.tokens, args.out, model, step,
+                                 delete=args.delete_download, **opts)
+        Path(marker).unlink()
+        return 0
+    ck = extract.Checkpoint(args.checkpoint, step, Path(args.out))
+    extract.measure([ck], args.tokens, model, **opts)
+    return 0
+
+
+def _cmd_extract_model(args: argparse.Namespace) -> int:
+    from madyn.stages import extract
+
+    cks = extract.trained_checkpoints(args.model_dir, args.steps, args.outs)
+    extract.measure(cks, args.tokens, args.model, dtype=args.dtype, device=args.device,
+                    batch_size=args.batch_size)
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from madyn.stages import extract
+
+    extract.download(args.repo, args.revision, args.out)
     return 0
 
 
 def _cmd_series(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from madyn.stages import extract
 
-    from madyn import released
-    from madyn.extract import read_stats
-    from madyn.io import atomic_path, write_json
-    from madyn.series import build_series
-
-    tables, metas = {}, {}
-    if args.released:
-        files = released.scan(args.released).get(args.model)
-        if not files:
-            raise SystemExit(f"madyn series: no exp2_{args.model}_step* files under "
-                             f"{args.released}/{args.model}/stats")
-        tables = released.read_model(files)
-        metas = {s: {} for s in tables}
-    else:
-        for f in args.stats:
-            df, meta = read_stats(f)
-            tables[int(meta["step"])], metas[int(meta["step"])] = df, meta
-    series, report = build_series(tables, metas, args.model)
-    with atomic_path(args.out) as tmp:
-        series.to_parquet(tmp, index=False)
-    write_json(args.integrity, report)
-    if args.export:
-        for step, df in tables.items():
-            released.write_exp2(df, released.exp2_path(args.export, args.model, step))
-    n_flag = len(report["flagged"])
-    print(f"[{args.model}] series of {len(tables)} checkpoints, {n_flag} flagged "
-          f"-> {Path(args.out).name}", file=sys.stderr)
+    extract.series(args.model, args.out, args.integrity, stats=args.stats,
+                   released_dir=args.released, export_dir=args.export)
     return 0
 
 
 def _cmd_growth(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from madyn.stages import extract
 
-    import pandas as pd
-
-    from madyn.io import write_json
-    from madyn.series import growth_summary
-
-    series = {Path(f).stem: pd.read_parquet(f) for f in args.series}
-    summary = growth_summary(series)
-    write_json(args.out, summary)
-    for m, g in summary.items():
-        per = " ".join(f"{x:.1f}" for x in g["growth_per_layer"])
-        print(f"{m:14s} top1/median x{g['growth_middle_mean']:.2f} (middle layers); "
-              f"per layer {per}", file=sys.stderr)
+    extract.growth(args.series, args.out)
     return 0
 
 
 def _cmd_train_summary(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from madyn.stages import suite
 
-    from madyn.io import read_json, write_json
-    from madyn.suite import training_summary
+    suite.train_summary(args.timings, args.out, args.budget_min)
+    return 0
 
-    timings = {Path(f).stem: read_json(f) for f in args.timings}
-    budget = args.budget_min * 60 if args.budget_min else None
-    s = training_summary(timings, budget)
-    write_json(args.out, s)
-    if "wall_s" in s:
-        w = s["wall_s"]
-        verdict = ""
-        if budget:
-            verdict = (f", within the {args.budget_min:g}-minute budget" if s["within_budget"]
-                       else f", OVER the {args.budget_min:g}-minute budget")
-        print(f"suite trained: {len(s['models'])} models in {int(w // 60)} min {w % 60:.0f} s "
-              f"wall ({s['sum_s']:.0f} s summed over jobs){verdict}", file=sys.stderr)
-    if s["untimed"]:
-        print(f"not timed: {', '.join(s['untimed'])}", file=sys.stderr)
+
+def _cmd_hash_files(args: argparse.Namespace) -> int:
+    from madyn.io import sha256_file, write_json
+
+    write_json(args.out, {f: sha256_file(f) for f in sorted(args.files)})
     return 0
 
 
 def _cmd_plot_series(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from madyn.stages import extract
 
-    from madyn.plots import plot_first_last, plot_series
-
-    series = pd.read_parquet(args.series)
-    plot_series(series, args.out_series)
-    plot_first_last(series, args.out_first_last)
+    extract.plot_series(args.series, args.out_series, args.out_first_last)
     return 0
 
 
@@ -186,7 +151,18 @@ def _cmd_config_json(args: argparse.Namespace) -> int:
     from madyn.extract import model_config
     from madyn.io import write_json
 
-    write_json(args.out, model_config(args.source, args.revision))
+    if args.arch_json:  # a released model without config.json: its suite entry
+        from madyn.suite import ModelSpec, neox_config
+
+        arch = json.loads(args.arch_json)
+        vocab = arch.pop("vocab_size")
+        cfg = neox_config(ModelSpec(**arch), vocab, 2048, 0).to_dict()
+        cfg["architectures"] = ["GPTNeoXForCausalLM"]
+    elif args.source:
+        cfg = model_config(args.source, args.revision)
+    else:
+        raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
+    write_json(args.out, cfg)
     return 0
 
 
@@ -346,29 +322,39 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="madyn",
-        description="Massive-activation dynamics: measure how massive activations emerge "
-        "while a transformer trains, fit each layer's trajectory, predict it from the "
-        "architecture. The full workflow runs with `snakemake --cores N`; these "
-        "subcommands are its steps.",
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
 
+
+def _suite_parsers(sub) -> None:
+    """Phase 1: check, corpus, train, train-summary."""
     c = sub.add_parser("check", help="validate a params file and summarise the active suite")
     c.add_argument("params", nargs="?", default="params.yaml")
     c.set_defaults(func=_cmd_check)
 
     c = sub.add_parser("corpus", help="build the offline corpus, its manifest and tokenizer",
                        description="Collect Python standard-library sources, train a "
-                       "byte-level BPE tokenizer, and write train/heldout token files.")
+                       "byte-level BPE tokenizer, and write train/heldout token files "
+                       "(the values are a suite's `corpus` in params.yaml).")
     c.add_argument("--out", required=True, help="output directory")
-    c.add_argument("--max-mb", type=float, default=12.0, help="corpus size in MB")
-    c.add_argument("--heldout-fraction", type=float, default=0.05)
-    c.add_argument("--vocab-size", type=int, default=512)
+    c.add_argument("--max-mb", type=float, required=True, help="corpus size in MB")
+    c.add_argument("--heldout-fraction", type=float, required=True)
+    c.add_argument("--vocab-size", type=int, required=True)
     c.add_argument("--root", default=None, help="source tree (default: this Python's stdlib)")
     c.set_defaults(func=_cmd_corpus)
+
+    c = sub.add_parser("heldout-manifest", help="the held-out corpus file list (hub suites)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--max-mb", type=float, required=True)
+    c.add_argument("--heldout-fraction", type=float, required=True)
+    c.set_defaults(func=_cmd_heldout_manifest)
 
     c = sub.add_parser("train", help="train one embedded model, saving HF checkpoints",
                        description="Train a GPT-NeoX model from scratch; checkpoints go to "
@@ -380,59 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train-json", help="training recipe as JSON (with --spec-json)")
     c.add_argument("--corpus", required=True, help="directory written by `madyn corpus`")
     c.add_argument("--out", required=True, help="checkpoint directory")
-    c.add_argument("--threads", type=int, default=1, help="torch threads")
+    c.add_argument("--threads", type=_positive_int, default=1, help="torch threads")
     c.add_argument("--timing-out", help="also write the job's wall-clock timing (JSON) here")
     c.set_defaults(func=_cmd_train)
 
-    c = sub.add_parser("eval-tokens", help="write the fixed evaluation batch for a tokenizer",
-                       description="Cut N sequences of T tokens from the held-out corpus "
-                       "text (seeded), tokenized with TOKENIZER; writes an N x T .npy.")
-    c.add_argument("--corpus-manifest", required=True)
-    c.add_argument("--tokenizer", required=True, help="local tokenizer dir or hub repo id")
-    c.add_argument("--revision", default=None)
-    c.add_argument("--n-seqs", type=int, default=10)
-    c.add_argument("--seq-len", type=int, default=128)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_eval_tokens)
-
-    c = sub.add_parser("extract", help="measure one checkpoint's activation statistics",
-                       description="Load CHECKPOINT (a local Hugging Face directory, or a "
-                       "hub repo id with --revision, e.g. EleutherAI/pythia-160m --revision "
-                       "step1000; safetensors only, no remote code), run the evaluation "
-                       "tokens through it and write one row per (sequence, layer) with "
-                       "top1/top2/top3/median of |h|, kurtosis, max-median ratio, cosine "
-                       "similarity and MLP sparsity (Parquet, with metadata).")
-    c.add_argument("checkpoint")
-    c.add_argument("--revision", default=None, help="hub revision, e.g. step1000")
-    c.add_argument("--tokens", required=True, help=".npy file, N x T token ids")
-    c.add_argument("--out", required=True, help="output .parquet")
-    c.add_argument("--model", default=None, help="model name recorded in the metadata")
-    c.add_argument("--step", type=int, default=None, help="training step recorded")
-    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0")
-    c.add_argument("--batch-size", type=int, default=10, help="sequences per forward pass")
-    c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    c.add_argument("--progress", action="store_true", help="show a progress bar")
-    c.add_argument("--delete-download", action="store_true",
-                   help="remove this hub revision from the local cache once measured")
-    c.set_defaults(func=_cmd_extract)
-
-    c = sub.add_parser("series", help="per-model series table and integrity report",
-                       description="Combine a model's per-checkpoint tables (or a folder in "
-                       "the study's released layout) into a step x layer x statistic table "
-                       "with mean/std/sem over sequences; flag repeated weights.")
-    c.add_argument("--model", required=True)
-    c.add_argument("--stats", nargs="*", default=[], help="per-checkpoint .parquet files")
-    c.add_argument("--released", default=None, help="read {model}/stats/exp2_* from here")
-    c.add_argument("--out", required=True, help="series .parquet")
-    c.add_argument("--integrity", required=True, help="integrity report .json")
-    c.add_argument("--export", default=None, help="also write the released layout here")
-    c.set_defaults(func=_cmd_series)
-
     c = sub.add_parser("train-summary", help="how long the suite's training took",
-                       description="Reads the training jobs' timing files and writes (and prints) "
-                       "the training wall time: the time during which at least one "
+                       description="Reads the training jobs' timing files and writes (and "
+                       "prints) the training wall time: the time during which at least one "
                        "training job ran, and the sum over jobs.")
     c.add_argument("timings", nargs="+",
                    help="timing/<model>.json files (madyn train --timing-out)")
@@ -441,6 +381,84 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag the wall time against this budget (minutes)")
     c.set_defaults(func=_cmd_train_summary)
 
+
+def _measure_args(c) -> None:
+    """How checkpoints are measured (a suite's `extract` in params.yaml)."""
+    c.add_argument("--tokens", required=True, help=".npy file, N x T token ids")
+    c.add_argument("--model", default=None, help="model name recorded in the metadata")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0")
+    c.add_argument("--batch-size", type=_positive_int, default=10,
+                   help="sequences per forward pass (>= 1)")
+    c.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+
+
+def _extract_parsers(sub) -> None:
+    """Phase 2: eval-tokens, extract, extract-model, download, series, growth, plots."""
+    c = sub.add_parser("eval-tokens", help="write the fixed evaluation batch for a tokenizer",
+                       description="Cut N sequences of T tokens from the held-out corpus "
+                       "text (seeded), tokenized with TOKENIZER; writes an N x T .npy.")
+    c.add_argument("--corpus-manifest", required=True)
+    c.add_argument("--tokenizer", required=True, help="local tokenizer dir or hub repo id")
+    c.add_argument("--revision", default=None)
+    c.add_argument("--n-seqs", type=_positive_int, required=True)
+    c.add_argument("--seq-len", type=_positive_int, required=True)
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_eval_tokens)
+
+    c = sub.add_parser("extract", help="measure one checkpoint's activation statistics",
+                       description="Load CHECKPOINT (a local Hugging Face directory of a "
+                       "decoder-only causal LM, or a hub repo id with --revision, e.g. "
+                       "EleutherAI/pythia-160m --revision step1000; safetensors only, no "
+                       "remote code), run the evaluation tokens through it and write one row "
+                       "per (sequence, layer) with top1/top2/top3/median of |h|, kurtosis, "
+                       "max-median ratio, cosine similarity and MLP sparsity (Parquet, with "
+                       "metadata). A checkpoint whose weights miss a tensor is refused.")
+    c.add_argument("checkpoint", nargs="?")
+    c.add_argument("--revision", default=None, help="hub revision, e.g. step1000")
+    c.add_argument("--marker", help="a download marker (madyn download) instead of CHECKPOINT")
+    c.add_argument("--out", required=True, help="output .parquet")
+    c.add_argument("--step", type=int, default=None, help="training step recorded")
+    c.add_argument("--delete-download", action="store_true",
+                   help="remove this hub revision from the local cache once measured")
+    _measure_args(c)
+    c.set_defaults(func=_cmd_extract)
+
+    c = sub.add_parser("extract-model", help="measure many checkpoints of one trained model "
+                       "in one process",
+                       description="Measure MODEL_DIR/step{N} for every --steps N into the "
+                       "matching --outs file, skipping tables already measured from the same "
+                       "weights and tokens; each weight file is checked against the sha256 "
+                       "of MODEL_DIR/manifest.json first.")
+    c.add_argument("model_dir")
+    c.add_argument("--steps", type=int, nargs="+", required=True)
+    c.add_argument("--outs", nargs="+", required=True, help="one .parquet per step")
+    _measure_args(c)
+    c.set_defaults(func=_cmd_extract_model)
+
+    c = sub.add_parser("download", help="download one hub revision (weights, config)",
+                       description="Download REPO at --revision into the hub cache "
+                       "(safetensors and JSON only) and write a marker with the snapshot "
+                       "folder and the weights' sha256.")
+    c.add_argument("repo")
+    c.add_argument("--revision", required=True)
+    c.add_argument("--out", required=True, help="marker .json")
+    c.set_defaults(func=_cmd_download)
+
+    c = sub.add_parser("series", help="per-model series table and integrity report",
+                       description="Combine a model's per-checkpoint tables (or a folder in "
+                       "the study's released layout) into a step x layer x statistic table "
+                       "with mean/std/sem over sequences; flag repeated weights. Released "
+                       "files that do not parse are skipped, named and recorded.")
+    c.add_argument("--model", required=True)
+    c.add_argument("--stats", nargs="*", default=[], help="per-checkpoint .parquet files")
+    c.add_argument("--released", default=None, help="read {model}/stats/exp2_* from here")
+    c.add_argument("--out", required=True, help="series .parquet")
+    c.add_argument("--integrity", required=True, help="integrity report .json")
+    c.add_argument("--export", default=None, help="also write the released layout here")
+    c.set_defaults(func=_cmd_series)
+
     c = sub.add_parser("growth", help="growth of top1/median per model and layer",
                        description="Ratio at the last checkpoint / at the first, per layer; "
                        "writes JSON (a DVC metric) and prints a line per model.")
@@ -448,11 +466,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_growth)
 
+    c = sub.add_parser("hash-files", help="sha256 of files, as JSON (a DVC dependency)")
+    c.add_argument("files", nargs="*")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_hash_files)
+
     c = sub.add_parser("plot-series", help="figures of one model's series")
     c.add_argument("--series", required=True)
     c.add_argument("--out-series", required=True)
     c.add_argument("--out-first-last", required=True)
     c.set_defaults(func=_cmd_plot_series)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="madyn",
+        description="Massive-activation dynamics: measure how massive activations emerge "
+        "while a transformer trains, fit each layer's trajectory, predict it from the "
+        "architecture. The full workflow runs with `snakemake --cores N`; these "
+        "subcommands are its steps.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _suite_parsers(sub)
+    _extract_parsers(sub)
 
     c = sub.add_parser("report-figures", help="cross-model figures and tables")
     c.add_argument("--series", nargs="+", required=True)
@@ -462,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_report_figures)
 
     c = sub.add_parser("config-json", help="a model's config.json (local checkpoint or hub)")
-    c.add_argument("source", help="checkpoint folder or hub repo id")
+    c.add_argument("source", nargs="?", help="checkpoint folder or hub repo id")
+    c.add_argument("--arch-json", help="or a GPT-NeoX architecture as JSON: name, layers, "
+                   "width, heads, vocab_size[, ff_mult, rotary_pct]")
     c.add_argument("--revision", help="hub revision (default main)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_config_json)
@@ -538,16 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train" and not (args.model or args.spec_json):
         build_parser().error("train: give a MODEL name or --spec-json/--train-json")
-    from madyn.config import ConfigError
-
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"madyn: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input: one line naming it, exit 2
+        if os.environ.get("MADYN_DEBUG"):
+            raise
+        print(f"madyn {args.command}: {e}", file=sys.stderr)
         return 2
 
 

@@ -113,24 +113,31 @@ def model_names(suite: dict) -> list[str]:
 TRAIN_OVERRIDES = ("lr",)  # model-entry keys that override the suite's train recipe
 
 
-def _model_entry(suite: dict, name: str) -> dict:
+def model_entry(suite: dict, name: str) -> dict:
     (m,) = [m for m in suite["models"] if m["name"] == name]
     return m
 
 
 def model_spec(suite: dict, name: str) -> ModelSpec:
-    """The architecture of model ``name`` (its training overrides left out)."""
-    m = _model_entry(suite, name)
-    return ModelSpec(**{k: v for k, v in m.items() if k not in TRAIN_OVERRIDES})
+    """The architecture of model ``name`` (its other keys, such as ``lr``, left out)."""
+    m = model_entry(suite, name)
+    return ModelSpec(**{k: m[k] for k in ModelSpec.__dataclass_fields__ if k in m})
 
 
 def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
     """The suite's training recipe, with model ``name``'s overrides (its ``lr``) applied."""
     t = dict(suite["train"])
     if name is not None:
-        m = _model_entry(suite, name)
+        m = model_entry(suite, name)
         t.update({k: m[k] for k in TRAIN_OVERRIDES if k in m})
     return TrainSpec(**t)
+
+
+def check_min_points(cfg: dict, n_checkpoints: int, where: str) -> None:
+    """Refuse ``fit.min_points`` above the number of checkpoints a suite has."""
+    if cfg["fit"]["min_points"] > n_checkpoints:
+        raise ConfigError(f"fit.min_points: {cfg['fit']['min_points']} is more than the "
+                          f"{n_checkpoints} checkpoints of {where}")
 
 
 def steps(suite: dict) -> list[int]:

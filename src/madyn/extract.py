@@ -47,27 +47,73 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class CheckpointError(ValueError):
+    """A checkpoint madyn must not measure; the message names it and says why."""
+
+
+def _is_local(source: str) -> bool:
+    """A path (not a hub repo id ``owner/name``): it exists, or it looks like a path."""
+    p = Path(source)
+    return (p.exists() or source.startswith((".", "/", "~")) or p.is_absolute()
+            or source.count("/") != 1 or source.endswith(".json"))
+
+
+def check_decoder_only(config: dict, source: str) -> None:
+    """Refuse encoder-only and encoder-decoder checkpoints (madyn measures decoders)."""
+    archs = config.get("architectures") or []
+    if config.get("is_encoder_decoder") or any(not a.endswith("ForCausalLM") for a in archs):
+        kind = ", ".join(archs) or config.get("model_type", "?")
+        raise CheckpointError(f"{source}: {kind} is not a decoder-only causal LM "
+                              "(madyn measures the decoder layers of causal LMs)")
+
+
 def load_model(source: str, revision: str | None = None, dtype: str = "float32",
                device: str = "auto"):
     """Load a causal LM from a local HF directory or a hub repo id at ``revision``.
 
     Safetensors only, never remote code. ``dtype``: float32, float16 or bfloat16.
+    A checkpoint whose weight files miss a tensor of the architecture, or hold one it does
+    not have, is refused (transformers would initialise the missing one randomly).
     Returns the model in eval mode on the resolved device.
     """
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    if _is_local(source) and not Path(source).is_dir():
+        raise CheckpointError(f"{source}: no such checkpoint folder")
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    model = AutoModelForCausalLM.from_pretrained(
+    check_decoder_only(model_config(source, revision), source)
+    model, info = AutoModelForCausalLM.from_pretrained(
         source,
         revision=revision,
         dtype=getattr(torch, dtype),
         use_safetensors=True,
         trust_remote_code=False,
+        output_loading_info=True,
     )
+    bad = {k: sorted(v) for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        where = f"{source}@{revision}" if revision else source
+        raise CheckpointError(f"{where}: weights do not match the architecture: "
+                              + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in bad.items()))
     return model.to(resolve_device(device)).eval()
+
+
+def check_tokens(tokens: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
+    """The evaluation batch as int64 N x T ids, or a ValueError naming ``where``."""
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise ValueError(f"{where}: expected a non-empty N x T array of token ids, "
+                         f"got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"{where}: token ids must be integers, got {tokens.dtype}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{where}: token ids span [{lo}, {hi}], outside the model's "
+                         f"vocabulary of {vocab_size}")
+    return tokens.astype(np.int64, copy=False)
 
 
 def model_config(source: str, revision: str | None = None) -> dict:
@@ -113,17 +159,13 @@ def fingerprint(files: list[Path]) -> dict:
 
     Hub cache blobs are named by their sha256 already; that name is used without reading.
     """
+    from madyn.io import sha256_file
+
     shards = {}
     for f in files:
         real = f.resolve()
-        if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
-            shards[f.name] = real.name
-        else:
-            h = hashlib.sha256()
-            with open(real, "rb") as fh:
-                while block := fh.read(1 << 22):
-                    h.update(block)
-            shards[f.name] = h.hexdigest()
+        blob = real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name)
+        shards[f.name] = real.name if blob else sha256_file(real)
     overall = hashlib.sha256("".join(shards[k] for k in sorted(shards)).encode()).hexdigest()
     return {"sha256": overall, "shards": shards}
 
@@ -153,18 +195,39 @@ def decoder_layers(model) -> list:
     return list(found[0][1])
 
 
+def _io_dims(mod) -> tuple[int, int] | None:
+    """(in, out) features of a dense projection: ``nn.Linear``, or GPT-2's ``Conv1D``
+    (weight in x out, ``nf`` = out); None for anything else."""
+    import torch
+
+    if isinstance(mod, torch.nn.Linear):
+        return mod.in_features, mod.out_features
+    w = getattr(mod, "weight", None)
+    if isinstance(getattr(mod, "nf", None), int) and w is not None and w.ndim == 2:
+        return int(w.shape[0]), int(mod.nf)
+    return None
+
+
 def mlp_activation(layer, hidden_size: int):
-    """The MLP's nonlinearity inside one decoder layer: its first parameter-free leaf
-    submodule (not dropout) whose output width differs from the residual width."""
+    """The MLP's nonlinearity inside one decoder layer, found by structure.
+
+    The MLP is the module with an up-projection hidden_size -> F and a down-projection
+    F -> hidden_size (F != hidden_size) among its direct children (GPT-NeoX ``mlp``, Llama
+    ``mlp``, GPT-2 ``mlp``, OPT: the layer itself); its nonlinearity is its first
+    parameter-free leaf child that is not dropout. None if there is no such module.
+    """
     import torch
 
     skip = (torch.nn.Dropout, torch.nn.Identity)
-    for _, mod in layer.named_modules():
-        if list(mod.children()) or list(mod.parameters(recurse=False)) or isinstance(mod, skip):
+    for _, parent in layer.named_modules():
+        dims = [d for d in map(_io_dims, parent.children()) if d is not None]
+        ups = {o for i, o in dims if i == hidden_size and o != hidden_size}
+        if not any(i in ups and o == hidden_size for i, o in dims):
             continue
-        cls = type(mod).__name__.lower()
-        if "act" in cls or "gelu" in cls or "relu" in cls or "silu" in cls or "tanh" in cls:
-            return mod
+        for mod in parent.children():
+            if (not list(mod.children()) and not list(mod.parameters(recurse=False))
+                    and not isinstance(mod, skip)):
+                return mod
     return None
 
 
@@ -434,34 +497,33 @@ def read_stats(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
-def extract_checkpoint(source: str, tokens: np.ndarray, out: str | Path, *,
-                       revision: str | None = None, model_name: str | None = None,
-                       step: int | None = None, dtype: str = "float32",
-                       device: str = "auto", batch_size: int = 10,
-                       progress: bool = False, delete_download: bool = False
-                       ) -> pd.DataFrame:
-    """Load one checkpoint, measure it on ``tokens`` (N x T) and write ``out`` (Parquet).
+def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None = None,
+                       dtype: str = "float32", device: str = "auto", batch_size: int = 10,
+                       progress: bool = False, weights_fp: dict | None = None
+                       ) -> tuple[pd.DataFrame, dict]:
+    """Load one checkpoint and measure it on ``tokens`` (N x T ids).
 
-    ``delete_download``: for a hub checkpoint, remove that revision from the local hub
-    cache afterwards (39 revisions of pythia-12b would fill any disk).
+    ``weights_fp``: the weights' :func:`fingerprint`, when the caller has it already.
+    Returns the per-(seq, layer) table and its metadata (weights fingerprint, dtype,
+    device, shapes, library versions, seconds taken). Raises :class:`CheckpointError`
+    or ValueError (bad tokens) naming the checkpoint.
     """
     import time
 
     t0 = time.monotonic()
     model = load_model(source, revision, dtype, device)
-    fp = fingerprint(weight_files(source, revision))
-    df = measure(model, tokens, batch_size=batch_size, progress=progress)
+    where = f"{source}@{revision}" if revision else source
+    ids = check_tokens(tokens, model.config.vocab_size, f"tokens for {where}")
+    fp = weights_fp or fingerprint(weight_files(source, revision))
+    df = measure(model, ids, batch_size=batch_size, progress=progress)
     meta = {
-        "model": model_name or Path(source).name, "source": source, "revision": revision,
-        "step": step, "weights": fp, "dtype": dtype, "device": str(model.device),
-        "n_seqs": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
-        "n_layers": len(decoder_layers(model)), "median": "lower (torch.median)",
-        "seconds": round(time.monotonic() - t0, 3), **versions(),
+        "source": source, "revision": revision, "weights": fp, "dtype": dtype,
+        "device": str(model.device), "n_seqs": int(ids.shape[0]),
+        "seq_len": int(ids.shape[1]), "n_layers": len(decoder_layers(model)),
+        "median": "lower (torch.median)", "seconds": round(time.monotonic() - t0, 3),
+        **versions(),
     }
-    write_stats(df, meta, out)
-    if delete_download and not Path(source).is_dir():
-        delete_cached_revision(source, weight_files(source, revision)[0].parent.name)
-    return df
+    return df, meta
 
 
 def delete_cached_revision(repo_id: str, commit: str | None) -> None:
@@ -473,3 +535,24 @@ def delete_cached_revision(repo_id: str, commit: str | None) -> None:
               for r in repo.revisions if commit is None or r.commit_hash == commit]
     if hashes:
         info.delete_revisions(*hashes).execute()
+
+
+# Files a measurement needs from a hub revision: config, weights, tokenizer (no code).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+
+def download_revision(repo_id: str, revision: str) -> dict:
+    """Download one hub revision's weights and config (safetensors only, no code).
+
+    Returns what the measuring job needs: the snapshot folder, its commit and the weights
+    fingerprint (hub blobs are named by their sha256, so nothing is read twice).
+    """
+    from huggingface_hub import snapshot_download
+
+    snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    files = sorted(snap.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{repo_id}@{revision}: no safetensors weights")
+    return {"repo": repo_id, "revision": revision, "snapshot": str(snap),
+            "commit": snap.name, "weights": fingerprint(files),
+            "bytes": sum(f.resolve().stat().st_size for f in files)}

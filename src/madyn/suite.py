@@ -66,6 +66,11 @@ def checkpoint_steps(steps: int, log_until: int, every: int) -> list[int]:
     return sorted(out)
 
 
+def checkpoint_dir(model_dir: str | Path, step: int) -> Path:
+    """Where a trained model's checkpoint of ``step`` lives: ``model_dir/step{N}``."""
+    return Path(model_dir) / f"step{step}"
+
+
 def neox_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
     """A ``GPTNeoXConfig`` for ``spec`` with Pythia's defaults (no dropout, untied)."""
     from transformers import GPTNeoXConfig
@@ -199,7 +204,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
         if step in schedule:
             meta = {"model": spec.name, "step": step, "loss": loss_val,
                     "seed": train.seed, "threads": threads}
-            _save_checkpoint(model, tok_dir, out_dir / f"step{step}", meta)
+            _save_checkpoint(model, tok_dir, checkpoint_dir(out_dir, step), meta)
         if step == train.steps:
             break
         starts = rng.integers(0, data.size - train.seq_len, size=train.batch_size)
@@ -216,6 +221,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
         losses.append(loss_val)
         progress.update(step + 1, loss_val)
     progress.update(train.steps, loss_val, force=True)
+    loss_every = max(1, len(losses) // 200)  # about 200 points of the training loss
     manifest = {
         "model": spec.name,
         "architecture": spec.__dict__,
@@ -224,11 +230,13 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
         "threads": threads,
         "steps": schedule,
         "weights_sha256": {
-            str(s): sha256_file(out_dir / f"step{s}" / "model.safetensors") for s in schedule
+            str(s): sha256_file(checkpoint_dir(out_dir, s) / "model.safetensors")
+            for s in schedule
         },
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
 
-        "loss_curve": losses[:: max(1, len(losses) // 200)],
+        "loss_curve": losses[::loss_every],
+        "loss_steps": list(range(1, len(losses) + 1))[::loss_every],  # step of each loss
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),

@@ -1,10 +1,17 @@
-# Shared by every rule file: validated configuration and path helpers.
+# Shared by the phase files: the validated configuration, every path, and one answer per
+# question (which steps, where a checkpoint is, where its config is, which tokenizer, what
+# a job needs) for each source of checkpoints. A new source is one class here.
 import json
+import os
+import re
 import shlex
 import sys
+from pathlib import Path
 
 from madyn import config as madyn_config
 from madyn import released as madyn_released
+from madyn import resources as madyn_resources
+from madyn.suite import checkpoint_dir, train_cost
 
 try:
     madyn_config.validate(config)
@@ -13,20 +20,13 @@ except madyn_config.ConfigError as err:
 
 SUITE = config["suite"]
 SUITE_CFG = madyn_config.active(config)
-SOURCE = SUITE_CFG["source"]
 MODELS = madyn_config.model_names(SUITE_CFG)
 RESULTS = f"results/{SUITE}"
 EXTRACT = SUITE_CFG.get("extract", {})
-
-if SOURCE == "released":
-    _RELEASED = madyn_released.scan(SUITE_CFG["path"])
-    _missing = [m for m in MODELS if m not in _RELEASED]
-    if _missing:
-        sys.exit(f"madyn: suites.{SUITE}.models: no exp2 files for {_missing} under "
-                 f"{SUITE_CFG['path']}")
-    MODEL_STEPS = {m: sorted(_RELEASED[m]) for m in MODELS}
-else:
-    MODEL_STEPS = {m: madyn_config.steps(SUITE_CFG) for m in MODELS}
+FEATURES = (f"{RESULTS}/features/fitted_param_dataset_"
+            f"{config['features']['parametrisation']}.parquet")
+NOTHING = "(?!)"  # a wildcard constraint that matches no value
+ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 
 
 def quoted_json(obj):
@@ -38,20 +38,212 @@ def model_manifest(model):
     return f"{RESULTS}/models/{model}/manifest.json"
 
 
-def hub_model(model):
-    (m,) = [m for m in SUITE_CFG["models"] if m["name"] == model]
-    return m
+def stats_path(model, step):
+    return f"{RESULTS}/stats/{model}/step{step}.parquet"
 
 
-def tokenizer_of(model):
-    """Tokenizer id of a model: `corpus` (local suites) or a hub repo id with / -> --."""
-    if SOURCE == "local":
+def download_marker(model, step):
+    return f"{RESULTS}/downloads/{model}/step{step}.json"
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(map(re.escape, names)) if names else NOTHING
+
+
+class LocalSource:
+    """Checkpoints madyn trains itself (results/<suite>/models/<model>/step<N>), measured
+    one process per model."""
+
+    trains = True
+    measure_jobs = "model"
+
+    def steps(self, model):
+        return madyn_config.steps(SUITE_CFG)
+
+    def tokenizer(self, model):
         return "corpus"
-    m = hub_model(model)
-    return m.get("tokenizer", m["repo"]).replace("/", "--")
+
+    def tokenizer_arg(self, tokenizer):
+        return f"{RESULTS}/corpus/tokenizer"
+
+    def corpus_manifest(self):
+        return f"{RESULTS}/corpus/manifest.json"
+
+    def series_inputs(self, model):
+        return [stats_path(model, s) for s in self.steps(model)]
+
+    def config_inputs(self, model):
+        return [model_manifest(model)]
+
+    def config_args(self, model):
+        return str(checkpoint_dir(f"{RESULTS}/models/{model}", self.steps(model)[-1]))
+
+    def config_json(self, model):
+        spec = madyn_config.model_spec(SUITE_CFG, model)
+        return madyn_resources.neox_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
 
 
+class HubSource:
+    """Revisions of hub repos: a download job, then a measuring job, per checkpoint."""
+
+    trains = False
+    measure_jobs = "checkpoint"
+
+    def _entry(self, model):
+        return madyn_config.model_entry(SUITE_CFG, model)
+
+    def repo(self, model):
+        return self._entry(model)["repo"]
+
+    def steps(self, model):
+        return madyn_config.steps(SUITE_CFG)
+
+    def tokenizer(self, model):
+        m = self._entry(model)
+        return "--".join(m.get("tokenizer", m["repo"]).split("/"))
+
+    def tokenizer_arg(self, tokenizer):
+        return tokenizer.replace("--", "/")
+
+    def corpus_manifest(self):
+        return f"{RESULTS}/corpus/heldout_manifest.json"
+
+    def series_inputs(self, model):
+        return [stats_path(model, s) for s in self.steps(model)]
+
+    def config_inputs(self, model):
+        return []
+
+    def config_args(self, model):
+        return self.repo(model)
+
+    def config_json(self, model):
+        """config.json from the hub cache when it is there (no network at planning)."""
+        return madyn_resources.cached_hub_config(self.repo(model))
+
+
+class ReleasedSource:
+    """The study's released layout ({path}/{model}/stats/exp2_{model}_step{N}): statistics
+    only, nothing to measure. A model's architecture: {path}/{model}/config.json, or the
+    layers/width/heads/vocab_size of its suite entry."""
+
+    trains = False
+    measure_jobs = None
+
+    def __init__(self):
+        self.root = SUITE_CFG["path"]
+        if not Path(self.root).is_dir():
+            sys.exit(f"madyn: suites.{SUITE}.path: {self.root} is not a folder")
+        self.files = madyn_released.scan(self.root)
+        missing = [m for m in MODELS if m not in self.files]
+        if missing:
+            sys.exit(f"madyn: suites.{SUITE}.models: no exp2 files for {missing} under "
+                     f"{self.root}")
+        for i, m in enumerate(MODELS):
+            if not self._config_file(m).exists() and "layers" not in SUITE_CFG["models"][i]:
+                sys.exit(f"madyn: suites.{SUITE}.models.{i}: {m} has no "
+                         f"{self._config_file(m)}: give its architecture in the suite "
+                         "entry (layers, width, heads, vocab_size)")
+        try:
+            madyn_config.check_min_points(
+                config, min(len(v) for m, v in self.files.items() if m in MODELS),
+                f"suites.{SUITE}")
+        except madyn_config.ConfigError as err:
+            sys.exit(f"madyn: {err}")
+
+    def _config_file(self, model):
+        return Path(self.root) / model / "config.json"
+
+    def steps(self, model):
+        return sorted(self.files[model])
+
+    def series_inputs(self, model):
+        return [str(f) for _, f in sorted(self.files[model].items())]
+
+    def config_inputs(self, model):
+        f = self._config_file(model)
+        return [str(f)] if f.exists() else []
+
+    def config_args(self, model):
+        if self._config_file(model).exists():
+            return str(Path(self.root) / model)
+        entry = dict(madyn_config.model_entry(SUITE_CFG, model))
+        return f"--arch-json {quoted_json(entry)}"
+
+    def config_json(self, model):
+        f = self._config_file(model)
+        if f.exists():
+            return json.loads(f.read_text())
+        spec = madyn_config.model_spec(SUITE_CFG, model)
+        return madyn_resources.neox_config_dict(
+            spec, madyn_config.model_entry(SUITE_CFG, model)["vocab_size"])
+
+
+SOURCES = {"local": LocalSource, "hub": HubSource, "released": ReleasedSource}
+SRC = SOURCES[SUITE_CFG["source"]]()
+MODEL_STEPS = {m: SRC.steps(m) for m in MODELS}
+if SRC.measure_jobs:
+    try:
+        madyn_config.check_min_points(config, min(map(len, MODEL_STEPS.values())),
+                                      f"suites.{SUITE}")
+    except madyn_config.ConfigError as err:
+        sys.exit(f"madyn: {err}")
+MEASURED_PER_MODEL = MODELS if SRC.measure_jobs == "model" else []
+MEASURED_PER_CHECKPOINT = MODELS if SRC.measure_jobs == "checkpoint" else []
+TRAINED = MODELS if SRC.trains else []
+
+
+# ---------------------------------------------------------------- resources of a job
+def _plan(model):
+    """What a measuring job of ``model`` needs (memory, GPU, time), from its config."""
+    return madyn_resources.extract_plan(SRC.config_json(model), EXTRACT)
+
+
+def extract_resources(key):
+    return lambda wc: _plan(wc.model)[key]
+
+
+def download_gate(wc):
+    """Downloads wait for earlier revisions to be measured (and deleted) so that the
+    revisions on disk stay within ``extract.disk_budget_gb``."""
+    return madyn_resources.download_gate(
+        DOWNLOAD_ORDER, DOWNLOAD_GB, EXTRACT.get("disk_budget_gb"),
+        (wc.model, int(wc.step)), stats_path, download_marker)
+
+
+DOWNLOAD_ORDER = [(m, s) for m in MEASURED_PER_CHECKPOINT for s in MODEL_STEPS[m]]
+DOWNLOAD_GB = {m: _plan(m)["download_gb"] for m in MEASURED_PER_CHECKPOINT}
+
+
+# ------------------------------------------------------------------- phase outputs
 def suite_outputs():
-    if SOURCE == "local":
-        return [model_manifest(m) for m in MODELS] + [f"{RESULTS}/metrics/train.json"]
-    return []
+    return [model_manifest(m) for m in TRAINED] + (
+        [f"{RESULTS}/metrics/train.json"] if TRAINED else [])
+
+
+def extract_outputs():
+    return ([f"{RESULTS}/series/{m}.parquet" for m in MODELS]
+            + [f"{RESULTS}/figures/{m}/series.png" for m in MODELS]
+            + [f"{RESULTS}/metrics/growth.json"])
+
+
+def fit_outputs():
+    return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
+            + [f"{RESULTS}/fits/figures/{m}_examples.png" for m in MODELS])
+
+
+def predict_outputs():
+    out = [f"{RESULTS}/metrics/predict.json", f"{RESULTS}/predict/lomo_heldout_curves.png"]
+    if config["predict"].get("example"):
+        out.append(f"{RESULTS}/predict/example/prediction.png")
+    return out
+
+
+def report_outputs():
+    return [f"{RESULTS}/report/peak_heatmaps.png"]
+
+
+def released_inputs():
+    """The files a released suite reads (a DVC dependency, through inputs.json)."""
+    return [f for m in MODELS for f in SRC.series_inputs(m)] if not SRC.measure_jobs else []

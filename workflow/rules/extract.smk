@@ -1,4 +1,6 @@
 # Phase 2: activation statistics per (model, checkpoint), then per-model series.
+# Local suites: one measuring process per model (extract_model); hub suites: a download
+# job and a measuring job per revision; released suites: the study's files, read as is.
 
 
 rule corpus_manifest:
@@ -7,81 +9,163 @@ rule corpus_manifest:
         f"{RESULTS}/corpus/heldout_manifest.json",
     params:
         corpus=SUITE_CFG.get("corpus", {}),
-    run:
-        from madyn.corpus import collect_files, stdlib_root
-        from madyn.io import write_json
-
-        files = collect_files(stdlib_root(), params.corpus["max_mb"],
-                              params.corpus["heldout_fraction"])
-        write_json(output[0], {"root": str(stdlib_root()),
-                               "files": [f.__dict__ for f in files]})
+    resources:
+        mem_mb=1000,
+    log:
+        f"{RESULTS}/logs/corpus_manifest.log",
+    conda:
+        ENV
+    shell:
+        "madyn heldout-manifest --out {output} --max-mb {params.corpus[max_mb]} "
+        "--heldout-fraction {params.corpus[heldout_fraction]} 2> {log}"
 
 
 rule eval_tokens:
     input:
-        (f"{RESULTS}/corpus/manifest.json" if SOURCE == "local"
-         else f"{RESULTS}/corpus/heldout_manifest.json"),
+        lambda wc: SRC.corpus_manifest(),
     output:
         f"{RESULTS}/eval/tokens_{{tokenizer}}.npy",
     params:
-        tok=lambda wc: (f"{RESULTS}/corpus/tokenizer" if wc.tokenizer == "corpus"
-                        else wc.tokenizer.replace("--", "/")),
+        tok=lambda wc: SRC.tokenizer_arg(wc.tokenizer),
+        n_seqs=EXTRACT.get("n_seqs"),
+        seq_len=EXTRACT.get("seq_len"),
+        seed=EXTRACT.get("seed"),
+    resources:
+        mem_mb=2000,
     log:
         f"{RESULTS}/logs/eval_tokens_{{tokenizer}}.log",
+    conda:
+        ENV
     shell:
         "madyn eval-tokens --corpus-manifest {input} --tokenizer {params.tok} "
-        f"--n-seqs {EXTRACT.get('n_seqs')} --seq-len {EXTRACT.get('seq_len')} "
-        f"--seed {EXTRACT.get('seed')} --out {{output}} 2> {{log}}"
+        "--n-seqs {params.n_seqs} --seq-len {params.seq_len} --seed {params.seed} "
+        "--out {output} 2> {log}"
 
 
-def _checkpoint_args(wc):
-    if SOURCE == "local":
-        return f"{RESULTS}/models/{wc.model}/step{wc.step}"
-    return f"{hub_model(wc.model)['repo']} --revision step{wc.step}"
+rule extract_model:
+    # every checkpoint of one trained model in one process; a table already measured
+    # from the same weights and tokens is kept (update: Snakemake does not delete them)
+    input:
+        tokens=f"{RESULTS}/eval/tokens_corpus.npy",
+        manifest=model_manifest("{model}"),
+        weights=lambda wc: [f"{RESULTS}/models/{wc.model}/step{s}/model.safetensors"
+                            for s in MODEL_STEPS[wc.model]],
+    output:
+        [update(f) for f in expand(f"{RESULTS}/stats/{{{{model}}}}/step{{step}}.parquet",
+                                   step=madyn_config.steps(SUITE_CFG) if TRAINED else [])],
+    wildcard_constraints:
+        model=one_of(MEASURED_PER_MODEL),
+    params:
+        model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
+        steps=lambda wc: " ".join(map(str, MODEL_STEPS[wc.model])),
+        opts=f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
+        f"--batch-size {EXTRACT.get('batch_size')}",
+    threads: EXTRACT.get("threads", 1)
+    resources:
+        mem_mb=extract_resources("mem_mb"),
+        gpu=extract_resources("gpu"),
+        gpu_mem_mb=extract_resources("gpu_mem_mb"),
+        runtime=lambda wc: _plan(wc.model)["runtime"] * len(MODEL_STEPS[wc.model]),
+    log:
+        f"{RESULTS}/logs/extract/{{model}}.log",
+    conda:
+        ENV
+    shell:
+        "madyn extract-model {params.model_dir} --steps {params.steps} --outs {output} "
+        "--tokens {input.tokens} --model {wildcards.model} {params.opts} "
+        "--threads {threads} 2> {log}"
+
+
+rule download:
+    # one hub revision into the cache; with extract.disk_budget_gb, downloads run one
+    # after another and wait for earlier revisions to be measured (and deleted)
+    input:
+        download_gate,
+    output:
+        f"{RESULTS}/downloads/{{model}}/step{{step}}.json",
+    wildcard_constraints:
+        model=one_of(MEASURED_PER_CHECKPOINT),
+        step=r"\d+",
+    params:
+        repo=lambda wc: SRC.repo(wc.model),
+    resources:
+        mem_mb=1000,
+        net=1,
+        disk_mb=lambda wc: int(1000 * DOWNLOAD_GB[wc.model]) + 1,
+        runtime=lambda wc: max(5, int(DOWNLOAD_GB[wc.model] * 2)),
+    log:
+        f"{RESULTS}/logs/download/{{model}}_step{{step}}.log",
+    conda:
+        ENV
+    shell:
+        "madyn download {params.repo} --revision step{wildcards.step} --out {output} "
+        "2> {log}"
 
 
 rule extract_checkpoint:
     input:
-        tokens=lambda wc: f"{RESULTS}/eval/tokens_{tokenizer_of(wc.model)}.npy",
-        trained=lambda wc: [model_manifest(wc.model)] if SOURCE == "local" else [],
+        tokens=lambda wc: f"{RESULTS}/eval/tokens_{SRC.tokenizer(wc.model)}.npy",
+        marker=f"{RESULTS}/downloads/{{model}}/step{{step}}.json",
     output:
         f"{RESULTS}/stats/{{model}}/step{{step}}.parquet",
     wildcard_constraints:
+        model=one_of(MEASURED_PER_CHECKPOINT),
         step=r"\d+",
     params:
-        ckpt=_checkpoint_args,
         delete="--delete-download" if EXTRACT.get("delete_downloads") else "",
+        opts=f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
+        f"--batch-size {EXTRACT.get('batch_size')}",
     threads: EXTRACT.get("threads", 1)
+    resources:
+        mem_mb=extract_resources("mem_mb"),
+        gpu=extract_resources("gpu"),
+        gpu_mem_mb=extract_resources("gpu_mem_mb"),
+        runtime=extract_resources("runtime"),
     log:
         f"{RESULTS}/logs/extract/{{model}}_step{{step}}.log",
+    conda:
+        ENV
     shell:
-        "madyn extract {params.ckpt} --tokens {input.tokens} --out {output} "
-        "--model {wildcards.model} --step {wildcards.step} "
-        f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
-        f"--batch-size {EXTRACT.get('batch_size')} "
+        "madyn extract --marker {input.marker} --tokens {input.tokens} --out {output} "
+        "--model {wildcards.model} --step {wildcards.step} {params.opts} "
         "--threads {threads} {params.delete} 2> {log}"
-
-
-def _stats_inputs(wc):
-    if SOURCE == "released":
-        return []
-    return [f"{RESULTS}/stats/{wc.model}/step{s}.parquet" for s in MODEL_STEPS[wc.model]]
 
 
 rule series:
     input:
-        _stats_inputs,
+        lambda wc: SRC.series_inputs(wc.model),
     output:
         series=f"{RESULTS}/series/{{model}}.parquet",
         integrity=f"{RESULTS}/integrity/{{model}}.json",
     params:
-        source=(f"--released {SUITE_CFG['path']}" if SOURCE == "released"
-                else f"--export {RESULTS}/released"),
+        source=lambda wc, input: (f"--stats {input}" if SRC.measure_jobs
+                                  else f"--released {SRC.root}"),
+        export=lambda wc: f"--export {RESULTS}/released" if SRC.measure_jobs else "",
+    resources:
+        mem_mb=2000,
     log:
         f"{RESULTS}/logs/series_{{model}}.log",
+    conda:
+        ENV
     shell:
-        "madyn series --model {wildcards.model} --stats {input} {params.source} "
+        "madyn series --model {wildcards.model} {params.source} {params.export} "
         "--out {output.series} --integrity {output.integrity} 2> {log}"
+
+
+rule released_inputs:
+    # a released suite's files, hashed: the DVC `inputs` stage makes them a dependency
+    input:
+        released_inputs(),
+    output:
+        f"{RESULTS}/inputs.json",
+    resources:
+        mem_mb=1000,
+    log:
+        f"{RESULTS}/logs/released_inputs.log",
+    conda:
+        ENV
+    shell:
+        "madyn hash-files {input} --out {output} 2> {log}"
 
 
 rule plot_series:
@@ -92,15 +176,15 @@ rule plot_series:
                       caption="../report/series.rst"),
         first_last=report(f"{RESULTS}/figures/{{model}}/first_last.png", category="Series",
                           caption="../report/first_last.rst"),
+    resources:
+        mem_mb=1000,
+    log:
+        f"{RESULTS}/logs/plot_series_{{model}}.log",
+    conda:
+        ENV
     shell:
         "madyn plot-series --series {input} --out-series {output.series} "
-        "--out-first-last {output.first_last}"
-
-
-def extract_outputs():
-    return ([f"{RESULTS}/series/{m}.parquet" for m in MODELS]
-            + [f"{RESULTS}/figures/{m}/series.png" for m in MODELS]
-            + [f"{RESULTS}/metrics/growth.json"])
+        "--out-first-last {output.first_last} 2> {log}"
 
 
 rule growth:
@@ -108,7 +192,11 @@ rule growth:
         [f"{RESULTS}/series/{m}.parquet" for m in MODELS],
     output:
         f"{RESULTS}/metrics/growth.json",
+    resources:
+        mem_mb=1000,
     log:
         f"{RESULTS}/logs/growth.log",
+    conda:
+        ENV
     shell:
         "madyn growth {input} --out {output} 2> {log}"

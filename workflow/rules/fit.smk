@@ -10,9 +10,13 @@ rule fit:
         table=f"{RESULTS}/fits/{{model}}.parquet",
     params:
         settings=quoted_json(config["fit"]),
-        outdir=lambda wc: f"{RESULTS}/params/{wc.model}",
+        outdir=lambda wc, output: os.path.dirname(output.params[0]),
+    resources:
+        mem_mb=1500,
     log:
         f"{RESULTS}/logs/fit_{{model}}.log",
+    conda:
+        ENV
     shell:
         "madyn fit --series {input} --params-dir {params.outdir} --out {output.table} "
         "--settings-json {params.settings} 2> {log}"
@@ -27,9 +31,15 @@ rule plot_fit:
                         subcategory="{model}", caption="../report/fit_examples.rst"),
         quality=report(f"{RESULTS}/fits/figures/{{model}}_quality.png", category="Fits",
                        subcategory="{model}", caption="../report/fit_quality.rst"),
+    resources:
+        mem_mb=1000,
+    log:
+        f"{RESULTS}/logs/plot_fit_{{model}}.log",
+    conda:
+        ENV
     shell:
         "madyn plot-fit --series {input.series} --fits {input.fits} "
-        "--out-examples {output.examples} --out-quality {output.quality}"
+        "--out-examples {output.examples} --out-quality {output.quality} 2> {log}"
 
 
 rule fit_summary:
@@ -38,12 +48,11 @@ rule fit_summary:
     output:
         table=f"{RESULTS}/fits/all.parquet",
         metrics=f"{RESULTS}/metrics/fit.json",
+    resources:
+        mem_mb=1500,
     log:
         f"{RESULTS}/logs/fit_summary.log",
+    conda:
+        ENV
     shell:
         "madyn fit-summary {input} --out-table {output.table} --out {output.metrics} 2> {log}"
-
-
-def fit_outputs():
-    return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
-            + [f"{RESULTS}/fits/figures/{m}_examples.png" for m in MODELS])

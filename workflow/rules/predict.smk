@@ -1,41 +1,5 @@
-# Phases 4-5: the (model, layer) feature table, the predictors and their evaluation, and a
-# prediction for an architecture outside the suite.
-
-FEATURES = (f"{RESULTS}/features/fitted_param_dataset_"
-            f"{config['features']['parametrisation']}.parquet")
-
-
-rule model_config:
-    # the architecture of each model: its config.json (local: from its last checkpoint)
-    input:
-        lambda wc: [model_manifest(wc.model)] if SOURCE == "local" else [],
-    output:
-        f"{RESULTS}/configs/{{model}}.json",
-    params:
-        src=lambda wc: (f"{RESULTS}/models/{wc.model}/step{MODEL_STEPS[wc.model][-1]}"
-                        if SOURCE == "local" else hub_model(wc.model)["repo"]),
-    shell:
-        "madyn config-json {params.src} --out {output}"
-
-
-rule features:
-    input:
-        fits=[f"{RESULTS}/fits/{m}.parquet" for m in MODELS],
-        configs=[f"{RESULTS}/configs/{m}.json" for m in MODELS],
-    output:
-        parquet=FEATURES,
-        csv=FEATURES.replace(".parquet", ".csv"),
-    params:
-        configs=lambda wc, input: [f"{m}={c}" for m, c in zip(MODELS, input.configs)],
-        p=config["features"]["parametrisation"],
-        q=config["features"]["quantity"],
-    log:
-        f"{RESULTS}/logs/features.log",
-    shell:
-        "madyn features --fits {input.fits} --config {params.configs} "
-        "--parametrisation {params.p} --quantity {params.q} --out {output.parquet} "
-        "--out-csv {output.csv} 2> {log}"
-
+# Phase 5: the predictors, their evaluation, and a prediction for an architecture outside
+# the suite.
 
 rule evaluate:
     input:
@@ -54,9 +18,13 @@ rule evaluate:
                        caption="../report/heldout_curves.rst"),
     params:
         settings=quoted_json(madyn_config.predict_settings(config)),
-        outdir=f"{RESULTS}/predict",
+        outdir=lambda wc, output: os.path.dirname(output.pred),
+    resources:
+        mem_mb=2000,
     log:
         f"{RESULTS}/logs/evaluate.log",
+    conda:
+        ENV
     shell:
         "madyn evaluate --features {input.features} --series {input.series} "
         "--settings-json {params.settings} --out {output.metrics} --out-dir {params.outdir} "
@@ -75,17 +43,14 @@ rule predict_example:
     params:
         ex=config["predict"].get("example", {}),
         settings=quoted_json(madyn_config.predict_settings(config)),
-        outdir=f"{RESULTS}/predict/example",
+        outdir=lambda wc, output: os.path.dirname(output.curves),
+    resources:
+        mem_mb=2000,
     log:
         f"{RESULTS}/logs/predict_example.log",
+    conda:
+        ENV
     shell:
         "madyn predict --features {input} --layers {params.ex[layers]} "
         "--width {params.ex[width]} --heads {params.ex[heads]} --out {params.outdir} "
         "--settings-json {params.settings} 2> {log}"
-
-
-def predict_outputs():
-    out = [f"{RESULTS}/metrics/predict.json", f"{RESULTS}/predict/lomo_heldout_curves.png"]
-    if config["predict"].get("example"):
-        out.append(f"{RESULTS}/predict/example/prediction.png")
-    return out

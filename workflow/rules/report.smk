@@ -5,7 +5,7 @@ rule report_figures:
     input:
         series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
         configs=[f"{RESULTS}/configs/{m}.json" for m in MODELS],
-        manifests=[model_manifest(m) for m in MODELS] if SOURCE == "local" else [],
+        manifests=[model_manifest(m) for m in TRAINED],
     output:
         layers=f"{RESULTS}/report/layers.csv",
         loss=f"{RESULTS}/report/loss.csv",
@@ -17,13 +17,13 @@ rule report_figures:
                     caption="../report/kurtosis.rst"),
     params:
         configs=lambda wc, input: [f"{m}={c}" for m, c in zip(MODELS, input.configs)],
-        outdir=f"{RESULTS}/report",
+        outdir=lambda wc, output: os.path.dirname(output.layers),
+    resources:
+        mem_mb=1500,
     log:
         f"{RESULTS}/logs/report_figures.log",
+    conda:
+        ENV
     shell:
         "madyn report-figures --series {input.series} --config {params.configs} "
         "--manifests {input.manifests} --out-dir {params.outdir} 2> {log}"
-
-
-def report_outputs():
-    return [f"{RESULTS}/report/peak_heatmaps.png"]

@@ -1,0 +1,120 @@
+"""What a measuring job needs, estimated before it runs, from a model's ``config.json``.
+
+Snakemake schedules jobs by these: ``mem_mb`` (host memory), ``gpu`` (1 on CUDA, so that
+``--resources gpu=1`` never puts two models on one GPU), ``gpu_mem_mb``, ``runtime``
+(minutes) and, for hub downloads, the revision's size on disk (GB) that
+``extract.disk_budget_gb`` bounds. Cheap: no torch, no transformers, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+STORED_BYTES = 2  # hub checkpoints (Pythia) are stored in float16: bytes per parameter
+BASE_MEM_MB = 1500  # python + torch + transformers, measured on the CPU wheel
+CPU_FLOPS = 2e10  # sustained float32 FLOP/s of one CPU core (conservative)
+GPU_FLOPS = 1e14  # sustained bf16/fp16 FLOP/s of one data-centre GPU (conservative)
+LOAD_BYTES_PER_S = 2e8  # reading weights from disk into memory
+UNKNOWN_PARAMS = 12_000_000_000  # no config at planning time: assume the largest Pythia
+
+
+def neox_config_dict(spec, vocab_size: int) -> dict:
+    """The config.json of a madyn GPT-NeoX model (as ``suite.neox_config`` builds it),
+    without importing transformers: the keys :func:`n_params` and the feature table read."""
+    return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+            "num_hidden_layers": spec.layers, "hidden_size": spec.width,
+            "num_attention_heads": spec.heads, "intermediate_size": spec.ff_mult * spec.width,
+            "rotary_pct": spec.rotary_pct, "vocab_size": vocab_size,
+            "tie_word_embeddings": False, "hidden_act": "gelu",
+            "use_parallel_residual": True}
+
+
+def cached_hub_config(repo: str) -> dict | None:
+    """A hub repo's config.json if the local hub cache holds it (never the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo, "config.json")
+    return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+
+
+def n_params(config: dict | None) -> int:
+    """Parameter count of a decoder from its config (:func:`features.architecture`)."""
+    if config is None:
+        return UNKNOWN_PARAMS
+    from madyn.features import architecture
+
+    return int(architecture(config)["n_params"])
+
+
+def uses_cuda(device: str) -> bool:
+    """Will ``device`` measure on a GPU? ``auto`` does when an NVIDIA device is visible."""
+    if device.startswith("cuda"):
+        return True
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return device == "auto" and visible not in ("", "-1") and Path("/dev/nvidia0").exists()
+
+
+def extract_plan(config: dict | None, extract: dict) -> dict:
+    """Resources of one measuring job: weights in ``extract.dtype``, the evaluation batch
+    (``batch_size`` x ``seq_len`` tokens at a time, ``n_seqs`` in all) and the hidden
+    states the statistics hold (about 4 float32 copies of one layer's B x T x D)."""
+    n = n_params(config)
+    width = (config or {}).get("hidden_size", 5120)
+    weights_mb = n * DTYPE_BYTES[extract.get("dtype", "float32")] / 2**20
+    batch, seq = extract.get("batch_size", 1), extract.get("seq_len", 2048)
+    acts_mb = 8 * batch * seq * max(width * 4, 1) * 4 / 2**20  # MLP width 4D, float32
+    cuda = uses_cuda(extract.get("device", "auto"))
+    flops = 2 * n * extract.get("n_seqs", 1) * seq
+    seconds = 30 + n * STORED_BYTES / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda
+                                                                   else CPU_FLOPS)
+    return {
+        "mem_mb": int(BASE_MEM_MB + (weights_mb if not cuda else 0.3 * weights_mb)
+                      + (acts_mb if not cuda else 0) + weights_mb),  # load copy on host
+        "gpu": 1 if cuda else 0,
+        "gpu_mem_mb": int(1024 + weights_mb + acts_mb) if cuda else 0,
+        "runtime": max(1, math.ceil(1.5 * seconds / 60)),
+        "threads": extract.get("threads", 1),
+        "download_gb": round(n * STORED_BYTES / 1e9, 3),
+    }
+
+
+def download_windows(sizes_gb: list[float], budget_gb: float | None) -> list[int]:
+    """For each download i (in order), the last earlier item j that must be measured (and
+    its revision deleted) before i starts: the largest j whose later items j+1..i fit in
+    ``budget_gb`` together; -1 when none need wait. No budget: -1 everywhere."""
+    out, j, total = [], -1, 0.0
+    for i, size in enumerate(sizes_gb):
+        total += size
+        while budget_gb is not None and total > budget_gb and j < i - 1:
+            j += 1
+            total -= sizes_gb[j]
+        out.append(j)
+    return out
+
+
+def download_gate(order: list[tuple[str, int]], gb_by_model: dict[str, float],
+                  budget_gb: float | None, item: tuple[str, int],
+                  stats_path: Callable[[str, int], str],
+                  marker_path: Callable[[str, int], str]) -> list[str]:
+    """The inputs that make download ``item`` wait: the previous download's marker (one
+    download after another, in ``order``) and the statistics of every item that must be
+    measured first (see :func:`download_windows`)."""
+    if budget_gb is None:
+        return []
+    i = order.index(item)
+    win = download_windows([gb_by_model[m] for m, _ in order], budget_gb)
+    lo = win[i - 1] if i else -1
+    previous = [marker_path(*order[i - 1])] if i else []
+    return previous + [stats_path(*order[k]) for k in range(lo + 1, win[i] + 1)]
+
+
+def peak_disk_gb(sizes_gb: list[float], windows: list[int]) -> float:
+    """The most disk the planned downloads can hold at once: while download i runs, every
+    item up to windows[i] is measured and deleted, so at most items windows[i]+1..i are
+    on disk."""
+    return max((sum(sizes_gb[w + 1:i + 1]) for i, w in enumerate(windows)), default=0.0)

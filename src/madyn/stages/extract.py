@@ -1,0 +1,217 @@
+"""Phase 2, measuring: the evaluation batch, per-checkpoint statistics, per-model series.
+
+Owns the phase's file I/O. The workflow (``workflow/rules/extract.smk``) passes every path;
+the science is in :mod:`madyn.extract` (measuring), :mod:`madyn.series` and
+:mod:`madyn.released` (the study's released layout).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from madyn import released
+from madyn.extract import (
+    CheckpointError,
+    delete_cached_revision,
+    download_revision,
+    measure_checkpoint,
+    read_stats,
+    write_stats,
+)
+from madyn.io import atomic_path, read_json, sha256_file, write_json
+from madyn.series import build_series, growth_summary
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
+                seq_len: int, seed: int, revision: str | None = None) -> np.ndarray:
+    """Write the fixed evaluation batch (N x T int64 ids, ``.npy``) cut from the held-out
+    corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id)."""
+    from madyn.corpus import encode_with, eval_windows, heldout_texts
+
+    ids = encode_with(tokenizer, heldout_texts(read_json(corpus_manifest)), revision)
+    tokens = eval_windows(ids, n_seqs, seq_len, seed)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, tokens)
+    _say(f"eval tokens: {tokens.shape[0]} x {tokens.shape[1]} from {len(ids)} held-out "
+         f"tokens -> {out}")
+    return tokens
+
+
+def load_tokens(path: str) -> np.ndarray:
+    """An evaluation batch written by :func:`eval_tokens` (never unpickled)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a .npy array of token ids ({e})") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint to measure: a local folder (a trained step, or a hub snapshot)."""
+
+    source: str
+    step: int
+    out: Path  # its statistics table (Parquet)
+    expected_sha256: str | None = None  # sha256 of model.safetensors per the manifest
+
+
+def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
+                        ) -> list[Checkpoint]:
+    """The checkpoints of a model trained by madyn (``model_dir``, as ``madyn train``
+    writes it), with the weights sha256 its manifest records; ``outs`` pairs with steps."""
+    from madyn.suite import checkpoint_dir
+
+    if len(steps) != len(outs):
+        raise ValueError(f"{len(steps)} steps but {len(outs)} output paths")
+    manifest = read_json(Path(model_dir) / "manifest.json")
+    sha = manifest.get("weights_sha256", {})
+    return [Checkpoint(str(checkpoint_dir(model_dir, s)), s, Path(o), sha.get(str(s)))
+            for s, o in zip(steps, outs, strict=True)]
+
+
+def _verify(ck: Checkpoint, fp: dict) -> None:
+    """The weights on disk must be the ones training recorded."""
+    if ck.expected_sha256 is None:
+        return
+    got = fp["shards"].get("model.safetensors")
+    if got != ck.expected_sha256:
+        raise CheckpointError(
+            f"{ck.source}: model.safetensors sha256 {str(got)[:12]}... differs from its "
+            f"manifest's {ck.expected_sha256[:12]}... (changed or corrupted after "
+            "training): retrain it, or restore the file")
+
+
+def _is_current(out: Path, fp: dict, tokens_sha: str, dtype: str) -> bool:
+    """Does ``out`` already hold this checkpoint measured on these tokens?"""
+    if not out.exists():
+        return False
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        meta = json.loads((pq.read_schema(out).metadata or {}).get(b"madyn", b"{}"))
+    except Exception:  # unreadable or foreign file: measure again
+        return False
+    return (meta.get("weights", {}).get("sha256") == fp["sha256"]
+            and meta.get("tokens_sha256") == tokens_sha and meta.get("dtype") == dtype)
+
+
+def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
+            dtype: str = "float32", device: str = "auto", batch_size: int = 10,
+            progress: Callable[[str], None] = _say) -> dict[str, int]:
+    """Measure every checkpoint whose table is missing or stale, one process for all.
+
+    Each table is written atomically as soon as its checkpoint is measured, so a killed
+    job loses only the checkpoint in flight; a table that already holds the same weights
+    measured on the same tokens is kept. Returns counts: measured, kept.
+    """
+    from madyn.extract import fingerprint, weight_files
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    tokens = load_tokens(tokens_path)
+    tokens_sha = sha256_file(tokens_path)
+    t0, done, kept = time.monotonic(), 0, 0
+    for i, ck in enumerate(checkpoints, 1):
+        fp = fingerprint(weight_files(ck.source))
+        _verify(ck, fp)
+        if _is_current(ck.out, fp, tokens_sha, dtype):
+            kept += 1
+            continue
+        df, meta = measure_checkpoint(ck.source, tokens, dtype=dtype, device=device,
+                                      batch_size=batch_size, weights_fp=fp)
+        meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
+        write_stats(df, meta, ck.out)
+        done += 1
+        last = df[df["layer"] == df["layer"].max()]["ratio"].mean()
+        progress(f"[{model}] step {ck.step} ({i}/{len(checkpoints)}): last-layer "
+                 f"top1/median {last:.1f}, {meta['seconds']:.2f}s "
+                 f"({time.monotonic() - t0:.0f}s elapsed)")
+    progress(f"[{model}] measured {done} checkpoints, kept {kept} up to date "
+             f"({time.monotonic() - t0:.1f}s)")
+    return {"measured": done, "kept": kept}
+
+
+def download(repo: str, revision: str, out: str) -> dict:
+    """Download one hub revision and write its marker (snapshot folder, weights sha256)."""
+    t0 = time.monotonic()
+    marker = download_revision(repo, revision)
+    write_json(out, marker)
+    _say(f"{repo}@{revision}: {marker['bytes'] / 1e9:.2f} GB in "
+         f"{time.monotonic() - t0:.0f}s -> {marker['snapshot']}")
+    return marker
+
+
+def measure_download(marker_path: str, tokens_path: str, out: str, model: str, step: int,
+                     *, dtype: str, device: str, batch_size: int, delete: bool) -> None:
+    """Measure a downloaded hub revision; with ``delete``, remove it from the cache after."""
+    marker = read_json(marker_path)
+    ck = Checkpoint(marker["snapshot"], step, Path(out))
+    measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size)
+    if delete:
+        delete_cached_revision(marker["repo"], marker["commit"])
+
+
+def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None = None,
+           released_dir: str | None = None, export_dir: str | None = None
+           ) -> tuple[pd.DataFrame, dict]:
+    """One model's series table and integrity report, from its per-checkpoint tables
+    (``stats``) or from a folder in the study's released layout (``released_dir``: bad
+    files are skipped, named, and recorded with their reason). ``export_dir``: also write
+    the tables in the released layout there."""
+    if released_dir:
+        files = released.scan(released_dir).get(model)
+        if not files:
+            raise released.MalformedStats(
+                f"model {model}: no exp2_{model}_step* files under {released_dir}/{model}/stats")
+        tables, skipped = released.read_model(files, warn=_say)
+        metas: dict[int, dict] = {s: {} for s in tables}
+    else:
+        tables, metas, skipped = {}, {}, {}
+        for f in stats or []:
+            df, meta = read_stats(f)
+            tables[int(meta["step"])], metas[int(meta["step"])] = df, meta
+    frame, report = build_series(tables, metas, model)
+    report["skipped_files"] = {str(k): v for k, v in skipped.items()}
+    with atomic_path(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_json(integrity_out, report)
+    if export_dir:
+        for step, df in tables.items():
+            released.write_exp2(df, released.exp2_path(export_dir, model, step))
+    _say(f"[{model}] series of {len(tables)} checkpoints, {len(report['flagged'])} flagged, "
+         f"{len(skipped)} files skipped -> {out}")
+    return frame, report
+
+
+def growth(series_paths: list[str], out: str) -> dict:
+    """Growth of top1/median per model and layer (a DVC metric); prints a line per model."""
+    summary = growth_summary({Path(f).stem: pd.read_parquet(f) for f in series_paths})
+    write_json(out, summary)
+    for m, g in summary.items():
+        per = " ".join(f"{x:.1f}" for x in g["growth_per_layer"])
+        _say(f"{m:14s} top1/median x{g['growth_middle_mean']:.2f} (middle layers); "
+             f"per layer {per}")
+    return summary
+
+
+def plot_series(series_path: str, out_series: str, out_first_last: str) -> None:
+    """The figures of one model's series."""
+    from madyn.plots import plot_first_last
+    from madyn.plots import plot_series as plot
+
+    frame = pd.read_parquet(series_path)
+    plot(frame, out_series)
+    plot_first_last(frame, out_first_last)

@@ -1,0 +1,67 @@
+"""Phase 1, the suite: the offline corpus and tokenizer, one training job per model, and
+the suite's training time. Owns the phase's file I/O; the science is in
+:mod:`madyn.corpus` and :mod:`madyn.suite` (the trainer)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from madyn.io import read_json, write_json
+from madyn.suite import ModelSpec, TrainSpec, train_model, training_summary
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,
+           root: str | None = None) -> dict:
+    """Build the corpus (files, manifest, tokenizer, token files) under ``out``."""
+    from madyn.corpus import build_corpus
+
+    t0 = time.monotonic()
+    m = build_corpus(out, max_mb, heldout_fraction, vocab_size, root)
+    _say(f"corpus: {m['n_files']} files, {m['bytes'] / 1e6:.1f} MB, tokens {m['tokens']}, "
+         f"sha256 {m['sha256'][:12]} ({time.monotonic() - t0:.0f}s)")
+    return m
+
+
+def heldout_manifest(out: str, max_mb: float, heldout_fraction: float) -> None:
+    """The held-out file list only (hub suites: evaluation text, no tokenizer training)."""
+    from madyn.corpus import collect_files, stdlib_root
+
+    files = collect_files(stdlib_root(), max_mb, heldout_fraction)
+    write_json(out, {"root": str(stdlib_root()), "files": [f.__dict__ for f in files]})
+
+
+def train(spec: ModelSpec, recipe: TrainSpec, corpus_dir: str, out: str, threads: int,
+          timing_out: str | None = None) -> dict:
+    """Train one model; ``timing_out`` records its wall-clock time (kept out of the
+    deterministic manifest)."""
+    m = train_model(spec, recipe, corpus_dir, out, threads=threads)
+    if timing_out:
+        write_json(timing_out, {k: m[k] for k in ("model", "threads", "started_unix",
+                                                    "train_seconds")})
+    _say(f"[{spec.name}] trained {recipe.steps} steps in {m['train_seconds']:.0f}s, "
+         f"{len(m['steps'])} checkpoints, final loss {m['final_loss']:.3f}")
+    return m
+
+
+def train_summary(timings: list[str], out: str, budget_min: float | None = None) -> dict:
+    """The suite's training time from the jobs' timing files (a DVC metric)."""
+    budget = budget_min * 60 if budget_min else None
+    s = training_summary({Path(f).stem: read_json(f) for f in timings}, budget)
+    write_json(out, s)
+    if "wall_s" in s:
+        w = s["wall_s"]
+        verdict = ""
+        if budget:
+            verdict = (f", within the {budget_min:g}-minute budget" if s["within_budget"]
+                       else f", OVER the {budget_min:g}-minute budget")
+        _say(f"suite trained: {len(s['models'])} models in {int(w // 60)} min {w % 60:.0f} s "
+             f"wall ({s['sum_s']:.0f} s summed over jobs){verdict}")
+    if s["untimed"]:
+        _say(f"not timed: {', '.join(s['untimed'])}")
+    return s

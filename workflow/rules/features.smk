@@ -1,0 +1,43 @@
+# Phase 4: each model's architecture (config.json) and the (model, layer) feature table.
+
+
+rule model_config:
+    # the architecture of each model: its config.json (local: from its last checkpoint;
+    # hub: from the hub; released: beside its files, or built from its suite entry)
+    input:
+        lambda wc: SRC.config_inputs(wc.model),
+    output:
+        f"{RESULTS}/configs/{{model}}.json",
+    params:
+        src=lambda wc: SRC.config_args(wc.model),
+    resources:
+        mem_mb=1000,
+    log:
+        f"{RESULTS}/logs/model_config_{{model}}.log",
+    conda:
+        ENV
+    shell:
+        "madyn config-json {params.src} --out {output} 2> {log}"
+
+
+rule features:
+    input:
+        fits=[f"{RESULTS}/fits/{m}.parquet" for m in MODELS],
+        configs=[f"{RESULTS}/configs/{m}.json" for m in MODELS],
+    output:
+        parquet=FEATURES,
+        csv=FEATURES.replace(".parquet", ".csv"),
+    params:
+        configs=lambda wc, input: [f"{m}={c}" for m, c in zip(MODELS, input.configs)],
+        p=config["features"]["parametrisation"],
+        q=config["features"]["quantity"],
+    resources:
+        mem_mb=1500,
+    log:
+        f"{RESULTS}/logs/features.log",
+    conda:
+        ENV
+    shell:
+        "madyn features --fits {input.fits} --config {params.configs} "
+        "--parametrisation {params.p} --quantity {params.q} --out {output.parquet} "
+        "--out-csv {output.csv} 2> {log}"
