@@ -280,7 +280,7 @@ def _warm_start(name: str, done: dict[str, FitResult]) -> Array | None:
         p = np.asarray(src.popt_norm, float)
         if tuple(src.param_names) != target:
             with np.errstate(all="ignore"):
-                p = (reparam_to_original(p) if target[0] == "A"
+                p = (reparam_to_original(p) if target == get("original").param_names
                      else original_to_reparam(p))
         rows.append(p)
     return np.array(rows) if rows else None
