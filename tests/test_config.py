@@ -51,6 +51,25 @@ def _mutated(path: str, value) -> dict:
         ("suite", "nope", "suite"),
         ("suites.pythia.analyse_steps", [0, 1, 3], "suites.pythia.analyse_steps"),
         ("suites.pythia.models.0.repo", "no-slash", "suites.pythia.models.0.repo"),
+        # non-finite floats: every comparison with NaN is false, so they must be refused first
+        ("fit.alpha", float("nan"), "fit.alpha: nan is not a finite number"),
+        ("suites.embedded.train.lr", float("nan"),
+         "suites.embedded.train.lr: nan is not a finite number"),
+        ("predict.test_fraction", float("nan"), "predict.test_fraction: nan is not a finite"),
+        ("suites.embedded.train.weight_decay", float("inf"),
+         "suites.embedded.train.weight_decay: inf is not a finite number"),
+        ("predict.ridge_alphas", [1.0, float("-inf")],
+         "predict.ridge_alphas.1: -inf is not a finite number"),
+        ("suites.smoke.models.1.lr", float("nan"), "suites.smoke.models.1.lr: nan is not a"),
+        # integers must be ints: 10.0 and True are refused
+        ("suites.embedded.train.every", 10.0,
+         "suites.embedded.train.every: 10.0 is not an integer"),
+        ("fit.min_points", 6.0, "fit.min_points: 6.0 is not an integer"),
+        ("predict.seed", True, "predict.seed: True is not an integer"),
+        ("suites.pythia.schedule.last", 143000.0, "suites.pythia.schedule.last: 143000.0 is"),
+        # more points than the active suite has checkpoints (embedded: 24)
+        ("fit.min_points", 25, "fit.min_points: 25 exceeds the 24 checkpoints of suite "
+         "embedded"),
     ],
 )
 def test_bad_params_name_the_key(path, value, named):
@@ -81,3 +100,35 @@ def test_load_reports_yaml_syntax_errors(tmp_path):
     bad.write_text("suite: [unclosed\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(str(bad))
+
+
+def test_min_points_checked_against_the_active_suite_only():
+    cfg = _mutated("fit.min_points", 24)
+    config.validate(cfg)  # embedded has exactly 24 checkpoints
+    cfg["suite"] = "smoke"
+    n_smoke = len(config.steps(cfg["suites"]["smoke"]))
+    cfg["fit"]["min_points"] = n_smoke + 1
+    with pytest.raises(config.ConfigError, match=f"exceeds the {n_smoke} checkpoints"):
+        config.validate(cfg)
+
+
+def test_min_points_checked_for_hub_analyse_steps():
+    cfg = _mutated("suites.pythia.analyse_steps", [0, 1, 2, 4, 8])
+    cfg["suite"] = "pythia"
+    with pytest.raises(config.ConfigError, match="fit.min_points: 6 exceeds the 5 "
+                       "checkpoints of suite pythia"):
+        config.validate(cfg)
+
+
+def test_check_min_points_for_a_released_folder():
+    cfg = config.validate(copy.deepcopy(PARAMS))
+    config.check_min_points(cfg, 6, "released/m1")
+    with pytest.raises(config.ConfigError,
+                       match="fit.min_points: 6 exceeds the 5 checkpoints of released/m1"):
+        config.check_min_points(cfg, 5, "released/m1")
+
+
+def test_valid_floats_and_ints_still_pass():
+    cfg = _mutated("suites.embedded.train.lr", 1)  # an int is a valid number
+    cfg["fit"]["alpha"] = 0
+    config.validate(cfg)

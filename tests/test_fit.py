@@ -78,9 +78,24 @@ def test_penalty_and_its_jacobian(name):
     p = np.array(NORM_PARAMS[name])
     r = h.penalty(p, 0.04)
     assert r.shape == (h.k,)
-    np.testing.assert_allclose(r, 0.2 * (p - h.penalty_ref) / h.penalty_scale)
-    np.testing.assert_allclose(h.penalty_jac(p, 0.04), np.diag(0.2 / np.array(h.penalty_scale)))
+    # both are penalised on (A1, A2, beta, tau0, K): original_reg on its exact conversion
+    q = H.original_to_reparam(p) if name == "original_reg" else p
+    np.testing.assert_allclose(r, 0.2 * (q - h.penalty_ref) / h.penalty_scale)
+    steps = 1e-6 * np.maximum(1.0, np.abs(p))
+    fd = np.column_stack([(h.penalty(p + e, 0.04) - h.penalty(p - e, 0.04)) / (2 * e[j])
+                          for j, e in enumerate(np.diag(steps))])
+    np.testing.assert_allclose(h.penalty_jac(p, 0.04), fd, rtol=1e-6, atol=1e-9)
     assert H.get("reparam").penalty(p, 0.04).size == 0
+
+
+def test_original_reg_penalty_equals_reparam_reg_on_the_same_curve():
+    """A saturating rise needs |A| ~ 1e60 in the original form; its penalty must be the
+    reparam form's, not a ridge on A (which made original_reg fail on such series)."""
+    q = np.array([-224.6, 498.3, 7.19, 9.29, 1.40])
+    p = H.reparam_to_original(q)
+    assert abs(p[0]) > 1e30
+    np.testing.assert_allclose(H.get("original_reg").penalty(p, 0.01),
+                               H.get("reparam_reg").penalty(q, 0.01), rtol=1e-9)
 
 
 def test_original_reparam_conversion_and_peak():
@@ -298,3 +313,37 @@ def test_run_fit_writes_outputs(tmp_path):
     table = pd.read_parquet(tmp_path / "fits.parquet")
     assert len(table) == 3 * 2 * 3 and table["model"].eq("tiny").all()
     assert table.loc[table.quantity == "top1", "r2"].max() > 0.9
+
+
+# normalised reparam parameters (t_n = step / last step) of real series of the smoke suite:
+# a saturating or sigmoid rise in log time, some with a late dip
+REAL_SHAPES = {
+    "saturating": [-224.6, 498.3, 7.19, 9.29, 1.40],
+    "rise_dip": [-37.06, 4.64, 9.12, 1.21, 1.21],
+    "slow_rise": [-108.6, 143.7, 7.99, 3.84, 1.32],
+    "late_dip": [-21.25, -29.35, 22.1, 0.279, 0.773],
+    "sigmoid": [-239.2, 593.1, 5.86, 12.07, 1.58],
+}
+SCHEDULES = {
+    "log": np.concatenate([[0.0], np.unique(np.round(np.logspace(0, np.log10(2000), 26)))]),
+    "embedded": np.array([0, 1, 2, 4, 8, 16, 32, 64, *range(125, 2000, 125), 2000], float),
+}
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("shape", sorted(REAL_SHAPES))
+def test_regularised_fits_cost_little_r2(shape, schedule):
+    """alpha = 0.01 of ridge must not cost more than 0.02 of R^2 against the unregularised
+    fit, on top1-like (1..50) and median-like (0.01..1) series with 3 % noise."""
+    steps = SCHEDULES[schedule]
+    f = H.reparam_func(steps / steps[-1], *REAL_SHAPES[shape])
+    s = FitSettings(hypotheses=("original", "reparam", "original_reg", "reparam_reg"),
+                    alpha=0.01, outlier_mad=0)
+    for lo, hi in [(1.0, 50.0), (0.01, 1.0)]:
+        clean = lo + (hi - lo) * (f - f.min()) / np.ptp(f)
+        for seed in range(2):
+            res = {r.hypothesis: r for r in fit_series(steps, _noisy(clean, seed, 0.03), s)}
+            assert all(r.success for r in res.values())
+            assert res["original"].r2 > 0.99
+            for name in ("original", "reparam"):
+                assert res[f"{name}_reg"].r2 > res[name].r2 - 0.02, (name, lo, seed)

@@ -6,6 +6,8 @@ No module reads the YAML itself: the Snakefile (configfile) and the CLI load it,
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -38,17 +40,51 @@ def _describe(err) -> str:
         # pick the branch that got furthest: the deepest error
         best = max(err.context, key=lambda e: len(e.absolute_path))
         return _describe(best)
+    if err.validator == "type" and err.validator_value == "integer":
+        return f"{_key(err.absolute_path)}: {err.instance!r} is not an integer"
     return f"{_key(err.absolute_path)}: {err.message}"
+
+
+def _nonfinite(node: Any, path: tuple = ()) -> Iterator[str]:
+    """One message per NaN/inf float anywhere in ``node`` (schema comparisons with NaN are
+    all false, so the schema alone lets them through)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield f"{_key(path)}: {node!r} is not a finite number"
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _nonfinite(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _nonfinite(v, (*path, i))
+
+
+def _validator():
+    """Draft 2020-12 validator whose ``integer`` is a Python int only (not 10.0, not a
+    bool): a float step count would pass the schema and fail later inside range()."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _, inst: type(inst) is int)
+    return jsonschema.validators.extend(base, type_checker=checker)(_schema())
+
+
+def check_min_points(cfg: dict, n_checkpoints: int, where: str) -> None:
+    """Refuse ``fit.min_points`` above the ``n_checkpoints`` a series can have (``where``:
+    the suite or folder they come from, for the message)."""
+    need = cfg["fit"]["min_points"]
+    if need > n_checkpoints:
+        raise ConfigError(f"fit.min_points: {need} exceeds the {n_checkpoints} checkpoints "
+                          f"of {where}")
 
 
 def validate(cfg: Any) -> dict:
     """Check ``cfg`` (the parsed params.yaml); raise ConfigError naming the bad key."""
-    import jsonschema
-
     if not isinstance(cfg, dict):
         raise ConfigError("params.yaml must be a mapping of keys to values")
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    bad = list(_nonfinite(cfg))
+    if bad:
+        raise ConfigError("invalid params.yaml: " + "; ".join(bad))
+    errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid params.yaml: " + "; ".join(_describe(e) for e in errors))
     if cfg["suite"] not in cfg["suites"]:
@@ -76,12 +112,15 @@ def validate(cfg: Any) -> dict:
                 raise ConfigError(f"suites.{sname}.train.warmup: must be < steps")
         elif suite["source"] == "hub":
             sched = hub_schedule(suite)
-            steps = suite["analyse_steps"]
-            if steps != "all":
-                bad = sorted(set(steps) - set(sched))
+            chosen = suite["analyse_steps"]
+            if chosen != "all":
+                bad = sorted(set(chosen) - set(sched))
                 if bad:
                     raise ConfigError(f"suites.{sname}.analyse_steps: {bad} not in the "
                                       "hub schedule")
+    suite = active(cfg)
+    if suite["source"] != "released":  # a released folder is checked once it is scanned
+        check_min_points(cfg, len(steps(suite)), f"suite {cfg['suite']}")
     return cfg
 
 

@@ -39,12 +39,23 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from madyn.hypotheses import REGISTRY, Hypothesis, clip_inside, get, reparam_to_original
+from madyn.hypotheses import (
+    REGISTRY,
+    Hypothesis,
+    clip_inside,
+    get,
+    original_to_reparam,
+    reparam_to_original,
+)
 
 Array = np.ndarray
 
-# a hypothesis may take the optimum of another one as an extra starting point
-WARM_FROM = {"original": "reparam", "reparam_reg": "reparam", "original_reg": "original"}
+# a hypothesis may take the optima of others as extra starting points (converted between
+# the original and reparam forms). original_reg's objective is reparam_reg's composed with
+# the exact map original -> reparam (the penalty is on those coordinates), so reparam_reg's
+# optimum is also its optimum; original's is a fallback.
+WARM_FROM = {"original": ("reparam",), "reparam_reg": ("reparam",),
+             "original_reg": ("reparam_reg", "original")}
 
 
 @dataclass(frozen=True)
@@ -224,8 +235,10 @@ def fit_hypothesis(h: Hypothesis, d: _Data, s: FitSettings,
         y_n = d.y_n
         n_grid = s.n_starts if warm is None else s.n_starts_warm
         starts = h.starts(t_fit, y_n, n_grid, s.grid_density)
-        if warm is not None and np.all(np.isfinite(warm)):
-            starts = np.vstack([clip_inside(warm, h.bounds)[None, :], starts])
+        if warm is not None:
+            w = np.atleast_2d(np.asarray(warm, float))
+            w = [clip_inside(row, h.bounds) for row in w if np.all(np.isfinite(row))]
+            starts = np.vstack([*w, starts]) if w else starts
         sol, r.nfev, errors = _refine(h, t_fit, y_n, starts, s)
         if sol is None:
             r.reason = "fit failed: " + ("; ".join(errors[:1]) or "no finite solution")
@@ -256,12 +269,21 @@ def fit_hypothesis(h: Hypothesis, d: _Data, s: FitSettings,
 
 
 def _warm_start(name: str, done: dict[str, FitResult]) -> Array | None:
-    src = done.get(WARM_FROM.get(name, ""))
-    if src is None or not src.success:
-        return None
-    if name == "original" and src.hypothesis == "reparam":
-        return reparam_to_original(src.popt_norm)
-    return src.popt_norm
+    """(m, k) normalised optima of the successful WARM_FROM sources of ``name``, converted
+    to its parameter form; None if there is none."""
+    target = get(name).param_names
+    rows = []
+    for src_name in WARM_FROM.get(name, ()):
+        src = done.get(src_name)
+        if src is None or not src.success:
+            continue
+        p = np.asarray(src.popt_norm, float)
+        if tuple(src.param_names) != target:
+            with np.errstate(all="ignore"):
+                p = (reparam_to_original(p) if target == get("original").param_names
+                     else original_to_reparam(p))
+        rows.append(p)
+    return np.array(rows) if rows else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +326,8 @@ def _skip_reason(t: Array, y: Array, s: FitSettings) -> str:
 
 def _fit_all(hyps: list[Hypothesis], d: _Data, s: FitSettings) -> list[FitResult]:
     order = sorted(range(len(hyps)), key=lambda i: hyps[i].name in WARM_FROM)
-    order = sorted(order, key=lambda i: hyps[i].name == "original_reg")  # after original
+    # after original and reparam_reg, its warm starts
+    order = sorted(order, key=lambda i: hyps[i].name == "original_reg")
     done: dict[str, FitResult] = {}
     for i in order:
         h = hyps[i]

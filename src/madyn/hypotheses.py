@@ -15,9 +15,14 @@ an entry. Conventions shared by all of them:
 * ``to_raw(p_norm, t_scale, y_mu, y_sd)`` maps normalised parameters to raw ones exactly:
   ``func(t, *to_raw(p)) == mu + sd * func(t / t_scale, *p)``.
 * Regularised variants carry ``penalty_ref`` / ``penalty_scale``: the fit adds residuals
-  ``sqrt(alpha) * (p - p_ref) / scale`` on the normalised parameters (``alpha`` is a fit
+  ``sqrt(alpha) * (q(p) - q_ref) / scale`` on the normalised parameters (``alpha`` is a fit
   setting, :class:`madyn.fit.FitSettings`, default 1e-2: a mild pull that only matters where
   the data leave a parameter unidentified, e.g. beta or tau0 running to their bounds).
+  ``q`` is the identity, or ``penalty_map``: ``original_reg`` is penalised on its exact
+  reparametrisation (A1, A2, beta, tau0, K), with reparam_reg's reference and scales. A ridge
+  on the original parameters themselves cannot work: A = A1 exp(lam t0) is exponential in
+  lam t0, so a good fit of a saturating rise (lam ~ 150, t0 ~ 1 in normalised units) has
+  |A| ~ 1e66, and any linear pull on A forbids the whole region of such curves.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class Hypothesis:
     peak_fn: Callable[[Array], float] | None = None
     penalty_ref: tuple[float, ...] | None = None
     penalty_scale: tuple[float, ...] | None = None
+    penalty_map: Callable[[Array], Array] | None = None  # p -> q, the penalised coordinates
+    penalty_map_jac: Callable[[Array], Array] | None = None  # (k, k) d q / d p
     scale_time: bool = True
     description: str = ""
 
@@ -97,17 +104,23 @@ class Hypothesis:
         return self.penalty_ref is not None
 
     def penalty(self, p: Array, alpha: float) -> Array:
-        """Extra residuals sqrt(alpha) * (p - p_ref) / scale (empty if not regularised)."""
+        """Extra residuals sqrt(alpha) * (q(p) - q_ref) / scale, (k,); empty if not
+        regularised. q = penalty_map (identity if None)."""
         if not self.regularised or alpha <= 0:
             return np.zeros(0)
+        p = np.asarray(p, float)
+        q = p if self.penalty_map is None else np.asarray(self.penalty_map(p), float)
         ref, sc = np.asarray(self.penalty_ref), np.asarray(self.penalty_scale)
-        return np.sqrt(alpha) * (np.asarray(p, float) - ref) / sc
+        return np.sqrt(alpha) * (q - ref) / sc
 
     def penalty_jac(self, p: Array, alpha: float) -> Array:
-        """(k, k) Jacobian of :meth:`penalty` (a diagonal); (0, k) if not regularised."""
+        """(k, k) Jacobian of :meth:`penalty`; (0, k) if not regularised."""
         if not self.regularised or alpha <= 0:
             return np.zeros((0, self.k))
-        return np.diag(np.sqrt(alpha) / np.asarray(self.penalty_scale, float))
+        d = np.diag(np.sqrt(alpha) / np.asarray(self.penalty_scale, float))
+        if self.penalty_map_jac is None:
+            return d
+        return d @ np.asarray(self.penalty_map_jac(np.asarray(p, float)), float)
 
     def asymptote(self, p_raw: Array) -> float:
         """lim_{t -> inf} f(t) in raw units; NaN if the curve diverges or it is undefined."""
@@ -243,6 +256,19 @@ def original_to_reparam(p: Array) -> Array:
     A, lam, gamma, t0, K = p
     A1 = A * np.exp(-lam * t0)
     return np.array([A1, A1 * np.log(gamma), lam * gamma, t0 / gamma, K])
+
+
+def original_to_reparam_jac(p: Array) -> Array:
+    """(5, 5) d (A1, A2, beta, tau0, K) / d (A, lam, gamma, t0, K)."""
+    A, lam, gamma, t0, _ = p
+    E = np.exp(-lam * t0)
+    A1, lg = A * E, np.log(gamma)
+    d_a1 = np.array([E, -t0 * A1, 0.0, -lam * A1, 0.0])
+    return np.array([d_a1,
+                     d_a1 * lg + np.array([0.0, 0.0, A1 / gamma, 0.0, 0.0]),
+                     [0.0, gamma, lam, 0.0, 0.0],
+                     [0.0, 0.0, -t0 / gamma**2, 1.0 / gamma, 0.0],
+                     [0.0, 0.0, 0.0, 0.0, 1.0]])
 
 
 def _original_to_raw(p: Array, T: float, mu: float, sd: float) -> Array:
@@ -517,8 +543,8 @@ def _log_asymptote(p: Array) -> float:
 _ORIG_BOUNDS = ((-INF, 0.0, 1e-8, 1e-9, -INF), (INF, 1e4, 1e12, 1e6, INF))
 _REPARAM_BOUNDS = ((-INF, -INF, 0.0, 1e-9, -INF), (INF, INF, 1e4, 1e4, INF))
 
-# regularisation references and scales (normalised space: y_n has sd 1, t_n in [0, 1])
-_ORIG_REF = ((0.0, 0.0, 1.0, 1.0, 0.0), (10.0, 1.0, 1e7, 1e3, 10.0))
+# regularisation reference and scales (normalised space: y_n has sd 1, t_n in [0, 1]) of
+# (A1, A2, beta, tau0, K); original_reg is penalised on these too (see the module docstring)
 _REPARAM_REF = ((0.0, 0.0, 0.0, 0.0, 0.0), (10.0, 10.0, 30.0, 1.0, 10.0))
 
 
@@ -530,6 +556,8 @@ def _emlog(name: str, reg: tuple | None, original: bool) -> Hypothesis:
             starts_fn=original_starts, to_raw_fn=_original_to_raw,
             asymptote_fn=lambda p: _emlog_asymptote(p[1], p[0], p[4], np.nan),
             peak_fn=original_peak, penalty_ref=reg and reg[0], penalty_scale=reg and reg[1],
+            penalty_map=original_to_reparam if reg else None,
+            penalty_map_jac=original_to_reparam_jac if reg else None,
             description="A*exp(-lambda*x)*log(x)+K, x=gamma*t+t0"
                         + (" (regularised)" if reg else ""))
     return Hypothesis(
@@ -544,7 +572,7 @@ def _emlog(name: str, reg: tuple | None, original: bool) -> Hypothesis:
 REGISTRY: dict[str, Hypothesis] = {h.name: h for h in [
     _emlog("original", None, original=True),
     _emlog("reparam", None, original=False),
-    _emlog("original_reg", _ORIG_REF, original=True),
+    _emlog("original_reg", _REPARAM_REF, original=True),
     _emlog("reparam_reg", _REPARAM_REF, original=False),
     Hypothesis(
         name="first_order", family="first_order", param_names=("y0", "K", "tau"),

@@ -2,17 +2,20 @@
 
 ``{model}/stats/exp2_{model}_step{N}``: text holding a B x Q x L nested list (B sequences,
 Q = top1, top2, top3, median, L layers), meant by its authors for Python's ``eval``.
-madyn never evaluates it: :func:`parse_exp2` walks the syntax tree and accepts only
-numbers, lists/tuples, unary minus, ``nan``/``inf`` names and an optional ``array(...)`` /
-``tensor(...)`` wrapper; everything else is rejected, and nothing is ever executed.
+madyn never evaluates it: :func:`parse_exp2` is a small iterative scanner that accepts only
+brackets, commas, numbers (sign, decimals, exponent), ``nan``/``inf`` names, exactly three
+list levels and an optional single ``array(...)`` / ``tensor(...)`` wrapper with an optional
+``dtype=...`` keyword. Anything else is rejected with a short reason; nothing is executed,
+nothing recurses, and values go straight into a compact float buffer (8 bytes each).
 """
 
 from __future__ import annotations
 
-import ast
-import math
+import os
 import re
 import sys
+from array import array
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,63 +23,130 @@ import pandas as pd
 
 QUANTITIES = ["top1", "top2", "top3", "median"]
 MAX_BYTES = 64 * 1024 * 1024
+DEPTH = 3  # list levels of a B x Q x L literal
 _NAME = re.compile(r"^exp2_(?P<model>.+)_step(?P<step>\d+)$")
-_WRAPPERS = {"array", "tensor", "np.array", "numpy.array", "torch.tensor"}
-_NAMES = {"nan": math.nan, "inf": math.inf, "NaN": math.nan, "Infinity": math.inf}
+# one token after optional whitespace: a number, a nan/inf name, or a bracket / comma
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+    r"|(?P<name>[+-]?(?:nan|NaN|inf|Infinity))(?![\w.])"
+    r"|(?P<p>[\[\],]))")
+_HEAD = re.compile(r"\s*(?:(?:np|numpy|torch)\.)?(?:array|tensor)\(")
+_TAIL = re.compile(r"\s*(?:,\s*dtype\s*=\s*[A-Za-z_][\w.]*\s*)?,?\s*\)\s*")
+_SPACE = re.compile(r"\s*")
 
 
 class MalformedStats(ValueError):
     """A released stats file that is not a valid B x Q x L literal."""
 
 
-def _literal(node: ast.AST):
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return float(node.value)
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = _literal(node.operand)
-        if isinstance(v, float):
-            return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.Name) and node.id in _NAMES:
-        return _NAMES[node.id]
-    raise MalformedStats(f"unexpected {type(node).__name__} at line {getattr(node, 'lineno', '?')}")
+def _unwrap(text: str) -> tuple[int, int]:
+    """Span [start, end) of the list literal inside an optional array(...)/tensor(...)."""
+    head = _HEAD.match(text)
+    if head is None:
+        return 0, len(text)
+    end = text.rfind("]") + 1
+    if end == 0 or not _TAIL.fullmatch(text, end):
+        raise MalformedStats("wrapper call must be array([...]) or tensor([...]) "
+                             "with at most a dtype= keyword")
+    return head.end(), end
 
 
-def _callee(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_callee(node.value)}.{node.attr}"
-    return "?"
+def _where(text: str, pos: int) -> str:
+    return f"{text[pos:pos + 16].strip()[:16]!r} at offset {pos}"
 
 
-def parse_exp2(text: str) -> np.ndarray:
-    """Parse a released stats text into a float64 array B x 4 x L, validated."""
-    if len(text) > MAX_BYTES:
-        raise MalformedStats("file too large")
-    try:
-        tree = ast.parse(text.strip(), mode="eval").body
-    except (SyntaxError, ValueError, RecursionError) as e:
-        raise MalformedStats(f"not a literal: {e}") from None
-    if isinstance(tree, ast.Call):  # array([...], dtype=...) / tensor([...])
-        if _callee(tree.func) not in _WRAPPERS or len(tree.args) != 1:
-            raise MalformedStats(f"call to {_callee(tree.func)!r} is not allowed")
-        tree = tree.args[0]
-    try:
-        arr = np.asarray(_literal(tree), dtype=np.float64)
-    except ValueError as e:  # ragged lists
-        raise MalformedStats(f"not a rectangular B x Q x L list: {e}") from None
-    if arr.ndim != 3 or arr.shape[1] != len(QUANTITIES) or min(arr.shape) == 0:
+def _scan(text: str, start: int, end: int) -> tuple[array, tuple[int, int, int]]:
+    """Scan ``text[start:end]`` as a rectangular 3-level list: flat values and (B, Q, L)."""
+    values = array("d")
+    shape = [-1] * DEPTH  # element count of every list at depth d (set by the first one)
+    count = [0] * (DEPTH + 1)  # elements seen so far in the open list at each depth
+    depth, pos = 0, start
+    expect_value = True  # after '[' or ',': a value or ']' may come; else ',' or ']'
+    done = False
+    while pos < end:
+        m = _TOKEN.match(text, pos, end)
+        if m is None:
+            if _SPACE.match(text, pos, end).end() == end:
+                break
+            raise MalformedStats(f"unexpected {_where(text, pos)}")
+        tok, pos = m.group("p"), m.end()
+        if done:
+            raise MalformedStats(f"text after the closing bracket: {_where(text, m.start())}")
+        if tok == "[":
+            if not expect_value:
+                raise MalformedStats(f"missing comma before {_where(text, m.start())}")
+            if depth == DEPTH:
+                raise MalformedStats(f"nested deeper than {DEPTH} list levels")
+            depth += 1
+            count[depth] = 0
+        elif tok == "]":
+            if depth == 0:
+                raise MalformedStats(f"unbalanced ']' at offset {m.start()}")
+            if shape[depth - 1] == -1:
+                shape[depth - 1] = count[depth]
+            elif shape[depth - 1] != count[depth]:
+                raise MalformedStats(f"ragged lists: {count[depth]} elements at level {depth}"
+                                     f" where {shape[depth - 1]} came before")
+            depth -= 1
+            count[depth] += 1
+            expect_value = False
+            done = depth == 0
+        elif tok == ",":
+            if expect_value or depth == 0:
+                raise MalformedStats(f"misplaced comma at offset {m.start()}")
+            expect_value = True
+        else:  # a number or a nan/inf name
+            if not expect_value or depth != DEPTH:
+                raise MalformedStats(f"number outside a level-{DEPTH} list: "
+                                     f"{_where(text, m.start())}")
+            values.append(float(m.group("num") or m.group("name")))
+            count[depth] += 1
+            expect_value = False
+    if not done:
+        raise MalformedStats("unbalanced brackets: the list is not closed"
+                             if depth else "no list literal")
+    if -1 in shape:
+        raise MalformedStats("not a 3-level B x Q x L list")
+    return values, (shape[0], shape[1], shape[2])
+
+
+def _check(arr: np.ndarray) -> np.ndarray:
+    """Validate a B x 4 x L array of magnitudes."""
+    if arr.shape[1] != len(QUANTITIES) or min(arr.shape) == 0:
         raise MalformedStats(f"shape {arr.shape} is not B x 4 x L")
     if not np.isfinite(arr).all():
         raise MalformedStats("non-finite values")
     if (arr < 0).any():
         raise MalformedStats("negative magnitudes")
+    if (arr[:, 3, :] <= 0).any():
+        raise MalformedStats("median <= 0 (top1/median undefined)")
     top = arr[:, :3, :]
     if (np.diff(top, axis=1) > 1e-6 * np.abs(top[:, :1, :]).clip(min=1)).any():
         raise MalformedStats("top1 >= top2 >= top3 does not hold")
     return arr
+
+
+def parse_exp2(text: str) -> np.ndarray:
+    """Parse a released stats text into a float64 array B x 4 x L, validated."""
+    if len(text) > MAX_BYTES:
+        raise MalformedStats(f"larger than {MAX_BYTES} bytes")
+    start, end = _unwrap(text)
+    values, shape = _scan(text, start, end)
+    arr = np.frombuffer(values, dtype=np.float64).reshape(shape)
+    return _check(arr)
+
+
+def read_exp2(path: str | Path) -> np.ndarray:
+    """Parse one released stats file (size checked before reading: > MAX_BYTES is refused
+    unread; non-ASCII text is refused)."""
+    size = os.stat(path).st_size
+    if size > MAX_BYTES:
+        raise MalformedStats(f"{size} bytes, larger than {MAX_BYTES}")
+    try:
+        text = Path(path).read_bytes().decode("ascii")
+    except UnicodeDecodeError as e:
+        raise MalformedStats(f"not ASCII text (byte {e.start})") from None
+    return parse_exp2(text)
 
 
 def to_table(arr: np.ndarray) -> pd.DataFrame:
@@ -120,16 +190,57 @@ def scan(root: str | Path) -> dict[str, dict[int, Path]]:
     return out
 
 
-def read_model(files: dict[int, Path], warn=None) -> dict[int, pd.DataFrame]:
-    """Parse one model's released files; malformed ones are reported by name and skipped."""
+class ModelTables(dict):
+    """step -> per-checkpoint table of one model, plus ``skipped``: file path -> reason
+    for every file left out (malformed, unreadable, or a minority layer count)."""
+
+    def __init__(self, tables: dict[int, pd.DataFrame], skipped: dict[str, str]):
+        super().__init__(tables)
+        self.skipped = skipped
+
+
+def _majority(counts: dict[int, int]) -> int:
+    """The layer count most files share (ties: the smaller count)."""
+    tally = Counter(counts.values())
+    return min(tally, key=lambda n_layers: (-tally[n_layers], n_layers))
+
+
+def _model_and_folder(files: dict[int, Path]) -> tuple[str, str]:
+    f = Path(next(iter(files.values())))
+    m = _NAME.match(f.name)
+    return (m["model"] if m else f.parent.parent.name), str(f.parent)
+
+
+def read_model(files: dict[int, Path], warn=None) -> ModelTables:
+    """Parse one model's released files (step -> path).
+
+    Returns the good tables (step -> table) as a :class:`ModelTables`, whose ``skipped``
+    maps every file left out to its reason: malformed or unreadable files, and files whose
+    layer count disagrees with the majority. ``warn`` (default: stderr) gets one line per
+    skipped file. Raises MalformedStats naming the model and folder when none is usable.
+    """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    if not files:
+        raise MalformedStats("read_model: no files given")
     tables: dict[int, pd.DataFrame] = {}
+    skipped: dict[str, str] = {}
     for step, f in sorted(files.items()):
         try:
-            tables[step] = to_table(parse_exp2(f.read_text(errors="replace")))
-        except MalformedStats as e:
-            warn(f"skipping {f}: {e}")
-    layers = {t["layer"].nunique() for t in tables.values()}
-    if len(layers) > 1:
-        raise MalformedStats(f"files disagree on the number of layers: {sorted(layers)}")
-    return tables
+            tables[step] = to_table(read_exp2(f))
+        except (MalformedStats, OSError) as e:
+            skipped[str(f)] = str(e)
+    if tables:
+        layers = {s: int(t["layer"].nunique()) for s, t in tables.items()}
+        keep = _majority(layers)
+        for s, n in layers.items():
+            if n != keep:
+                skipped[str(files[s])] = f"{n} layers where {keep} is the majority"
+                del tables[s]
+    for f, why in skipped.items():
+        warn(f"skipping {f}: {why}")
+    if not tables:
+        model, folder = _model_and_folder(files)
+        first = "; ".join(f"{Path(f).name}: {why}" for f, why in list(skipped.items())[:3])
+        raise MalformedStats(f"model {model}: no usable exp2 file under {folder} "
+                             f"({len(skipped)} skipped: {first})")
+    return ModelTables(dict(sorted(tables.items())), skipped)
