@@ -172,13 +172,6 @@ def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
     return TrainSpec(**t)
 
 
-def check_min_points(cfg: dict, n_checkpoints: int, where: str) -> None:
-    """Refuse ``fit.min_points`` above the number of checkpoints a suite has."""
-    if cfg["fit"]["min_points"] > n_checkpoints:
-        raise ConfigError(f"fit.min_points: {cfg['fit']['min_points']} is more than the "
-                          f"{n_checkpoints} checkpoints of {where}")
-
-
 def steps(suite: dict) -> list[int]:
     """The checkpoint steps to analyse for every model of ``suite`` (not ``released``:
     those are whatever files the folder holds)."""

@@ -58,6 +58,12 @@ def _is_local(source: str) -> bool:
             or source.count("/") != 1 or source.endswith(".json"))
 
 
+def _require_folder(source: str) -> None:
+    """A local checkpoint must exist (never look a path up on the hub)."""
+    if _is_local(source) and not Path(source).is_dir():
+        raise CheckpointError(f"{source}: no such checkpoint folder")
+
+
 def check_decoder_only(config: dict, source: str) -> None:
     """Refuse encoder-only and encoder-decoder checkpoints (madyn measures decoders)."""
     archs = config.get("architectures") or []
@@ -80,8 +86,7 @@ def load_model(source: str, revision: str | None = None, dtype: str = "float32",
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    if _is_local(source) and not Path(source).is_dir():
-        raise CheckpointError(f"{source}: no such checkpoint folder")
+    _require_folder(source)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     check_decoder_only(model_config(source, revision), source)
@@ -137,6 +142,7 @@ def weight_files(source: str, revision: str | None = None) -> list[Path]:
 
     from huggingface_hub import try_to_load_from_cache
 
+    _require_folder(source)
     local = Path(source)
     if local.is_dir():
         return sorted(local.glob("*.safetensors"))

@@ -146,9 +146,9 @@ class ReleasedSource:
                          f"{self._config_file(m)}: give its architecture in the suite "
                          "entry (layers, width, heads, vocab_size)")
         try:
-            madyn_config.check_min_points(
-                config, min(len(v) for m, v in self.files.items() if m in MODELS),
-                f"suites.{SUITE}")
+            for m in MODELS:
+                madyn_config.check_min_points(config, len(self.files[m]),
+                                              f"{self.root}/{m}/stats")
         except madyn_config.ConfigError as err:
             sys.exit(f"madyn: {err}")
 
@@ -183,12 +183,6 @@ class ReleasedSource:
 SOURCES = {"local": LocalSource, "hub": HubSource, "released": ReleasedSource}
 SRC = SOURCES[SUITE_CFG["source"]]()
 MODEL_STEPS = {m: SRC.steps(m) for m in MODELS}
-if SRC.measure_jobs:
-    try:
-        madyn_config.check_min_points(config, min(map(len, MODEL_STEPS.values())),
-                                      f"suites.{SUITE}")
-    except madyn_config.ConfigError as err:
-        sys.exit(f"madyn: {err}")
 MEASURED_PER_MODEL = MODELS if SRC.measure_jobs == "model" else []
 MEASURED_PER_CHECKPOINT = MODELS if SRC.measure_jobs == "checkpoint" else []
 TRAINED = MODELS if SRC.trains else []

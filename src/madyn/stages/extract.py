@@ -64,6 +64,8 @@ class Checkpoint:
     step: int
     out: Path  # its statistics table (Parquet)
     expected_sha256: str | None = None  # sha256 of model.safetensors per the manifest
+    repo: str | None = None  # a hub snapshot's repo id and revision, for the metadata
+    revision: str | None = None
 
 
 def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
@@ -133,6 +135,8 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
         df, meta = measure_checkpoint(ck.source, tokens, dtype=dtype, device=device,
                                       batch_size=batch_size, weights_fp=fp)
         meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
+        if ck.repo:
+            meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
         write_stats(df, meta, ck.out)
         done += 1
         last = df[df["layer"] == df["layer"].max()]["ratio"].mean()
@@ -158,7 +162,10 @@ def measure_download(marker_path: str, tokens_path: str, out: str, model: str, s
                      *, dtype: str, device: str, batch_size: int, delete: bool) -> None:
     """Measure a downloaded hub revision; with ``delete``, remove it from the cache after."""
     marker = read_json(marker_path)
-    ck = Checkpoint(marker["snapshot"], step, Path(out))
+    if not Path(marker["snapshot"]).is_dir():  # deleted after an earlier measurement
+        marker = download_revision(marker["repo"], marker["revision"])
+    ck = Checkpoint(marker["snapshot"], step, Path(out), repo=marker["repo"],
+                    revision=marker["revision"])
     measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size)
     if delete:
         delete_cached_revision(marker["repo"], marker["commit"])
@@ -176,7 +183,8 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
         if not files:
             raise released.MalformedStats(
                 f"model {model}: no exp2_{model}_step* files under {released_dir}/{model}/stats")
-        tables, skipped = released.read_model(files, warn=_say)
+        tables = released.read_model(files, warn=_say)
+        skipped = tables.skipped
         metas: dict[int, dict] = {s: {} for s in tables}
     else:
         tables, metas, skipped = {}, {}, {}
