@@ -1,6 +1,6 @@
 # madyn workflow: suite -> extract -> fit -> features -> predict -> report.
 # Configuration: params.yaml (validated before any job starts). Run: snakemake --cores N
-# Phase targets (what the DVC stages call): inputs_all, suite_all, extract_all, fit_all,
+# Phase targets (what the DVC stages call): suite_all, extract_all, fit_all,
 # features_all, predict_all, report_all.
 configfile: "params.yaml"
 
@@ -22,11 +22,6 @@ rule all:
         fit_outputs(),
         predict_outputs(),
         report_outputs(),
-
-
-rule inputs_all:
-    input:
-        f"{RESULTS}/inputs.json",
 
 
 rule suite_all:

@@ -129,13 +129,6 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_hash_files(args: argparse.Namespace) -> int:
-    from madyn.io import sha256_file, write_json
-
-    write_json(args.out, {f: sha256_file(f) for f in sorted(args.files)})
-    return 0
-
-
 def _cmd_plot_series(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
@@ -465,11 +458,6 @@ def _extract_parsers(sub) -> None:
     c.add_argument("series", nargs="+", help="series .parquet files (one per model)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_growth)
-
-    c = sub.add_parser("hash-files", help="sha256 of files, as JSON (a DVC dependency)")
-    c.add_argument("files", nargs="*")
-    c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_hash_files)
 
     c = sub.add_parser("plot-series", help="figures of one model's series")
     c.add_argument("--series", required=True)

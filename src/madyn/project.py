@@ -24,3 +24,85 @@ def copy_workflow(root: Path, dst: Path, suite: str = "smoke") -> Path:
     cfg["suite"] = suite
     (dst / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dst
+
+
+def _imports(path: Path) -> set[str]:
+    """``madyn.*`` modules a file imports (module level and inside functions)."""
+    import ast
+    import re
+
+    text = path.read_text()
+    if path.suffix == ".smk" or path.name == "Snakefile":  # Snakemake files: import lines
+        names = re.findall(r"^\s*(?:from|import)\s+(madyn[\w.]*)", text, re.M)
+        names += [f"madyn.{m}" for m in re.findall(r"^\s*from madyn import (\w+)", text, re.M)]
+        return set(names)
+    out = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("madyn")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("madyn"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def module_file(src: Path, name: str) -> Path | None:
+    """The file of module ``name`` under ``src`` (None for a non-module name)."""
+    base = src.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.exists():
+            return f
+    return None
+
+
+def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
+                   ) -> set[Path]:
+    """Every madyn source file that ``files`` import, directly or not (relative to
+    ``root``), the files themselves included; ``leaves`` are included but not followed.
+    Package ``__init__`` files are left out."""
+    src = root / "src"
+    seen: set[Path] = set()
+    todo = list(files)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f in leaves:
+            continue
+        for name in _imports(f):
+            mf = module_file(src, name)
+            if mf is not None and mf not in seen:
+                todo.append(mf)
+    return {f.relative_to(root) for f in seen if f.name != "__init__.py"}
+
+
+# What each DVC stage runs: `snakemake <phase>_all` parses the Snakefile and common.smk and
+# runs the rules of its phase file, whose jobs call `madyn` (cli.py only parses and
+# dispatches, so it is not followed) and, through it, the phase's stage module.
+STAGE_CODE = {
+    "suite": ("suite.smk", "suite"),
+    "extract": ("extract.smk", "extract"),
+    "fit": ("fit.smk", "fit"),
+    "features": ("features.smk", "features"),
+    "predict": ("predict.smk", "predict"),
+    "report": ("report.smk", "report"),
+}
+
+
+def stage_code_deps(root: Path, stage: str) -> list[str]:
+    """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
+    rules, module = STAGE_CODE[stage]
+    cli = root / "src/madyn/cli.py"
+    files = [root / "Snakefile", root / "workflow/rules/common.smk",
+             root / "workflow/rules" / rules, cli]
+    if module:
+        files.append(root / "src/madyn/stages" / f"{module}.py")
+    deps = import_closure(root, files, leaves=(cli,))
+    deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.config
+    return sorted(str(p) for p in deps)
+
+
+if __name__ == "__main__":  # print each stage's code deps: python -m madyn.project
+    for name in STAGE_CODE:
+        print(f"{name}:", *stage_code_deps(Path.cwd(), name), sep="\n  - ")

@@ -236,8 +236,3 @@ def predict_outputs():
 
 def report_outputs():
     return [f"{RESULTS}/report/peak_heatmaps.png"]
-
-
-def released_inputs():
-    """The files a released suite reads (a DVC dependency, through inputs.json)."""
-    return [f for m in MODELS for f in SRC.series_inputs(m)] if not SRC.measure_jobs else []

@@ -152,22 +152,6 @@ rule series:
         "--out {output.series} --integrity {output.integrity} 2> {log}"
 
 
-rule released_inputs:
-    # a released suite's files, hashed: the DVC `inputs` stage makes them a dependency
-    input:
-        released_inputs(),
-    output:
-        f"{RESULTS}/inputs.json",
-    resources:
-        mem_mb=1000,
-    log:
-        f"{RESULTS}/logs/released_inputs.log",
-    conda:
-        ENV
-    shell:
-        "madyn hash-files {input} --out {output} 2> {log}"
-
-
 rule plot_series:
     input:
         f"{RESULTS}/series/{{model}}.parquet",
