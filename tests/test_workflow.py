@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from madyn.io import read_json
 from madyn.project import copy_workflow
 from tests.conftest import ROOT
 
@@ -124,8 +126,8 @@ def test_adding_a_model_trains_and_measures_only_it(smoke_run):
     r = _dvc(proj, "repro")
     counts = _job_counts(r.stdout + r.stderr, first_only=False)  # over the stages
     n_steps = len(list((proj / "results/smoke/models/s2-w48-h2").glob("step*")))
-    assert counts["train"] == 1
-    assert counts["extract_checkpoint"] == n_steps
+    assert counts["train"] == 1 and n_steps >= 8
+    assert counts["extract_model"] == 1  # one measuring process for the new model
     assert _stages_run(_dvc(proj, "repro").stdout) == set()
 
 
@@ -191,49 +193,140 @@ def _job_counts(text: str, first_only: bool = True) -> dict[str, int]:
     return counts
 
 
-def test_kill_midway_then_rerun_redoes_only_missing(smoke_run):
+def test_kill_midway_then_rerun_measures_only_missing(smoke_run):
+    """A model is measured in one process that writes each checkpoint's table as soon as
+    it is done: killed midway, the written tables stay and the rerun measures the rest."""
     from madyn.extract import read_stats
 
     proj, _ = smoke_run
     model = "s3-w48-h4"
     stats = sorted((proj / "results/smoke/stats" / model).glob("step*.parquet"))
     assert len(stats) >= 8
-    # back to the state of a first run that is still extracting this model: no statistics,
-    # nothing downstream of them (Snakemake rightly leaves intermediates alone otherwise)
     res = proj / "results/smoke"
     for f in [*stats, res / f"series/{model}.parquet", res / f"integrity/{model}.json"]:
         f.unlink()
-    log = proj / "killed_run.log"
-    with log.open("w") as out:
+    log = res / f"logs/extract/{model}.log"
+    log.unlink()  # the first run's
+    with (proj / "killed_run.log").open("w") as out:
         proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "extract_all"], cwd=proj,
                                 env=ENV, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.monotonic() + 300
 
-        def finished() -> int:  # extraction jobs Snakemake has recorded as complete
-            return log.read_text().count("(Rule: extract_checkpoint)")
+        def measured() -> int:  # tables the measuring process reports written
+            return log.read_text().count(f"[{model}] step") if log.exists() else 0
 
-        while finished() < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while measured() < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the harshest stop: no cleanup at all
         proc.wait()
-    recorded = finished()
     done = [f for f in stats if f.exists()]
-    assert 2 <= recorded <= len(done) < len(stats), log.read_text()[-3000:]
+    assert 2 <= len(done) < len(stats), log.read_text()[-3000:]
     for f in done:  # whatever exists is complete and readable
         df, meta = read_stats(f)
         assert len(df) > 0 and meta["model"] == model
     assert _snakemake(proj, "--unlock").returncode == 0
-    dry = _snakemake(proj, "--cores", "2", "-n", "extract_all")
-    counts = _job_counts(dry.stdout + dry.stderr)
-    # redone: the missing files, plus any written in the instant between the file landing
-    # and Snakemake recording its job as finished (Snakemake reruns those, conservatively)
-    redo = counts.get("extract_checkpoint", 0)
-    reasons = "\n".join(x for x in dry.stdout.splitlines() if "reason:" in x or "output:" in x)
-    assert len(stats) - len(done) <= redo <= len(stats) - recorded, reasons[-4000:]
-    assert "train" not in counts and "corpus" not in counts
     r = _snakemake(proj, "--cores", "2", "extract_all")
     assert r.returncode == 0, r.stderr[-2000:]
     assert all(f.exists() for f in stats)
+    last = log.read_text().strip().splitlines()[-1]
+    assert f"measured {len(stats) - len(done)} checkpoints, kept {len(done)}" in last, last
     assert not list((proj / "results/smoke/stats" / model).glob(".*"))  # no temp debris
+
+
+def test_deleted_stats_remeasured_alone_with_forcerun(smoke_run):
+    """README: a deleted table is measured again by `--forcerun extract_model`, alone."""
+    proj, _ = smoke_run
+    res = proj / "results/smoke"
+    victim = sorted((res / "stats/s2-w32-h2").glob("step*.parquet"))[3]
+    n = len(list(victim.parent.glob("step*.parquet")))
+    victim.unlink()
+    r = _snakemake(proj, "--cores", "2", "--forcerun", "extract_model", "extract_all")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert victim.exists()
+    last = (res / "logs/extract/s2-w32-h2.log").read_text().strip().splitlines()[-1]
+    assert f"measured 1 checkpoints, kept {n - 1}" in last, last
+
+
+def _released_project(smoke_run, tmp_path, models: list[dict]) -> tuple[Path, Path]:
+    """A project whose active suite is the smoke run's export in the released layout."""
+    proj, _ = smoke_run
+    data = tmp_path / "released"
+    shutil.copytree(proj / "results/smoke/released", data)
+    rel = copy_workflow(ROOT, tmp_path / "rel", suite="smoke")
+    cfg = yaml.safe_load((rel / "params.yaml").read_text())
+    cfg["suites"]["study"] = {"source": "released", "path": str(data), "models": models}
+    cfg["suite"] = "study"
+    (rel / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return rel, data
+
+
+SMOKE_ARCH = [{"name": "s2-w32-h2", "layers": 2, "width": 32, "heads": 2, "vocab_size": 320},
+              {"name": "s3-w48-h4", "layers": 3, "width": 48, "heads": 4, "vocab_size": 320}]
+
+
+def test_released_suite_end_to_end_with_hostile_files(smoke_run, tmp_path):
+    proj, _ = smoke_run
+    (tmp_path / "rel").mkdir()
+    rel, data = _released_project(smoke_run, tmp_path, SMOKE_ARCH)
+    stats = data / "s2-w32-h2" / "stats"
+    pwned = tmp_path / "PWNED"
+    hostile = {5: f"__import__('os').system('touch {pwned}')",
+               7: "[[[print(1), 2.0, 3.0, 4.0]]]",
+               9: "[" * 5000 + "]" * 5000,
+               11: "- " * 10000 + "1"}
+    for step, text in hostile.items():
+        (stats / f"exp2_s2-w32-h2_step{step}").write_text(text)
+    with open(stats / "exp2_s2-w32-h2_step13", "wb") as f:
+        f.truncate(64 * 2**20 + 1)  # over the size limit: never read
+    r = _snakemake(rel, "--cores", "2")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert not pwned.exists()
+    res = rel / "results/study"
+    assert read_json(res / "metrics/growth.json") == read_json(
+        proj / "results/smoke/metrics/growth.json")
+    skipped = read_json(res / "integrity/s2-w32-h2.json")["skipped_files"]
+    assert {Path(f).name for f in skipped} == {f"exp2_s2-w32-h2_step{s}"
+                                               for s in (5, 7, 9, 11, 13)}
+    assert all(skipped.values())  # each with its reason
+    for f in ["metrics/fit.json", "metrics/predict.json", "report/peak_heatmaps.png"]:
+        assert (res / f).exists(), f
+    # the released files are the series' inputs: an edited file is read again
+    victim = sorted(stats.glob("exp2_*_step2*"))[0]
+    victim.write_text(victim.read_text())
+    dry = _snakemake(rel, "--cores", "2", "-n")
+    assert _job_counts(dry.stdout + dry.stderr).get("series") == 1
+
+
+def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):
+    (tmp_path / "rel").mkdir()
+    rel, _ = _released_project(smoke_run, tmp_path, [{"name": "s2-w32-h2"}])
+    r = _snakemake(rel, "-n")
+    assert r.returncode != 0
+    assert "suites.study.models.0: s2-w32-h2 has no" in r.stdout + r.stderr
+    assert "layers, width, heads, vocab_size" in r.stdout + r.stderr
+
+
+def test_tampered_weights_fail_the_measurement(smoke_run):
+    """A checkpoint changed after training (one tensor x3) is not measured silently."""
+    from safetensors.torch import load_file, save_file
+
+    proj, _ = smoke_run
+    f = proj / "results/smoke/models/s2-w32-h2/step20/model.safetensors"
+    original = f.read_bytes()
+    st = f.stat()
+    weights = load_file(f)
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * 3
+    save_file(weights, f, metadata={"format": "pt"})
+    try:
+        r = _run([*DVC, "repro"], proj)
+        assert r.returncode != 0
+        out = r.stdout + r.stderr
+        log = (proj / "results/smoke/logs/extract/s2-w32-h2.log").read_text()
+        assert "step20: model.safetensors sha256" in log and "differs from its manifest" in log
+        assert "extract_model" in out
+    finally:
+        f.write_bytes(original)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
