@@ -1,0 +1,94 @@
+"""The Pythia plan, offline: 333 measuring jobs with resources from each model's config,
+333 download jobs gated so the revisions on disk stay within extract.disk_budget_gb."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from madyn.project import copy_workflow
+from madyn.resources import download_windows, extract_plan, peak_disk_gb
+from tests.conftest import ROOT
+
+# The nine Pythia shapes (layers, width, heads, vocab), as in their config.json files.
+PYTHIA = {"14m": (6, 128, 4, 50304), "70m": (6, 512, 8, 50304), "160m": (12, 768, 12, 50304),
+          "410m": (24, 1024, 16, 50304), "1b": (16, 2048, 8, 50304),
+          "1.4b": (24, 2048, 16, 50304), "2.8b": (32, 2560, 32, 50304),
+          "6.9b": (32, 4096, 32, 50432), "12b": (36, 5120, 40, 50688)}
+BUDGET_GB = 60.0
+
+
+def _config(layers, width, heads, vocab) -> dict:
+    return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+            "num_hidden_layers": layers, "hidden_size": width, "num_attention_heads": heads,
+            "intermediate_size": 4 * width, "vocab_size": vocab, "rotary_pct": 0.25,
+            "tie_word_embeddings": False, "use_parallel_residual": True}
+
+
+def _hub_cache(root) -> None:
+    """config.json of each Pythia repo laid out as the hub cache holds it after a fetch."""
+    for name, shape in PYTHIA.items():
+        repo = root / f"models--EleutherAI--pythia-{name}"
+        snap = repo / "snapshots" / ("0" * 40)
+        snap.mkdir(parents=True)
+        (snap / "config.json").write_text(json.dumps(_config(*shape)))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+
+
+def _job_resources(text: str, rule: str) -> list[dict]:
+    """Per job of ``rule`` in a dry run's printout: its wildcards and resources."""
+    out = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        if not re.match(rf"(localrule|rule) {rule}:", block):
+            continue
+        wc = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"wildcards: (.*)", block)[1]))
+        res = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"resources: (.*)", block)[1]))
+        inp = re.search(r"input: (.*)", block)
+        out.append({**wc, **res, "input": inp[1] if inp else ""})
+    return out
+
+
+def test_pythia_dry_run_plan(tmp_path):
+    cache = tmp_path / "hub"
+    _hub_cache(cache)
+    (tmp_path / "proj").mkdir()
+    proj = copy_workflow(ROOT, tmp_path / "proj", suite="pythia")
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["suites"]["pythia"]["extract"]["disk_budget_gb"] = BUDGET_GB
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "16"], cwd=proj,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = r.stdout + r.stderr
+    extract = _job_resources(text, "extract_checkpoint")
+    downloads = _job_resources(text, "download")
+    assert len(extract) == 333 and len(downloads) == 333
+    # resources from each model's parameter count: the 12b job needs its weights in memory
+    per_model = {j["model"]: int(j["mem_mb"]) for j in extract}
+    plan_12b = extract_plan(_config(*PYTHIA["12b"]), cfg["suites"]["pythia"]["extract"])
+    assert per_model["pythia-12b"] == plan_12b["mem_mb"] > 2 * 11.5e9 / 2**20
+    assert per_model["pythia-14m"] < per_model["pythia-1b"] < per_model["pythia-12b"]
+    assert all(int(j["runtime"]) >= 1 and j["gpu"] == "0" for j in extract)  # no GPU here
+    # downloads: one after another, each waiting for what the disk budget requires
+    order = [(m["name"], s) for m in cfg["suites"]["pythia"]["models"]
+             for s in cfg["suites"]["pythia"]["analyse_steps"]]
+    first = next(d for d in downloads if (d["model"], d["step"]) == ("pythia-14m", "1"))
+    assert "downloads/pythia-14m/step0.json" in first["input"]
+    gb = {m: extract_plan(_config(*PYTHIA[m.split("-")[1]]), {})["download_gb"]
+          for m, _ in order}
+    sizes = [gb[m] for m, _ in order]
+    windows = download_windows(sizes, BUDGET_GB)
+    assert max(sizes) < BUDGET_GB and peak_disk_gb(sizes, windows) <= BUDGET_GB
+    i12 = order.index(("pythia-12b", 1000))
+    gated = next(d for d in downloads if (d["model"], d["step"]) == ("pythia-12b", "1000"))
+    assert f"stats/{order[windows[i12]][0]}/step{order[windows[i12]][1]}.parquet" in \
+        gated["input"]
+    assert sum(gb[m] for m, _ in order) > 10 * BUDGET_GB  # unbounded, the schedule would not fit
