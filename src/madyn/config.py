@@ -6,7 +6,6 @@ No module reads the YAML itself: the Snakefile (configfile) and the CLI load it,
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import yaml
@@ -19,8 +18,9 @@ class ConfigError(ValueError):
 
 
 def _schema() -> dict:
-    text = resources.files("madyn").joinpath("schemas/params.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    from madyn.settings import params_schema
+
+    return params_schema()
 
 
 def _key(path) -> str:
