@@ -17,8 +17,9 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from madyn.fit import FitSettings, fit_series
+from madyn.fit import fit_series
 from madyn.hypotheses import get
+from madyn.settings import FitSettings
 
 LAYERS = {"14m": 6, "31m": 6, "70m": 12, "160m": 24, "410m": 16, "1b": 24, "1.4b": 32,
           "2.8b": 32, "6.9b": 36}  # 188 layers, as in the study

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from madyn import hypotheses
+from madyn.evaluation import evaluate
 from madyn.features import (
     FEATURE_COLUMNS,
     ArchitectureError,
@@ -25,21 +26,18 @@ from madyn.features import (
     read_feature_table,
     write_feature_table,
 )
-from madyn.predict import (
-    PredictSettings,
-    evaluate,
-    predict_architecture,
-    run_evaluate,
-    run_features,
-    run_predict,
-)
+from madyn.forecast import predict_architecture
+from madyn.settings import PredictSettings
+from madyn.stages import features as features_stage
+from madyn.stages import predict as predict_stage
 from madyn.suite import ModelSpec, checkpoint_steps, neox_config
 
 SUITE = [ModelSpec("l2-w32-h2", 2, 32, 2), ModelSpec("l2-w64-h4", 2, 64, 4),
          ModelSpec("l4-w64-h4", 4, 64, 4), ModelSpec("l4-w128-h4", 4, 128, 4),
          ModelSpec("l6-w96-h6", 6, 96, 6), ModelSpec("l8-w64-h8", 8, 64, 8)]
 STEPS = np.array(checkpoint_steps(1200, 64, 100), float)
-FAST = PredictSettings(xgb_n_estimators=60, rf_n_estimators=25, n_boot=6, cv_folds=3)
+FAST = PredictSettings(xgb_n_estimators=60, rf_n_estimators=25, n_boot=6, cv_folds=3,
+                       parametrisation="original", predict_model="xgb")
 
 
 def _quiet(fn, *a, **k):
@@ -110,7 +108,7 @@ def data():
 @pytest.fixture(scope="module")
 def table(data):
     fit, _, configs = data
-    return build_feature_table(fit, configs, "original")
+    return build_feature_table(fit, configs, "original", "ratio")
 
 
 # ----------------------------------------------------------------------------- architecture
@@ -189,7 +187,7 @@ def test_feature_table(table, data, tmp_path):
     assert not bad["usable"] and "fit failed" in bad["exclude_reason"]
     assert table["usable"].sum() == len(table) - 1
     # parameters of the chosen parametrisation even where it did not win
-    rep = build_feature_table(fit, {s.name: _neox(s) for s in SUITE}, "reparam")
+    rep = build_feature_table(fit, {s.name: _neox(s) for s in SUITE}, "reparam", "ratio")
     assert rep["winner"].eq("original").all() and rep["usable"].all()
     assert set(rep.attrs["transforms"]) == {"A1", "A2", "beta", "tau0", "K"}
     lam = table.attrs["transforms"]["K"]["lambda"]
@@ -254,10 +252,11 @@ def test_curve_lomo_per_model(metrics):
 def test_lomo_two_models_and_one(data):
     fit, series, configs = data
     two = fit[fit["model"].isin(["l4-w64-h4", "l6-w96-h6"])]
-    t2 = build_feature_table(two, configs)
+    t2 = build_feature_table(two, configs, "original", "ratio")
     m2 = _quiet(evaluate, t2, series, FAST)
     assert m2["n_models"] == 2 and "per_target" in m2["lomo"]
-    one = build_feature_table(fit[fit["model"] == "l6-w96-h6"], configs)
+    one = build_feature_table(fit[fit["model"] == "l6-w96-h6"], configs, "original",
+                              "ratio")
     m1 = _quiet(evaluate, one, series, FAST)
     assert "skipped" in m1["lomo"] and "2 models" in m1["lomo"]["skipped"]
 
@@ -314,11 +313,12 @@ def test_entry_points_bit_identical(data, tmp_path):
     outs = []
     for run in ("a", "b"):
         d = tmp_path / run
-        run_features([str(fit_path)], cfg_paths, str(d / "ft.parquet"),
-                     str(d / "fitted_param_dataset_original.csv"), "original")
-        _quiet(run_evaluate, str(d / "ft.parquet"), [str(ser_path)], FAST,
+        features_stage.run([str(fit_path)], cfg_paths, str(d / "ft.parquet"),
+                           str(d / "fitted_param_dataset_original.csv"), FAST)
+        _quiet(predict_stage.evaluate, str(d / "ft.parquet"), [str(ser_path)], FAST,
                str(d / "metrics.json"), str(d / "extras"), figures=(run == "a"))
-        _quiet(run_predict, str(d / "ft.parquet"), new_cfg, STEPS, FAST, str(d / "pred"))
+        _quiet(predict_stage.forecast, str(d / "ft.parquet"), new_cfg, STEPS, FAST,
+               str(d / "pred"))
         outs.append(d)
     names = ["ft.parquet", "fitted_param_dataset_original.csv", "metrics.json",
              "extras/ols_summary.txt", "extras/lomo_predictions.csv", "extras/lomo_curves.csv",

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from madyn import hypotheses as H
-from madyn.fit import TABLE_COLUMNS, FitSettings, fit_model, fit_series, run_fit
+from madyn.fit import TABLE_COLUMNS, fit_model, fit_series
+from madyn.settings import FitSettings
+from madyn.stages.fit import run as run_fit
 
 # the study's checkpoint grid: 0, 1, 2, 4, ..., 512, then a spread up to 143000 (39 steps)
 STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]

@@ -160,40 +160,26 @@ def _cmd_config_json(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from madyn.fit import FitSettings, run_fit
+    from madyn.settings import FitSettings
+    from madyn.stages import fit
 
-    s = _json_arg(args.settings_json)
-    for k in ("hypotheses", "quantities"):
-        if k in s:
-            s[k] = tuple(s[k])
-    run_fit(args.series, args.params_dir, args.out, FitSettings(**s))
+    table = fit.run(args.series, args.params_dir, args.out,
+                    FitSettings.from_dict(_json_arg(args.settings_json)))
+    print(f"fit table: {len(table)} rows -> {args.out}", file=sys.stderr)
     return 0
 
 
 def _cmd_plot_fit(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from madyn.stages import fit
 
-    from madyn.plots_fit import plot_example_fits, plot_fit_quality
-    from madyn.series import fit_input
-
-    table = pd.read_parquet(args.fits)
-    data = fit_input(pd.read_parquet(args.series), tuple(table["quantity"].unique()))
-    plot_example_fits(data, table, args.out_examples)
-    plot_fit_quality(table, args.out_quality)
+    fit.plot(args.series, args.fits, args.out_examples, args.out_quality)
     return 0
 
 
 def _cmd_fit_summary(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from madyn.stages import fit
 
-    from madyn.fit import fit_summary
-    from madyn.io import atomic_path, write_json
-
-    table = pd.concat([pd.read_parquet(f) for f in args.fits], ignore_index=True)
-    with atomic_path(args.out_table) as tmp:
-        table.to_parquet(tmp, index=False)
-    summary = fit_summary(table)
-    write_json(args.out, summary)
+    summary = fit.summarise(args.fits, args.out_table, args.out)
     for m, q in summary["per_model"].items():
         r = q.get("ratio", {})
         print(f"{m:14s} ratio: mean best R^2 {r.get('best_emlog_r2_mean', float('nan')):.4f}, "
@@ -202,21 +188,24 @@ def _cmd_fit_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from madyn.predict import run_features
+    from madyn.settings import PredictSettings
+    from madyn.stages import features
 
     configs = dict(c.split("=", 1) for c in args.config)
-    t = run_features(args.fits, configs, args.out, args.out_csv, args.parametrisation,
-                     args.quantity)
+    s = PredictSettings(parametrisation=args.parametrisation, quantity=args.quantity)
+    t = features.run(args.fits, configs, args.out, args.out_csv, s)
     print(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}",
           file=sys.stderr)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from madyn.predict import run_evaluate
+    from madyn.settings import PredictSettings
+    from madyn.stages import predict
 
-    m = run_evaluate(args.features, args.series, _json_arg(args.settings_json), args.out,
-                     args.out_dir)
+    m = predict.evaluate(args.features, args.series,
+                         PredictSettings.from_dict(_json_arg(args.settings_json)), args.out,
+                         args.out_dir)
     lomo = m.get("lomo", {}).get("mean_r2", {})
     print("LOMO mean R^2 per model type: "
           + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None),
@@ -224,94 +213,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _arch_from_flags(args: argparse.Namespace) -> dict:
-    from madyn.suite import ModelSpec, neox_config
-
-    spec = ModelSpec(name="query", layers=args.layers, width=args.width, heads=args.heads,
-                     **({"ff_mult": args.ff_mult} if args.ff_mult else {}),
-                     **({"rotary_pct": args.rotary_pct} if args.rotary_pct else {}))
-    return neox_config(spec, args.vocab_size, 2048, 0).to_dict()
-
-
-def _default_steps(features_path: str) -> list[int]:
-    import numpy as np
-    import pandas as pd
-
-    last = int(pd.read_parquet(features_path, columns=["last_step"])["last_step"].max())
-    return sorted({0, *np.unique(np.round(np.geomspace(1, last, 60))).astype(int).tolist()})
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from madyn import config
-    from madyn.features import ArchitectureError
-    from madyn.predict import run_predict
+    from madyn.settings import PredictSettings
+    from madyn.stages import predict
+    from madyn.stages.features import table_path
 
-    if args.settings_json:
-        settings, suite = json.loads(args.settings_json), None
-    else:
-        cfg = config.load(args.params)
-        settings, suite = config.predict_settings(cfg), cfg["suite"]
-    features = args.features or (f"results/{suite}/features/fitted_param_dataset_"
-                                 f"{settings['parametrisation']}.parquet")
-    if not Path(features).exists():
-        raise SystemExit(f"madyn predict: no feature table at {features}: run the workflow "
-                         "first (snakemake --cores N), or pass --features")
-    if args.config:
-        arch = json.loads(Path(args.config).read_text())
-    elif args.layers and args.width and args.heads:
-        arch = _arch_from_flags(args)
-    else:
-        raise SystemExit("madyn predict: give --config config.json, or --layers, --width "
-                         "and --heads")
-    steps = ([int(x) for x in args.steps.split(",")] if args.steps
-             else _default_steps(features))
     try:
-        summary = run_predict(features, arch, steps, settings, args.out)
-    except ArchitectureError as e:
-        raise SystemExit(f"madyn predict: {args.config or 'flags'}: {e}") from None
-    def num(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.4g}"
-
-    for row in summary.get("layers", []):
-        print(f"layer {row['layer']}: final ratio {num(row['final_ratio'])} "
-              f"[{num(row['final_ratio_lo'])}, {num(row['final_ratio_hi'])}], peak step "
-              f"{num(row['peak_step'])}", file=sys.stderr)
+        if args.settings_json:
+            if not args.features:
+                raise predict.InputError("--features is required with --settings-json")
+            try:
+                settings = PredictSettings.from_dict(json.loads(args.settings_json))
+            except (TypeError, ValueError) as e:
+                raise predict.InputError(f"--settings-json: {e}") from None
+            features = args.features
+        else:
+            cfg = config.load(args.params)
+            settings = PredictSettings.from_dict(config.predict_settings(cfg))
+            features = args.features or table_path(f"results/{cfg['suite']}",
+                                                   settings.parametrisation)
+        shape = (args.layers, args.width, args.heads)
+        if args.config:
+            arch = predict.load_config(args.config)
+        elif any(v is not None for v in shape):
+            if any(v is None for v in shape):
+                raise predict.InputError("give all of --layers, --width and --heads")
+            arch = predict.config_from_shape(*shape, args.ff_mult, args.rotary_pct,
+                                             args.vocab_size)
+        else:
+            raise predict.InputError("give --config config.json, or --layers, --width and "
+                                     "--heads")
+        steps = predict.parse_steps(args.steps) if args.steps else None
+        if not Path(features).exists():
+            raise predict.InputError(f"no feature table at {features}: run the workflow "
+                                     "first (snakemake --cores N), or pass --features")
+    except predict.InputError as e:
+        print(f"madyn predict: {e}", file=sys.stderr)
+        return 2
+    summary = predict.forecast(features, arch, steps, settings, args.out)
+    for line in predict.summary_lines(summary):
+        print(line, file=sys.stderr)
     print(f"-> {args.out}/curves.csv, summary.json, prediction.png", file=sys.stderr)
     return 0
 
 
 def _cmd_report_figures(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from madyn.stages import report
 
-    import pandas as pd
-
-    from madyn import plots
-    from madyn.features import architecture
-    from madyn.io import atomic_path, read_json
-    from madyn.series import layer_summary
-
-    series = {Path(f).stem: pd.read_parquet(f) for f in args.series}
-    n_params = {m: architecture(read_json(c))["n_params"]
-                for m, c in (x.split("=", 1) for x in args.config)}
-    layers = layer_summary(series, n_params)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "layers.csv") as tmp:
-        layers.to_csv(tmp, index=False, float_format="%.6g")
-    loss = []
-    for f in args.manifests:  # loss_curve: every k-th update's loss, k = steps // 200
-        m = read_json(f)
-        k = max(1, m["train"]["steps"] // 200)
-        loss.append(pd.DataFrame({"model": m["model"], "loss": m["loss_curve"],
-                                  "step": [j * k + 1 for j in range(len(m["loss_curve"]))]}))
-    with atomic_path(out / "loss.csv") as tmp:
-        (pd.concat(loss, ignore_index=True) if loss
-         else pd.DataFrame(columns=["model", "step", "loss"])).to_csv(tmp, index=False)
-    plots.plot_peak_heatmaps(layers, out / "peak_heatmaps.png")
-    plots.plot_final_vs_params(layers, out / "final_vs_params.png")
-    plots.plot_kurtosis(series, out / "kurtosis.png")
+    configs = dict(x.split("=", 1) for x in args.config)
+    layers = report.figures(args.series, configs, args.manifests, args.out_dir)
+    print(f"report: {layers['model'].nunique()} models -> {args.out_dir}", file=sys.stderr)
     return 0
 
 
@@ -467,6 +421,9 @@ def _extract_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from madyn.features import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+    from madyn.settings import schema_default, schema_enum
+
     p = argparse.ArgumentParser(
         prog="madyn",
         description="Massive-activation dynamics: measure how massive activations emerge "
@@ -521,8 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("features", help="the consolidated (model, layer) feature table")
     c.add_argument("--fits", nargs="+", required=True, help="fit tables (Parquet)")
     c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
-    c.add_argument("--parametrisation", default="original")
-    c.add_argument("--quantity", default="ratio")
+    c.add_argument("--parametrisation", default=schema_default("features.parametrisation"),
+                   choices=schema_enum("features.parametrisation"))
+    c.add_argument("--quantity", default=schema_default("features.quantity"),
+                   choices=schema_enum("features.quantity"))
     c.add_argument("--out", required=True)
     c.add_argument("--out-csv", required=True)
     c.set_defaults(func=_cmd_features)
@@ -541,19 +500,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the predictors on every fitted (model, layer) and predict the "
         "top1/median curve of each layer of a new architecture, with its peak step and final "
         "ratio and bootstrap intervals. Give a Hugging Face config.json of any decoder-only "
-        "model, or --layers/--width/--heads for a Pythia-style one.",
+        "model, or --layers/--width/--heads for a Pythia-style one. Plausible shapes only: "
+        f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH}, heads 1-width dividing width "
+        "(bad input: a one-line error, exit code 2, nothing written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: madyn predict --config path/to/config.json --out results/mine")
-    c.add_argument("--config", help="a Hugging Face config.json")
-    c.add_argument("--layers", type=int)
-    c.add_argument("--width", type=int)
-    c.add_argument("--heads", type=int)
-    c.add_argument("--ff-mult", type=int)
-    c.add_argument("--rotary-pct", type=float)
+    c.add_argument("--config", help="a Hugging Face config.json (its shape within the "
+                   "bounds below)")
+    c.add_argument("--layers", type=int, help=f"1-{MAX_LAYERS}")
+    c.add_argument("--width", type=int, help=f"{MIN_WIDTH}-{MAX_WIDTH}, divisible by heads")
+    c.add_argument("--heads", type=int, help="1-width, dividing width")
+    c.add_argument("--ff-mult", type=int, help="1-64 (default 4)")
+    c.add_argument("--rotary-pct", type=float, help="(0, 1] (default 0.25)")
     c.add_argument("--vocab-size", type=int, default=512)
     c.add_argument("--params", default="params.yaml", help="settings (default params.yaml)")
     c.add_argument("--settings-json", help="PredictSettings as JSON (instead of --params)")
-    c.add_argument("--features", help="feature table (default: the active suite's)")
+    c.add_argument("--features", help="feature table (default: the active suite's; "
+                   "required with --settings-json)")
     c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
                    "training data's last step)")
     c.add_argument("--out", default="prediction", help="output folder (default prediction/)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any
 
 import yaml
@@ -21,8 +20,9 @@ class ConfigError(ValueError):
 
 
 def _schema() -> dict:
-    text = resources.files("madyn").joinpath("schemas/params.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    from madyn.settings import params_schema
+
+    return params_schema()
 
 
 def _key(path) -> str:

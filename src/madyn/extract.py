@@ -483,11 +483,11 @@ def write_stats(df: pd.DataFrame, meta: dict, path: str | Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from madyn.io import _clean, atomic_path
+    from madyn.io import atomic_path, jsonable
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), b"madyn": json.dumps(_clean(meta)).encode()})
+        {**(table.schema.metadata or {}), b"madyn": json.dumps(jsonable(meta)).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

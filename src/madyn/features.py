@@ -45,13 +45,11 @@ FEATURE_COLUMNS = ["f_depth", "f_depth2", "f_depth3", "f_sqrt_depth", "f_heads_p
                    "f_ff_ratio", "f_d_per_layer", "f_heads_per_layer", "f_log_d",
                    "f_l_times_L", "f_log_params"]
 
-# Per parameter set (the hypothesis's param_names): parameter -> target transform.
-_TRANSFORMS_BY_PARAMS: dict[tuple[str, ...], dict[str, str]] = {
-    ("A", "lambda", "gamma", "t0", "K"): {"A": "log1p", "lambda": "log1p", "gamma": "log1p",
-                                          "t0": "log1p", "K": "yeojohnson"},
-    ("A1", "A2", "beta", "tau0", "K"): {"A1": "yeojohnson", "A2": "yeojohnson", "beta": "log1p",
-                                        "tau0": "log1p", "K": "yeojohnson"},
-}
+# Plausible shapes of a decoder-only model (madyn.features.architecture enforces them):
+# beyond these a prediction is an extrapolation far outside any training suite, and a
+# huge depth would cost minutes and gigabytes.
+MAX_LAYERS = 512
+MIN_WIDTH, MAX_WIDTH = 8, 65536
 
 # Column -> kind ("str", "int", "float", "bool"); parameter columns are added per
 # parametrisation by :func:`feature_schema`.
@@ -199,6 +197,26 @@ def _count_params(config: dict, L: int, d: int, h: int, dff: int, V: int, rotary
     return int(emb + head + L * layer + final_norm)
 
 
+def _int(v: Any) -> int:
+    """An integral number as int (bools and fractions raise ValueError)."""
+    if isinstance(v, bool) or float(v) != int(v):
+        raise ValueError(v)
+    return int(v)
+
+
+def check_shape(L: int, d: int, h: int, explicit_head_dim: bool) -> None:
+    """ArchitectureError unless 1 <= layers <= MAX_LAYERS, MIN_WIDTH <= width <= MAX_WIDTH,
+    1 <= heads <= width and heads divide width (unless the config gives head_dim)."""
+    if not 1 <= L <= MAX_LAYERS:
+        raise ArchitectureError(f"layers {L} outside 1..{MAX_LAYERS}")
+    if not MIN_WIDTH <= d <= MAX_WIDTH:
+        raise ArchitectureError(f"width (hidden_size) {d} outside {MIN_WIDTH}..{MAX_WIDTH}")
+    if not 1 <= h <= d:
+        raise ArchitectureError(f"heads {h} outside 1..width ({d})")
+    if d % h and not explicit_head_dim:
+        raise ArchitectureError(f"heads {h} do not divide width {d}")
+
+
 def architecture(config: dict) -> dict:
     """Normalise a Hugging Face config dict of a decoder-only causal LM.
 
@@ -218,10 +236,15 @@ def architecture(config: dict) -> dict:
         raise ArchitectureError(
             f"config (model_type {config.get('model_type')!r}) lacks {missing}; looked for "
             + "; ".join(f"{k}: {'/'.join(_ALIASES[k])}" for k in missing))
-    L, d = int(vals["num_hidden_layers"]), int(vals["hidden_size"])
-    h = int(vals["num_attention_heads"])
-    if L < 1 or d < 1 or h < 1 or d % h and config.get("head_dim") is None:
-        raise ArchitectureError(f"implausible shape: layers {L}, width {d}, heads {h}")
+    try:
+        L, d = _int(vals["num_hidden_layers"]), _int(vals["hidden_size"])
+        h = _int(vals["num_attention_heads"])
+    except (TypeError, ValueError, OverflowError):
+        raise ArchitectureError(
+            "layers / width / heads must be integers, got "
+            f"{[vals[k] for k in ('num_hidden_layers', 'hidden_size', 'num_attention_heads')]}"
+        ) from None
+    check_shape(L, d, h, config.get("head_dim") is not None)
     dff = int(vals["intermediate_size"]) if vals["intermediate_size"] is not None else 4 * d
     V = int(vals["vocab_size"]) if vals["vocab_size"] is not None else 0
     if V < 1:
@@ -314,15 +337,16 @@ def inverse_transform(values: np.ndarray, kind: str, lmbda: float | None = None)
 
 
 def transforms_for(parametrisation: str) -> dict[str, str]:
-    """Parameter -> transform kind for a hypothesis of the emlog family (original, reparam
-    and their regularised variants); ValueError for other hypotheses."""
+    """Parameter -> transform kind of a hypothesis (its ``transforms``: the emlog family);
+    ValueError for a hypothesis without target transforms."""
     from madyn import hypotheses
 
-    names = tuple(hypotheses.get(parametrisation).param_names)
-    if names not in _TRANSFORMS_BY_PARAMS:
-        raise ValueError(f"parametrisation {parametrisation!r} (parameters {names}) has no "
-                         f"target transforms; use original, reparam or their _reg variants")
-    return dict(_TRANSFORMS_BY_PARAMS[names])
+    h = hypotheses.get(parametrisation)
+    if not h.transforms:
+        with_tr = [n for n in hypotheses.names() if hypotheses.get(n).transforms]
+        raise ValueError(f"parametrisation {parametrisation!r} (parameters {h.param_names}) "
+                         f"has no target transforms; use one of {with_tr}")
+    return dict(h.transforms)
 
 
 def param_columns(parametrisation: str) -> tuple[list[str], list[str]]:
@@ -362,8 +386,7 @@ def _param_row(row: pd.Series, names: list[str]) -> tuple[dict[str, float], str]
 
 
 def build_feature_table(fit_table: pd.DataFrame, configs: dict[str, dict],
-                        parametrisation: str = "original", quantity: str = "ratio"
-                        ) -> pd.DataFrame:
+                        parametrisation: str, quantity: str) -> pd.DataFrame:
     """One row per (model, layer) of ``fit_table`` for ``quantity``.
 
     Columns: :func:`feature_schema` (architecture, features, the chosen parametrisation's
@@ -508,3 +531,33 @@ def read_feature_table(path: str | Path) -> pd.DataFrame:
     df.attrs["transforms"] = json.loads(raw)["transforms"]
     check_schema(df)
     return df
+
+
+# ----------------------------------------------------------------------------- table accessors
+
+def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The usable rows, sorted by (model, layer), index reset."""
+    return table[table["usable"]].sort_values(["model", "layer"]).reset_index(drop=True)
+
+
+def target_columns(table: pd.DataFrame) -> list[str]:
+    """The ``target_*`` columns, in table order."""
+    return [c for c in table.columns if c.startswith("target_")]
+
+
+def param_names(table: pd.DataFrame) -> list[str]:
+    """The raw parameter names (columns ``param_<name>``), in table order."""
+    return [c[len("param_"):] for c in table.columns if c.startswith("param_")]
+
+
+def feature_matrix(df: pd.DataFrame) -> np.ndarray:
+    """(n_rows, len(FEATURE_COLUMNS)) float feature matrix."""
+    return df[FEATURE_COLUMNS].to_numpy(dtype=float)
+
+
+def check_table(table: pd.DataFrame, parametrisation: str, quantity: str) -> None:
+    """ValueError unless the table holds exactly this parametrisation and quantity."""
+    for col, want in (("parametrisation", parametrisation), ("quantity", quantity)):
+        have = sorted(set(table[col].astype(str)))
+        if have != [want]:
+            raise ValueError(f"feature table has {col} {have}, settings say {want!r}")

@@ -32,57 +32,17 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from madyn.hypotheses import (
-    REGISTRY,
-    Hypothesis,
-    clip_inside,
-    get,
-    original_to_reparam,
-    reparam_to_original,
-)
+from madyn.hypotheses import EMLOG, Hypothesis, clip_inside, get, warm_depth
+from madyn.io import jsonable
+from madyn.settings import FitSettings
 
 Array = np.ndarray
-
-# a hypothesis may take the optima of others as extra starting points (converted between
-# the original and reparam forms). original_reg's objective is reparam_reg's composed with
-# the exact map original -> reparam (the penalty is on those coordinates), so reparam_reg's
-# optimum is also its optimum; original's is a fallback.
-WARM_FROM = {"original": ("reparam",), "reparam_reg": ("reparam",),
-             "original_reg": ("reparam_reg", "original")}
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """Settings of the fitting phase.
-
-    hypotheses: names in :data:`madyn.hypotheses.REGISTRY`; quantities: series fitted per
-    layer; n_starts: variable-projection starts refined by TRF per hypothesis (a hypothesis
-    with a warm start from a related optimum, see WARM_FROM, gets ``n_starts_warm`` grid starts
-    plus that one); alpha: weight of the regularised variants' penalty; min_points: fewest
-    usable checkpoints to fit at all; outlier_mad: robust-sigma threshold of the outlier step;
-    max_nfev / ftol: TRF function evaluations per start and its relative cost tolerance
-    (looser than scipy's 1e-8: the R^2 gain below 1e-6 is nil on these series);
-    grid_density: scales the points per axis of the starting grids (1.0 = defaults,
-    e.g. 17 x 20 over (beta, tau0)).
-    """
-
-    hypotheses: tuple[str, ...] = tuple(REGISTRY)
-    quantities: tuple[str, ...] = ("ratio", "top1", "median")
-    n_starts: int = 2
-    n_starts_warm: int = 1
-    alpha: float = 1e-2
-    min_points: int = 6
-    outlier_mad: float = 6.0
-    max_nfev: int = 100
-    ftol: float = 1e-6
-    grid_density: float = 1.0
 
 
 @dataclass
@@ -268,21 +228,17 @@ def fit_hypothesis(h: Hypothesis, d: _Data, s: FitSettings,
     return r
 
 
-def _warm_start(name: str, done: dict[str, FitResult]) -> Array | None:
-    """(m, k) normalised optima of the successful WARM_FROM sources of ``name``, converted
-    to its parameter form; None if there is none."""
-    target = get(name).param_names
+def _warm_start(h: Hypothesis, done: dict[str, FitResult]) -> Array | None:
+    """(m, k) normalised optima of the successfully fitted ``h.warm_from`` sources, each
+    mapped into ``h``'s parameters; None if there is none."""
     rows = []
-    for src_name in WARM_FROM.get(name, ()):
+    for src_name, warm_map in h.warm_from:
         src = done.get(src_name)
         if src is None or not src.success:
             continue
         p = np.asarray(src.popt_norm, float)
-        if tuple(src.param_names) != target:
-            with np.errstate(all="ignore"):
-                p = (reparam_to_original(p) if target == get("original").param_names
-                     else original_to_reparam(p))
-        rows.append(p)
+        with np.errstate(all="ignore"):
+            rows.append(warm_map(p) if warm_map is not None else p)
     return np.array(rows) if rows else None
 
 
@@ -325,13 +281,11 @@ def _skip_reason(t: Array, y: Array, s: FitSettings) -> str:
 
 
 def _fit_all(hyps: list[Hypothesis], d: _Data, s: FitSettings) -> list[FitResult]:
-    order = sorted(range(len(hyps)), key=lambda i: hyps[i].name in WARM_FROM)
-    # after original and reparam_reg, its warm starts
-    order = sorted(order, key=lambda i: hyps[i].name == "original_reg")
+    order = sorted(range(len(hyps)), key=lambda i: warm_depth(hyps[i].name))  # sources first
     done: dict[str, FitResult] = {}
     for i in order:
         h = hyps[i]
-        done[h.name] = fit_hypothesis(h, d, s, _warm_start(h.name, done))
+        done[h.name] = fit_hypothesis(h, d, s, _warm_start(h, done))
     return [done[h.name] for h in hyps]
 
 
@@ -416,26 +370,13 @@ def fit_series(steps: Array, values: Array, settings: FitSettings | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
-    """Strict-JSON values: arrays -> lists, NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), allow_nan=False)
+    return json.dumps(jsonable(obj), allow_nan=False)
 
 
 def released_entry(r: FitResult, layer: int) -> dict:
     """The released-data-set record of one fit (strict-JSON values, NaN -> None)."""
-    return _jsonable({
+    return jsonable({
         "param_names": r.param_names, "popt": r.popt, "pcov": r.pcov, "r2": r.r2,
         "aic": r.aic, "residuals": r.residuals, "aicc": r.aicc, "bic": r.bic,
         "akaike_weight": r.akaike_weight, "is_winner": r.is_winner, "success": r.success,
@@ -493,25 +434,6 @@ def fit_model(fit_input: pd.DataFrame, settings: FitSettings | None = None,
     return pd.DataFrame(rows, columns=TABLE_COLUMNS), released
 
 
-def run_fit(series_path: str, out_params_dir: str, out_table: str,
-            settings: FitSettings | None = None) -> None:
-    """Fit one model's series Parquet (from :func:`madyn.series.build_series`); write
-    ``{out_params_dir}/layer_fit_params_{quantity}.json`` per quantity and the tidy table
-    Parquet ``out_table``, each atomically."""
-    from madyn.io import atomic_path, write_json
-    from madyn.series import fit_input
-
-    s = settings or FitSettings()
-    series = pd.read_parquet(series_path)
-    table, released = fit_model(fit_input(series, s.quantities), s)
-    Path(out_params_dir).mkdir(parents=True, exist_ok=True)
-    for q, layers in released.items():
-        write_json(Path(out_params_dir) / f"layer_fit_params_{q}.json", layers)
-    with atomic_path(out_table) as tmp:
-        table.to_parquet(tmp, index=False)
-
-
-
 def fit_summary(table: pd.DataFrame) -> dict:
     """Metrics of the fit phase over all models (for DVC): per model and quantity, the mean
     over layers of the best emlog-family R^2 (best of original/reparam and their
@@ -523,7 +445,7 @@ def fit_summary(table: pd.DataFrame) -> dict:
         if d.empty:
             return {"n_layers": 0}
         key = ["model", "layer"]
-        em = d[d["family"] == "emlog"].groupby(key)["r2"].max()
+        em = d[d["family"] == EMLOG].groupby(key)["r2"].max()
         win = d[d["is_winner"].astype(bool)]
         return {"n_layers": int(d.groupby(key).ngroups),
                 "best_emlog_r2_mean": round(float(em.mean()), 4) if len(em) else None,

@@ -16,7 +16,7 @@ an entry. Conventions shared by all of them:
   ``func(t, *to_raw(p)) == mu + sd * func(t / t_scale, *p)``.
 * Regularised variants carry ``penalty_ref`` / ``penalty_scale``: the fit adds residuals
   ``sqrt(alpha) * (q(p) - q_ref) / scale`` on the normalised parameters (``alpha`` is a fit
-  setting, :class:`madyn.fit.FitSettings`, default 1e-2: a mild pull that only matters where
+  setting, :class:`madyn.settings.FitSettings`, default 1e-2: a mild pull that only matters where
   the data leave a parameter unidentified, e.g. beta or tau0 running to their bounds).
   ``q`` is the identity, or ``penalty_map``: ``original_reg`` is penalised on its exact
   reparametrisation (A1, A2, beta, tau0, K), with reparam_reg's reference and scales. A ridge
@@ -63,6 +63,12 @@ class Hypothesis:
     penalty_map_jac: Callable[[Array], Array] | None = None  # (k, k) d q / d p
     scale_time: bool = True
     description: str = ""
+    # the hypotheses whose optima (normalised parameters) warm-start this one, each with the
+    # map of its optimum into this hypothesis's parameters (None: the same parameters)
+    warm_from: tuple[tuple[str, Callable[[Array], Array] | None], ...] = ()
+    # (parameter, target transform) pairs of the feature table ("log1p" or "yeojohnson");
+    # empty: the hypothesis is no parametrisation of the feature table
+    transforms: tuple[tuple[str, str], ...] = ()
 
     @property
     def k(self) -> int:
@@ -548,10 +554,20 @@ _REPARAM_BOUNDS = ((-INF, -INF, 0.0, 1e-9, -INF), (INF, INF, 1e4, 1e4, INF))
 _REPARAM_REF = ((0.0, 0.0, 0.0, 0.0, 0.0), (10.0, 10.0, 30.0, 1.0, 10.0))
 
 
-def _emlog(name: str, reg: tuple | None, original: bool) -> Hypothesis:
+EMLOG = "emlog"  # the family of the study's curve and its reparametrisation
+
+_ORIG_TRANSFORMS = (("A", "log1p"), ("lambda", "log1p"), ("gamma", "log1p"), ("t0", "log1p"),
+                    ("K", "yeojohnson"))
+_REPARAM_TRANSFORMS = (("A1", "yeojohnson"), ("A2", "yeojohnson"), ("beta", "log1p"),
+                       ("tau0", "log1p"), ("K", "yeojohnson"))
+
+
+def _emlog(name: str, reg: tuple | None, original: bool,
+           warm_from: tuple[tuple[str, Callable[[Array], Array] | None], ...] = ()
+           ) -> Hypothesis:
     if original:
         return Hypothesis(
-            name=name, family="emlog", param_names=("A", "lambda", "gamma", "t0", "K"),
+            name=name, family=EMLOG, param_names=("A", "lambda", "gamma", "t0", "K"),
             func=original_func, jac=original_jac, bounds=_ORIG_BOUNDS,
             starts_fn=original_starts, to_raw_fn=_original_to_raw,
             asymptote_fn=lambda p: _emlog_asymptote(p[1], p[0], p[4], np.nan),
@@ -559,21 +575,24 @@ def _emlog(name: str, reg: tuple | None, original: bool) -> Hypothesis:
             penalty_map=original_to_reparam if reg else None,
             penalty_map_jac=original_to_reparam_jac if reg else None,
             description="A*exp(-lambda*x)*log(x)+K, x=gamma*t+t0"
-                        + (" (regularised)" if reg else ""))
+                        + (" (regularised)" if reg else ""),
+            warm_from=warm_from, transforms=_ORIG_TRANSFORMS)
     return Hypothesis(
-        name=name, family="emlog", param_names=("A1", "A2", "beta", "tau0", "K"),
+        name=name, family=EMLOG, param_names=("A1", "A2", "beta", "tau0", "K"),
         func=reparam_func, jac=reparam_jac, bounds=_REPARAM_BOUNDS,
         starts_fn=reparam_starts, to_raw_fn=_reparam_to_raw,
         asymptote_fn=lambda p: _emlog_asymptote(p[2], p[0], p[4], p[1] + p[4]),
         peak_fn=reparam_peak, penalty_ref=reg and reg[0], penalty_scale=reg and reg[1],
-        description="exp(-beta*t)*(A1*log(t+tau0)+A2)+K" + (" (regularised)" if reg else ""))
+        description="exp(-beta*t)*(A1*log(t+tau0)+A2)+K" + (" (regularised)" if reg else ""),
+        warm_from=warm_from, transforms=_REPARAM_TRANSFORMS)
 
 
 REGISTRY: dict[str, Hypothesis] = {h.name: h for h in [
-    _emlog("original", None, original=True),
+    _emlog("original", None, original=True, warm_from=(("reparam", reparam_to_original),)),
     _emlog("reparam", None, original=False),
-    _emlog("original_reg", _REPARAM_REF, original=True),
-    _emlog("reparam_reg", _REPARAM_REF, original=False),
+    _emlog("original_reg", _REPARAM_REF, original=True,
+           warm_from=(("reparam_reg", reparam_to_original), ("original", None))),
+    _emlog("reparam_reg", _REPARAM_REF, original=False, warm_from=(("reparam", None),)),
     Hypothesis(
         name="first_order", family="first_order", param_names=("y0", "K", "tau"),
         func=first_order_func, jac=first_order_jac,
@@ -615,4 +634,16 @@ def get(name: str) -> Hypothesis:
 
 
 def names() -> list[str]:
+    """Every registered hypothesis name, in registry order."""
     return list(REGISTRY)
+
+
+def warm_depth(name: str) -> int:
+    """Length of the warm-start chain behind ``name`` (0: no warm start): fitting in
+    increasing depth fits every warm source before the hypotheses it starts."""
+    def depth(n: str, seen: frozenset[str]) -> int:
+        if n in seen:
+            raise ValueError(f"warm_from cycle through {name!r}")
+        return max((1 + depth(src, seen | {n}) for src, _ in get(n).warm_from), default=0)
+
+    return depth(name, frozenset())

@@ -37,14 +37,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _clean(obj: Any) -> Any:
-    """Make ``obj`` strict-JSON: NaN/inf become None, numpy scalars become Python."""
+def jsonable(obj: Any) -> Any:
+    """Make ``obj`` strict-JSON: dict keys become str, tuples lists, numpy arrays and scalars
+    Python lists and scalars, NaN/inf None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "tolist"):  # numpy arrays and scalars
-        return _clean(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -53,7 +54,7 @@ def _clean(obj: Any) -> Any:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented strict JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,1 +1,3 @@
-"""One module per workflow phase: each owns its file I/O and calls the science below it."""
+"""One module per workflow phase (suite, extract, fit, features, predict, report): each
+reads its inputs, calls the science modules below it, and writes its outputs atomically
+with :mod:`madyn.io`."""

@@ -1,0 +1,139 @@
+"""Settings of the analysis stages, with their defaults read from the params schema.
+
+The one place a default lives is ``default:`` in ``schemas/params.schema.yaml`` (params.yaml
+ships the same values); :func:`schema_default` and :func:`section_defaults` read it, and
+:class:`FitSettings` / :class:`PredictSettings` take their defaults from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+
+@lru_cache(maxsize=1)
+def params_schema() -> dict:
+    """The params.yaml JSON schema (parsed YAML)."""
+    text = resources.files("madyn").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _node(section: str) -> dict:
+    props = params_schema()["properties"]
+    if section not in props or "properties" not in props[section]:
+        raise KeyError(f"params schema has no section {section!r}")
+    return props[section]["properties"]
+
+
+def schema_default(key: str) -> Any:
+    """The schema's ``default`` of ``section.key`` (e.g. ``"fit.alpha"``); KeyError if none."""
+    section, _, name = key.partition(".")
+    prop = _node(section).get(name)
+    if prop is None or "default" not in prop:
+        raise KeyError(f"params schema: {key!r} has no default")
+    return prop["default"]
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """Every key of a params.yaml section that has a schema ``default``, with it."""
+    return {k: v["default"] for k, v in _node(section).items() if "default" in v}
+
+
+def schema_enum(key: str) -> list:
+    """The allowed values of ``section.key`` (its ``enum``, or its items' ``enum``)."""
+    section, _, name = key.partition(".")
+    prop = _node(section)[name]
+    return list(prop.get("enum") or prop["items"]["enum"])
+
+
+def _check_keys(cls: type, d: dict, what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+
+
+_FIT = section_defaults("fit")
+_PREDICT = {**section_defaults("predict"), **section_defaults("features")}
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Settings of the fitting phase (params.yaml: ``fit``; defaults: the schema's).
+
+    hypotheses: names in :data:`madyn.hypotheses.REGISTRY`; quantities: series fitted per
+    layer; n_starts: variable-projection starts refined by TRF per hypothesis (a hypothesis
+    warm-started from a related optimum, ``Hypothesis.warm_from``, gets ``n_starts_warm`` grid
+    starts plus that one); alpha: weight of the regularised variants' penalty; min_points:
+    fewest usable checkpoints to fit at all; outlier_mad: robust-sigma threshold of the
+    outlier step; max_nfev / ftol: TRF function evaluations per start and its relative cost
+    tolerance; grid_density: scales the points per axis of the starting grids.
+    """
+
+    hypotheses: tuple[str, ...] = tuple(_FIT["hypotheses"])
+    quantities: tuple[str, ...] = tuple(_FIT["quantities"])
+    n_starts: int = _FIT["n_starts"]
+    n_starts_warm: int = _FIT["n_starts_warm"]
+    alpha: float = _FIT["alpha"]
+    min_points: int = _FIT["min_points"]
+    outlier_mad: float = _FIT["outlier_mad"]
+    max_nfev: int = _FIT["max_nfev"]
+    ftol: float = _FIT["ftol"]
+    grid_density: float = _FIT["grid_density"]
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> FitSettings:
+        """Build from a mapping (params.yaml's ``fit``); unknown keys raise ValueError."""
+        d = dict(d or {})
+        _check_keys(cls, d, "fit")
+        for k in ("hypotheses", "quantities"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Settings of the prediction phase: params.yaml's ``predict`` (less ``example``) plus
+    the feature table's ``parametrisation`` and ``quantity`` (``features``), as
+    :func:`madyn.config.predict_settings` returns them; defaults: the schema's."""
+
+    seed: int = _PREDICT["seed"]
+    test_fraction: float = _PREDICT["test_fraction"]
+    cv_folds: int = _PREDICT["cv_folds"]
+    xgb_n_estimators: int = _PREDICT["xgb_n_estimators"]
+    xgb_max_depth: int = _PREDICT["xgb_max_depth"]
+    xgb_learning_rate: float = _PREDICT["xgb_learning_rate"]
+    ridge_alphas: tuple[float, ...] = tuple(float(x) for x in _PREDICT["ridge_alphas"])
+    rf_n_estimators: int = _PREDICT["rf_n_estimators"]
+    parametrisation: str = _PREDICT["parametrisation"]
+    quantity: str = _PREDICT["quantity"]
+    n_boot: int = _PREDICT["n_boot"]  # bootstrap ensemble size of the forecast's intervals
+    interval: tuple[float, float] = tuple(float(x) for x in _PREDICT["interval"])
+    predict_model: str = _PREDICT["predict_model"]  # what forecast.predict_architecture uses
+
+    def __post_init__(self) -> None:
+        allowed = schema_enum("predict.predict_model")
+        if self.predict_model not in allowed:
+            raise ValueError(f"predict_model {self.predict_model!r} not in {allowed}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> PredictSettings:
+        """Build from a mapping (``config.predict_settings(cfg)``); unknown keys raise
+        ValueError."""
+        d = dict(d or {})
+        _check_keys(cls, d, "predict")
+        for k in ("ridge_alphas", "interval"):
+            if k in d:
+                d[k] = tuple(float(x) for x in d[k])
+        return cls(**d)
+
+    @classmethod
+    def of(cls, settings: PredictSettings | dict | None) -> PredictSettings:
+        """``settings`` itself, or built from a mapping (None: the defaults)."""
+        return settings if isinstance(settings, cls) else cls.from_dict(settings)

@@ -1,0 +1,174 @@
+"""Predict stage: evaluate the predictors on the feature table, and forecast a new
+architecture's curves; plus the checks of a user's architecture input (``madyn predict``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from madyn.evaluation import evaluate as evaluate_table
+from madyn.evaluation import feature_importance, ols_summaries, showcase_model
+from madyn.features import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    MIN_WIDTH,
+    ArchitectureError,
+    architecture,
+    check_shape,
+    read_feature_table,
+)
+from madyn.forecast import predict_architecture
+from madyn.io import atomic_path, write_json
+from madyn.settings import PredictSettings
+
+SHAPE_BOUNDS = (f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH} with heads dividing "
+                "width, heads 1-width")
+
+
+class InputError(ValueError):
+    """A user's input to the predict stage is unreadable or implausible (one-line message)."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def load_config(path: str) -> dict:
+    """A Hugging Face config.json as a dict, its shape checked (InputError naming the file)."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: must hold a JSON object (a config.json), got "
+                         f"{type(cfg).__name__}")
+    try:
+        architecture(cfg)
+    except ArchitectureError as e:
+        raise InputError(f"{path}: {e}") from None
+    return cfg
+
+
+def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None = None,
+                      rotary_pct: float | None = None, vocab_size: int = 512) -> dict:
+    """A Pythia-style (GPT-NeoX) config dict of this shape; InputError outside the plausible
+    bounds (:data:`SHAPE_BOUNDS`), before anything is built."""
+    try:
+        check_shape(layers, width, heads, explicit_head_dim=False)
+    except ArchitectureError as e:
+        raise InputError(f"--layers/--width/--heads: {e} (allowed: {SHAPE_BOUNDS})") from None
+    if ff_mult is not None and not 1 <= ff_mult <= 64:
+        raise InputError(f"--ff-mult {ff_mult} outside 1..64")
+    if rotary_pct is not None and not (0 < rotary_pct <= 1):
+        raise InputError(f"--rotary-pct {rotary_pct} outside (0, 1]")
+    if not 1 <= vocab_size <= 10_000_000:
+        raise InputError(f"--vocab-size {vocab_size} outside 1..10000000")
+    from madyn.suite import ModelSpec, neox_config
+
+    spec = ModelSpec(name="query", layers=layers, width=width, heads=heads,
+                     **({"ff_mult": ff_mult} if ff_mult else {}),
+                     **({"rotary_pct": rotary_pct} if rotary_pct else {}))
+    return neox_config(spec, vocab_size, 2048, 0).to_dict()
+
+
+def parse_steps(text: str) -> list[int]:
+    """Comma-separated non-negative integer steps (InputError naming the bad item)."""
+    out = []
+    for item in text.split(","):
+        try:
+            v = int(item.strip())
+        except ValueError:
+            raise InputError(f"--steps: {item.strip()!r} is not an integer step") from None
+        if v < 0:
+            raise InputError(f"--steps: {v} is negative")
+        out.append(v)
+    return out
+
+
+def default_steps(feature_table_path: str) -> list[int]:
+    """0 and 60 log-spaced steps up to the training data's last step."""
+    last = int(pd.read_parquet(feature_table_path, columns=["last_step"])["last_step"].max())
+    return sorted({0, *np.unique(np.round(np.geomspace(1, last, 60))).astype(int).tolist()})
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _read_series(paths: list[str]) -> pd.DataFrame:
+    """Observed series from Parquet files: fit-input form, or measured series (converted)."""
+    from madyn.series import fit_input
+
+    frames = []
+    for p in paths:
+        df = pd.read_parquet(p)
+        frames.append(df if "quantity" in df.columns else fit_input(df))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.10g")
+
+
+def evaluate(feature_table_path: str, series_paths: list[str],
+             settings: PredictSettings | None, out_metrics: str, out_dir: str,
+             figures: bool = True) -> dict:
+    """Evaluate the predictors and write: the metrics JSON ``out_metrics``; in ``out_dir``
+    ``ols_summary.txt``, ``study_predictions.csv``, ``lomo_predictions.csv``,
+    ``lomo_curves.csv``, ``feature_importance.csv`` and (``figures``) the PNG figures of
+    :mod:`madyn.plots_predict`. Returns the metrics."""
+    s = settings or PredictSettings()
+    table = read_feature_table(feature_table_path)
+    series = _read_series(series_paths) if series_paths else None
+    metrics, extras = evaluate_table(table, series, s, return_extras=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "ols_summary.txt") as tmp:
+        tmp.write_text(ols_summaries(table))
+    imp = feature_importance(table, s)
+    _write_csv(imp, out / "feature_importance.csv")
+    for name in ("study_predictions", "lomo_predictions", "lomo_curves"):
+        _write_csv(extras.get(name, pd.DataFrame()), out / f"{name}.csv")
+    if figures:
+        from madyn import plots_predict as pp
+
+        if "lomo_predictions" in extras:
+            pp.plot_pred_vs_fitted(extras["lomo_predictions"], out / "lomo_pred_vs_fitted.png")
+        pp.plot_feature_importance(imp, out / "feature_importance.png")
+        if "lomo_curves" in extras and not extras["lomo_curves"].empty:
+            pp.plot_heldout_curves(extras["lomo_curves"], showcase_model(table),
+                                   out / "lomo_heldout_curves.png")
+    write_json(out_metrics, metrics)
+    return metrics
+
+
+def forecast(feature_table_path: str, config: dict, steps: list[int] | None,
+             settings: PredictSettings | None, out_dir: str) -> dict:
+    """Forecast a new architecture (``config``: a HF config dict or an architecture dict)
+    at ``steps`` (None: :func:`default_steps`); write ``curves.csv``, ``summary.json`` and
+    ``prediction.png`` in ``out_dir``; returns the summary."""
+    s = settings or PredictSettings()
+    table = read_feature_table(feature_table_path)
+    steps = default_steps(feature_table_path) if steps is None else steps
+    curves, summary = predict_architecture(table, config, steps, s)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(curves, out / "curves.csv")
+    write_json(out / "summary.json", summary)
+    from madyn import plots_predict as pp
+
+    pp.plot_prediction(curves, summary, out / "prediction.png")
+    return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """One line per layer of a forecast summary (what ``madyn predict`` prints)."""
+    def num(x: float | None) -> str:
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+    return [f"layer {r['layer']}: final ratio {num(r['final_ratio'])} "
+            f"[{num(r['final_ratio_lo'])}, {num(r['final_ratio_hi'])}], peak step "
+            f"{num(r['peak_step'])}" for r in summary.get("layers", [])]

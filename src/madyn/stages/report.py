@@ -1,0 +1,52 @@
+"""Report stage: cross-model tables (layers.csv, loss.csv) and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from madyn.features import architecture
+from madyn.io import atomic_path, read_json
+
+
+def loss_table(manifest_paths: list[str]) -> pd.DataFrame:
+    """(model, loss, step) of every training manifest's ``loss_curve`` at its
+    ``loss_steps``; ValueError naming the manifest when ``loss_steps`` is absent or of
+    another length."""
+    frames = []
+    for f in manifest_paths:
+        m = read_json(f)
+        if "loss_steps" not in m:
+            raise ValueError(f"{f}: training manifest has no 'loss_steps' (the step of each "
+                             "loss_curve entry); retrain with this madyn version")
+        if len(m["loss_steps"]) != len(m["loss_curve"]):
+            raise ValueError(f"{f}: 'loss_steps' has {len(m['loss_steps'])} entries, "
+                             f"'loss_curve' {len(m['loss_curve'])}")
+        frames.append(pd.DataFrame({"model": m["model"], "loss": m["loss_curve"],
+                                    "step": m["loss_steps"]}))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=["model", "step", "loss"]))
+
+
+def figures(series_paths: list[str], config_paths: dict[str, str],
+            manifest_paths: list[str], out_dir: str) -> pd.DataFrame:
+    """Write ``layers.csv`` (per model and layer summary), ``loss.csv`` (training loss of
+    the manifests) and the cross-model figures in ``out_dir``; returns the layer table."""
+    from madyn import plots
+    from madyn.series import layer_summary
+
+    series = {Path(f).stem: pd.read_parquet(f) for f in series_paths}
+    n_params = {m: architecture(read_json(c))["n_params"] for m, c in config_paths.items()}
+    layers = layer_summary(series, n_params)
+    loss = loss_table(manifest_paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "layers.csv") as tmp:
+        layers.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(out / "loss.csv") as tmp:
+        loss.to_csv(tmp, index=False)
+    plots.plot_peak_heatmaps(layers, out / "peak_heatmaps.png")
+    plots.plot_final_vs_params(layers, out / "final_vs_params.png")
+    plots.plot_kurtosis(series, out / "kurtosis.png")
+    return layers

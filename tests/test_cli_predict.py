@@ -1,0 +1,121 @@
+"""`madyn predict` input handling: bad input gives one clear line, exit code 2, no output."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from test_features_predict import SUITE, _neox, synthetic_fit_table
+
+from madyn.cli import main
+from madyn.features import build_feature_table, write_feature_table
+from madyn.suite import ModelSpec
+
+SETTINGS = json.dumps({"parametrisation": "original", "predict_model": "mean", "n_boot": 2})
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> str:
+    fit, _ = synthetic_fit_table()
+    table = build_feature_table(fit, {s.name: _neox(s) for s in SUITE}, "original", "ratio")
+    path = tmp_path_factory.mktemp("ft") / "ft.parquet"
+    write_feature_table(table, path, path.with_suffix(".csv"))
+    return str(path)
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    rc = main(["predict", *argv])
+    return rc, capsys.readouterr().err
+
+
+def _bad(argv: list[str], features: str, tmp_path, capsys, match: str) -> str:
+    out = tmp_path / "out"
+    rc, err = _run([*argv, "--features", features, "--settings-json", SETTINGS,
+                    "--out", str(out)], capsys)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("madyn predict: "), err
+    assert match in lines[0], lines[0]
+    assert not out.exists()
+    return lines[0]
+
+
+def test_malformed_json_config(features, tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"num_hidden_layers": 2,')
+    line = _bad(["--config", str(cfg)], features, tmp_path, capsys, "not valid JSON")
+    assert str(cfg) in line
+
+
+def test_json_list_config(features, tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps([_neox(ModelSpec("x", 2, 32, 2))]))
+    _bad(["--config", str(cfg)], features, tmp_path, capsys, "JSON object")
+
+
+def test_missing_config_file(features, tmp_path, capsys):
+    _bad(["--config", str(tmp_path / "nope.json")], features, tmp_path, capsys, "cannot read")
+
+
+def test_zero_layers(features, tmp_path, capsys):
+    _bad(["--layers", "0", "--width", "64", "--heads", "4"], features, tmp_path, capsys,
+         "layers 0 outside 1..512")
+
+
+def test_heads_not_dividing_width(features, tmp_path, capsys):
+    _bad(["--layers", "2", "--width", "64", "--heads", "5"], features, tmp_path, capsys,
+         "heads 5 do not divide width 64")
+
+
+def test_more_heads_than_width(features, tmp_path, capsys):
+    _bad(["--layers", "2", "--width", "8", "--heads", "16"], features, tmp_path, capsys,
+         "heads 16 outside 1..width")
+
+
+@pytest.mark.parametrize("flags", [["--layers", "100000", "--width", "64", "--heads", "4"],
+                                   ["--layers", "2", "--width", "1000000", "--heads", "4"]])
+def test_huge_shapes_refused_fast(flags, features, tmp_path, capsys):
+    t0 = time.monotonic()
+    _bad(flags, features, tmp_path, capsys, "outside")
+    assert time.monotonic() - t0 < 5
+
+
+def test_huge_config_refused(features, tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**_neox(ModelSpec("x", 2, 32, 2)), "num_hidden_layers": 100000}))
+    _bad(["--config", str(cfg)], features, tmp_path, capsys, "layers 100000 outside 1..512")
+
+
+def test_partial_shape_flags(features, tmp_path, capsys):
+    _bad(["--layers", "2", "--width", "64"], features, tmp_path, capsys,
+         "give all of --layers, --width and --heads")
+
+
+def test_bad_steps(features, tmp_path, capsys):
+    _bad(["--layers", "2", "--width", "64", "--heads", "4", "--steps", "1,x"], features,
+         tmp_path, capsys, "'x' is not an integer step")
+
+
+def test_settings_json_needs_features(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, err = _run(["--layers", "2", "--width", "64", "--heads", "4", "--settings-json",
+                    SETTINGS, "--out", str(out)], capsys)
+    assert rc == 2 and "--features is required with --settings-json" in err
+    assert not out.exists()
+
+
+def test_help_states_bounds(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "layers 1-512" in text and "width 8-65536" in text and "heads 1-width" in text
+
+
+def test_good_input_predicts(features, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, err = _run(["--layers", "3", "--width", "48", "--heads", "4", "--features", features,
+                    "--settings-json", SETTINGS, "--out", str(out), "--steps", "0,10,100"],
+                   capsys)
+    assert rc == 0, err
+    assert (out / "summary.json").exists() and "layer 2:" in err

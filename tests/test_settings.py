@@ -1,0 +1,82 @@
+"""Settings defaults come from the params schema; hypotheses carry their own fit wiring;
+the report stage reads the manifest's loss steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from madyn import config, hypotheses
+from madyn.features import transforms_for
+from madyn.settings import (
+    FitSettings,
+    PredictSettings,
+    schema_default,
+    schema_enum,
+    section_defaults,
+)
+from madyn.stages.features import table_path
+from madyn.stages.report import loss_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return config.load(str(ROOT / "params.yaml"))
+
+
+def test_schema_hypotheses_are_the_registry():
+    assert schema_enum("fit.hypotheses") == hypotheses.names()
+    assert schema_default("fit.hypotheses") == hypotheses.names()
+
+
+def test_defaults_equal_params_yaml(params):
+    assert FitSettings() == FitSettings.from_dict(params["fit"])
+    assert PredictSettings() == PredictSettings.from_dict(config.predict_settings(params))
+    for section in ("fit", "features", "predict"):
+        shipped = {k: v for k, v in params[section].items() if k != "example"}
+        assert {k: section_defaults(section)[k] for k in shipped} == shipped
+
+
+def test_from_dict_names_unknown_keys():
+    with pytest.raises(ValueError, match="unknown fit setting.*'bogus'"):
+        FitSettings.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="unknown predict setting.*'example'"):
+        PredictSettings.from_dict({"example": {}})
+    with pytest.raises(ValueError, match="predict_model 'svm'"):
+        PredictSettings.from_dict({"predict_model": "svm"})
+
+
+def test_warm_starts_and_transforms_live_on_the_hypotheses():
+    for name in hypotheses.names():
+        h = hypotheses.get(name)
+        if h.warm_from is not None:
+            assert hypotheses.warm_depth(name) > hypotheses.warm_depth(h.warm_from)
+            if h.warm_map is None:
+                assert hypotheses.get(h.warm_from).param_names == h.param_names
+        if h.transforms:
+            assert tuple(transforms_for(name)) == h.param_names
+        else:
+            with pytest.raises(ValueError, match="no target transforms"):
+                transforms_for(name)
+    assert [n for n in hypotheses.names() if hypotheses.get(n).transforms] == \
+        schema_enum("features.parametrisation")
+
+
+def test_loss_table_uses_loss_steps(tmp_path):
+    m = tmp_path / "manifest.json"
+    m.write_text(json.dumps({"model": "a", "loss_curve": [3.0, 2.0, 1.5],
+                             "loss_steps": [1, 11, 21]}))
+    t = loss_table([str(m)])
+    assert t["step"].tolist() == [1, 11, 21] and t["loss"].tolist() == [3.0, 2.0, 1.5]
+    m.write_text(json.dumps({"model": "a", "loss_curve": [3.0], "train": {"steps": 2000}}))
+    with pytest.raises(ValueError, match=f"{m}: training manifest has no 'loss_steps'"):
+        loss_table([str(m)])
+
+
+def test_feature_table_path():
+    assert table_path("results/smoke", "reparam_reg") == \
+        "results/smoke/features/fitted_param_dataset_reparam_reg.parquet"
