@@ -53,10 +53,10 @@ def test_from_dict_names_unknown_keys():
 def test_warm_starts_and_transforms_live_on_the_hypotheses():
     for name in hypotheses.names():
         h = hypotheses.get(name)
-        if h.warm_from is not None:
-            assert hypotheses.warm_depth(name) > hypotheses.warm_depth(h.warm_from)
-            if h.warm_map is None:
-                assert hypotheses.get(h.warm_from).param_names == h.param_names
+        for src, warm_map in h.warm_from:
+            assert hypotheses.warm_depth(name) > hypotheses.warm_depth(src)
+            if warm_map is None:
+                assert hypotheses.get(src).param_names == h.param_names
         if h.transforms:
             assert tuple(transforms_for(name)) == h.param_names
         else:

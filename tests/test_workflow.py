@@ -292,11 +292,14 @@ def test_released_suite_end_to_end_with_hostile_files(smoke_run, tmp_path):
     assert all(skipped.values())  # each with its reason
     for f in ["metrics/fit.json", "metrics/predict.json", "report/peak_heatmaps.png"]:
         assert (res / f).exists(), f
-    # the released files are the series' inputs: an edited file is read again
-    victim = sorted(stats.glob("exp2_*_step2*"))[0]
-    victim.write_text(victim.read_text())
+    # the released files are the series' inputs: an edited or deleted file is read again
+    victim, other = stats / "exp2_s2-w32-h2_step20", stats / "exp2_s2-w32-h2_step30"
+    victim.write_text(other.read_text())
     dry = _snakemake(rel, "--cores", "2", "-n")
-    assert _job_counts(dry.stdout + dry.stderr).get("series") == 1
+    assert _job_counts(dry.stdout + dry.stderr).get("series") == 1, dry.stdout[-2000:]
+    victim.unlink()
+    dry = _snakemake(rel, "--cores", "2", "-n")
+    assert _job_counts(dry.stdout + dry.stderr).get("series") == 1, dry.stdout[-2000:]
 
 
 def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):
