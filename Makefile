@@ -3,6 +3,8 @@
 VENV  ?= .venv
 CORES ?= 2
 TORCH ?= torch==2.13.0
+SUITE ?=
+CONFIG = $(if $(SUITE),--config suite=$(SUITE))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run smoke test lint
@@ -15,8 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-run: install            ## train and analyse the embedded suite (snakemake --cores $(CORES))
-	snakemake --cores $(CORES)
+PHASES = suite_all extract_all fit_all features_all predict_all report_all
+
+run: install            ## train and analyse the embedded suite (or SUITE=...), phase by phase, timed
+	@set -e; start=$$(date +%s); times=""; \
+	for p in $(PHASES); do t=$$(date +%s); snakemake $$p --cores $(CORES) $(CONFIG); \
+	  times="$$times$$(printf '  %-12s %5d s' $${p%_all} $$(( $$(date +%s) - t )))\n"; done; \
+	snakemake --cores $(CORES) $(CONFIG); \
+	printf 'phase times (wall, --cores $(CORES)):\n'"$$times"'  %-12s %5d s\n' total $$(( $$(date +%s) - start ))
 
 smoke: install          ## the whole pipeline on the two-model smoke suite
 	snakemake --cores $(CORES) --config suite=smoke
