@@ -9,7 +9,8 @@
 #
 # Idempotent: `start` on a running cluster checks it and changes nothing. Daemons this script
 # starts are recorded in $MADYN_SLURM_STATE (default /var/lib/madyn-slurm/<name>.pid).
-# Exit codes: 0 ok, 1 a daemon did not come up, 2 usage, 3 packages cannot be installed.
+# Exit codes: 0 ok, 1 a daemon did not come up, 2 usage, 3 cannot install packages (no apt,
+# apt fails, or not root).
 # Cluster name "madyn", partition "main", account "root" (the names profiles/slurm uses).
 set -euo pipefail
 
@@ -210,7 +211,7 @@ ensure_account() {
 }
 
 start() {
-    [[ $(id -u) == 0 ]] || die 1 "must run as root"
+    [[ $(id -u) == 0 ]] || die 3 "must run as root (installs packages, starts daemons)"
     install -d -m 0700 "$STATE"
     install_packages
     ensure_hostname
