@@ -1,0 +1,161 @@
+"""The smoke suite on a real single-node SLURM cluster (profiles/slurm/local-cluster.sh) through
+snakemake-executor-plugin-slurm (profiles/slurm): every job is a SLURM job, the results equal a
+local run's, a second run submits nothing, and a failing job is reported as failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from madyn.project import copy_workflow
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slurm
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+CLUSTER_SH = ROOT / "profiles/slurm/local-cluster.sh"
+ENV = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", "")}
+METRICS = ("results/smoke/metrics/growth.json", "results/smoke/metrics/fit.json")
+SINCE = (datetime.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _say(request: pytest.FixtureRequest, msg: str) -> None:
+    """Print to the terminal even when pytest captures output."""
+    plugins = request.config.pluginmanager
+    capman, reporter = plugins.get_plugin("capturemanager"), plugins.get_plugin("terminalreporter")
+    if capman is not None and reporter is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(f"[test_slurm] {msg}")
+
+
+def _sacct(name: str | None = None) -> list[dict[str, str]]:
+    """SLURM jobs (allocations, not steps) since yesterday, optionally only job name ``name``:
+    dicts with JobID, JobName, Comment, State."""
+    cmd = ["sacct", "-X", "-n", "-P", "-S", SINCE, "-o", "JobID,JobName%100,Comment%300,State"]
+    if name:
+        cmd += ["--name", name]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"sacct failed: {r.stderr}"
+    keys = ("JobID", "JobName", "Comment", "State")
+    return [dict(zip(keys, line.split("|"), strict=True)) for line in r.stdout.splitlines()]
+
+
+def _run_uuid(out: str) -> str:
+    """The plugin's run id, which it gives every SLURM job as its name."""
+    m = re.search(r"SLURM run ID: (\S+)", out)
+    assert m, f"no SLURM run ID in Snakemake's output:\n{out[-3000:]}"
+    return m.group(1)
+
+
+def _rules_run(out: str) -> Counter:
+    """Rules of the jobs Snakemake ran remotely ("rule x:"; local rules print "localrule x:")."""
+    return Counter(re.findall(r"^rule (\w+):$", out, flags=re.M))
+
+
+def _rule_of(comment: str) -> str:
+    """Rule name from the plugin's job comment "rule_<rule>[_wildcards_<values>]"."""
+    return re.sub(r"_wildcards_.*$", "", comment.removeprefix("rule_"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_time(request):
+    """Prints this module's wall time."""
+    t0 = time.monotonic()
+    yield
+    _say(request, f"tests/test_slurm.py took {time.monotonic() - t0:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    """A running local SLURM cluster; skipped where packages cannot be installed, unless CI."""
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True,
+                       timeout=600)
+    under_ci = os.environ.get("CI", "").lower() not in ("", "0", "false")
+    if r.returncode == 3 and not under_ci:
+        reason = (r.stdout.strip().splitlines() or ["exit 3"])[-1]
+        pytest.skip(f"no SLURM cluster here (local-cluster.sh: {reason})")
+    assert r.returncode == 0, f"local-cluster.sh start: exit {r.returncode}\n{r.stdout}{r.stderr}"
+    _say(request, f"local-cluster.sh start: {time.monotonic() - t0:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory, request):
+    """The smoke suite through the SLURM profile, and meanwhile (to use the cores the SLURM
+    run leaves idle between status checks) a local run of the metrics it is compared on.
+    Returns (SLURM project, its Snakemake output, its run id, local project)."""
+    local = copy_workflow(ROOT, tmp_path_factory.mktemp("local"), suite="smoke")
+    with open(local / "snakemake.log", "w") as log:
+        ref = subprocess.Popen([*SNAKEMAKE, "--cores", "2", *METRICS], cwd=local, env=ENV,
+                               stdout=log, stderr=subprocess.STDOUT)
+    proj = copy_workflow(ROOT, tmp_path_factory.mktemp("slurm"), suite="smoke")
+    t0 = time.monotonic()
+    try:
+        r = _run([*SNAKEMAKE, "--profile", "profiles/slurm"], proj)
+        _say(request, f"smoke suite through SLURM: {time.monotonic() - t0:.0f} s")
+    finally:
+        ref_rc = ref.wait(timeout=900)
+        _say(request, f"and the local run of {len(METRICS)} metrics: {time.monotonic() - t0:.0f} s")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"SLURM run failed:\n{out[-6000:]}"
+    assert ref_rc == 0, f"local run failed:\n{(local / 'snakemake.log').read_text()[-4000:]}"
+    return proj, out, _run_uuid(out), local
+
+
+def test_every_job_ran_as_a_slurm_job(runs):
+    proj, out, uuid, _ = runs
+    jobs = _sacct(uuid)
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+    rules = _rules_run(out)
+    assert sum(rules.values()) >= 10, rules
+    assert len(jobs) == len(submitted) == sum(rules.values()), (len(jobs), len(submitted), rules)
+    assert {j["JobID"] for j in jobs} == set(submitted)
+    assert Counter(_rule_of(j["Comment"]) for j in jobs) == rules
+    assert {j["State"] for j in jobs} == {"COMPLETED"}, jobs
+    assert "localrule extract_checkpoint" not in out
+
+
+def test_slurm_results_equal_local_results(runs):
+    proj, _, _, ref = runs
+    for f in METRICS:
+        assert json.loads((proj / f).read_text()) == json.loads((ref / f).read_text()), f
+
+
+def test_second_slurm_run_does_nothing(runs):
+    proj, *_ = runs
+    before = len(_sacct())
+    r = _run([*SNAKEMAKE, "--profile", "profiles/slurm"], proj)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "Nothing to be done" in out
+    assert "has been submitted" not in out
+    assert len(_sacct()) == before
+
+
+def test_failing_job_is_reported_failed(runs, tmp_path):
+    proj, *_ = runs
+    (tmp_path / "Snakefile").write_text(
+        'rule fail:\n    output: "never.txt"\n'
+        '    shell: "echo madyn-deliberate-failure >&2; exit 1"\n')
+    r = _run([*SNAKEMAKE, "--profile", str(proj / "profiles/slurm")], tmp_path, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    jobs = _sacct(_run_uuid(out))
+    assert [(j["Comment"], j["State"]) for j in jobs] == [("rule_fail", "FAILED")], jobs
+    assert re.search(r"SLURM-job '\d+' failed, SLURM status is: 'FAILED'", out), out[-3000:]
+    assert not (tmp_path / "never.txt").exists()
