@@ -145,12 +145,11 @@ def _cmd_config_json(args: argparse.Namespace) -> int:
     from madyn.io import write_json
 
     if args.arch_json:  # a released model without config.json: its suite entry
-        from madyn.suite import ModelSpec, neox_config
+        from madyn.suite import ModelSpec, model_config
 
         arch = json.loads(args.arch_json)
         vocab = arch.pop("vocab_size")
-        cfg = neox_config(ModelSpec(**arch), vocab, 2048, 0).to_dict()
-        cfg["architectures"] = ["GPTNeoXForCausalLM"]
+        cfg = model_config(ModelSpec(**arch), vocab, 2048, 0).to_dict()
     elif args.source:
         cfg = model_config(args.source, args.revision)
     else:

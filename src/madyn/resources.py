@@ -23,15 +23,17 @@ LOAD_BYTES_PER_S = 2e8  # reading weights from disk into memory
 UNKNOWN_PARAMS = 12_000_000_000  # no config at planning time: assume the largest Pythia
 
 
-def neox_config_dict(spec, vocab_size: int) -> dict:
-    """The config.json of a madyn GPT-NeoX model (as ``suite.neox_config`` builds it),
-    without importing transformers: the keys :func:`n_params` and the feature table read."""
-    return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-            "num_hidden_layers": spec.layers, "hidden_size": spec.width,
-            "num_attention_heads": spec.heads, "intermediate_size": spec.ff_mult * spec.width,
-            "rotary_pct": spec.rotary_pct, "vocab_size": vocab_size,
-            "tie_word_embeddings": False, "hidden_act": "gelu",
-            "use_parallel_residual": True}
+def model_config_dict(spec, vocab_size: int) -> dict:
+    """The config.json of a madyn-trained model of any family (as ``suite.model_config``
+    builds it), without importing transformers: what :func:`n_params` and the feature
+    table read."""
+    from madyn.suite import FAMILIES, config_kwargs
+
+    return {"architectures": [FAMILIES[spec.family]],
+            **config_kwargs(spec, vocab_size, 2048, 0)}
+
+
+neox_config_dict = model_config_dict  # the earlier name
 
 
 def cached_hub_config(repo: str) -> dict | None:
