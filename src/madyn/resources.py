@@ -64,12 +64,18 @@ def uses_cuda(device: str) -> bool:
 def extract_plan(config: dict | None, extract: dict) -> dict:
     """Resources of one measuring job: weights in ``extract.dtype``, the evaluation batch
     (``batch_size`` x ``seq_len`` tokens at a time, ``n_seqs`` in all) and the hidden
-    states the statistics hold (about 4 float32 copies of one layer's B x T x D)."""
+    states the statistics hold (about 4 float32 copies of one layer's B x T x D); with
+    ``extreme_tokens`` (default on), one layer's eager attention scores and probabilities
+    (B x H x T x T: in the model's dtype, and softmaxed in float32)."""
     n = n_params(config)
     width = (config or {}).get("hidden_size", 5120)
-    weights_mb = n * DTYPE_BYTES[extract.get("dtype", "float32")] / 2**20
+    heads = (config or {}).get("num_attention_heads", 40)
+    dtype_bytes = DTYPE_BYTES[extract.get("dtype", "float32")]
+    weights_mb = n * dtype_bytes / 2**20
     batch, seq = extract.get("batch_size", 1), extract.get("seq_len", 2048)
     acts_mb = 8 * batch * seq * max(width * 4, 1) * 4 / 2**20  # MLP width 4D, float32
+    if extract.get("extreme_tokens", True):
+        acts_mb += batch * heads * seq * seq * (2 * dtype_bytes + 4) / 2**20
     cuda = uses_cuda(extract.get("device", "auto"))
     flops = 2 * n * extract.get("n_seqs", 1) * seq
     seconds = 30 + n * STORED_BYTES / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda
