@@ -67,6 +67,16 @@ def _mutated(path: str, value) -> dict:
         ("fit.min_points", 6.0, "fit.min_points: 6.0 is not an integer"),
         ("predict.seed", True, "predict.seed: True is not an integer"),
         ("suites.pythia.schedule.last", 143000.0, "suites.pythia.schedule.last: 143000.0 is"),
+        # design axes: enums, bounds, and neox-only keys
+        ("suites.embedded.models.0.family", "gpt5", "suites.embedded.models.0.family"),
+        ("suites.embedded.models.0.eps", 0, "suites.embedded.models.0.eps"),
+        ("suites.embedded.train.eps", 0.0, "suites.embedded.train.eps"),
+        ("suites.embedded.train.optimizer", "lion", "suites.embedded.train.optimizer"),
+        ("suites.embedded.models.1.optimizer", "adam", "suites.embedded.models.1.optimizer"),
+        ("suites.embedded.train.momentum", 1.0, "suites.embedded.train.momentum"),
+        ("suites.embedded.models.0.parallel_residual", "yes",
+         "suites.embedded.models.0.parallel_residual"),
+        ("suites.embedded.models.0.seed", -1, "suites.embedded.models.0.seed"),
         # more points than the active suite has checkpoints (embedded: 24)
         ("fit.min_points", 25, "fit.min_points: 25 exceeds the 24 checkpoints of suite "
          "embedded"),
@@ -86,6 +96,46 @@ def test_model_lr_overrides_the_suite_recipe_only_for_that_model():
     assert config.train_spec(suite, first).lr == suite["train"]["lr"] == config.train_spec(suite).lr
     spec = config.model_spec(suite, second)
     assert not hasattr(spec, "lr") and spec.layers == suite["models"][1]["layers"]
+
+
+def test_design_overrides_apply_to_their_model_only():
+    cfg = copy.deepcopy(PARAMS)
+    m = cfg["suites"]["smoke"]["models"][1]
+    m.update(family="llama", optimizer="sgd", momentum=0.8, seed=7, eps=1e-4)
+    suite = config.validate(cfg)["suites"]["smoke"]
+    first, second = config.model_names(suite)
+    t, t0 = config.train_spec(suite, second), config.train_spec(suite, first)
+    assert (t.optimizer, t.momentum, t.seed, t.eps) == ("sgd", 0.8, 7, 1e-4)
+    assert (t0.optimizer, t0.eps, t0.seed) == ("adamw", 1e-8, suite["train"]["seed"])
+    assert config.model_spec(suite, second).family == "llama"
+    assert config.model_spec(suite, first).family == "neox"
+
+
+@pytest.mark.parametrize("key, value", [("parallel_residual", False), ("rotary_pct", 0.5)])
+def test_neox_only_keys_refused_for_other_families(key, value):
+    cfg = copy.deepcopy(PARAMS)
+    cfg["suites"]["smoke"]["models"][0].update({"family": "qwen3", key: value})
+    with pytest.raises(config.ConfigError, match=rf"suites.smoke.models.0.{key}: applies to "
+                       "family neox only"):
+        config.validate(cfg)
+
+
+def test_design_defaults_are_stated_once():
+    """The schema's defaults of the design keys are the dataclasses' defaults."""
+    from madyn.settings import params_schema
+    from madyn.suite import FAMILIES, OPTIMIZERS, ModelSpec, TrainSpec
+
+    defs = params_schema()["$defs"]
+    model = defs["local_suite"]["properties"]["models"]["items"]["properties"]
+    fields = {**ModelSpec.__dataclass_fields__, **TrainSpec.__dataclass_fields__}
+    assert defs["family"]["default"] == fields["family"].default
+    assert defs["family"]["enum"] == list(FAMILIES)
+    assert defs["optimizer"]["enum"] == list(OPTIMIZERS)
+    assert defs["optimizer"]["default"] == fields["optimizer"].default
+    assert defs["adam_eps"]["default"] == fields["eps"].default
+    assert defs["momentum"]["default"] == fields["momentum"].default
+    assert model["parallel_residual"]["default"] == fields["parallel_residual"].default
+    assert set(config.TRAIN_OVERRIDES) <= set(model) & set(TrainSpec.__dataclass_fields__)
 
 
 def test_duplicate_model_names_rejected():

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from madyn.extract import decoder_layers, layer_stats, load_model, measure, read_stats
+from madyn.extract import (
+    _Collector,
+    attention_stats,
+    decoder_layers,
+    layer_stats,
+    load_model,
+    measure,
+    read_stats,
+)
 from madyn.io import read_json
 
 
@@ -135,7 +143,7 @@ def test_extract_cli_writes_table_with_metadata(tiny_model_dir, corpus_dir, tmp_
 def test_cpu_worker_path_equals_reference_statistics(with_nonfinite):
     """measure() on the CPU finishes statistics in numpy on a worker thread; it must
     agree with layer_stats / mlp_stats (the torch path used on GPUs)."""
-    from madyn.extract import _Collector, mlp_stats
+    from madyn.extract import mlp_stats
 
     g = torch.Generator().manual_seed(1)
     h = torch.randn(3, 20, 16, generator=g)
@@ -149,8 +157,12 @@ def test_cpu_worker_path_equals_reference_statistics(with_nonfinite):
     coll.batch_shape = (3, 20)
     coll.layer_hook(0)(None, None, (h.clone(),))
     coll.mlp_hook(0)(None, None, act)
+    probs = torch.softmax(torch.randn(3, 2, 20, 20, generator=g), dim=-1)
+    ref.update(attention_stats(probs))
+    coll.attention_hook(0)(None, None, (torch.zeros(3, 20, 16), probs))
     coll.drain()
     coll.close()
+    assert {"sink_mass", "first_norm_ratio", "first_peak_ratio"} <= set(ref)
     for key, want in ref.items():
         got = np.concatenate(coll.rows[(0, key)])
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)
@@ -173,3 +185,92 @@ def test_cuda_path_matches_cpu(dtype, tmp_path):
     for col in ["top1", "top2", "top3", "median", "kurtosis", "mmr", "cos_sim",
                 "mlp_active_token"]:
         np.testing.assert_allclose(gpu[col], cpu[col], rtol=tol, err_msg=col)
+
+
+# ------------------------------------------------------------------ extreme-token metrics
+def _first_token_cases() -> torch.Tensor:
+    """Hand-made hidden states, 3 sequences x 4 tokens x 3 channels (ones elsewhere):
+    0: a massive activation (10) at token 0 only; 1: a feature outlier (10 in channel 1)
+    at every token; 2: a massive activation at token 2 only."""
+    h = torch.ones(3, 4, 3)
+    h[0, 0, 1] = 10.0
+    h[1, :, 1] = 10.0
+    h[2, 2, 1] = 10.0
+    return h
+
+
+def _cpu_stats(h: torch.Tensor) -> dict:
+    coll = _Collector(on_cpu=True)
+    coll.batch_shape = tuple(h.shape[:2])
+    coll.layer_hook(0)(None, None, (h.clone(),))
+    coll.drain()
+    coll.close()
+    return {k: np.concatenate(v) for (_, k), v in coll.rows.items()}
+
+
+@pytest.mark.parametrize("path", ["reference", "cpu"])
+def test_first_token_ratios_on_hand_made_hidden_states(path):
+    h = _first_token_cases()
+    st = layer_stats(h) if path == "reference" else _cpu_stats(h)
+    # 0: norms sqrt(102) vs sqrt(3) (lower median of 4 tokens); |h|: 11 ones and a 10
+    np.testing.assert_allclose(st["first_norm_ratio"][0], np.sqrt(102 / 3), rtol=1e-6)
+    np.testing.assert_allclose(st["first_peak_ratio"][0], 10.0, rtol=1e-6)
+    # 1: every token alike (norm ratio 1) though position 0 holds the peak (10 / median 1)
+    np.testing.assert_allclose(st["first_norm_ratio"][1], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(st["first_peak_ratio"][1], 10.0, rtol=1e-6)
+    # 2: the peak sits at token 2: position 0 is ordinary on both counts
+    np.testing.assert_allclose(st["first_norm_ratio"][2], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(st["first_peak_ratio"][2], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(st["ratio"], [10.0, 10.0, 10.0], rtol=1e-6)
+
+
+def _forced_llama(mode: str, t: int):
+    """A 2-layer Llama (width 32, 2 heads) whose attention is set by hand: ``uniform``
+    (q = 0: every query spreads evenly over keys 0..t) or ``first`` (only token 0 has a
+    key, along the slowest rotary pair, and every query matches it strongly). Attention
+    and MLP outputs are zeroed, so both layers see the embeddings."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      head_dim=16, max_position_embeddings=t)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb.fill_(0.1)  # other channels: small, so medians are not 0
+        emb[:, 0] = 1.0  # a constant channel: every token's query reads it
+        emb[:, 1] = 0.0
+        emb[0, 1] = 1.0  # token 0 alone has channel 1: its key
+        for layer in model.model.layers:
+            att = layer.self_attn
+            for w in (att.q_proj, att.k_proj, att.o_proj, layer.mlp.down_proj):
+                w.weight.zero_()
+            if mode == "first":
+                for head in range(2):
+                    att.q_proj.weight[head * 16 + 7, 0] = 3.0  # dims 7, 15: slowest pair
+                    att.k_proj.weight[head * 16 + 7, 1] = 3.0
+    return model
+
+
+@pytest.mark.parametrize("mode", ["uniform", "first"])
+def test_sink_mass_on_forced_attention(mode):
+    t = 16
+    tokens = np.r_[0, np.arange(1, t)][None].repeat(2, axis=0)  # token 0 at position 0
+    df = measure(_forced_llama(mode, t), tokens)
+    want = np.mean(1.0 / np.arange(2, t + 1)) if mode == "uniform" else 1.0
+    np.testing.assert_allclose(df["sink_mass"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_extreme_tokens_off_leaves_sink_nan_and_model_as_loaded(tiny_model_dir, corpus_dir):
+    step = read_json(tiny_model_dir / "manifest.json")["steps"][-1]
+    model = load_model(str(tiny_model_dir / f"step{step}"), device="cpu")
+    was = model.config._attn_implementation
+    tokens = _tokens(corpus_dir, n=2, t=16)
+    on = measure(model, tokens)
+    assert model.config._attn_implementation == was  # restored after the eager pass
+    assert ((on["sink_mass"] > 0) & (on["sink_mass"] <= 1)).all()
+    off = measure(model, tokens, extreme_tokens=False)
+    assert off["sink_mass"].isna().all()
+    np.testing.assert_allclose(off["first_norm_ratio"], on["first_norm_ratio"], rtol=1e-4)
+    np.testing.assert_allclose(off["ratio"], on["ratio"], rtol=1e-4)

@@ -122,3 +122,19 @@ def test_mlp_activation_found_by_shape_not_name():
     block = Block()
     assert mlp_activation(block, 16) is block.mlp[1]
     assert mlp_activation(block, 32) is None  # the hidden size matters
+
+
+def test_no_extreme_tokens_flag_and_the_table_goes_stale(tiny_model_dir, tokens, tmp_path):
+    """--no-extreme-tokens leaves sink_mass NaN; the next run with the metrics on measures
+    again (a table measured with the other setting is not kept)."""
+    from madyn.extract import read_stats
+
+    ckpt, out = tiny_model_dir / "step0", tmp_path / "s.parquet"
+    assert _extract(ckpt, tokens, out, "--no-extreme-tokens") == 0
+    df, meta = read_stats(out)
+    assert df["sink_mass"].isna().all() and meta["extreme_tokens"] is False
+    assert np.isfinite(df["first_norm_ratio"]).all()
+    assert _extract(ckpt, tokens, out) == 0
+    df, meta = read_stats(out)
+    assert df["sink_mass"].between(0, 1).all() and meta["extreme_tokens"] is True
+    assert meta["attn_implementation"] == "eager"

@@ -70,7 +70,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     from madyn.stages import extract
 
-    opts = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size}
+    opts = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
+            "extreme_tokens": args.extreme_tokens}
     if args.marker:
         extract.measure_download(args.marker, args.tokens, args.out, args.model, args.step,
                                  delete=args.delete_download, **opts)
@@ -96,7 +97,7 @@ def _cmd_extract_model(args: argparse.Namespace) -> int:
 
     cks = extract.trained_checkpoints(args.model_dir, args.steps, args.outs)
     extract.measure(cks, args.tokens, args.model, dtype=args.dtype, device=args.device,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, extreme_tokens=args.extreme_tokens)
     return 0
 
 
@@ -145,12 +146,11 @@ def _cmd_config_json(args: argparse.Namespace) -> int:
     from madyn.io import write_json
 
     if args.arch_json:  # a released model without config.json: its suite entry
-        from madyn.suite import ModelSpec, neox_config
+        from madyn.suite import ModelSpec, model_config
 
         arch = json.loads(args.arch_json)
         vocab = arch.pop("vocab_size")
-        cfg = neox_config(ModelSpec(**arch), vocab, 2048, 0).to_dict()
-        cfg["architectures"] = ["GPTNeoXForCausalLM"]
+        cfg = model_config(ModelSpec(**arch), vocab, 2048, 0).to_dict()
     elif args.source:
         cfg = model_config(args.source, args.revision)
     else:
@@ -338,6 +338,9 @@ def _measure_args(c) -> None:
     c.add_argument("--batch-size", type=_positive_int, default=10,
                    help="sequences per forward pass (>= 1)")
     c.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    c.add_argument("--no-extreme-tokens", dest="extreme_tokens", action="store_false",
+                   help="skip the attention-sink metric (sink_mass NaN) and run the model's "
+                   "default attention instead of eager")
 
 
 def _extract_parsers(sub) -> None:

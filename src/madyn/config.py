@@ -107,6 +107,11 @@ def validate(cfg: Any) -> dict:
                 if m["width"] % m["heads"]:
                     raise ConfigError(f"suites.{sname}.models.{i}.heads: width {m['width']} "
                                       f"is not divisible by heads {m['heads']}")
+                if m.get("family", "neox") != "neox":
+                    for key in ("parallel_residual", "rotary_pct"):
+                        if key in m:
+                            raise ConfigError(f"suites.{sname}.models.{i}.{key}: applies to "
+                                              f"family neox only, not {m['family']}")
             t = suite["train"]
             if t["warmup"] >= t["steps"]:
                 raise ConfigError(f"suites.{sname}.train.warmup: must be < steps")
@@ -149,7 +154,10 @@ def model_names(suite: dict) -> list[str]:
     return [m["name"] for m in suite["models"]]
 
 
-TRAIN_OVERRIDES = ("lr",)  # model-entry keys that override the suite's train recipe
+# model-entry keys that override the suite's train recipe (several seeds of one design
+# point are several model entries)
+TRAIN_OVERRIDES = ("lr", "eps", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
+                   "seed")
 
 
 def model_entry(suite: dict, name: str) -> dict:
@@ -158,13 +166,15 @@ def model_entry(suite: dict, name: str) -> dict:
 
 
 def model_spec(suite: dict, name: str) -> ModelSpec:
-    """The architecture of model ``name`` (its other keys, such as ``lr``, left out)."""
+    """The architecture of model ``name`` (its training overrides, such as ``lr``, left
+    out)."""
     m = model_entry(suite, name)
     return ModelSpec(**{k: m[k] for k in ModelSpec.__dataclass_fields__ if k in m})
 
 
 def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
-    """The suite's training recipe, with model ``name``'s overrides (its ``lr``) applied."""
+    """The suite's training recipe, with model ``name``'s overrides
+    (:data:`TRAIN_OVERRIDES`) applied."""
     t = dict(suite["train"])
     if name is not None:
         m = model_entry(suite, name)

@@ -18,6 +18,16 @@ hidden states outlive its hook. Columns of the output table (one row per seq x l
 - ``mlp_active_token``: fraction of MLP hidden units > 0 per token, mean over tokens.
 - ``mlp_active_seq``: fraction of MLP hidden units > 0 for at least one token.
 - ``nonfinite``: number of non-finite entries of h (the other statistics ignore them).
+
+Extreme-token metrics (position 0, where attention sinks and massive activations sit):
+
+- ``sink_mass``: mean attention probability that queries t >= 1 put on position 0, mean
+  over heads and those queries (the layer's self-attention, eager implementation; each
+  B x H x T x T matrix is reduced in its hook). NaN when ``extreme_tokens`` is off.
+- ``first_norm_ratio``: ||h_0|| / lower median over t of ||h_t|| (residual-stream norms).
+- ``first_peak_ratio``: max_j |h_0j| / ``median`` (position 0's largest entry against the
+  median |h| of all T x D entries): large when a massive activation sits at the first
+  token, not when a feature outlier is present at every token (see ``mmr``).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import pandas as pd
 
 STAT_COLUMNS = ["top1", "top2", "top3", "median", "ratio", "top1_token", "top1_channel",
                 "kurtosis", "mmr", "cos_sim", "mlp_active_token", "mlp_active_seq",
-                "nonfinite"]
+                "nonfinite", "sink_mass", "first_norm_ratio", "first_peak_ratio"]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -74,10 +84,12 @@ def check_decoder_only(config: dict, source: str) -> None:
 
 
 def load_model(source: str, revision: str | None = None, dtype: str = "float32",
-               device: str = "auto"):
+               device: str = "auto", attn_implementation: str | None = None):
     """Load a causal LM from a local HF directory or a hub repo id at ``revision``.
 
     Safetensors only, never remote code. ``dtype``: float32, float16 or bfloat16.
+    ``attn_implementation``: e.g. ``eager`` (materialises attention probabilities, which
+    ``sink_mass`` needs); None: transformers' default.
     A checkpoint whose weight files miss a tensor of the architecture, or hold one it does
     not have, is refused (transformers would initialise the missing one randomly).
     Returns the model in eval mode on the resolved device.
@@ -97,6 +109,7 @@ def load_model(source: str, revision: str | None = None, dtype: str = "float32",
         use_safetensors=True,
         trust_remote_code=False,
         output_loading_info=True,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
     )
     bad = {k: sorted(v) for k, v in info.items()
            if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -261,17 +274,29 @@ def layer_stats(h, to_numpy: bool = True) -> dict:
     kurt = ms.pow(2).mean(1) / ms.mean(1).pow(2)
     at = a.view(b, t, d)
     mmr = (at.amax(2) / at.median(2).values).mean(1)
-    u = h / h.norm(dim=2, keepdim=True).clamp_min(1e-30)
+    norms = h.norm(dim=2)  # B x T token norms
+    u = h / norms[:, :, None].clamp_min(1e-30)
     cos = (u.sum(1).pow(2).sum(1) - t) / max(t * (t - 1), 1)
     out = {
         "top1": top.values[:, 0], "top2": top.values[:, 1], "top3": top.values[:, 2],
         "median": median, "ratio": top.values[:, 0] / median,
         "top1_token": torch.div(idx, d, rounding_mode="floor"), "top1_channel": idx % d,
         "kurtosis": kurt, "mmr": mmr, "cos_sim": cos, "nonfinite": nonfinite,
+        "first_norm_ratio": norms[:, 0] / norms.median(dim=1).values,
+        "first_peak_ratio": a[:, :d].amax(1) / median,
     }
     if not to_numpy:
         return out
     return {k: v.double().cpu().numpy() for k, v in out.items()}
+
+
+def attention_stats(probs, to_numpy: bool = True) -> dict:
+    """Attention-sink mass of one layer: probs, B x H x T x T attention probabilities
+    (rows: queries, columns: keys). ``sink_mass``: mean over heads and queries t >= 1 of
+    the probability on key 0 (length-B; NaN when T == 1). Query 0 is left out: it can
+    only attend to itself."""
+    sink = probs[:, :, 1:, 0].float().mean(dim=(1, 2))
+    return {"sink_mass": sink.double().cpu().numpy() if to_numpy else sink}
 
 
 def mlp_stats(act, batch_shape: tuple[int, int], to_numpy: bool = True) -> dict:
@@ -290,11 +315,13 @@ def mlp_stats(act, batch_shape: tuple[int, int], to_numpy: bool = True) -> dict:
     return out if not to_numpy else {k: v.cpu().numpy() for k, v in out.items()}
 
 
-def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int) -> dict:
+def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int,
+                norms: np.ndarray | None = None) -> dict:
     """Second half of :func:`layer_stats` on the CPU, from |h| (B x T x D, float32, a
-    private copy) and ||sum_t u_t||^2 (B,). numpy's introselect (``np.partition``) gives
-    the exact lower medians several times faster than ``torch.median`` on the CPU, and
-    releases the GIL, so it overlaps with the forward pass of the next layers."""
+    private copy), ||sum_t u_t||^2 (B,) and the token norms ||h_t|| (B x T; None: from
+    a). numpy's introselect (``np.partition``) gives the exact lower medians several times
+    faster than ``torch.median`` on the CPU, and releases the GIL, so it overlaps with the
+    forward pass of the next layers."""
     b, _, d = a.shape
     flat = a.reshape(b, -1)
     n = flat.shape[1]
@@ -304,6 +331,11 @@ def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int) -> dict:
         nonfinite = bad.sum(axis=1)
         flat[bad] = 0.0  # a is private: zero the non-finite entries in place
     idx = np.argmax(flat, axis=1)
+    first_peak = a[:, 0, :].max(axis=1)
+    if norms is None:
+        norms = np.sqrt(np.einsum("btd,btd->bt", a, a))
+    kt = (t - 1) // 2  # lower median of the token norms, as torch.median
+    norm_median = np.partition(norms, kt, axis=1)[:, kt]
     ms = np.einsum("btd,btd->bd", a, a) / t  # B x D mean square per channel
     tok = np.partition(a, (d - 1) // 2, axis=2)  # per token: lower median, then the rest
     tok_upper = tok[:, :, (d - 1) // 2:]
@@ -324,6 +356,8 @@ def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int) -> dict:
         "kurtosis": (ms.astype(f64) ** 2).mean(1) / ms.astype(f64).mean(1) ** 2,
         "mmr": mmr.astype(f64), "cos_sim": (usum_sq - t) / max(t * (t - 1), 1),
         "nonfinite": nonfinite.astype(f64),
+        "first_norm_ratio": norms[:, 0].astype(f64) / norm_median,
+        "first_peak_ratio": first_peak.astype(f64) / median,
     }
 
 
@@ -395,7 +429,22 @@ class _Collector:
             usum = torch.bmm((1.0 / norms.clamp_min(1e-30))[:, None, :], h)[:, 0]
             usum_sq = usum.double().pow(2).sum(1).numpy()
             a = (out[0] if isinstance(out, tuple) else out).float().abs().numpy()
-            self._submit(layer, _cpu_finish, a, usum_sq, h.shape[1])
+            self._submit(layer, _cpu_finish, a, usum_sq, h.shape[1], norms.numpy().copy())
+
+        return _hook
+
+    def attention_hook(self, layer: int) -> Callable:
+        """Forward hook for every direct child of a decoder layer: the one whose output
+        tuple carries a B x H x T x T tensor (the self-attention's probabilities, eager
+        implementation) is reduced to ``sink_mass`` at once; other children pass."""
+        def _hook(_mod, _inp, out):
+            if not isinstance(out, tuple):
+                return
+            b, t = self.batch_shape
+            for x in out:
+                if getattr(x, "ndim", 0) == 4 and x.shape[0] == b and x.shape[2:] == (t, t):
+                    self._store(layer, attention_stats(x, to_numpy=False))
+                    return
 
         return _hook
 
@@ -410,12 +459,19 @@ class _Collector:
         return _hook
 
 
-def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = False
-            ) -> pd.DataFrame:
+def _attn_implementation(model) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = False,
+            extreme_tokens: bool = True) -> pd.DataFrame:
     """Statistics of every decoder layer for every sequence of ``tokens`` (N x T ids).
 
     Runs the model's body (``model.base_model``), not the LM head: logits are never
     needed, and for Pythia they are the largest tensor of the forward pass.
+    ``extreme_tokens``: measure ``sink_mass`` too, running the model with eager attention
+    for the call (each layer's B x H x T x T probabilities are reduced in a hook, then
+    dropped); off: ``sink_mass`` is NaN and the model runs as loaded.
     Returns a tidy table: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS`;
     N x L rows. Layers are 0-based decoder-layer indices.
     """
@@ -431,9 +487,15 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
         act = mlp_activation(layer, hidden)
         if act is not None:
             handles.append(act.register_forward_hook(coll.mlp_hook(i)))
+        if extreme_tokens:
+            handles += [c.register_forward_hook(coll.attention_hook(i))
+                        for c in layer.children()]
     body = model.base_model  # the decoder stack without the LM head: no logits needed
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     starts = range(0, len(ids), batch_size)
+    was = _attn_implementation(model)
+    if extreme_tokens and was != "eager":
+        model.set_attn_implementation("eager")
     try:
         with torch.inference_mode():
             for s in _maybe_tqdm(starts, progress):
@@ -441,10 +503,14 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
                 coll.batch_shape = tuple(batch.shape)
                 body(input_ids=batch.to(device), use_cache=False)
                 coll.drain()
+                if extreme_tokens and s == 0:
+                    _check_sinks_found(coll, len(layers))
     finally:
         for hd in handles:
             hd.remove()
         coll.close()
+        if extreme_tokens and was not in (None, "eager"):
+            model.set_attn_implementation(was)
     n = len(ids)
     frames = []
     for i in range(len(layers)):
@@ -457,6 +523,15 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
     for k in ("top1_token", "top1_channel", "nonfinite"):
         df[k] = df[k].astype("int64")
     return df
+
+
+def _check_sinks_found(coll: _Collector, n_layers: int) -> None:
+    """Every layer's attention probabilities were seen (else name the first that was not)."""
+    for i in range(n_layers):
+        if (i, "sink_mass") not in coll.rows:
+            raise ValueError(f"decoder layer {i}: no child returned B x H x T x T attention "
+                             "probabilities (eager attention); measure with "
+                             "extreme_tokens=False")
 
 
 def _maybe_tqdm(it, enabled: bool):
@@ -505,11 +580,12 @@ def read_stats(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
 def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None = None,
                        dtype: str = "float32", device: str = "auto", batch_size: int = 10,
-                       progress: bool = False, weights_fp: dict | None = None
-                       ) -> tuple[pd.DataFrame, dict]:
+                       progress: bool = False, weights_fp: dict | None = None,
+                       extreme_tokens: bool = True) -> tuple[pd.DataFrame, dict]:
     """Load one checkpoint and measure it on ``tokens`` (N x T ids).
 
     ``weights_fp``: the weights' :func:`fingerprint`, when the caller has it already.
+    ``extreme_tokens``: see :func:`measure` (loads with eager attention when on).
     Returns the per-(seq, layer) table and its metadata (weights fingerprint, dtype,
     device, shapes, library versions, seconds taken). Raises :class:`CheckpointError`
     or ValueError (bad tokens) naming the checkpoint.
@@ -517,16 +593,20 @@ def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None 
     import time
 
     t0 = time.monotonic()
-    model = load_model(source, revision, dtype, device)
+    model = load_model(source, revision, dtype, device,
+                       attn_implementation="eager" if extreme_tokens else None)
     where = f"{source}@{revision}" if revision else source
     ids = check_tokens(tokens, model.config.vocab_size, f"tokens for {where}")
     fp = weights_fp or fingerprint(weight_files(source, revision))
-    df = measure(model, ids, batch_size=batch_size, progress=progress)
+    df = measure(model, ids, batch_size=batch_size, progress=progress,
+                 extreme_tokens=extreme_tokens)
     meta = {
         "source": source, "revision": revision, "weights": fp, "dtype": dtype,
         "device": str(model.device), "n_seqs": int(ids.shape[0]),
         "seq_len": int(ids.shape[1]), "n_layers": len(decoder_layers(model)),
-        "median": "lower (torch.median)", "seconds": round(time.monotonic() - t0, 3),
+        "median": "lower (torch.median)", "extreme_tokens": extreme_tokens,
+        "attn_implementation": _attn_implementation(model),
+        "seconds": round(time.monotonic() - t0, 3),
         **versions(),
     }
     return df, meta

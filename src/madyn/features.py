@@ -186,6 +186,10 @@ def _count_params(config: dict, L: int, d: int, h: int, dff: int, V: int, rotary
     # Falcon-style parallel attention shares one input norm per layer
     single_norm = config.get("parallel_attn") and not config.get("new_decoder_architecture")
     layer = attn + mlp + (1 if single_norm else 2) * norm
+    if mt == "qwen3":  # QK-norm: one RMSNorm weight of head_dim for q, one for k
+        layer += 2 * head_dim
+    elif mt == "olmo2":  # QK-norm over all query heads' and all key heads' dimensions
+        layer += q_out + kv_out
     proj = int(config.get("word_embed_proj_dim") or d)  # OPT-350m style projections
     emb = V * proj + _n_position_params(config, d, rotary)
     if proj != d:

@@ -23,15 +23,17 @@ LOAD_BYTES_PER_S = 2e8  # reading weights from disk into memory
 UNKNOWN_PARAMS = 12_000_000_000  # no config at planning time: assume the largest Pythia
 
 
-def neox_config_dict(spec, vocab_size: int) -> dict:
-    """The config.json of a madyn GPT-NeoX model (as ``suite.neox_config`` builds it),
-    without importing transformers: the keys :func:`n_params` and the feature table read."""
-    return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-            "num_hidden_layers": spec.layers, "hidden_size": spec.width,
-            "num_attention_heads": spec.heads, "intermediate_size": spec.ff_mult * spec.width,
-            "rotary_pct": spec.rotary_pct, "vocab_size": vocab_size,
-            "tie_word_embeddings": False, "hidden_act": "gelu",
-            "use_parallel_residual": True}
+def model_config_dict(spec, vocab_size: int) -> dict:
+    """The config.json of a madyn-trained model of any family (as ``suite.model_config``
+    builds it), without importing transformers: what :func:`n_params` and the feature
+    table read."""
+    from madyn.suite import FAMILIES, config_kwargs
+
+    return {"architectures": [FAMILIES[spec.family]],
+            **config_kwargs(spec, vocab_size, 2048, 0)}
+
+
+neox_config_dict = model_config_dict  # the earlier name
 
 
 def cached_hub_config(repo: str) -> dict | None:
@@ -62,12 +64,18 @@ def uses_cuda(device: str) -> bool:
 def extract_plan(config: dict | None, extract: dict) -> dict:
     """Resources of one measuring job: weights in ``extract.dtype``, the evaluation batch
     (``batch_size`` x ``seq_len`` tokens at a time, ``n_seqs`` in all) and the hidden
-    states the statistics hold (about 4 float32 copies of one layer's B x T x D)."""
+    states the statistics hold (about 4 float32 copies of one layer's B x T x D); with
+    ``extreme_tokens`` (default on), one layer's eager attention scores and probabilities
+    (B x H x T x T: in the model's dtype, and softmaxed in float32)."""
     n = n_params(config)
     width = (config or {}).get("hidden_size", 5120)
-    weights_mb = n * DTYPE_BYTES[extract.get("dtype", "float32")] / 2**20
+    heads = (config or {}).get("num_attention_heads", 40)
+    dtype_bytes = DTYPE_BYTES[extract.get("dtype", "float32")]
+    weights_mb = n * dtype_bytes / 2**20
     batch, seq = extract.get("batch_size", 1), extract.get("seq_len", 2048)
     acts_mb = 8 * batch * seq * max(width * 4, 1) * 4 / 2**20  # MLP width 4D, float32
+    if extract.get("extreme_tokens", True):
+        acts_mb += batch * heads * seq * seq * (2 * dtype_bytes + 4) / 2**20
     cuda = uses_cuda(extract.get("device", "auto"))
     flops = 2 * n * extract.get("n_seqs", 1) * seq
     seconds = 30 + n * STORED_BYTES / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda

@@ -1,8 +1,10 @@
-"""The embedded reference suite: tiny Pythia-architecture models trained here.
+"""The embedded reference suite: tiny decoder models trained here.
 
-Each model is a ``GPTNeoXForCausalLM`` (rotary embeddings, parallel residual, LayerNorm:
-Pythia's own architecture) trained from scratch on the offline corpus, with Hugging Face
-checkpoints (safetensors) saved on a Pythia-like log-spaced schedule.
+By default each model is a ``GPTNeoXForCausalLM`` (rotary embeddings, parallel residual,
+LayerNorm: Pythia's own architecture); a model may instead be another native Hugging Face
+family (:data:`FAMILIES`) and be trained with SGD instead of AdamW (:data:`OPTIMIZERS`).
+Trained from scratch on the offline corpus, with Hugging Face checkpoints (safetensors)
+saved on a Pythia-like log-spaced schedule.
 """
 
 from __future__ import annotations
@@ -20,10 +22,24 @@ import numpy as np
 
 from madyn.io import atomic_path, sha256_file, write_json
 
+# family -> Hugging Face class, all native (loaded by AutoModelForCausalLM, no remote code)
+FAMILIES = {
+    "neox": "GPTNeoXForCausalLM",  # LayerNorm, parallel or sequential residual, GeLU MLP
+    "llama": "LlamaForCausalLM",  # pre-RMSNorm, SwiGLU MLP
+    "qwen3": "Qwen3ForCausalLM",  # Llama plus QK-norm (RMSNorm of q and k per head)
+    "olmo2": "Olmo2ForCausalLM",  # RMSNorm after each sub-block (not before), plus QK-norm
+}
+OPTIMIZERS = ("adamw", "sgd")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of one embedded model."""
+    """Architecture of one embedded model (the schema's model-entry defaults mirror these).
+
+    ``family``: a key of :data:`FAMILIES`; ``parallel_residual`` applies to ``neox`` only
+    (True = Pythia: attention and MLP read the same input; False = sequential).
+    ``rotary_pct``: fraction of each head rotated (neox only; the other families rotate all).
+    """
 
     name: str
     layers: int
@@ -31,6 +47,16 @@ class ModelSpec:
     heads: int
     ff_mult: int = 4
     rotary_pct: float = 0.25
+    family: str = "neox"
+    parallel_residual: bool = True
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model {self.name}: family {self.family!r} is not one of "
+                             f"{', '.join(FAMILIES)}")
+        if self.family != "neox" and not self.parallel_residual:
+            raise ValueError(f"model {self.name}: parallel_residual applies to family neox "
+                             f"only, not {self.family}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,16 @@ class TrainSpec:
     seed: int
     log_until: int  # checkpoints at 0, 1, 2, 4, ... up to this step ...
     every: int  # ... then every ``every`` steps, and always at ``steps``
+    optimizer: str = "adamw"  # adamw (lr, beta1, beta2, eps, weight_decay) or sgd
+    eps: float = 1e-8  # AdamW's epsilon
+    momentum: float = 0.9  # SGD's (heavy-ball) momentum
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer: {self.optimizer!r} is not one of "
+                             f"{', '.join(OPTIMIZERS)}")
+        if not self.eps > 0:
+            raise ValueError(f"train.eps: {self.eps} must be > 0")
 
 
 def checkpoint_steps(steps: int, log_until: int, every: int) -> list[int]:
@@ -71,28 +107,71 @@ def checkpoint_dir(model_dir: str | Path, step: int) -> Path:
     return Path(model_dir) / f"step{step}"
 
 
-def neox_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
-    """A ``GPTNeoXConfig`` for ``spec`` with Pythia's defaults (no dropout, untied)."""
-    from transformers import GPTNeoXConfig
-
+def config_kwargs(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int) -> dict:
+    """The keyword arguments of ``spec``'s Hugging Face config (plain values, no
+    transformers), with ``model_type``: no dropout, untied embeddings, intermediate size
+    ``ff_mult * width`` for every family (a SwiGLU MLP has 3 such matrices, gate, up and
+    down, so it holds 1.5x the MLP parameters of a GeLU one of the same ff_mult)."""
     if spec.width % spec.heads:
         raise ValueError(f"model {spec.name}: width {spec.width} not divisible by heads")
-    return GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=spec.width,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        intermediate_size=spec.ff_mult * spec.width,
-        hidden_act="gelu",
-        rotary_pct=spec.rotary_pct,
-        max_position_embeddings=seq_len,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-        bos_token_id=eot_id,
-        eos_token_id=eot_id,
-    )
+    common = {"vocab_size": vocab_size, "hidden_size": spec.width,
+              "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
+              "intermediate_size": spec.ff_mult * spec.width,
+              "max_position_embeddings": seq_len, "tie_word_embeddings": False,
+              "attention_dropout": 0.0, "bos_token_id": eot_id, "eos_token_id": eot_id}
+    if spec.family == "neox":
+        return {"model_type": "gpt_neox", **common, "hidden_act": "gelu",
+                "rotary_pct": spec.rotary_pct, "use_parallel_residual": spec.parallel_residual,
+                "hidden_dropout": 0.0}
+    model_type = {"llama": "llama", "qwen3": "qwen3", "olmo2": "olmo2"}[spec.family]
+    return {"model_type": model_type, **common, "hidden_act": "silu",
+            "num_key_value_heads": spec.heads, "head_dim": spec.width // spec.heads,
+            "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+
+
+def model_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
+    """The Hugging Face config of ``spec`` (its family's native class)."""
+    import transformers
+
+    kw = config_kwargs(spec, vocab_size, seq_len, eot_id)
+    cls = {"gpt_neox": transformers.GPTNeoXConfig, "llama": transformers.LlamaConfig,
+           "qwen3": transformers.Qwen3Config, "olmo2": transformers.Olmo2Config}
+    config = cls[kw.pop("model_type")](**kw)
+    config.architectures = [FAMILIES[spec.family]]
+    return config
+
+
+neox_config = model_config  # the earlier name (every ModelSpec defaults to family neox)
+
+
+def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
+    """The design axes of a trained model, as recorded in its manifest and checkpoints:
+    family, residual layout, norm placement, QK-norm, optimiser and its hyperparameters."""
+    opt = ({"lr": train.lr, "beta1": train.beta1, "beta2": train.beta2, "eps": train.eps,
+            "weight_decay": train.weight_decay} if train.optimizer == "adamw"
+           else {"lr": train.lr, "momentum": train.momentum,
+                 "weight_decay": train.weight_decay})
+    return {"family": spec.family, "hf_class": FAMILIES[spec.family],
+            "parallel_residual": spec.family == "neox" and spec.parallel_residual,
+            "norm": "post" if spec.family == "olmo2" else "pre",
+            "qk_norm": spec.family in ("qwen3", "olmo2"),
+            "optimizer": train.optimizer, "optimizer_params": opt, "seed": train.seed}
+
+
+def make_optimizer(model, train: TrainSpec):
+    """AdamW (decoupled weight decay) or SGD with momentum (L2 weight decay, as
+    ``torch.optim.SGD`` applies it); matrices decay, vectors (norms, biases) do not."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                             eps=train.eps)
 
 
 def train_cost(spec: ModelSpec) -> int:
@@ -172,7 +251,8 @@ def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
 def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
            threads: int) -> dict:
     import torch
-    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+    import transformers
+    from transformers import AutoTokenizer
 
     torch.manual_seed(train.seed)
 
@@ -181,16 +261,11 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     data = np.load(corpus_dir / "train.npy", mmap_mode="r")
     if data.size <= train.seq_len:
         raise ValueError(f"corpus too small for seq_len {train.seq_len}")
-    config = neox_config(spec, len(tok), train.seq_len, tok.eos_token_id)
-    model = GPTNeoXForCausalLM(config)
+    config = model_config(spec, len(tok), train.seq_len, tok.eos_token_id)
+    model = getattr(transformers, FAMILIES[spec.family])(config)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=train.lr, betas=(train.beta1, train.beta2),
-    )
+    opt = make_optimizer(model, train)
+    design = design_record(spec, train)
     rng = np.random.default_rng(train.seed)
     schedule = checkpoint_steps(train.steps, train.log_until, train.every)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +278,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     for step in range(train.steps + 1):
         if step in schedule:
             meta = {"model": spec.name, "step": step, "loss": loss_val,
-                    "seed": train.seed, "threads": threads}
+                    "seed": train.seed, "threads": threads, **design}
             _save_checkpoint(model, tok_dir, checkpoint_dir(out_dir, step), meta)
         if step == train.steps:
             break
@@ -227,6 +302,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
         "architecture": spec.__dict__,
         "n_params": n_params,
         "train": train.__dict__,
+        "design": design,
         "threads": threads,
         "steps": schedule,
         "weights_sha256": {

@@ -81,7 +81,7 @@ class LocalSource:
 
     def config_json(self, model):
         spec = madyn_config.model_spec(SUITE_CFG, model)
-        return madyn_resources.neox_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
+        return madyn_resources.model_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
 
 
 class HubSource:
@@ -176,7 +176,7 @@ class ReleasedSource:
         if f.exists():
             return json.loads(f.read_text())
         spec = madyn_config.model_spec(SUITE_CFG, model)
-        return madyn_resources.neox_config_dict(
+        return madyn_resources.model_config_dict(
             spec, madyn_config.model_entry(SUITE_CFG, model)["vocab_size"])
 
 

@@ -59,7 +59,8 @@ rule extract_model:
         model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
         steps=lambda wc: " ".join(map(str, MODEL_STEPS[wc.model])),
         opts=f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
-        f"--batch-size {EXTRACT.get('batch_size')}",
+        f"--batch-size {EXTRACT.get('batch_size')}"
+        + ("" if EXTRACT.get("extreme_tokens", True) else " --no-extreme-tokens"),
     threads: EXTRACT.get("threads", 1)
     resources:
         mem_mb=extract_resources("mem_mb"),
@@ -114,7 +115,8 @@ rule extract_checkpoint:
     params:
         delete="--delete-download" if EXTRACT.get("delete_downloads") else "",
         opts=f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
-        f"--batch-size {EXTRACT.get('batch_size')}",
+        f"--batch-size {EXTRACT.get('batch_size')}"
+        + ("" if EXTRACT.get("extreme_tokens", True) else " --no-extreme-tokens"),
     threads: EXTRACT.get("threads", 1)
     resources:
         mem_mb=extract_resources("mem_mb"),

@@ -94,7 +94,8 @@ def _verify(ck: Checkpoint, fp: dict) -> None:
             "training): retrain it, or restore the file")
 
 
-def _is_current(out: Path, fp: dict, tokens_sha: str, dtype: str) -> bool:
+def _is_current(out: Path, fp: dict, tokens_sha: str, dtype: str,
+                extreme_tokens: bool = True) -> bool:
     """Does ``out`` already hold this checkpoint measured on these tokens?"""
     if not out.exists():
         return False
@@ -107,13 +108,18 @@ def _is_current(out: Path, fp: dict, tokens_sha: str, dtype: str) -> bool:
     except Exception:  # unreadable or foreign file: measure again
         return False
     return (meta.get("weights", {}).get("sha256") == fp["sha256"]
-            and meta.get("tokens_sha256") == tokens_sha and meta.get("dtype") == dtype)
+            and meta.get("tokens_sha256") == tokens_sha and meta.get("dtype") == dtype
+            and meta.get("extreme_tokens") == extreme_tokens)
 
 
 def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
             dtype: str = "float32", device: str = "auto", batch_size: int = 10,
-            progress: Callable[[str], None] = _say) -> dict[str, int]:
+            extreme_tokens: bool = True, progress: Callable[[str], None] = _say
+            ) -> dict[str, int]:
     """Measure every checkpoint whose table is missing or stale, one process for all.
+
+    ``extreme_tokens``: also the attention-sink metric (see :func:`madyn.extract.measure`);
+    a table measured with the other setting is stale.
 
     Each table is written atomically as soon as its checkpoint is measured, so a killed
     job loses only the checkpoint in flight; a table that already holds the same weights
@@ -129,11 +135,12 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
     for i, ck in enumerate(checkpoints, 1):
         fp = fingerprint(weight_files(ck.source))
         _verify(ck, fp)
-        if _is_current(ck.out, fp, tokens_sha, dtype):
+        if _is_current(ck.out, fp, tokens_sha, dtype, extreme_tokens):
             kept += 1
             continue
         df, meta = measure_checkpoint(ck.source, tokens, dtype=dtype, device=device,
-                                      batch_size=batch_size, weights_fp=fp)
+                                      batch_size=batch_size, weights_fp=fp,
+                                      extreme_tokens=extreme_tokens)
         meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
         if ck.repo:
             meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
@@ -159,14 +166,16 @@ def download(repo: str, revision: str, out: str) -> dict:
 
 
 def measure_download(marker_path: str, tokens_path: str, out: str, model: str, step: int,
-                     *, dtype: str, device: str, batch_size: int, delete: bool) -> None:
+                     *, dtype: str, device: str, batch_size: int, delete: bool,
+                     extreme_tokens: bool = True) -> None:
     """Measure a downloaded hub revision; with ``delete``, remove it from the cache after."""
     marker = read_json(marker_path)
     if not Path(marker["snapshot"]).is_dir():  # deleted after an earlier measurement
         marker = download_revision(marker["repo"], marker["revision"])
     ck = Checkpoint(marker["snapshot"], step, Path(out), repo=marker["repo"],
                     revision=marker["revision"])
-    measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size)
+    measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size,
+            extreme_tokens=extreme_tokens)
     if delete:
         delete_cached_revision(marker["repo"], marker["commit"])
 

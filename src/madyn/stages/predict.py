@@ -67,12 +67,12 @@ def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None =
         raise InputError(f"--rotary-pct {rotary_pct} outside (0, 1]")
     if not 1 <= vocab_size <= 10_000_000:
         raise InputError(f"--vocab-size {vocab_size} outside 1..10000000")
-    from madyn.suite import ModelSpec, neox_config
+    from madyn.suite import ModelSpec, model_config
 
     spec = ModelSpec(name="query", layers=layers, width=width, heads=heads,
                      **({"ff_mult": ff_mult} if ff_mult else {}),
                      **({"rotary_pct": rotary_pct} if rotary_pct else {}))
-    return neox_config(spec, vocab_size, 2048, 0).to_dict()
+    return model_config(spec, vocab_size, 2048, 0).to_dict()
 
 
 def parse_steps(text: str) -> list[int]:
