@@ -30,7 +30,7 @@ from madyn.forecast import predict_architecture
 from madyn.settings import PredictSettings
 from madyn.stages import features as features_stage
 from madyn.stages import predict as predict_stage
-from madyn.suite import ModelSpec, checkpoint_steps, neox_config
+from madyn.suite import ModelSpec, checkpoint_steps, model_config
 
 SUITE = [ModelSpec("l2-w32-h2", 2, 32, 2), ModelSpec("l2-w64-h4", 2, 64, 4),
          ModelSpec("l4-w64-h4", 4, 64, 4), ModelSpec("l4-w128-h4", 4, 128, 4),
@@ -47,7 +47,7 @@ def _quiet(fn, *a, **k):
 
 
 def _neox(spec: ModelSpec) -> dict:
-    return neox_config(spec, vocab_size=512, seq_len=128, eot_id=0).to_dict()
+    return model_config(spec, vocab_size=512, seq_len=128, eot_id=0).to_dict()
 
 
 def _true_params(spec: ModelSpec, layer: int) -> list[float]:
@@ -126,7 +126,7 @@ def test_architecture_counts_parameters(family):
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     cfg, cls = {
-        "gpt_neox": (neox_config(ModelSpec("x", 3, 64, 4), 512, 128, 0), T.GPTNeoXForCausalLM),
+        "gpt_neox": (model_config(ModelSpec("x", 3, 64, 4), 512, 128, 0), T.GPTNeoXForCausalLM),
         "gpt2": (T.GPT2Config(vocab_size=500, n_embd=64, n_layer=3, n_head=4, n_positions=128,
                               bos_token_id=0, eos_token_id=0), T.GPT2LMHeadModel),
         "llama": (T.LlamaConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3,

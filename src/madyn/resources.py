@@ -33,7 +33,6 @@ def model_config_dict(spec, vocab_size: int) -> dict:
             **config_kwargs(spec, vocab_size, 2048, 0)}
 
 
-neox_config_dict = model_config_dict  # the earlier name
 
 
 def cached_hub_config(repo: str) -> dict | None:

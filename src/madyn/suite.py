@@ -142,7 +142,6 @@ def model_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
     return config
 
 
-neox_config = model_config  # the earlier name (every ModelSpec defaults to family neox)
 
 
 def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
