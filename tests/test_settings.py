@@ -17,7 +17,6 @@ from madyn.settings import (
     schema_enum,
     section_defaults,
 )
-from madyn.stages.features import table_path
 from madyn.stages.report import loss_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +76,10 @@ def test_loss_table_uses_loss_steps(tmp_path):
         loss_table([str(m)])
 
 
-def test_feature_table_path():
-    assert table_path("results/smoke", "reparam_reg") == \
+def test_results_paths_are_defined_once():
+    from madyn import config
+
+    cfg = {"suite": "smoke", "features": {"parametrisation": "reparam_reg"}}
+    assert config.results_dir(cfg) == "results/smoke"
+    assert config.feature_table(cfg) == \
         "results/smoke/features/fitted_param_dataset_reparam_reg.parquet"

@@ -219,7 +219,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from madyn import config
     from madyn.settings import PredictSettings
     from madyn.stages import predict
-    from madyn.stages.features import table_path
 
     try:
         if args.settings_json:
@@ -233,8 +232,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             cfg = config.load(args.params)
             settings = PredictSettings.from_dict(config.predict_settings(cfg))
-            features = args.features or table_path(f"results/{cfg['suite']}",
-                                                   settings.parametrisation)
+            features = args.features or config.feature_table(cfg)
         shape = (args.layers, args.width, args.heads)
         if args.config:
             arch = predict.load_config(args.config)

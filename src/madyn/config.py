@@ -145,6 +145,18 @@ def hub_schedule(suite: dict) -> list[int]:
     return checkpoint_steps(s["last"], s["log_until"], s["every"])
 
 
+def results_dir(cfg: dict) -> str:
+    """Where the active suite's outputs go: ``results/<suite>`` (the one definition; the
+    workflow and the CLI both ask here)."""
+    return f"results/{cfg['suite']}"
+
+
+def feature_table(cfg: dict) -> str:
+    """The active suite's feature table (Parquet; its CSV copy: the same path, ``.csv``)."""
+    return (f"{results_dir(cfg)}/features/fitted_param_dataset_"
+            f"{cfg['features']['parametrisation']}.parquet")
+
+
 def active(cfg: dict) -> dict:
     """The suite selected by the top-level ``suite`` key."""
     return cfg["suites"][cfg["suite"]]

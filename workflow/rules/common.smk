@@ -21,10 +21,9 @@ except madyn_config.ConfigError as err:
 SUITE = config["suite"]
 SUITE_CFG = madyn_config.active(config)
 MODELS = madyn_config.model_names(SUITE_CFG)
-RESULTS = f"results/{SUITE}"
+RESULTS = madyn_config.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
-FEATURES = (f"{RESULTS}/features/fitted_param_dataset_"
-            f"{config['features']['parametrisation']}.parquet")
+FEATURES = madyn_config.feature_table(config)
 NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 

@@ -11,12 +11,6 @@ from madyn.features import build_feature_table, write_feature_table
 from madyn.settings import PredictSettings
 
 
-def table_path(results_dir: str, parametrisation: str) -> str:
-    """The feature table's Parquet path under a suite's results folder (its CSV copy: the
-    same path with ``.csv``)."""
-    return f"{results_dir}/features/fitted_param_dataset_{parametrisation}.parquet"
-
-
 def run(fit_paths: list[str], config_paths: dict[str, str], out_parquet: str, out_csv: str,
         settings: PredictSettings | None = None) -> pd.DataFrame:
     """Build the feature table of ``settings.parametrisation`` / ``settings.quantity`` from
