@@ -142,17 +142,15 @@ def _json_arg(text: str | None) -> dict:
 
 
 def _cmd_config_json(args: argparse.Namespace) -> int:
-    from madyn.extract import model_config
+    from madyn import extract, suite
     from madyn.io import write_json
 
     if args.arch_json:  # a released model without config.json: its suite entry
-        from madyn.suite import ModelSpec, model_config
-
         arch = json.loads(args.arch_json)
         vocab = arch.pop("vocab_size")
-        cfg = model_config(ModelSpec(**arch), vocab, 2048, 0).to_dict()
+        cfg = suite.model_config(suite.ModelSpec(**arch), vocab, 2048, 0).to_dict()
     elif args.source:
-        cfg = model_config(args.source, args.revision)
+        cfg = extract.model_config(args.source, args.revision)
     else:
         raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
     write_json(args.out, cfg)

@@ -315,13 +315,12 @@ def mlp_stats(act, batch_shape: tuple[int, int], to_numpy: bool = True) -> dict:
     return out if not to_numpy else {k: v.cpu().numpy() for k, v in out.items()}
 
 
-def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int,
-                norms: np.ndarray | None = None) -> dict:
+def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int, norms: np.ndarray) -> dict:
     """Second half of :func:`layer_stats` on the CPU, from |h| (B x T x D, float32, a
-    private copy), ||sum_t u_t||^2 (B,) and the token norms ||h_t|| (B x T; None: from
-    a). numpy's introselect (``np.partition``) gives the exact lower medians several times
-    faster than ``torch.median`` on the CPU, and releases the GIL, so it overlaps with the
-    forward pass of the next layers."""
+    private copy), ||sum_t u_t||^2 (B,) and the token norms ||h_t|| (B x T). numpy's
+    introselect (``np.partition``) gives the exact lower medians several times faster than
+    ``torch.median`` on the CPU, and releases the GIL, so it overlaps with the forward pass
+    of the next layers."""
     b, _, d = a.shape
     flat = a.reshape(b, -1)
     n = flat.shape[1]
@@ -332,8 +331,6 @@ def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int,
         flat[bad] = 0.0  # a is private: zero the non-finite entries in place
     idx = np.argmax(flat, axis=1)
     first_peak = a[:, 0, :].max(axis=1)
-    if norms is None:
-        norms = np.sqrt(np.einsum("btd,btd->bt", a, a))
     kt = (t - 1) // 2  # lower median of the token norms, as torch.median
     norm_median = np.partition(norms, kt, axis=1)[:, kt]
     ms = np.einsum("btd,btd->bd", a, a) / t  # B x D mean square per channel

@@ -33,8 +33,6 @@ def model_config_dict(spec, vocab_size: int) -> dict:
             **config_kwargs(spec, vocab_size, 2048, 0)}
 
 
-
-
 def cached_hub_config(repo: str) -> dict | None:
     """A hub repo's config.json if the local hub cache holds it (never the network)."""
     from huggingface_hub import try_to_load_from_cache
@@ -104,20 +102,19 @@ def download_windows(sizes_gb: list[float], budget_gb: float | None) -> list[int
     return out
 
 
-def download_gate(order: list[tuple[str, int]], gb_by_model: dict[str, float],
-                  budget_gb: float | None, item: tuple[str, int],
-                  stats_path: Callable[[str, int], str],
+def download_gate(order: list[tuple[str, int]], windows: list[int] | None,
+                  item: tuple[str, int], stats_path: Callable[[str, int], str],
                   marker_path: Callable[[str, int], str]) -> list[str]:
     """The inputs that make download ``item`` wait: the previous download's marker (one
     download after another, in ``order``) and the statistics of every item that must be
-    measured first (see :func:`download_windows`)."""
-    if budget_gb is None:
+    measured first. ``windows``: :func:`download_windows` of ``order`` (None: no disk
+    budget, no waiting)."""
+    if windows is None:
         return []
     i = order.index(item)
-    win = download_windows([gb_by_model[m] for m, _ in order], budget_gb)
-    lo = win[i - 1] if i else -1
+    lo = windows[i - 1] if i else -1
     previous = [marker_path(*order[i - 1])] if i else []
-    return previous + [stats_path(*order[k]) for k in range(lo + 1, win[i] + 1)]
+    return previous + [stats_path(*order[k]) for k in range(lo + 1, windows[i] + 1)]
 
 
 def peak_disk_gb(sizes_gb: list[float], windows: list[int]) -> float:

@@ -142,8 +142,6 @@ def model_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
     return config
 
 
-
-
 def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
     """The design axes of a trained model, as recorded in its manifest and checkpoints:
     family, residual layout, norm placement, QK-norm, optimiser and its hyperparameters."""

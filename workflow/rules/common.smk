@@ -1,6 +1,7 @@
 # Shared by the phase files: the validated configuration, every path, and one answer per
 # question (which steps, where a checkpoint is, where its config is, which tokenizer, what
 # a job needs) for each source of checkpoints. A new source is one class here.
+import functools
 import json
 import os
 import re
@@ -50,15 +51,23 @@ def one_of(names):
     return "|".join(map(re.escape, names)) if names else NOTHING
 
 
-class LocalSource:
+class MeasuredSource:
+    """What sources that measure checkpoints share: the suite's schedule of steps, and one
+    statistics table per (model, step) as the series' inputs."""
+
+    def steps(self, model):
+        return madyn_config.steps(SUITE_CFG)
+
+    def series_inputs(self, model):
+        return [stats_path(model, s) for s in self.steps(model)]
+
+
+class LocalSource(MeasuredSource):
     """Checkpoints madyn trains itself (results/<suite>/models/<model>/step<N>), measured
     one process per model."""
 
     trains = True
     measure_jobs = "model"
-
-    def steps(self, model):
-        return madyn_config.steps(SUITE_CFG)
 
     def tokenizer(self, model):
         return "corpus"
@@ -68,9 +77,6 @@ class LocalSource:
 
     def corpus_manifest(self):
         return f"{RESULTS}/corpus/manifest.json"
-
-    def series_inputs(self, model):
-        return [stats_path(model, s) for s in self.steps(model)]
 
     def config_inputs(self, model):
         return [model_manifest(model)]
@@ -83,7 +89,7 @@ class LocalSource:
         return madyn_resources.model_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
 
 
-class HubSource:
+class HubSource(MeasuredSource):
     """Revisions of hub repos: a download job, then a measuring job, per checkpoint."""
 
     trains = False
@@ -95,9 +101,6 @@ class HubSource:
     def repo(self, model):
         return self._entry(model)["repo"]
 
-    def steps(self, model):
-        return madyn_config.steps(SUITE_CFG)
-
     def tokenizer(self, model):
         m = self._entry(model)
         return "--".join(m.get("tokenizer", m["repo"]).split("/"))
@@ -107,9 +110,6 @@ class HubSource:
 
     def corpus_manifest(self):
         return f"{RESULTS}/corpus/heldout_manifest.json"
-
-    def series_inputs(self, model):
-        return [stats_path(model, s) for s in self.steps(model)]
 
     def config_inputs(self, model):
         return []
@@ -188,6 +188,7 @@ TRAINED = MODELS if SRC.trains else []
 
 
 # ---------------------------------------------------------------- resources of a job
+@functools.cache
 def _plan(model):
     """What a measuring job of ``model`` needs (memory, GPU, time), from its config."""
     return madyn_resources.extract_plan(SRC.config_json(model), EXTRACT)
@@ -200,13 +201,17 @@ def extract_resources(key):
 def download_gate(wc):
     """Downloads wait for earlier revisions to be measured (and deleted) so that the
     revisions on disk stay within ``extract.disk_budget_gb``."""
-    return madyn_resources.download_gate(
-        DOWNLOAD_ORDER, DOWNLOAD_GB, EXTRACT.get("disk_budget_gb"),
-        (wc.model, int(wc.step)), stats_path, download_marker)
+    return madyn_resources.download_gate(DOWNLOAD_ORDER, DOWNLOAD_WINDOWS,
+                                         (wc.model, int(wc.step)), stats_path,
+                                         download_marker)
 
 
 DOWNLOAD_ORDER = [(m, s) for m in MEASURED_PER_CHECKPOINT for s in MODEL_STEPS[m]]
 DOWNLOAD_GB = {m: _plan(m)["download_gb"] for m in MEASURED_PER_CHECKPOINT}
+DOWNLOAD_WINDOWS = (
+    madyn_resources.download_windows([DOWNLOAD_GB[m] for m, _ in DOWNLOAD_ORDER],
+                                     EXTRACT["disk_budget_gb"])
+    if EXTRACT.get("disk_budget_gb") else None)
 
 
 # ------------------------------------------------------------------- phase outputs
