@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -66,8 +67,6 @@ def _cmd_eval_tokens(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from madyn.stages import extract
 
     opts = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
@@ -142,17 +141,22 @@ def _json_arg(text: str | None) -> dict:
 
 
 def _cmd_config_json(args: argparse.Namespace) -> int:
-    from madyn import extract, suite
+    from madyn import extract, features, suite
     from madyn.io import write_json
 
     if args.arch_json:  # a released model without config.json: its suite entry
         arch = json.loads(args.arch_json)
-        vocab = arch.pop("vocab_size")
-        cfg = suite.model_config(suite.ModelSpec(**arch), vocab, 2048, 0).to_dict()
+        spec = {k: v for k, v in arch.items() if k in suite.ModelSpec.__dataclass_fields__}
+        cfg = suite.model_config(suite.ModelSpec(**spec), arch["vocab_size"], 2048, 0).to_dict()
     elif args.source:
         cfg = extract.model_config(args.source, args.revision)
     else:
         raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
+    record = _json_arg(args.design_json) or {}
+    if args.source and Path(args.source, "madyn_checkpoint.json").is_file():
+        record.update(suite.trained_recipe(Path(args.source, "madyn_checkpoint.json")))
+    if record:
+        cfg[features.DESIGN_KEY] = record
     write_json(args.out, cfg)
     return 0
 
@@ -212,8 +216,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from madyn import config
     from madyn.settings import PredictSettings
     from madyn.stages import predict
@@ -238,10 +240,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if any(v is None for v in shape):
                 raise predict.InputError("give all of --layers, --width and --heads")
             arch = predict.config_from_shape(*shape, args.ff_mult, args.rotary_pct,
-                                             args.vocab_size)
+                                             args.vocab_size, args.family,
+                                             not args.sequential)
         else:
             raise predict.InputError("give --config config.json, or --layers, --width and "
                                      "--heads")
+        arch = predict.with_recipe(arch, args.optimizer, args.lr, args.eps)
         steps = predict.parse_steps(args.steps) if args.steps else None
         if not Path(features).exists():
             raise predict.InputError(f"no feature table at {features}: run the workflow "
@@ -447,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--arch-json", help="or a GPT-NeoX architecture as JSON: name, layers, "
                    "width, heads, vocab_size[, ff_mult, rotary_pct]")
     c.add_argument("--revision", help="hub revision (default main)")
+    c.add_argument("--design-json", help="the model's design label and known recipe as JSON "
+                   "(label, optimizer, lr, eps), kept under madyn_design; a madyn checkpoint's "
+                   "own record of its recipe takes precedence")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_config_json)
 
@@ -512,6 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ff-mult", type=int, help="1-64 (default 4)")
     c.add_argument("--rotary-pct", type=float, help="(0, 1] (default 0.25)")
     c.add_argument("--vocab-size", type=int, default=512)
+    d = c.add_argument_group("design (used where the training models vary in it)")
+    d.add_argument("--family", choices=["neox", "llama", "qwen3", "olmo2"],
+                   help="block layout with --layers/--width/--heads (default neox)")
+    d.add_argument("--sequential", action="store_true",
+                   help="neox: sequential residual (default parallel, as Pythia)")
+    d.add_argument("--optimizer", choices=["adamw", "sgd"], help="the training optimiser")
+    d.add_argument("--lr", type=float, help="peak learning rate, in (0, 10]")
+    d.add_argument("--eps", type=float, help="Adam epsilon, in (0, 1]")
     c.add_argument("--params", default="params.yaml", help="settings (default params.yaml)")
     c.add_argument("--settings-json", help="PredictSettings as JSON (instead of --params)")
     c.add_argument("--features", help="feature table (default: the active suite's; "

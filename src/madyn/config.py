@@ -115,6 +115,7 @@ def validate(cfg: Any) -> dict:
             t = suite["train"]
             if t["warmup"] >= t["steps"]:
                 raise ConfigError(f"suites.{sname}.train.warmup: must be < steps")
+            _check_design_groups(sname, suite)
         elif suite["source"] == "hub":
             sched = hub_schedule(suite)
             chosen = suite["analyse_steps"]
@@ -123,6 +124,10 @@ def validate(cfg: Any) -> dict:
                 if bad:
                     raise ConfigError(f"suites.{sname}.analyse_steps: {bad} not in the "
                                       "hub schedule")
+        base = suite.get("base_design")
+        if base is not None and base not in {design_label(m) for m in suite["models"]}:
+            raise ConfigError(f"suites.{sname}.base_design: {base!r} is the design of none of "
+                              f"the suite's models ({', '.join(sorted(design_labels(suite)))})")
     suite = active(cfg)
     if suite["source"] != "released":  # a released folder is checked once it is scanned
         check_min_points(cfg, len(steps(suite)), f"suite {cfg['suite']}")
@@ -170,6 +175,46 @@ def model_names(suite: dict) -> list[str]:
 # point are several model entries)
 TRAIN_OVERRIDES = ("lr", "eps", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
                    "seed")
+
+
+def design_label(entry: dict) -> str:
+    """The design point of a model entry: its ``design`` key, else its own name."""
+    return str(entry.get("design", entry["name"]))
+
+
+def design_labels(suite: dict) -> dict[str, str]:
+    """{model name: design label} of every model of ``suite``."""
+    return {m["name"]: design_label(m) for m in suite["models"]}
+
+
+def known_recipe(suite: dict, name: str) -> dict:
+    """What a model entry states of its training recipe (``optimizer``, ``lr``, ``eps``):
+    a local model's resolved recipe; a hub or released model's keys, when given."""
+    if suite["source"] == "local":
+        t = train_spec(suite, name)
+        return {"optimizer": t.optimizer, "lr": t.lr,
+                **({"eps": t.eps} if t.optimizer == "adamw" else {})}
+    m = model_entry(suite, name)
+    return {k: m[k] for k in ("optimizer", "lr", "eps") if k in m}
+
+
+def _check_design_groups(sname: str, suite: dict) -> None:
+    """ConfigError unless the models sharing a design label differ only in name and seed."""
+    first: dict[str, tuple[int, dict]] = {}
+    for i, m in enumerate(suite["models"]):
+        spec = {**model_spec(suite, m["name"]).__dict__, "name": None}
+        train = {**train_spec(suite, m["name"]).__dict__, "seed": None}
+        label = design_label(m)
+        if label not in first:
+            first[label] = (i, {"spec": spec, "train": train})
+            continue
+        j, ref = first[label]
+        diff = sorted(k for part, new in (("spec", spec), ("train", train))
+                      for k in new if new[k] != ref[part][k])
+        if diff:
+            raise ConfigError(f"suites.{sname}.models.{i}.design: {label!r} is also "
+                              f"models.{j}'s design, but they differ in {diff} (a design's "
+                              "models may differ only in seed)")
 
 
 def model_entry(suite: dict, name: str) -> dict:

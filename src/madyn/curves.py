@@ -77,12 +77,15 @@ def interp_depth(dep: np.ndarray, C: np.ndarray, at: np.ndarray) -> np.ndarray:
         return np.where(w == 0, C[i], (1 - w) * C[i] + w * C[i + 1])
 
 
-def mean_curve_baseline(table: pd.DataFrame, model: str, layer_depths: np.ndarray,
-                        steps: np.ndarray, parametrisation: str) -> np.ndarray:
-    """(n_layers, n_steps): mean over the other models of their fitted curves at the same
-    relative depths (linear interpolation in depth, clamped at the ends)."""
+def mean_curve_baseline(table: pd.DataFrame, held_out: str | list[str],
+                        layer_depths: np.ndarray, steps: np.ndarray, parametrisation: str
+                        ) -> np.ndarray:
+    """(n_layers, n_steps): mean over the models other than ``held_out`` (one model or
+    several) of their fitted curves at the same relative depths (linear interpolation in
+    depth, clamped at the ends)."""
+    held = [held_out] if isinstance(held_out, str) else list(held_out)
     d = usable_rows(table)
-    d = d[d["model"] != model]
+    d = d[~d["model"].isin(held)]
     if d.empty:
         return np.full((len(layer_depths), len(steps)), np.nan)
     with np.errstate(all="ignore"):

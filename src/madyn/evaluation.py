@@ -1,5 +1,8 @@
-"""How well the architecture predicts a layer's curve: the evaluations of the regressors of
+"""How well the design predicts a layer's curve: the evaluations of the regressors of
 :mod:`madyn.regressors` on a feature table. No file I/O.
+
+Inputs: the shape features, plus each design feature that is known for every row and varies
+between them (:func:`madyn.features.feature_columns`; listed in the metrics' ``features``).
 
 Evaluations (:func:`evaluate`):
 
@@ -19,6 +22,9 @@ Evaluations (:func:`evaluate`):
   range; observed peak: step of the largest observed value). Baseline ``mean_curve``: the
   mean over the other models of their fitted curves at the same relative depth (linear
   interpolation in (layer + 1) / L between their layers).
+* ``lodo`` / ``curve_lodo``: the same, leaving out one DESIGN at a time (all its seeds, so
+  no seed of the held-out design is seen), when some design has several models; the
+  baseline then averages the other designs' models.
 
 Metrics with undefined values (R^2 with < 2 points or constant truth; non-finite curves)
 are NaN in Python and null in JSON.
@@ -45,8 +51,8 @@ from madyn.curves import (
     raw_params,
 )
 from madyn.features import (
-    FEATURE_COLUMNS,
     check_table,
+    feature_columns,
     feature_matrix,
     param_names,
     target_columns,
@@ -76,7 +82,7 @@ def study_protocol(table: pd.DataFrame, s: PredictSettings) -> tuple[dict, pd.Da
     tr, te = train_test_split(np.arange(len(d)), test_size=n_test, random_state=s.seed,
                               shuffle=True)
     tr, te = np.sort(tr), np.sort(te)
-    X = feature_matrix(d)
+    X = feature_matrix(d, feature_columns(d))
     out: dict[str, Any] = {"n_train": len(tr), "n_test": len(te),
                            "test_models": sorted(d.loc[te, "model"].unique().tolist()),
                            "per_target": {}}
@@ -107,20 +113,23 @@ def _mean_r2(per_target: dict) -> dict[str, float]:
 
 
 def lomo_predictions(table: pd.DataFrame, s: PredictSettings,
-                     kinds: tuple[str, ...] = MODEL_TYPES) -> pd.DataFrame:
-    """Leave-one-model-out predictions of every target: columns model, layer, target,
-    model_type, y_true, y_pred (sorted by model, layer)."""
+                     kinds: tuple[str, ...] = MODEL_TYPES, group: str = "model"
+                     ) -> pd.DataFrame:
+    """Leave-one-group-out predictions of every target (``group`` "model": one model held
+    out at a time; "design": all seeds of one design): columns model, layer, target,
+    model_type, y_true, y_pred (sorted by group, model, layer)."""
     d = usable_rows(table)
-    X = feature_matrix(d)
-    models = d["model"].to_numpy()
+    X = feature_matrix(d, feature_columns(d))
+    groups = d[group].to_numpy()
     out = []
-    for m in sorted(set(models)):
-        te, tr = models == m, models != m
+    for g in sorted(set(groups)):
+        te, tr = groups == g, groups != g
         for tgt in target_columns(d):
             y = d[tgt].to_numpy(float)
             for kind in kinds:
                 p = fit_predict(kind, s, X[tr], y[tr], X[te])
-                out.append(pd.DataFrame({"model": m, "layer": d.loc[te, "layer"].to_numpy(),
+                out.append(pd.DataFrame({"model": d.loc[te, "model"].to_numpy(),
+                                         "layer": d.loc[te, "layer"].to_numpy(),
                                          "target": tgt, "model_type": kind,
                                          "y_true": y[te], "y_pred": p}))
     return pd.concat(out, ignore_index=True)
@@ -152,13 +161,16 @@ def _observed(series: pd.DataFrame, model: str, layer: int, quantity: str
 
 
 def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
-               kinds: list[str], s: PredictSettings) -> tuple[dict, pd.DataFrame]:
-    """Curve-space LOMO for ``kinds`` (model types in ``preds``) and the ``mean_curve``
-    baseline; returns metrics and the predicted curves (model, layer, step, model_type,
-    pred, observed)."""
+               kinds: list[str], s: PredictSettings, group: str = "model"
+               ) -> tuple[dict, pd.DataFrame]:
+    """Curve-space leave-one-group-out for ``kinds`` (model types in ``preds``, made by
+    :func:`lomo_predictions` with the same ``group``) and the ``mean_curve`` baseline (over
+    the models of the other groups); returns metrics and the predicted curves (model,
+    layer, step, model_type, pred, observed)."""
     names = param_names(table)
     transforms = table.attrs["transforms"]
     d = usable_rows(table)
+    group_of = dict(zip(d["model"], d[group], strict=False))
     per: dict[str, dict] = {k: {} for k in [*kinds, "mean_curve"]}
     curves = []
     for m in sorted(d["model"].unique()):
@@ -175,10 +187,12 @@ def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
                 if len(st) < 2:
                     continue
                 if kind == "mean_curve":
-                    pred = mean_curve_baseline(table, m, np.array([dep]), st,
+                    held = [x for x, gx in group_of.items() if gx == group_of[m]]
+                    pred = mean_curve_baseline(table, held, np.array([dep]), st,
                                                s.parametrisation)[0]
                     g = dense_grid(st.min(), st.max())
-                    gc = mean_curve_baseline(table, m, np.array([dep]), g, s.parametrisation)[0]
+                    gc = mean_curve_baseline(table, held, np.array([dep]), g,
+                                             s.parametrisation)[0]
                     peak = float(g[int(np.argmax(gc))]) if np.all(np.isfinite(gc)) else math.nan
                 else:
                     sel = preds[(preds["model"] == m) & (preds["layer"] == la)
@@ -244,7 +258,7 @@ def evaluate(table: pd.DataFrame, series: pd.DataFrame | None,
         "n_rows": len(d), "n_models": n_models, "n_rows_total": len(table),
         "excluded": [{"model": r.model, "layer": int(r.layer), "reason": r.exclude_reason}
                      for r in excluded.itertuples()],
-        "targets": target_columns(table), "features": FEATURE_COLUMNS,
+        "targets": target_columns(table), "features": feature_columns(d),
         "model_types": list(MODEL_TYPES), "settings": dataclasses.asdict(s),
     }
     extras: dict[str, pd.DataFrame] = {}
@@ -263,8 +277,32 @@ def evaluate(table: pd.DataFrame, series: pd.DataFrame | None,
         else:
             metrics["curve_lomo"], extras["lomo_curves"] = curve_lomo(
                 table, series, preds, kinds, s)
+    metrics["lodo"], metrics["curve_lodo"] = leave_one_design_out(table, series, s)
     metrics = json.loads(json.dumps(jsonable(metrics), allow_nan=False))
     return (metrics, extras) if return_extras else metrics
+
+
+def leave_one_design_out(table: pd.DataFrame, series: pd.DataFrame | None,
+                         s: PredictSettings) -> tuple[dict, dict]:
+    """Leave-one-design-out (every seed of a design held out together; the honest test of
+    the design features when a suite repeats designs over seeds): parameter metrics, and
+    curve-space scores of the best model type and xgb against the ``mean_curve`` baseline
+    of the other designs. Skipped (with the reason) unless >= 2 designs and some design
+    has several models."""
+    d = usable_rows(table)
+    n_designs, n_models = int(d["design"].nunique()), int(d["model"].nunique())
+    if n_designs < 2 or n_designs == n_models:
+        why = (f"needs >= 2 designs, found {n_designs}" if n_designs < 2 else
+               "every model is its own design: leave-one-design-out is lomo")
+        return {"skipped": why}, {"skipped": why}
+    preds = lomo_predictions(table, s, group="design")
+    out = {"n_designs": n_designs, "designs": sorted(d["design"].unique().tolist()),
+           **lomo_metrics(preds)}
+    if series is None:
+        return out, {"skipped": "no observed series given"}
+    kinds = sorted({out["best_model_type"], "xgb"})
+    curves, _ = curve_lomo(table, series, preds, kinds, s, group="design")
+    return out, curves
 
 
 def ols_summaries(table: pd.DataFrame) -> str:
@@ -273,7 +311,7 @@ def ols_summaries(table: pd.DataFrame) -> str:
     import statsmodels.api as sm
 
     d = usable_rows(table)
-    Xc = sm.add_constant(d[FEATURE_COLUMNS].astype(float), has_constant="add")
+    Xc = sm.add_constant(d[feature_columns(d)].astype(float), has_constant="add")
     parts = []
     for tgt in target_columns(d):
         with warnings.catch_warnings():
@@ -289,14 +327,15 @@ def ols_summaries(table: pd.DataFrame) -> str:
 def feature_importance(table: pd.DataFrame, s: PredictSettings) -> pd.DataFrame:
     """XGBoost gain per (target, feature), trained on all usable rows (0 = never split)."""
     d = usable_rows(table)
+    cols = feature_columns(d)
     rows = []
     for tgt in target_columns(d):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = make_model("xgb", s).fit(d[FEATURE_COLUMNS].astype(float), d[tgt].astype(float))
+            m = make_model("xgb", s).fit(d[cols].astype(float), d[tgt].astype(float))
         gain = m.get_booster().get_score(importance_type="gain")
         rows += [{"target": tgt, "feature": f, "gain": float(gain.get(f, 0.0))}
-                 for f in FEATURE_COLUMNS]
+                 for f in cols]
     return pd.DataFrame(rows)
 
 

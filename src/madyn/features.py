@@ -45,6 +45,19 @@ FEATURE_COLUMNS = ["f_depth", "f_depth2", "f_depth3", "f_sqrt_depth", "f_heads_p
                    "f_ff_ratio", "f_d_per_layer", "f_heads_per_layer", "f_log_d",
                    "f_l_times_L", "f_log_params"]
 
+# Design axes (issue 13): the training recipe (learning rate, Adam epsilon, optimiser) and
+# the block layout (norm placement, QK-norm, parallel residual, gated MLP). 0/1 indicators;
+# NaN where the model's config does not say (a hub model's recipe): the predictors then
+# leave that feature out (see :func:`feature_columns`).
+DESIGN_FEATURES = ["f_log_lr", "f_log_eps", "f_sgd", "f_post_norm", "f_qk_norm",
+                   "f_parallel_residual", "f_gated_mlp"]
+# the key of a model's config dict (results/<suite>/configs/<model>.json) holding its design
+# label and the recipe it was trained with: {"label", "optimizer", "lr", "eps"}
+DESIGN_KEY = "madyn_design"
+# SGD counts as Adam with eps = 1: Adam's step m / (sqrt(v) + eps) turns into SGD with
+# momentum once eps dominates sqrt(v), so SGD is the large-eps end of that axis
+SGD_LOG_EPS = 0.0
+
 # Plausible shapes of a decoder-only model (madyn.features.architecture enforces them):
 # beyond these a prediction is an extrapolation far outside any training suite, and a
 # huge depth would cost minutes and gigabytes.
@@ -57,6 +70,7 @@ FEATURE_SCHEMA: dict[str, str] = {
     "model": "str", "layer": "int", "n_layers": "int",
     **{c: ("float" if c == "rotary_pct" else "int") for c in ARCH_COLUMNS},
     **{c: "float" for c in FEATURE_COLUMNS},
+    "design": "str", **{c: "float" for c in DESIGN_FEATURES},
     "parametrisation": "str", "quantity": "str",
     "fit_success": "bool", "fit_r2": "float", "winner": "str", "winner_r2": "float",
     "final_value": "float", "peak_step": "float", "peak_in_range": "bool",
@@ -100,6 +114,11 @@ _GATED_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "ge
                    "stablelm_gated", "deepseek_v2", "deepseek_v3", "yi", "baichuan", "smollm3"}
 _GATED_ACTS = {"silu", "swish", "swiglu", "geglu"}
 _ALIBI_FAMILIES = {"bloom", "mpt"}
+# block layouts the config's model_type fixes: queries and keys normalised (QK-norm); norms
+# after each sub-block instead of before it; attention and MLP reading the same input
+_QK_NORM_FAMILIES = {"qwen3", "qwen3_moe", "olmo2", "olmo3", "gemma3_text"}
+_POST_NORM_FAMILIES = {"olmo2", "olmo3"}
+_PARALLEL_FAMILIES = {"gptj", "codegen", "phi", "cohere"}
 _ROPE_KEYS = ("rotary_pct", "partial_rotary_factor", "rotary_dim", "rope_theta", "rope_scaling",
               "rope_parameters", "rotary_emb_base", "rope_type")
 
@@ -127,6 +146,13 @@ def _reject_non_decoder(config: dict) -> None:
         raise ArchitectureError(
             f"not a decoder-only model: architectures {bad} are encoder or encoder-decoder "
             f"heads (model_type {mt!r}); only decoder-only causal LMs are supported")
+
+
+def _gated(config: dict) -> bool:
+    """A gated MLP (SwiGLU / GeGLU): by family or by activation."""
+    act = str(_first(config, ("hidden_act", "activation_function", "hidden_activation")) or "")
+    return str(config.get("model_type", "")).lower() in _GATED_FAMILIES or \
+        act.lower() in _GATED_ACTS
 
 
 def _rotary_pct(config: dict) -> float:
@@ -254,14 +280,52 @@ def architecture(config: dict) -> dict:
     if V < 1:
         raise ArchitectureError(
             f"config (model_type {config.get('model_type')!r}) has no vocab_size")
-    act = str(_first(config, ("hidden_act", "activation_function", "hidden_activation")) or "")
-    mt = str(config.get("model_type", "")).lower()
-    gated = mt in _GATED_FAMILIES or act.lower() in _GATED_ACTS
+    gated = _gated(config)
     rotary = _rotary_pct(config)
     return {"num_hidden_layers": L, "hidden_size": d, "intermediate_size": dff,
             "num_attention_heads": h, "rotary_pct": rotary, "vocab_size": V,
             "gated_mlp": gated,
             "n_params": _count_params(config, L, d, h, dff, V, rotary, gated)}
+
+
+def design(config: dict) -> dict:
+    """The design axes of a model from its config dict: ``label`` (its design point; ''
+    when not given), the recipe it was trained with (``optimizer`` 'adamw' / 'sgd' / '',
+    ``lr``, ``eps``: NaN when unknown) from ``config[DESIGN_KEY]``, and the block layout
+    from the config itself (``parallel_residual``, ``norm`` 'pre' / 'post', ``qk_norm``,
+    ``gated_mlp``)."""
+    rec = config.get(DESIGN_KEY) or {}
+    mt = str(config.get("model_type", "")).lower()
+    if "use_parallel_residual" in config:  # GPT-NeoX (Hugging Face's default: true)
+        parallel = bool(config["use_parallel_residual"])
+    elif "parallel_attn" in config:  # Falcon
+        parallel = bool(config["parallel_attn"])
+    else:
+        parallel = mt in _PARALLEL_FAMILIES or (mt == "gpt_neox")
+    return {"label": str(rec.get("label", "")),
+            "optimizer": str(rec.get("optimizer", "")),
+            "lr": float(rec["lr"]) if rec.get("lr") is not None else math.nan,
+            "eps": float(rec["eps"]) if rec.get("eps") is not None else math.nan,
+            "parallel_residual": parallel,
+            "norm": "post" if mt in _POST_NORM_FAMILIES else "pre",
+            "qk_norm": mt in _QK_NORM_FAMILIES,
+            "gated_mlp": _gated(config)}
+
+
+def design_features(axes: dict) -> dict[str, float]:
+    """:data:`DESIGN_FEATURES` of :func:`design`'s axes: log10 lr, log10 eps (SGD:
+    :data:`SGD_LOG_EPS`), and 0/1 indicators; NaN where the axis is unknown."""
+    opt = axes["optimizer"]
+    lr, eps = axes["lr"], axes["eps"]
+    log_eps = (SGD_LOG_EPS if opt == "sgd"
+               else math.log10(eps) if math.isfinite(eps) and eps > 0 else math.nan)
+    return {"f_log_lr": math.log10(lr) if math.isfinite(lr) and lr > 0 else math.nan,
+            "f_log_eps": log_eps,
+            "f_sgd": {"sgd": 1.0, "adamw": 0.0}.get(opt, math.nan),
+            "f_post_norm": float(axes["norm"] == "post"),
+            "f_qk_norm": float(axes["qk_norm"]),
+            "f_parallel_residual": float(axes["parallel_residual"]),
+            "f_gated_mlp": float(axes["gated_mlp"])}
 
 
 def is_architecture(obj: dict) -> bool:
@@ -285,12 +349,16 @@ def layer_features(arch: dict, layer: int) -> dict[str, float]:
             "f_log_params": math.log(float(arch["n_params"]))}
 
 
-def feature_frame(arch: dict, model: str = "new") -> pd.DataFrame:
-    """Architecture and feature columns for every layer of one model (one row per layer)."""
+def feature_frame(arch: dict, model: str = "new", axes: dict | None = None
+                  ) -> pd.DataFrame:
+    """Architecture, shape-feature and design-feature columns for every layer of one model
+    (one row per layer); ``axes``: :func:`design` (None: every design feature NaN)."""
+    feats = design_features(axes) if axes else dict.fromkeys(DESIGN_FEATURES, math.nan)
     rows = []
     for layer in range(int(arch["num_hidden_layers"])):
         rows.append({"model": model, "layer": layer, "n_layers": int(arch["num_hidden_layers"]),
-                     **{c: arch[c] for c in ARCH_COLUMNS}, **layer_features(arch, layer)})
+                     **{c: arch[c] for c in ARCH_COLUMNS}, **layer_features(arch, layer),
+                     **feats})
     return pd.DataFrame(rows)
 
 
@@ -410,6 +478,8 @@ def build_feature_table(fit_table: pd.DataFrame, configs: dict[str, dict],
     rows = []
     for model in sorted(fit["model"].unique()):
         arch = architecture(configs[model])
+        axes = design(configs[model])
+        dfeats = design_features(axes)
         n_fit = set(fit.loc[fit["model"] == model, "n_layers"].astype(int))
         if n_fit != {arch["num_hidden_layers"]}:
             raise ValueError(f"model {model}: fit table says n_layers {sorted(n_fit)}, its "
@@ -420,6 +490,7 @@ def build_feature_table(fit_table: pd.DataFrame, configs: dict[str, dict],
             row: dict[str, Any] = {"model": model, "layer": layer,
                                    "n_layers": arch["num_hidden_layers"],
                                    **{c: arch[c] for c in ARCH_COLUMNS}, **feats,
+                                   "design": axes["label"] or model, **dfeats,
                                    "parametrisation": parametrisation, "quantity": quantity}
             w = winners.loc[(model, layer)] if (model, layer) in winners.index else None
             row["winner"] = str(w["hypothesis"]) if w is not None else ""
@@ -554,9 +625,18 @@ def param_names(table: pd.DataFrame) -> list[str]:
     return [c[len("param_"):] for c in table.columns if c.startswith("param_")]
 
 
-def feature_matrix(df: pd.DataFrame) -> np.ndarray:
-    """(n_rows, len(FEATURE_COLUMNS)) float feature matrix."""
-    return df[FEATURE_COLUMNS].to_numpy(dtype=float)
+def feature_columns(d: pd.DataFrame) -> list[str]:
+    """The predictors' inputs on training rows ``d``: every shape feature, and each design
+    feature that is known (finite) on every row and varies between them (a constant axis
+    carries nothing; an unknown one cannot be used)."""
+    used = [c for c in DESIGN_FEATURES if c in d.columns
+            and np.isfinite(d[c].to_numpy(float)).all() and d[c].nunique() > 1]
+    return FEATURE_COLUMNS + used
+
+
+def feature_matrix(df: pd.DataFrame, columns: list[str] | None = None) -> np.ndarray:
+    """(n_rows, len(columns)) float feature matrix (default :data:`FEATURE_COLUMNS`)."""
+    return df[columns or FEATURE_COLUMNS].to_numpy(dtype=float)
 
 
 def check_table(table: pd.DataFrame, parametrisation: str, quantity: str) -> None:

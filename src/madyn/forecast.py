@@ -17,8 +17,11 @@ import pandas as pd
 
 from madyn.curves import curve, dense_grid, depth_curves, raw_params
 from madyn.features import (
+    DESIGN_FEATURES,
     architecture,
     check_table,
+    design,
+    feature_columns,
     feature_frame,
     feature_matrix,
     is_architecture,
@@ -30,11 +33,33 @@ from madyn.io import jsonable
 from madyn.regressors import fit_predict
 from madyn.settings import PredictSettings
 
+# what a user gives for a design feature the predictors need (madyn predict's options)
+DESIGN_INPUT = {"f_log_lr": "lr", "f_log_eps": "eps (or optimizer sgd)", "f_sgd": "optimizer"}
+
+
+def query_features(d: pd.DataFrame, config_or_arch: dict) -> tuple[pd.DataFrame, list[str]]:
+    """The new model's feature rows (one per layer) and the predictors' columns on training
+    rows ``d``; ValueError naming the design input the query lacks when the predictors use
+    it (it varies across the training models)."""
+    if is_architecture(config_or_arch):
+        arch, axes = config_or_arch, None
+    else:
+        arch, axes = architecture(config_or_arch), design(config_or_arch)
+    cols = feature_columns(d)
+    new = feature_frame(arch, axes=axes)
+    missing = [c for c in cols if not np.isfinite(new[c].to_numpy(float)).all()]
+    if missing:
+        need = sorted({DESIGN_INPUT.get(c, c) for c in missing})
+        raise ValueError(f"the predictors use {missing} (they vary across the training "
+                         f"models); give the new model's {' and '.join(need)}")
+    return new, cols
+
 
 def _fit_all_targets(kind: str, s: PredictSettings, d: pd.DataFrame, Xnew: np.ndarray,
-                     seed: int) -> np.ndarray:
-    """(n_new, n_targets) predictions of ``kind`` trained on rows ``d``."""
-    X = feature_matrix(d)
+                     seed: int, cols: list[str]) -> np.ndarray:
+    """(n_new, n_targets) predictions of ``kind`` trained on rows ``d`` (columns
+    ``cols``)."""
+    X = feature_matrix(d, cols)
     return np.column_stack([fit_predict(kind, s, X, d[t].to_numpy(float), Xnew, seed=seed)
                             for t in target_columns(d)])
 
@@ -65,17 +90,18 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
         return _predict_mean_curve(d, arch, steps, s)
     names = param_names(d)
     transforms = table.attrs["transforms"]
-    new = feature_frame(arch)
-    Xnew = feature_matrix(new)
-    point = raw_params(_fit_all_targets(s.predict_model, s, d, Xnew, s.seed), names, transforms)
+    new, cols = query_features(d, config_or_arch)
+    Xnew = feature_matrix(new, cols)
+    point = raw_params(_fit_all_targets(s.predict_model, s, d, Xnew, s.seed, cols), names,
+                       transforms)
     models = np.array(sorted(d["model"].unique()))
     rng = np.random.default_rng(s.seed)
     boot = []
     for b in range(s.n_boot):
         pick = rng.choice(models, size=len(models), replace=True)
         db = pd.concat([d[d["model"] == m] for m in pick], ignore_index=True)
-        boot.append(raw_params(_fit_all_targets(s.predict_model, s, db, Xnew, s.seed + b),
-                               names, transforms))
+        boot.append(raw_params(_fit_all_targets(s.predict_model, s, db, Xnew, s.seed + b,
+                                                cols), names, transforms))
     lo_q, hi_q = s.interval
     rows, layers = [], []
     grid = dense_grid(steps.min(), steps.max())
@@ -87,6 +113,9 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
         rows.append(pd.DataFrame({"layer": i, "step": steps, "pred": pc, "lo": lo, "hi": hi}))
         layers.append(layer_summary(i, s, point[i], [bp[i] for bp in boot], grid, lo_q, hi_q))
     summary = _prediction_summary(s, models, d, arch, steps, layers)
+    summary["features"] = cols
+    summary["design_features"] = {c: float(new[c].iloc[0]) for c in cols
+                                  if c in DESIGN_FEATURES}
     return pd.concat(rows, ignore_index=True), jsonable(summary)
 
 

@@ -156,6 +156,15 @@ def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
             "optimizer": train.optimizer, "optimizer_params": opt, "seed": train.seed}
 
 
+def trained_recipe(checkpoint_record: Path) -> dict:
+    """The recipe a madyn checkpoint records (``madyn_checkpoint.json``, written by
+    :func:`train_model`): optimizer, lr and (AdamW) eps."""
+    rec = json.loads(Path(checkpoint_record).read_text())
+    opt = rec.get("optimizer_params", {})
+    return {"optimizer": rec["optimizer"], "lr": opt["lr"],
+            **({"eps": opt["eps"]} if "eps" in opt else {})}
+
+
 def make_optimizer(model, train: TrainSpec):
     """AdamW (decoupled weight decay) or SGD with momentum (L2 weight decay, as
     ``torch.optim.SGD`` applies it); matrices decay, vectors (norms, biases) do not."""

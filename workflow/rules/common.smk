@@ -33,6 +33,14 @@ def quoted_json(obj):
     return shlex.quote(json.dumps(obj))
 
 
+def design_arg(model):
+    """madyn config-json's --design-json: the model's design label and the recipe its suite
+    entry states (the predictors' design features)."""
+    record = {"label": madyn_config.design_labels(SUITE_CFG)[model],
+              **madyn_config.known_recipe(SUITE_CFG, model)}
+    return f"--design-json {quoted_json(record)}"
+
+
 def model_manifest(model):
     """The training job's completion marker for a local model."""
     return f"{RESULTS}/models/{model}/manifest.json"

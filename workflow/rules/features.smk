@@ -10,6 +10,7 @@ rule model_config:
         f"{RESULTS}/configs/{{model}}.json",
     params:
         src=lambda wc: SRC.config_args(wc.model),
+        design=lambda wc: design_arg(wc.model),
     resources:
         mem_mb=1000,
     log:
@@ -17,7 +18,7 @@ rule model_config:
     conda:
         ENV
     shell:
-        "madyn config-json {params.src} --out {output} 2> {log}"
+        "madyn config-json {params.src} {params.design} --out {output} 2> {log}"
 
 
 rule features:

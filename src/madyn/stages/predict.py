@@ -13,6 +13,7 @@ import pandas as pd
 from madyn.evaluation import evaluate as evaluate_table
 from madyn.evaluation import feature_importance, ols_summaries, showcase_model
 from madyn.features import (
+    DESIGN_KEY,
     MAX_LAYERS,
     MAX_WIDTH,
     MIN_WIDTH,
@@ -54,9 +55,11 @@ def load_config(path: str) -> dict:
 
 
 def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None = None,
-                      rotary_pct: float | None = None, vocab_size: int = 512) -> dict:
-    """A Pythia-style (GPT-NeoX) config dict of this shape; InputError outside the plausible
-    bounds (:data:`SHAPE_BOUNDS`), before anything is built."""
+                      rotary_pct: float | None = None, vocab_size: int = 512,
+                      family: str | None = None, parallel_residual: bool = True) -> dict:
+    """A config dict of this shape and block layout (``family``: madyn's trainer families,
+    default GPT-NeoX as Pythia); InputError outside the plausible bounds
+    (:data:`SHAPE_BOUNDS`), before anything is built."""
     try:
         check_shape(layers, width, heads, explicit_head_dim=False)
     except ArchitectureError as e:
@@ -67,12 +70,33 @@ def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None =
         raise InputError(f"--rotary-pct {rotary_pct} outside (0, 1]")
     if not 1 <= vocab_size <= 10_000_000:
         raise InputError(f"--vocab-size {vocab_size} outside 1..10000000")
+    family = family or "neox"
+    if family != "neox" and (rotary_pct or not parallel_residual):
+        raise InputError(f"--rotary-pct and --sequential apply to family neox, not {family}")
     from madyn.suite import ModelSpec, model_config
 
-    spec = ModelSpec(name="query", layers=layers, width=width, heads=heads,
+    spec = ModelSpec(name="query", layers=layers, width=width, heads=heads, family=family,
+                     parallel_residual=parallel_residual,
                      **({"ff_mult": ff_mult} if ff_mult else {}),
                      **({"rotary_pct": rotary_pct} if rotary_pct else {}))
     return model_config(spec, vocab_size, 2048, 0).to_dict()
+
+
+def with_recipe(config: dict, optimizer: str | None, lr: float | None, eps: float | None
+                ) -> dict:
+    """``config`` with the given training recipe added to its design record
+    (:data:`madyn.features.DESIGN_KEY`); InputError for an implausible lr or eps."""
+    if lr is not None and not (math.isfinite(lr) and 0 < lr <= 10):
+        raise InputError(f"--lr {lr} outside (0, 10]")
+    if eps is not None and not (math.isfinite(eps) and 0 < eps <= 1):
+        raise InputError(f"--eps {eps} outside (0, 1]")
+    if eps is not None and optimizer == "sgd":
+        raise InputError("--eps applies to AdamW, not --optimizer sgd")
+    given = {k: v for k, v in (("optimizer", optimizer), ("lr", lr), ("eps", eps))
+             if v is not None}
+    if not given:
+        return config
+    return {**config, DESIGN_KEY: {**(config.get(DESIGN_KEY) or {}), **given}}
 
 
 def parse_steps(text: str) -> list[int]:
