@@ -269,6 +269,31 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _design_map(items: list[str]) -> dict[str, str]:
+    """MODEL=LABEL items -> {model: label}; ValueError naming a malformed or repeated item."""
+    out: dict[str, str] = {}
+    for item in items:
+        model, sep, label = item.partition("=")
+        if not sep or not model or not label:
+            raise ValueError(f"--design {item!r}: expected MODEL=LABEL")
+        if model in out:
+            raise ValueError(f"--design: model {model!r} given twice")
+        out[model] = label
+    return out
+
+
+def _cmd_effects(args: argparse.Namespace) -> int:
+    from madyn.stages import effects
+
+    out = effects.run(args.series, args.fits, _design_map(args.design), args.base,
+                      args.out_json, args.out_csv, args.out_png, args.n_boot, args.seed)
+    a = out["association"]
+    rho = "n/a" if a["rho"] is None or a["rho"] != a["rho"] else f"{a['rho']:.3f}"
+    print(f"kurtosis vs cos_sim: Spearman rho {rho} over {a['n']} (model, layer) "
+          f"pairs; effects -> {args.out_json}", file=sys.stderr)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -445,6 +470,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
     c.add_argument("--out-dir", required=True)
     c.set_defaults(func=_cmd_report_figures)
+
+    c = sub.add_parser("effects", help="each design against the base design (bootstrap "
+                       "over seeds) and the kurtosis-cos_sim association",
+                       description="Reduce every model to final_ratio, asymptote, peak_step "
+                       "(winning ratio fit) and final kurtosis, sink mass, cos_sim (series), "
+                       "each the median over layers; compare each design's seed mean with "
+                       "the base design's (difference and ratio, percentile bootstrap over "
+                       "seeds). Writes JSON, CSV and a forest figure. Without --base only the "
+                       "association is computed.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet (model = stem)")
+    c.add_argument("--fits", nargs="*", default=[], help="fit tables .parquet (model = stem)")
+    c.add_argument("--design", nargs="*", default=[], metavar="MODEL=LABEL",
+                   help="design label of every model")
+    c.add_argument("--base", default=None, help="label of the base design")
+    c.add_argument("--out-json", required=True)
+    c.add_argument("--out-csv", required=True)
+    c.add_argument("--out-png", default=None)
+    c.add_argument("--n-boot", type=_positive_int, default=10000)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_effects)
 
     c = sub.add_parser("config-json", help="a model's config.json (local checkpoint or hub)")
     c.add_argument("source", nargs="?", help="checkpoint folder or hub repo id")
