@@ -246,5 +246,20 @@ def predict_outputs():
     return out
 
 
+BASE_DESIGN = SUITE_CFG.get("base_design")
+
+
+def effects_outputs():
+    """The effects rule's outputs: the figure only when the suite has a base design."""
+    out = {"json": f"{RESULTS}/metrics/interventions.json",
+           "csv": f"{RESULTS}/report/effects.csv"}
+    if BASE_DESIGN:
+        out["csv"] = report(out["csv"], category="Design interventions",
+                            caption="../report/effects.rst")
+        out["png"] = report(f"{RESULTS}/report/effects.png", category="Design interventions",
+                            caption="../report/effects.rst")
+    return out
+
+
 def report_outputs():
-    return [f"{RESULTS}/report/peak_heatmaps.png"]
+    return [f"{RESULTS}/report/peak_heatmaps.png", *effects_outputs().values()]

@@ -27,3 +27,26 @@ rule report_figures:
     shell:
         "madyn report-figures --series {input.series} --config {params.configs} "
         "--manifests {input.manifests} --out-dir {params.outdir} 2> {log}"
+
+
+rule effects:
+    # every design against the suite's base_design (bootstrap over seeds), and the
+    # across-layer association of kurtosis with cosine similarity (every suite)
+    input:
+        series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+        fits=[f"{RESULTS}/fits/{m}.parquet" for m in MODELS],
+    output:
+        **effects_outputs(),
+    params:
+        designs=[f"{m}={d}" for m, d in madyn_config.design_labels(SUITE_CFG).items()],
+        base=f"--base {BASE_DESIGN}" if BASE_DESIGN else "",
+        png=lambda wc, output: f"--out-png {output.png}" if BASE_DESIGN else "",
+    resources:
+        mem_mb=1500,
+    log:
+        f"{RESULTS}/logs/effects.log",
+    conda:
+        ENV
+    shell:
+        "madyn effects --series {input.series} --fits {input.fits} --design {params.designs} "
+        "{params.base} --out-json {output.json} --out-csv {output.csv} {params.png} 2> {log}"
