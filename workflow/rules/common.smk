@@ -254,12 +254,12 @@ def effects_outputs():
     out = {"json": f"{RESULTS}/metrics/interventions.json",
            "csv": f"{RESULTS}/report/effects.csv"}
     if BASE_DESIGN:
-        out["csv"] = report(out["csv"], category="Design interventions",
-                            caption="../report/effects.rst")
+        caption = os.path.join(workflow.basedir, "workflow", "report", "effects.rst")
+        out["csv"] = report(out["csv"], category="Design interventions", caption=caption)
         out["png"] = report(f"{RESULTS}/report/effects.png", category="Design interventions",
-                            caption="../report/effects.rst")
+                            caption=caption)
     return out
 
 
 def report_outputs():
-    return [f"{RESULTS}/report/peak_heatmaps.png", *effects_outputs().values()]
+    return [f"{RESULTS}/report/peak_heatmaps.png", f"{RESULTS}/metrics/interventions.json"]
