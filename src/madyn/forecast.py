@@ -86,8 +86,9 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
     d = usable_rows(table)
     if d.empty:
         raise ValueError("feature table has no usable rows to train on")
-    if s.predict_model == "mean_curve":
-        return _predict_mean_curve(d, arch, steps, s)
+    if s.predict_model == "mean_curve":  # uses depth alone: no shape or design feature
+        curves, summary = _predict_mean_curve(d, arch, steps, s)
+        return curves, {**summary, "features": [], "design_features": {}}
     names = param_names(d)
     transforms = table.attrs["transforms"]
     new, cols = query_features(d, config_or_arch)
