@@ -81,23 +81,22 @@ def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
 # runs the rules of its phase file, whose jobs call `madyn` (cli.py only parses and
 # dispatches, so it is not followed) and, through it, the phase's stage module.
 STAGE_CODE = {
-    "suite": ("suite.smk", "suite"),
-    "extract": ("extract.smk", "extract"),
-    "fit": ("fit.smk", "fit"),
-    "features": ("features.smk", "features"),
-    "predict": ("predict.smk", "predict"),
-    "report": ("report.smk", "report"),
+    "suite": ("suite.smk", ("suite",)),
+    "extract": ("extract.smk", ("extract",)),
+    "fit": ("fit.smk", ("fit",)),
+    "features": ("features.smk", ("features",)),
+    "predict": ("predict.smk", ("predict",)),
+    "report": ("report.smk", ("report", "effects")),
 }
 
 
 def stage_code_deps(root: Path, stage: str) -> list[str]:
     """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
-    rules, module = STAGE_CODE[stage]
+    rules, modules = STAGE_CODE[stage]
     cli = root / "src/madyn/cli.py"
     files = [root / "Snakefile", root / "workflow/rules/common.smk",
              root / "workflow/rules" / rules, cli]
-    if module:
-        files.append(root / "src/madyn/stages" / f"{module}.py")
+    files += [root / "src/madyn/stages" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=(cli,))
     deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.config
     return sorted(str(p) for p in deps)
