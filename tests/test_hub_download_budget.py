@@ -92,6 +92,10 @@ class WeightsOnDisk(threading.Thread):
         return self.peak
 
 
+def _blobs(hf_home: Path) -> Path:
+    return hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+
+
 def _run(hub: FakeHub, tmp: Path, steps: list[int], extract: dict,
          targets: list[str]) -> tuple[Path, int, float]:
     """Run the workflow on a fresh project and an empty hub cache; returns the project,
@@ -110,8 +114,7 @@ def _run(hub: FakeHub, tmp: Path, steps: list[int], extract: dict,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     shas = {hub.sha256(c, "model.safetensors") for c in hub.files}
-    sampler = WeightsOnDisk(home / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs",
-                            shas)
+    sampler = WeightsOnDisk(_blobs(home), shas)
     sampler.start()
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets],
@@ -149,8 +152,8 @@ def test_disk_budget_bounds_the_downloads_at_run_time(hub, tiny_model_dir, tmp_p
     gets = _weights_gets(hub, since)
     commits = {hub.refs[REPO][f"step{s}"] for s in steps}
     assert set(gets) == commits and all(len(v) == 1 for v in gets.values())
-    blobs = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
-    assert not [b for b in blobs.iterdir() if b.stat().st_size == size]  # all deleted
+    shas = {hub.sha256(c, "model.safetensors") for c in commits}
+    assert WeightsOnDisk(_blobs(tmp_path / "hf"), shas).bytes_now() == 0  # all deleted
     # downloads overlap measuring: a revision arrives before the previous one is measured
     order = [gets[hub.refs[REPO][f"step{s}"]][0] for s in steps]
     measured = [(proj / f).stat().st_mtime for f in stats]
