@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from madyn.project import copy_workflow
@@ -92,3 +93,18 @@ def test_pythia_dry_run_plan(tmp_path):
     assert f"stats/{order[windows[i12]][0]}/step{order[windows[i12]][1]}.parquet" in \
         gated["input"]
     assert sum(gb[m] for m, _ in order) > 10 * BUDGET_GB  # unbounded, the schedule would not fit
+
+
+def test_download_size_from_the_stored_dtype():
+    """A revision's size on disk: its parameters in the dtype config.json names (Pythia:
+    torch_dtype float16; transformers 5 writes dtype), unrounded, so that a checkpoint of
+    a few hundred kB still counts against a budget."""
+    cfg = _config(2, 32, 2, 300)
+    n = 44672  # features.architecture's count for this shape
+    assert extract_plan(cfg, {})["download_gb"] == pytest.approx(n * 2 / 1e9)
+    assert extract_plan({**cfg, "torch_dtype": "float16"}, {})["download_gb"] == \
+        pytest.approx(n * 2 / 1e9)
+    assert extract_plan({**cfg, "dtype": "float32"}, {})["download_gb"] == \
+        pytest.approx(n * 4 / 1e9)
+    sizes = [extract_plan({**cfg, "dtype": "float32"}, {})["download_gb"]] * 5
+    assert download_windows(sizes, 2.5 * n * 4 / 1e9) == [-1, -1, 0, 1, 2]

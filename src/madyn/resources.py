@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-STORED_BYTES = 2  # hub checkpoints (Pythia) are stored in float16: bytes per parameter
+STORED_BYTES = 2  # bytes per parameter when config.json names no dtype (Pythia: fp16)
 BASE_MEM_MB = 1500  # python + torch + transformers, measured on the CPU wheel
 CPU_FLOPS = 2e10  # sustained float32 FLOP/s of one CPU core (conservative)
 GPU_FLOPS = 1e14  # sustained bf16/fp16 FLOP/s of one data-centre GPU (conservative)
@@ -50,6 +50,13 @@ def n_params(config: dict | None) -> int:
     return int(architecture(config)["n_params"])
 
 
+def stored_bytes(config: dict | None) -> int:
+    """Bytes per parameter of a checkpoint's weights files: the dtype its config.json names
+    (``torch_dtype``; ``dtype`` from transformers 5), else :data:`STORED_BYTES`."""
+    dtype = (config or {}).get("torch_dtype") or (config or {}).get("dtype")
+    return DTYPE_BYTES.get(dtype, STORED_BYTES)
+
+
 def uses_cuda(device: str) -> bool:
     """Will ``device`` measure on a GPU? ``auto`` does when an NVIDIA device is visible."""
     if device.startswith("cuda"):
@@ -75,8 +82,8 @@ def extract_plan(config: dict | None, extract: dict) -> dict:
         acts_mb += batch * heads * seq * seq * (2 * dtype_bytes + 4) / 2**20
     cuda = uses_cuda(extract.get("device", "auto"))
     flops = 2 * n * extract.get("n_seqs", 1) * seq
-    seconds = 30 + n * STORED_BYTES / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda
-                                                                   else CPU_FLOPS)
+    stored = n * stored_bytes(config)  # bytes of the weights files
+    seconds = 30 + stored / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda else CPU_FLOPS)
     return {
         "mem_mb": int(BASE_MEM_MB + (weights_mb if not cuda else 0.3 * weights_mb)
                       + (acts_mb if not cuda else 0) + weights_mb),  # load copy on host
@@ -84,7 +91,7 @@ def extract_plan(config: dict | None, extract: dict) -> dict:
         "gpu_mem_mb": int(1024 + weights_mb + acts_mb) if cuda else 0,
         "runtime": max(1, math.ceil(1.5 * seconds / 60)),
         "threads": extract.get("threads", 1),
-        "download_gb": round(n * STORED_BYTES / 1e9, 3),
+        "download_gb": stored / 1e9,  # unrounded: a small revision still counts
     }
 
 
