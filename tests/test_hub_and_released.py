@@ -76,8 +76,10 @@ def test_hub_download_deleted_after_measuring(tiny_model_dir, corpus_dir, tmp_pa
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o.parquet").exists()
-    assert not list((cache / "models--madyn-test--tiny" / "snapshots").glob("*/*"))
-    assert not list((cache / "models--madyn-test--tiny" / "blobs").glob("*"))
+    repo = cache / "models--madyn-test--tiny"
+    assert not list(repo.glob("snapshots/*/*.safetensors"))
+    assert [b for b in repo.glob("blobs/*") if b.stat().st_size > 100_000] == []  # weights
+    assert list(repo.glob("snapshots/*/config.json"))  # small files stay
 
 
 def _table(n_seqs=3, n_layers=4, seed=0):
@@ -165,3 +167,24 @@ def test_series_statistics(tmp_path):
                  & (series.layer == 2)]
     t = tables[10][tables[10].layer == 2]
     assert rom["mean"].item() == pytest.approx(t["top1"].mean() / t["median"].mean())
+
+
+def test_deleting_a_revision_spares_files_a_running_download_shares(tiny_model_dir, tmp_path):
+    """While revision B downloads, deleting measured revision A must not take the blobs A
+    shares with B (config.json, tokenizer: the hub stores identical files once), even
+    before B's snapshot links them; A's weights go."""
+    from madyn.extract import delete_cached_revision
+
+    cache = tmp_path / "hub"
+    a = publish_to_hub_cache(tiny_model_dir / "step0", cache, "madyn-test/tiny", "step0")
+    b = publish_to_hub_cache(tiny_model_dir / "step12", cache, "madyn-test/tiny", "step12")
+    repo = cache / "models--madyn-test--tiny"
+    for f in (repo / "snapshots" / b).iterdir():  # B in flight: blobs there, links not yet
+        f.unlink()
+    shared = repo / "blobs" / hashlib.sha256(
+        (tiny_model_dir / "step0" / "config.json").read_bytes()).hexdigest()
+    weights_a = (repo / "snapshots" / a / "model.safetensors").resolve()
+    delete_cached_revision(repo / "snapshots" / a)
+    assert shared.exists()
+    assert not weights_a.exists()
+    assert not (repo / "snapshots" / a / "model.safetensors").exists()

@@ -609,15 +609,27 @@ def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None 
     return df, meta
 
 
-def delete_cached_revision(repo_id: str, commit: str | None) -> None:
-    """Remove one downloaded revision (snapshot and blobs no other revision uses)."""
-    from huggingface_hub import scan_cache_dir
+# weight files of a hub snapshot (what extract.delete_downloads removes)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 
-    info = scan_cache_dir()
-    hashes = [r.commit_hash for repo in info.repos if repo.repo_id == repo_id
-              for r in repo.revisions if commit is None or r.commit_hash == commit]
-    if hashes:
-        info.delete_revisions(*hashes).execute()
+
+def delete_cached_revision(snapshot: str | Path) -> list[Path]:
+    """Remove one downloaded revision's weights from the hub cache: its weight links and
+    the weight blobs no other snapshot links to. Small files (config, tokenizer) stay:
+    identical files are one blob shared by every revision, and a download running beside
+    this one may be about to link them. Returns the blobs removed."""
+    snap = Path(snapshot)
+    others = {p.resolve() for s in (snap.parent).iterdir() if s != snap
+              for p in s.rglob("*") if p.is_symlink()}
+    removed = []
+    for link in sorted(snap.rglob("*")):
+        if link.is_symlink() and link.name.endswith(WEIGHT_SUFFIXES):
+            blob = link.resolve()
+            link.unlink()
+            if blob not in others and blob.is_file():
+                blob.unlink()
+                removed.append(blob)
+    return removed
 
 
 # Files a measurement needs from a hub revision: config, weights, tokenizer (no code).

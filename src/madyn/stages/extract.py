@@ -170,14 +170,14 @@ def measure_download(marker_path: str, tokens_path: str, out: str, model: str, s
                      extreme_tokens: bool = True) -> None:
     """Measure a downloaded hub revision; with ``delete``, remove it from the cache after."""
     marker = read_json(marker_path)
-    if not Path(marker["snapshot"]).is_dir():  # deleted after an earlier measurement
-        marker = download_revision(marker["repo"], marker["revision"])
+    if not list(Path(marker["snapshot"]).glob("*.safetensors")):  # deleted after an
+        marker = download_revision(marker["repo"], marker["revision"])  # earlier measurement
     ck = Checkpoint(marker["snapshot"], step, Path(out), repo=marker["repo"],
                     revision=marker["revision"])
     measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size,
             extreme_tokens=extreme_tokens)
     if delete:
-        delete_cached_revision(marker["repo"], marker["commit"])
+        delete_cached_revision(marker["snapshot"])
 
 
 def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None = None,
