@@ -306,6 +306,7 @@ def test_released_suite_end_to_end_with_hostile_files(smoke_run, tmp_path):
     assert _job_counts(dry.stdout + dry.stderr).get("series") == 1, dry.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_released_suite_under_dvc(smoke_run, tmp_path):
     """`dvc repro` with a released suite active: the released folder is a DVC dependency,
     so an edited or deleted exp2 file reruns the extract phase (and what follows)."""
