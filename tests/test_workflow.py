@@ -64,14 +64,18 @@ def test_bad_params_fail_before_any_job(tmp_path):
 def smoke_run(tmp_path_factory):
     """The smoke suite through `dvc repro` in a fresh git + DVC repository."""
     proj = copy_workflow(ROOT, tmp_path_factory.mktemp("proj"))
-    remote = tmp_path_factory.mktemp("remote")
+    _git_dvc_init(proj, tmp_path_factory.mktemp("remote"))
+    r = _dvc(proj, "repro")
+    return proj, r
+
+
+def _git_dvc_init(proj: Path, remote: Path) -> None:
+    """Make ``proj`` a git + DVC repository (DVC remote: the folder ``remote``)."""
     assert _run(["git", "init", "-q"], proj).returncode == 0
     _dvc(proj, "init", "-q")
     _dvc(proj, "remote", "add", "-d", "local", str(remote))
     assert _run(["git", "add", "-A"], proj).returncode == 0
     assert _run(["git", "commit", "-qm", "init"], proj).returncode == 0
-    r = _dvc(proj, "repro")
-    return proj, r
 
 
 def test_dvc_repro_runs_every_phase(smoke_run):
@@ -300,6 +304,45 @@ def test_released_suite_end_to_end_with_hostile_files(smoke_run, tmp_path):
     victim.unlink()
     dry = _snakemake(rel, "--cores", "2", "-n")
     assert _job_counts(dry.stdout + dry.stderr).get("series") == 1, dry.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_released_suite_under_dvc(smoke_run, tmp_path):
+    """`dvc repro` with a released suite active: the released folder is a DVC dependency,
+    so an edited or deleted exp2 file reruns the extract phase (and what follows)."""
+    from madyn.released import read_exp2, to_table, write_exp2
+
+    proj, _ = smoke_run
+    (tmp_path / "rel").mkdir()
+    rel, data = _released_project(smoke_run, tmp_path, SMOKE_ARCH)
+    _git_dvc_init(rel, tmp_path / "remote")
+    r = _dvc(rel, "repro")
+    assert _stages_run(r.stdout) == {"suite", "extract", "fit", "features", "predict",
+                                      "report"}
+    res = rel / "results/study"
+    smoke_growth = read_json(proj / "results/smoke/metrics/growth.json")
+    assert read_json(res / "metrics/growth.json") == smoke_growth
+    assert read_json(res / "metrics/train.json")["models"] == {}  # nothing trained
+    assert _stages_run(_dvc(rel, "repro").stdout) == set()
+    # layer 0's top1 at the last step x1.1: its ratio there too
+    model = "s2-w32-h2"
+    last = smoke_growth[model]["last_step"]
+    victim = data / model / "stats" / f"exp2_{model}_step{last}"
+    arr = read_exp2(victim)
+    arr[:, 0, 0] *= 1.1
+    write_exp2(to_table(arr), victim)
+    status = _dvc(rel, "status").stdout
+    assert "extract:" in status and "results/study/models" in status, status
+    r = _dvc(rel, "repro")
+    assert {"extract", "fit"} <= _stages_run(r.stdout), r.stdout
+    got = read_json(res / "metrics/growth.json")
+    assert got["s3-w48-h4"] == smoke_growth["s3-w48-h4"]
+    before, after = smoke_growth[model]["last"], got[model]["last"]
+    assert after[0] == pytest.approx(1.1 * before[0], abs=2e-3)
+    assert after[1:] == before[1:]
+    assert _stages_run(_dvc(rel, "repro").stdout) == set()
+    (data / model / "stats" / f"exp2_{model}_step20").unlink()
+    assert "extract:" in _dvc(rel, "status").stdout
 
 
 def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):

@@ -129,6 +129,16 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dvc_outs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from madyn.project import ensure_stage_outs
+
+    for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
+        print(f"madyn dvc-outs: made {rel}", file=sys.stderr)
+    return 0
+
+
 def _cmd_plot_series(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
@@ -346,12 +356,22 @@ def _suite_parsers(sub) -> None:
                        description="Reads the training jobs' timing files and writes (and "
                        "prints) the training wall time: the time during which at least one "
                        "training job ran, and the sum over jobs.")
-    c.add_argument("timings", nargs="+",
-                   help="timing/<model>.json files (madyn train --timing-out)")
+    c.add_argument("timings", nargs="*",
+                   help="timing/<model>.json files (madyn train --timing-out); none for "
+                   "a suite that trains nothing")
     c.add_argument("--out", required=True)
     c.add_argument("--budget-min", type=float, default=None,
                    help="flag the wall time against this budget (minutes)")
     c.set_defaults(func=_cmd_train_summary)
+
+    c = sub.add_parser("dvc-outs", help="make a DVC stage's outs exist for any source",
+                       description="Run by the DVC suite and extract stages after their "
+                       "Snakemake target: makes every `outs` folder of the stage exist "
+                       "(empty when the active suite's source has nothing for it) and "
+                       "links a released suite's results/<suite>/models to its folder.")
+    c.add_argument("stage", help="a stage of dvc.yaml (suite, extract)")
+    c.add_argument("--params", default="params.yaml")
+    c.set_defaults(func=_cmd_dvc_outs)
 
 
 def _measure_args(c) -> None:

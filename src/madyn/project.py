@@ -79,23 +79,72 @@ def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
 
 # What each DVC stage runs: `snakemake <phase>_all` parses the Snakefile and common.smk and
 # runs the rules of its phase file, whose jobs call `madyn` (cli.py only parses and
-# dispatches, so it is not followed) and, through it, the phase's stage module.
+# dispatches, so it is not followed) and, through it, the phase's stage module; the suite
+# and extract stages then run `madyn dvc-outs` (this module's ensure_stage_outs).
 STAGE_CODE = {
-    "suite": ("suite.smk", ("suite",)),
-    "extract": ("extract.smk", ("extract",)),
-    "fit": ("fit.smk", ("fit",)),
-    "features": ("features.smk", ("features",)),
-    "predict": ("predict.smk", ("predict",)),
-    "report": ("report.smk", ("report", "effects")),
+    "suite": ("suite.smk", ("suite",), ("project",)),
+    "extract": ("extract.smk", ("extract",), ("project",)),
+    "fit": ("fit.smk", ("fit",), ()),
+    "features": ("features.smk", ("features",), ()),
+    "predict": ("predict.smk", ("predict",), ()),
+    "report": ("report.smk", ("report", "effects"), ()),
 }
+
+
+def stage_outs(root: Path, stage: str, suite: str) -> list[str]:
+    """The ``outs`` of DVC stage ``stage`` in ``root/dvc.yaml`` with ``${suite}`` filled
+    in: paths relative to ``root`` (metrics and plots left out)."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    if stage not in stages:
+        raise ValueError(f"dvc.yaml: no stage {stage!r} (stages: {', '.join(stages)})")
+    outs = stages[stage].get("outs", [])
+    paths = [next(iter(o)) if isinstance(o, dict) else o for o in outs]
+    return [p.replace("${suite}", suite) for p in paths]
+
+
+def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> list[str]:
+    """Make every ``outs`` folder of DVC stage ``stage`` exist, whatever the active suite's
+    source: dvc.yaml names them from ``suite`` alone, so a source with nothing to put in
+    one (a released suite trains and measures nothing) gets it empty. A released suite's
+    ``results/<suite>/models`` is a link to its released folder: DVC hashes through it,
+    so an edited or deleted exp2 file changes the suite stage's outs and the deps of the
+    stages that read them. Returns the paths made (relative to ``root``)."""
+    from madyn import config
+
+    cfg = config.load(str(root / params))
+    suite = config.active(cfg)
+    made = []
+    for rel in stage_outs(root, stage, cfg["suite"]):
+        out = root / rel
+        if suite["source"] == "released" and rel == f"{config.results_dir(cfg)}/models":
+            target = (root / suite["path"]).resolve()
+            if out.is_symlink() and out.resolve() == target:
+                continue
+            if out.exists() and not out.is_symlink():
+                raise ValueError(f"{rel}: a released suite's models are a link to "
+                                 f"suites.{cfg['suite']}.path, but {rel} is a real "
+                                 "folder: remove it")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.unlink(missing_ok=True)
+            out.symlink_to(target, target_is_directory=True)
+        elif not out.exists():
+            if out.suffix:
+                raise ValueError(f"dvc.yaml: stage {stage}: out {rel} is missing and is "
+                                 "not a folder")
+            out.mkdir(parents=True)
+        else:
+            continue
+        made.append(rel)
+    return made
 
 
 def stage_code_deps(root: Path, stage: str) -> list[str]:
     """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
-    rules, modules = STAGE_CODE[stage]
+    rules, modules, extra = STAGE_CODE[stage]
     cli = root / "src/madyn/cli.py"
     files = [root / "Snakefile", root / "workflow/rules/common.smk",
              root / "workflow/rules" / rules, cli]
+    files += [root / "src/madyn" / f"{m}.py" for m in extra]
     files += [root / "src/madyn/stages" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=(cli,))
     deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.config

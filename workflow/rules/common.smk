@@ -224,8 +224,11 @@ DOWNLOAD_WINDOWS = (
 
 # ------------------------------------------------------------------- phase outputs
 def suite_outputs():
-    return [model_manifest(m) for m in TRAINED] + (
-        [f"{RESULTS}/metrics/train.json"] if TRAINED else [])
+    """Trained models, the training summary (empty for a suite that trains nothing, so
+    that every source has the DVC suite stage's metric) and a hub suite's held-out files
+    (the corpus of the suite stage's outs)."""
+    hub = [SRC.corpus_manifest()] if SUITE_CFG["source"] == "hub" else []
+    return [model_manifest(m) for m in TRAINED] + [f"{RESULTS}/metrics/train.json"] + hub
 
 
 def extract_outputs():
