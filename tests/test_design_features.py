@@ -236,3 +236,18 @@ def test_family_configs_are_the_trainers():
     assert {f: (a["norm"], a["qk_norm"]) for f, a in seen.items()} == {
         "neox": ("pre", False), "llama": ("pre", False), "qwen3": ("pre", True),
         "olmo2": ("post", True)}
+
+
+def test_cli_predict_says_when_the_design_is_not_used(tmp_path):
+    fit, _, configs = _designed()
+    write_feature_table(build_feature_table(fit, configs, "original", "ratio"),
+                        tmp_path / "t.parquet")
+    settings = json.dumps(dataclasses.asdict(dataclasses.replace(FAST,
+                                                                 predict_model="mean_curve")))
+    r = subprocess.run(
+        [sys.executable, "-m", "madyn.cli", "predict", "--layers", "4", "--width", "64",
+         "--heads", "4", "--lr", "0.02", "--features", str(tmp_path / "t.parquet"),
+         "--settings-json", settings, "--out", str(tmp_path / "out")],
+        capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "uses relative depth alone; --lr did not change the prediction" in r.stderr

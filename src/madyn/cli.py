@@ -264,6 +264,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"madyn predict: {e}", file=sys.stderr)
         return 2
     summary = predict.forecast(features, arch, steps, settings, args.out)
+    given = [f"--{k}" for k in ("family", "optimizer", "lr", "eps") if getattr(args, k)]
+    if (given or args.sequential) and not summary.get("features"):
+        print(f"madyn predict: note: predict_model {settings.predict_model} uses relative "
+              f"depth alone; {' '.join(given) or '--sequential'} did not change the "
+              "prediction (set predict.predict_model to a regressor, e.g. xgb)",
+              file=sys.stderr)
     for line in predict.summary_lines(summary):
         print(line, file=sys.stderr)
     print(f"-> {args.out}/curves.csv, summary.json, prediction.png", file=sys.stderr)
