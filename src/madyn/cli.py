@@ -130,8 +130,6 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_dvc_outs(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from madyn.project import ensure_stage_outs
 
     for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
@@ -203,7 +201,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from madyn.settings import PredictSettings
     from madyn.stages import features
 
-    configs = dict(c.split("=", 1) for c in args.config)
+    configs = _model_map(args.config, "--config")
     s = PredictSettings(parametrisation=args.parametrisation, quantity=args.quantity)
     t = features.run(args.fits, configs, args.out, args.out_csv, s)
     print(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}",
@@ -279,29 +277,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_report_figures(args: argparse.Namespace) -> int:
     from madyn.stages import report
 
-    configs = dict(x.split("=", 1) for x in args.config)
+    configs = _model_map(args.config, "--config")
     layers = report.figures(args.series, configs, args.manifests, args.out_dir)
     print(f"report: {layers['model'].nunique()} models -> {args.out_dir}", file=sys.stderr)
     return 0
 
 
-def _design_map(items: list[str]) -> dict[str, str]:
-    """MODEL=LABEL items -> {model: label}; ValueError naming a malformed or repeated item."""
+def _model_map(items: list[str], flag: str) -> dict[str, str]:
+    """MODEL=VALUE items of option ``flag`` -> {model: value}; ValueError naming a malformed
+    or repeated item."""
     out: dict[str, str] = {}
     for item in items:
-        model, sep, label = item.partition("=")
-        if not sep or not model or not label:
-            raise ValueError(f"--design {item!r}: expected MODEL=LABEL")
+        model, sep, value = item.partition("=")
+        if not sep or not model or not value:
+            raise ValueError(f"{flag} {item!r}: expected MODEL=VALUE")
         if model in out:
-            raise ValueError(f"--design: model {model!r} given twice")
-        out[model] = label
+            raise ValueError(f"{flag}: model {model!r} given twice")
+        out[model] = value
     return out
 
 
 def _cmd_effects(args: argparse.Namespace) -> int:
     from madyn.stages import effects
 
-    out = effects.run(args.series, args.fits, _design_map(args.design), args.base,
+    out = effects.run(args.series, args.fits, _model_map(args.design, "--design"), args.base,
                       args.out_json, args.out_csv, args.out_png, args.n_boot, args.seed)
     a = out["association"]
     rho = "n/a" if a["rho"] is None or a["rho"] != a["rho"] else f"{a['rho']:.3f}"

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps
+from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps, design_record, recipe
 
 
 class ConfigError(ValueError):
@@ -191,9 +191,7 @@ def known_recipe(suite: dict, name: str) -> dict:
     """What a model entry states of its training recipe (``optimizer``, ``lr``, ``eps``):
     a local model's resolved recipe; a hub or released model's keys, when given."""
     if suite["source"] == "local":
-        t = train_spec(suite, name)
-        return {"optimizer": t.optimizer, "lr": t.lr,
-                **({"eps": t.eps} if t.optimizer == "adamw" else {})}
+        return recipe(design_record(model_spec(suite, name), train_spec(suite, name)))
     m = model_entry(suite, name)
     return {k: m[k] for k in ("optimizer", "lr", "eps") if k in m}
 

@@ -180,6 +180,7 @@ def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
             for k in per:
                 per[k][m] = {"skipped": f"no observed {s.quantity} series for {m}"}
             continue
+        held = [x for x, gx in group_of.items() if gx == group_of[m]]
         for kind in [*kinds, "mean_curve"]:
             rows = []
             for la, dep in layers.itertuples(index=False):
@@ -187,7 +188,6 @@ def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
                 if len(st) < 2:
                     continue
                 if kind == "mean_curve":
-                    held = [x for x, gx in group_of.items() if gx == group_of[m]]
                     pred = mean_curve_baseline(table, held, np.array([dep]), st,
                                                s.parametrisation)[0]
                     g = dense_grid(st.min(), st.max())

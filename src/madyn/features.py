@@ -118,7 +118,7 @@ _ALIBI_FAMILIES = {"bloom", "mpt"}
 # after each sub-block instead of before it; attention and MLP reading the same input
 _QK_NORM_FAMILIES = {"qwen3", "qwen3_moe", "olmo2", "olmo3", "gemma3_text"}
 _POST_NORM_FAMILIES = {"olmo2", "olmo3"}
-_PARALLEL_FAMILIES = {"gptj", "codegen", "phi", "cohere"}
+_PARALLEL_FAMILIES = {"gpt_neox", "gptj", "codegen", "phi", "cohere"}  # (NeoX: HF's default)
 _ROPE_KEYS = ("rotary_pct", "partial_rotary_factor", "rotary_dim", "rope_theta", "rope_scaling",
               "rope_parameters", "rotary_emb_base", "rope_type")
 
@@ -301,7 +301,7 @@ def design(config: dict) -> dict:
     elif "parallel_attn" in config:  # Falcon
         parallel = bool(config["parallel_attn"])
     else:
-        parallel = mt in _PARALLEL_FAMILIES or (mt == "gpt_neox")
+        parallel = mt in _PARALLEL_FAMILIES
     return {"label": str(rec.get("label", "")),
             "optimizer": str(rec.get("optimizer", "")),
             "lr": float(rec["lr"]) if rec.get("lr") is not None else math.nan,

@@ -37,14 +37,12 @@ from madyn.settings import PredictSettings
 DESIGN_INPUT = {"f_log_lr": "lr", "f_log_eps": "eps (or optimizer sgd)", "f_sgd": "optimizer"}
 
 
-def query_features(d: pd.DataFrame, config_or_arch: dict) -> tuple[pd.DataFrame, list[str]]:
-    """The new model's feature rows (one per layer) and the predictors' columns on training
-    rows ``d``; ValueError naming the design input the query lacks when the predictors use
-    it (it varies across the training models)."""
-    if is_architecture(config_or_arch):
-        arch, axes = config_or_arch, None
-    else:
-        arch, axes = architecture(config_or_arch), design(config_or_arch)
+def query_features(d: pd.DataFrame, arch: dict, axes: dict | None
+                   ) -> tuple[pd.DataFrame, list[str]]:
+    """The new model's feature rows (one per layer; ``axes``: its :func:`design`, None when
+    unknown) and the predictors' columns on training rows ``d``; ValueError naming the
+    design input the query lacks when the predictors use it (it varies across the
+    training models)."""
     cols = feature_columns(d)
     new = feature_frame(arch, axes=axes)
     missing = [c for c in cols if not np.isfinite(new[c].to_numpy(float)).all()]
@@ -81,7 +79,10 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
     """
     s = PredictSettings.of(settings)
     check_table(table, s.parametrisation, s.quantity)
-    arch = config_or_arch if is_architecture(config_or_arch) else architecture(config_or_arch)
+    if is_architecture(config_or_arch):
+        arch, axes = config_or_arch, None
+    else:
+        arch, axes = architecture(config_or_arch), design(config_or_arch)
     steps = np.unique(np.asarray(steps, float))
     d = usable_rows(table)
     if d.empty:
@@ -91,7 +92,7 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
         return curves, {**summary, "features": [], "design_features": {}}
     names = param_names(d)
     transforms = table.attrs["transforms"]
-    new, cols = query_features(d, config_or_arch)
+    new, cols = query_features(d, arch, axes)
     Xnew = feature_matrix(new, cols)
     point = raw_params(_fit_all_targets(s.predict_model, s, d, Xnew, s.seed, cols), names,
                        transforms)

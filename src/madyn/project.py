@@ -82,12 +82,12 @@ def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
 # dispatches, so it is not followed) and, through it, the phase's stage module; the suite
 # and extract stages then run `madyn dvc-outs` (this module's ensure_stage_outs).
 STAGE_CODE = {
-    "suite": ("suite.smk", ("suite",), ("project",)),
-    "extract": ("extract.smk", ("extract",), ("project",)),
-    "fit": ("fit.smk", ("fit",), ()),
-    "features": ("features.smk", ("features",), ()),
-    "predict": ("predict.smk", ("predict",), ()),
-    "report": ("report.smk", ("report", "effects"), ()),
+    "suite": ("suite.smk", ("stages/suite", "project")),
+    "extract": ("extract.smk", ("stages/extract", "project")),
+    "fit": ("fit.smk", ("stages/fit",)),
+    "features": ("features.smk", ("stages/features",)),
+    "predict": ("predict.smk", ("stages/predict",)),
+    "report": ("report.smk", ("stages/report", "stages/effects")),
 }
 
 
@@ -140,12 +140,11 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
 
 def stage_code_deps(root: Path, stage: str) -> list[str]:
     """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
-    rules, modules, extra = STAGE_CODE[stage]
+    rules, modules = STAGE_CODE[stage]
     cli = root / "src/madyn/cli.py"
     files = [root / "Snakefile", root / "workflow/rules/common.smk",
              root / "workflow/rules" / rules, cli]
-    files += [root / "src/madyn" / f"{m}.py" for m in extra]
-    files += [root / "src/madyn/stages" / f"{m}.py" for m in modules]
+    files += [root / "src/madyn" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=(cli,))
     deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.config
     return sorted(str(p) for p in deps)

@@ -156,13 +156,17 @@ def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
             "optimizer": train.optimizer, "optimizer_params": opt, "seed": train.seed}
 
 
+def recipe(design: dict) -> dict:
+    """The recipe part of a :func:`design_record`: optimizer, lr and (AdamW) eps."""
+    opt = design.get("optimizer_params", {})
+    return {"optimizer": design["optimizer"], "lr": opt["lr"],
+            **({"eps": opt["eps"]} if "eps" in opt else {})}
+
+
 def trained_recipe(checkpoint_record: Path) -> dict:
     """The recipe a madyn checkpoint records (``madyn_checkpoint.json``, written by
-    :func:`train_model`): optimizer, lr and (AdamW) eps."""
-    rec = json.loads(Path(checkpoint_record).read_text())
-    opt = rec.get("optimizer_params", {})
-    return {"optimizer": rec["optimizer"], "lr": opt["lr"],
-            **({"eps": opt["eps"]} if "eps" in opt else {})}
+    :func:`train_model` with its :func:`design_record`)."""
+    return recipe(json.loads(Path(checkpoint_record).read_text()))
 
 
 def make_optimizer(model, train: TrainSpec):
