@@ -33,24 +33,32 @@ def _raw_layer_outputs(model, tokens) -> list[np.ndarray]:
             hs = model(input_ids=torch.as_tensor(tokens), output_hidden_states=True).hidden_states
     finally:
         model.gpt_neox.final_layer_norm = final_norm
-    return [h.numpy().astype(np.float64) for h in hs[1:]]
+    return [h.double().numpy() for h in hs[1:]]
 
 
-def test_top_and_median_match_independent_recomputation(tiny_model_dir, corpus_dir):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_top_and_median_match_independent_recomputation(tiny_model_dir, corpus_dir, dtype):
+    """float32 and bf16 weights (as Pythia is measured on a GPU): statistics in float32 of
+    the layer outputs in the weights' dtype, exact for the order statistics."""
     step = read_json(tiny_model_dir / "manifest.json")["steps"][-1]
-    model = load_model(str(tiny_model_dir / f"step{step}"), device="cpu")
+    model = load_model(str(tiny_model_dir / f"step{step}"), dtype=dtype, device="cpu")
     tokens = _tokens(corpus_dir)
     table = measure(model, tokens, batch_size=2)  # two batches: 2 + 1 sequences
-    raw = _raw_layer_outputs(model, tokens)
+    # the same batches and attention as measure's (in bf16 their rounding shows)
+    model.set_attn_implementation("eager")
+    raw = [np.concatenate(hs) for hs in zip(_raw_layer_outputs(model, tokens[:2]),
+                                           _raw_layer_outputs(model, tokens[2:]), strict=True)]
     assert table["layer"].nunique() == len(raw) == model.config.num_hidden_layers
+    rtol = 0 if dtype == "bfloat16" else 1e-5  # bf16 values are exact in float32
     for layer, h in enumerate(raw):
         rows = table[table["layer"] == layer].sort_values("seq")
         a = np.sort(np.abs(h).reshape(len(tokens), -1), axis=1)  # full sort, ascending
         n = a.shape[1]
-        np.testing.assert_allclose(rows["top1"], a[:, -1], rtol=1e-5)
-        np.testing.assert_allclose(rows["top2"], a[:, -2], rtol=1e-5)
-        np.testing.assert_allclose(rows["top3"], a[:, -3], rtol=1e-5)
-        np.testing.assert_allclose(rows["median"], a[:, (n - 1) // 2], rtol=1e-5)  # lower
+        np.testing.assert_allclose(rows["top1"], a[:, -1], rtol=rtol)
+        np.testing.assert_allclose(rows["top2"], a[:, -2], rtol=rtol)
+        np.testing.assert_allclose(rows["top3"], a[:, -3], rtol=rtol)
+        np.testing.assert_allclose(rows["median"], a[:, (n - 1) // 2], rtol=rtol)  # lower
+        assert np.isfinite(rows[["kurtosis", "mmr", "cos_sim"]].to_numpy()).all()
         flat = np.abs(h).reshape(len(tokens), -1).argmax(1)
         d = h.shape[-1]
         assert (rows["top1_token"].to_numpy() == flat // d).all()
@@ -60,7 +68,8 @@ def test_top_and_median_match_independent_recomputation(tiny_model_dir, corpus_d
         post_ln = model(input_ids=torch.as_tensor(tokens), output_hidden_states=True
                         ).hidden_states[-1]
     last = table[table["layer"] == len(raw) - 1].sort_values("seq")["top1"].to_numpy()
-    assert not np.allclose(last, post_ln.abs().flatten(1).amax(1).numpy(), rtol=1e-3)
+    assert not np.allclose(last, post_ln.abs().flatten(1).amax(1).double().numpy(),
+                           rtol=1e-3)
 
 
 def test_outlier_metrics_match_definitions():
@@ -169,7 +178,7 @@ def test_cpu_worker_path_equals_reference_statistics(with_nonfinite):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_path_matches_cpu(dtype, tmp_path):
     """On a GPU the statistics run in torch on the device; they must match the CPU's."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
