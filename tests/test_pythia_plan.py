@@ -55,13 +55,17 @@ def _job_resources(text: str, rule: str) -> list[dict]:
     return out
 
 
-def test_pythia_dry_run_plan(tmp_path):
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_pythia_dry_run_plan(tmp_path, device):
+    """``auto`` on this GPU-less machine plans CPU jobs; ``cuda`` (a GPU box, or planning
+    for one) gives every measuring job gpu=1, which the profile caps at 1 GPU."""
     cache = tmp_path / "hub"
     _hub_cache(cache)
     (tmp_path / "proj").mkdir()
     proj = copy_workflow(ROOT, tmp_path / "proj", suite="pythia")
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
     cfg["suites"]["pythia"]["extract"]["disk_budget_gb"] = BUDGET_GB
+    cfg["suites"]["pythia"]["extract"]["device"] = device
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
            "CUDA_VISIBLE_DEVICES": ""}
@@ -77,7 +81,15 @@ def test_pythia_dry_run_plan(tmp_path):
     plan_12b = extract_plan(_config(*PYTHIA["12b"]), cfg["suites"]["pythia"]["extract"])
     assert per_model["pythia-12b"] == plan_12b["mem_mb"] > 2 * 11.5e9 / 2**20
     assert per_model["pythia-14m"] < per_model["pythia-1b"] < per_model["pythia-12b"]
-    assert all(int(j["runtime"]) >= 1 and j["gpu"] == "0" for j in extract)  # no GPU here
+    assert all(int(j["runtime"]) >= 1 for j in extract)
+    if device == "auto":  # no GPU visible here
+        assert all(j["gpu"] == "0" and j["gpu_mem_mb"] == "0" for j in extract)
+    else:  # one GPU per model, the GPU memory its weights and batch need; at most one at once
+        assert all(j["gpu"] == "1" for j in extract)
+        assert {j["model"]: int(j["gpu_mem_mb"]) for j in extract}["pythia-12b"] == \
+            plan_12b["gpu_mem_mb"] > 2 * 11.5e9 / 2**20
+        profile = yaml.safe_load((proj / "profiles" / "default" / "config.yaml").read_text())
+        assert "gpu=1" in profile["resources"]
     # downloads: one after another, each waiting for what the disk budget requires
     order = [(m["name"], s) for m in cfg["suites"]["pythia"]["models"]
              for s in cfg["suites"]["pythia"]["analyse_steps"]]
