@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from madyn.extract import (
     read_stats,
     write_stats,
 )
+from madyn.gpus import claimed_device
 from madyn.io import atomic_path, read_json, sha256_file, write_json
 from madyn.series import build_series, growth_summary
 
@@ -132,24 +134,27 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
     tokens = load_tokens(tokens_path)
     tokens_sha = sha256_file(tokens_path)
     t0, done, kept = time.monotonic(), 0, 0
-    for i, ck in enumerate(checkpoints, 1):
-        fp = fingerprint(weight_files(ck.source))
-        _verify(ck, fp)
-        if _is_current(ck.out, fp, tokens_sha, dtype, extreme_tokens):
-            kept += 1
-            continue
-        df, meta = measure_checkpoint(ck.source, tokens, dtype=dtype, device=device,
-                                      batch_size=batch_size, weights_fp=fp,
-                                      extreme_tokens=extreme_tokens)
-        meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
-        if ck.repo:
-            meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
-        write_stats(df, meta, ck.out)
-        done += 1
-        last = df[df["layer"] == df["layer"].max()]["ratio"].mean()
-        progress(f"[{model}] step {ck.step} ({i}/{len(checkpoints)}): last-layer "
-                 f"top1/median {last:.1f}, {meta['seconds']:.2f}s "
-                 f"({time.monotonic() - t0:.0f}s elapsed)")
+    with ExitStack() as held:
+        dev = None  # claimed at the first checkpoint to measure (one GPU of several)
+        for i, ck in enumerate(checkpoints, 1):
+            fp = fingerprint(weight_files(ck.source))
+            _verify(ck, fp)
+            if _is_current(ck.out, fp, tokens_sha, dtype, extreme_tokens):
+                kept += 1
+                continue
+            dev = dev or held.enter_context(claimed_device(device, say=progress))
+            df, meta = measure_checkpoint(ck.source, tokens, dtype=dtype, device=dev,
+                                          batch_size=batch_size, weights_fp=fp,
+                                          extreme_tokens=extreme_tokens)
+            meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
+            if ck.repo:
+                meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
+            write_stats(df, meta, ck.out)
+            done += 1
+            last = df[df["layer"] == df["layer"].max()]["ratio"].mean()
+            progress(f"[{model}] step {ck.step} ({i}/{len(checkpoints)}): last-layer "
+                     f"top1/median {last:.1f}, {meta['seconds']:.2f}s "
+                     f"({time.monotonic() - t0:.0f}s elapsed)")
     progress(f"[{model}] measured {done} checkpoints, kept {kept} up to date "
              f"({time.monotonic() - t0:.1f}s)")
     return {"measured": done, "kept": kept}
