@@ -148,33 +148,43 @@ def test_extract_cli_writes_table_with_metadata(tiny_model_dir, corpus_dir, tmp_
     assert meta["median"].startswith("lower") and "torch" in meta
 
 
+@pytest.mark.parametrize("on_cpu", [True, False])
 @pytest.mark.parametrize("with_nonfinite", [False, True])
-def test_cpu_worker_path_equals_reference_statistics(with_nonfinite):
-    """measure() on the CPU finishes statistics in numpy on a worker thread; it must
-    agree with layer_stats / mlp_stats (the torch path used on GPUs)."""
+def test_collector_paths_equal_reference_statistics(with_nonfinite, on_cpu):
+    """measure() on the CPU finishes statistics in numpy on a worker thread; on a GPU
+    they stay tensors until one copy per batch (run here on CPU tensors). Both must agree
+    with layer_stats / mlp_stats."""
     from madyn.extract import mlp_stats
 
     g = torch.Generator().manual_seed(1)
-    h = torch.randn(3, 20, 16, generator=g)
-    h[:, :, 3] *= 25
-    if with_nonfinite:
-        h[1, 2, 5] = float("nan")
-        h[2, 0, 0] = float("-inf")
-    act = torch.nn.functional.gelu(torch.randn(3, 20, 64, generator=g))
-    ref = {**layer_stats(h.clone()), **mlp_stats(act, (3, 20))}
-    coll = _Collector(on_cpu=True)
+    coll = _Collector(on_cpu=on_cpu)
     coll.batch_shape = (3, 20)
-    coll.layer_hook(0)(None, None, (h.clone(),))
-    coll.mlp_hook(0)(None, None, act)
-    probs = torch.softmax(torch.randn(3, 2, 20, 20, generator=g), dim=-1)
-    ref.update(attention_stats(probs))
-    coll.attention_hook(0)(None, None, (torch.zeros(3, 20, 16), probs))
-    coll.drain()
+    want: dict = {}
+    for batch in range(2):  # two batches of two layers: drained after each batch
+        for layer in range(2):
+            h = torch.randn(3, 20, 16, generator=g)
+            h[:, :, 3] *= 25 * (layer + 1)
+            if with_nonfinite and batch == 0:
+                h[1, 2, 5] = float("nan")
+                h[2, 0, 0] = float("-inf")
+            act = torch.nn.functional.gelu(torch.randn(3, 20, 64, generator=g))
+            probs = torch.softmax(torch.randn(3, 2, 20, 20, generator=g), dim=-1)
+            ref = {**layer_stats(h.clone()), **mlp_stats(act, (3, 20)),
+                   **attention_stats(probs)}
+            for key, v in ref.items():
+                want.setdefault((layer, key), []).append(v)
+            coll.layer_hook(layer)(None, None, (h.clone(),))
+            coll.mlp_hook(layer)(None, None, act)
+            coll.attention_hook(layer)(None, None, (torch.zeros(3, 20, 16), probs))
+        coll.drain()
     coll.close()
-    assert {"sink_mass", "first_norm_ratio", "first_peak_ratio"} <= set(ref)
-    for key, want in ref.items():
-        got = np.concatenate(coll.rows[(0, key)])
-        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)
+    assert {"sink_mass", "first_norm_ratio", "first_peak_ratio"} <= {k for _, k in want}
+    assert set(coll.rows) == set(want)
+    for key, parts in want.items():
+        got = coll.rows[key]
+        assert all(isinstance(p, np.ndarray) for p in got)
+        np.testing.assert_allclose(np.concatenate(got), np.concatenate(parts), rtol=1e-5,
+                                   err_msg=str(key))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

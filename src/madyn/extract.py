@@ -399,12 +399,23 @@ class _Collector:
         self._store(layer, fut.result())
 
     def drain(self) -> None:
-        """Finish pending work; bring device tensors to the host (one sync per batch)."""
+        """Finish pending work; bring tensors to the host in one copy (one sync per batch,
+        not one per layer and statistic)."""
         while self.pending:
             self._drain_one()
-        for key, parts in self.rows.items():
-            self.rows[key] = [p.double().cpu().numpy() if hasattr(p, "cpu") else
-                              np.asarray(p) for p in parts]
+        on_device = [(key, i) for key, parts in self.rows.items()
+                     for i, p in enumerate(parts) if hasattr(p, "cpu")]
+        if not on_device:
+            return
+        import torch
+
+        flat = torch.cat([self.rows[k][i].double().reshape(-1) for k, i in on_device])
+        host = flat.cpu().numpy()
+        at = 0
+        for k, i in on_device:
+            n = self.rows[k][i].numel()
+            self.rows[k][i] = host[at:at + n]
+            at += n
 
     def close(self) -> None:
         if self.pool is not None:
