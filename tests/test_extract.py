@@ -293,3 +293,42 @@ def test_extreme_tokens_off_leaves_sink_nan_and_model_as_loaded(tiny_model_dir, 
     assert off["sink_mass"].isna().all()
     np.testing.assert_allclose(off["first_norm_ratio"], on["first_norm_ratio"], rtol=1e-4)
     np.testing.assert_allclose(off["ratio"], on["ratio"], rtol=1e-4)
+
+
+# ------------------------------------------------------- exact selections on the CPU path
+def _rows_cases(n: int) -> np.ndarray:
+    """Rows of length n: Gaussian |h|, heavy-tailed, few distinct values (ties at the
+    median), constant, and one whose sampled positions hold its largest values (the sample
+    brackets the wrong place; the exact fallback must answer)."""
+    from madyn.extract import MEDIAN_SAMPLE
+
+    rng = np.random.default_rng(3)
+    gauss = np.abs(rng.standard_normal(n))
+    heavy = np.abs(rng.standard_cauchy(n))
+    ties = rng.integers(0, 4, n).astype(float)
+    const = np.full(n, 0.5)
+    fooled = rng.random(n)
+    fooled[np.random.default_rng(0).integers(0, n, MEDIAN_SAMPLE)] = 1e3 + rng.random(MEDIAN_SAMPLE)
+    return np.stack([gauss, heavy, ties, const, fooled]).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [101, 300_001, 1_048_576])
+def test_lower_medians_are_exact(n):
+    from madyn.extract import _lower_medians
+
+    rows = _rows_cases(n)
+    want = np.sort(rows, axis=1)[:, (n - 1) // 2]
+    got = _lower_medians(rows.copy())
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32
+
+
+@pytest.mark.parametrize(("t", "d"), [(2, 8), (64, 32), (2048, 512)])
+def test_top3_is_exact(t, d):
+    from madyn.extract import _top3
+
+    rows = _rows_cases(t * d)
+    rows[0, 5:8] = 50.0  # the top 3 in one token, tied
+    a = rows.reshape(len(rows), t, d)
+    want = -np.sort(-rows, axis=1)[:, :3]
+    np.testing.assert_array_equal(_top3(rows, a.max(axis=2)), want)
