@@ -82,7 +82,10 @@ def module_time(request):
 
 @pytest.fixture(scope="module")
 def cluster(request):
-    """A running local SLURM cluster; skipped where packages cannot be installed, unless CI."""
+    """A running local SLURM cluster; skipped where packages cannot be installed, unless CI.
+    A cluster that was not up before is stopped afterwards (a running one is left as is)."""
+    was_up = subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True,
+                            timeout=60).returncode == 0
     t0 = time.monotonic()
     r = subprocess.run(["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True,
                        timeout=600)
@@ -90,8 +93,16 @@ def cluster(request):
     if r.returncode == 3 and not under_ci:
         reason = (r.stdout.strip().splitlines() or ["exit 3"])[-1]
         pytest.skip(f"no SLURM cluster here (local-cluster.sh: {reason})")
-    assert r.returncode == 0, f"local-cluster.sh start: exit {r.returncode}\n{r.stdout}{r.stderr}"
-    _say(request, f"local-cluster.sh start: {time.monotonic() - t0:.1f} s")
+    try:
+        assert r.returncode == 0, \
+            f"local-cluster.sh start: exit {r.returncode}\n{r.stdout}{r.stderr}"
+        _say(request, f"local-cluster.sh start: {time.monotonic() - t0:.1f} s")
+        yield
+    finally:
+        if not was_up:
+            stop = subprocess.run(["bash", str(CLUSTER_SH), "stop"], capture_output=True,
+                                  text=True, timeout=120)
+            _say(request, f"local-cluster.sh stop: exit {stop.returncode}")
 
 
 @pytest.fixture(scope="module")
