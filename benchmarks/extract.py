@@ -136,16 +136,13 @@ def peak_memory_child(variant: str, args) -> None:
     print(json.dumps({"variant": variant, "peak_mb": peak}))
 
 
-def _median_time(fn, device: str, repeats: int) -> float:
-    """Median wall time (s) of ``fn()`` over ``repeats`` calls, the device synchronised."""
-    ts = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def _timed(fn, device: str) -> float:
+    """Wall time (s) of one ``fn()``, the device synchronised before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def breakdown(args, per_layer_forward: float) -> None:
@@ -168,7 +165,8 @@ def breakdown(args, per_layer_forward: float) -> None:
     at = a.view(b, t, d)
     norms = f.norm(dim=2)
     parts = {
-        "float32 copy, finite mask": lambda: torch.where(torch.isfinite(h.float()), h.float(), 0.0),
+        "float32 copy, finite mask": lambda: torch.where(torch.isfinite(f32 := h.float()),
+                                                         f32, 0.0),
         "|h|, top 3 over T*D": lambda: torch.topk(f.abs().reshape(b, -1), 3, dim=1),
         "median over T*D": lambda: a.median(dim=1),
         "per-token max and median (mmr)": lambda: (at.amax(2), at.median(2)),
@@ -180,7 +178,8 @@ def breakdown(args, per_layer_forward: float) -> None:
     with torch.inference_mode():
         for fn in parts.values():  # warm up
             fn()
-        times = {k: _median_time(fn, args.device, args.repeats) for k, fn in parts.items()}
+        times = {k: statistics.median(_timed(fn, args.device) for _ in range(args.repeats))
+                 for k, fn in parts.items()}
     print(f"\nbreakdown of the device-side statistics, one layer ({b} x {t} x {d}, "
           f"{args.dtype}); one layer's bare forward: {per_layer_forward * 1e3:.2f} ms")
     print(f"{'part':34} {'ms':>9} {'x layer fwd':>12}")
@@ -220,11 +219,7 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
     for r in range(args.repeats):
         for name, fn in VARIANTS.items():
-            _sync(args.device)
-            t0 = time.perf_counter()
-            fn(model, ids)
-            _sync(args.device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(_timed(lambda fn=fn: fn(model, ids), args.device))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
               flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}

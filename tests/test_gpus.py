@@ -18,10 +18,10 @@ from madyn.gpus import claimed_device
 
 HOLD = """
 import json, sys, time
+from pathlib import Path
 from madyn.gpus import claimed_device
-lock_dir, n, hold, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-with claimed_device("cuda", n_gpus=n, lock_dir=__import__("pathlib").Path(lock_dir),
-                    poll_s=0.05) as dev:
+lock_dir, n, hold, out = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+with claimed_device("cuda", n_gpus=n, lock_dir=lock_dir, poll_s=0.05) as dev:
     t0 = time.time()
     print(dev, flush=True)
     time.sleep(hold)

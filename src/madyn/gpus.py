@@ -41,6 +41,22 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def _claim(n: int, lock_dir: Path, poll_s: float, say: Callable[[str], None]
+           ) -> tuple[int, int]:
+    """Block until one of GPUs 0..n-1 is free: (its index, the descriptor holding it)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for i in range(n):
+            fd = _try_lock(lock_dir / f"gpu{i}.lock")
+            if fd is not None:
+                return i, fd
+        if not waited:
+            say(f"all {n} GPUs are held by other madyn jobs ({lock_dir}); waiting")
+            waited = True
+        time.sleep(poll_s)
+
+
 @contextmanager
 def claimed_device(device: str, n_gpus: int | None = None, lock_dir: Path = LOCK_DIR,
                    poll_s: float = 1.0, say: Callable[[str], None] = print
@@ -59,19 +75,8 @@ def claimed_device(device: str, n_gpus: int | None = None, lock_dir: Path = LOCK
     if device != "cuda" or n <= 1:
         yield device
         return
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
-        for i in range(n):
-            fd = _try_lock(lock_dir / f"gpu{i}.lock")
-            if fd is None:
-                continue
-            try:
-                yield f"cuda:{i}"
-            finally:
-                os.close(fd)  # closing the descriptor releases the lock
-            return
-        if not waited:
-            say(f"all {n} GPUs are held by other madyn jobs ({lock_dir}); waiting")
-            waited = True
-        time.sleep(poll_s)
+    i, fd = _claim(n, lock_dir, poll_s, say)
+    try:
+        yield f"cuda:{i}"
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
