@@ -2,6 +2,19 @@
 # Configuration: params.yaml (validated before any job starts). Run: snakemake --cores N
 # Phase targets (what the DVC stages call): suite_all, extract_all, fit_all,
 # features_all, predict_all, report_all.
+import sys
+
+from madyn import config as madyn_config
+
+# Before Snakemake reads it: a params file that is huge, has a key twice or YAML aliases
+# that expand without bound is refused here (Snakemake would keep the last duplicate and
+# walk every expanded value).
+try:
+    madyn_config.read("params.yaml")
+except madyn_config.ConfigError as err:
+    sys.exit(f"madyn: {err}")
+
+
 configfile: "params.yaml"
 
 

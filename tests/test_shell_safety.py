@@ -117,7 +117,7 @@ def _planned_commands(proj: Path, env: dict) -> list[tuple[str, str]]:
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout + r.stderr):
         rule = re.match(r"(?:local)?rule (\w+):", block)
         cmd = re.search(r"^Shell command: (.*)$", block, re.M)
-        if rule and cmd:
+        if rule and cmd and cmd[1] != "None":
             out.append((rule[1], cmd[1]))
     return out
 
@@ -252,3 +252,55 @@ def test_snakemake_refuses_a_hostile_suite_name_before_any_job(tmp_path):
     assert r.returncode != 0
     assert "madyn: invalid params.yaml: suite" in r.stdout + r.stderr
     assert not canary.exists() and not (proj / "results").exists()
+
+
+# ------------------------------------------------------- a params file that hangs or lies
+def _bomb(levels: int = 9) -> str:
+    """A YAML alias bomb: 10 ** levels leaves from a few hundred bytes."""
+    lines = ['l0: &l0 ["a","a","a","a","a","a","a","a","a","a"]']
+    lines += [f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]"
+              for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text,message", [
+    (_bomb() + (ROOT / "params.yaml").read_text(), "more than 100000 values"),
+    ("suite: smoke\n" + (ROOT / "params.yaml").read_text(), "duplicate key 'suite' (line"),
+    ("a: &a [*a]\n", "refers to itself"),
+    ("x: " + "[" * 200 + "]" * 200 + "\n", "nested"),
+])
+def test_hostile_params_files_are_refused_fast(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    r = subprocess.run(["madyn", "check", str(path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_huge_params_file_refused_unread(tmp_path):
+    path = tmp_path / "params.yaml"
+    with open(path, "w") as f:
+        f.write("suite: smoke\n")
+        f.write("# padding\n" * 5_000_000)
+    with pytest.raises(config.ConfigError, match=r"params.yaml: \d+ bytes, larger than"):
+        config.read(str(path))
+
+
+def test_params_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    fifo = tmp_path / "params.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(config.ConfigError, match="not a regular file"):
+        config.read(str(fifo))
+
+
+@pytest.mark.parametrize("prefix,message", [
+    (_bomb(), "more than 100000 values"),
+    ("suite: smoke\n", "duplicate key 'suite'")])
+def test_snakemake_refuses_a_hostile_params_file_before_reading_it(tmp_path, prefix, message):
+    (tmp_path / "proj").mkdir()
+    proj = copy_workflow(ROOT, tmp_path / "proj")
+    (proj / "params.yaml").write_text(prefix + (proj / "params.yaml").read_text())
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=proj,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and message in r.stdout + r.stderr, r.stderr[-2000:]

@@ -7,6 +7,8 @@ No module reads the YAML itself: the Snakefile (configfile) and the CLI load it,
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,13 @@ from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps, design_record, r
 
 class ConfigError(ValueError):
     """params.yaml is invalid; the message names the offending key."""
+
+
+# Bounds on a params file, checked before anything walks it: a real one is a few kB with a
+# few hundred values; YAML aliases can make a small file expand to billions.
+MAX_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 32
 
 
 def _schema() -> dict:
@@ -42,7 +51,34 @@ def _describe(err) -> str:
         return _describe(best)
     if err.validator == "type" and err.validator_value == "integer":
         return f"{_key(err.absolute_path)}: {err.instance!r} is not an integer"
+    if err.validator == "pattern" and "description" in err.schema:
+        return f"{_key(err.absolute_path)}: {err.instance!r} is not {err.schema['description']}"
     return f"{_key(err.absolute_path)}: {err.message}"
+
+
+def _count_values(node: Any, memo: dict[int, int], active: set[int], depth: int = 0
+                  ) -> int:
+    """Values in ``node`` with every YAML alias expanded (shared objects counted once per
+    use, computed once each); ConfigError beyond :data:`MAX_VALUES` or :data:`MAX_DEPTH`."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"params.yaml: nested deeper than {MAX_DEPTH} levels")
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ConfigError("params.yaml: a YAML alias refers to itself")
+    active.add(key)
+    n = 1
+    for child in node.values() if isinstance(node, dict) else node:
+        n += _count_values(child, memo, active, depth + 1)
+        if n > MAX_VALUES:
+            raise ConfigError(f"params.yaml: more than {MAX_VALUES} values once its YAML "
+                              "aliases are expanded")
+    active.discard(key)
+    memo[key] = n
+    return n
 
 
 def _nonfinite(node: Any, path: tuple = ()) -> Iterator[str]:
@@ -81,6 +117,7 @@ def validate(cfg: Any) -> dict:
     """Check ``cfg`` (the parsed params.yaml); raise ConfigError naming the bad key."""
     if not isinstance(cfg, dict):
         raise ConfigError("params.yaml must be a mapping of keys to values")
+    _count_values(cfg, {}, set())
     bad = list(_nonfinite(cfg))
     if bad:
         raise ConfigError("invalid params.yaml: " + "; ".join(bad))
@@ -134,14 +171,52 @@ def validate(cfg: Any) -> dict:
     return cfg
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (YAML forbids it;
+    PyYAML and Snakemake would keep the last value, DVC refuses the file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read(path: str) -> Any:
+    """Parse a params file, refusing what would make validation slow or ambiguous: not a
+    regular file, more than :data:`MAX_BYTES`, a duplicate key, or YAML aliases that
+    expand beyond :data:`MAX_VALUES` values."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: not a regular file")
+    if st.st_size > MAX_BYTES:
+        raise ConfigError(f"{path}: {st.st_size} bytes, larger than {MAX_BYTES}")
+    with open(path, "rb") as f:
+        text = f.read(MAX_BYTES + 1)
+    try:
+        cfg = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    try:
+        _count_values(cfg, {}, set())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {str(e).removeprefix('params.yaml: ')}") from None
+    return cfg
+
+
 def load(path: str) -> dict:
     """Read and validate a params file."""
-    with open(path) as f:
-        try:
-            cfg = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return validate(cfg)
+    return validate(read(path))
 
 
 def hub_schedule(suite: dict) -> list[int]:

@@ -5,7 +5,6 @@ import functools
 import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -29,16 +28,28 @@ NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 
 
-def quoted_json(obj):
-    return shlex.quote(json.dumps(obj))
+# Shell commands quote every value ({x:q}); a value that is several arguments is a list
+# here, so that each argument is quoted on its own.
 
 
-def design_arg(model):
+def as_json(obj):
+    """A JSON argument (quoted by the rule's {x:q} like any other value)."""
+    return json.dumps(obj)
+
+
+def design_args(model):
     """madyn config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""
     record = {"label": madyn_config.design_labels(SUITE_CFG)[model],
               **madyn_config.known_recipe(SUITE_CFG, model)}
-    return f"--design-json {quoted_json(record)}"
+    return ["--design-json", as_json(record)]
+
+
+def extract_opts():
+    """How checkpoints are measured (the suite's ``extract``), as madyn's arguments."""
+    opts = ["--dtype", EXTRACT.get("dtype"), "--device", EXTRACT.get("device"),
+            "--batch-size", str(EXTRACT.get("batch_size"))]
+    return opts if EXTRACT.get("extreme_tokens", True) else [*opts, "--no-extreme-tokens"]
 
 
 def model_manifest(model):
@@ -90,7 +101,7 @@ class LocalSource(MeasuredSource):
         return [model_manifest(model)]
 
     def config_args(self, model):
-        return str(checkpoint_dir(f"{RESULTS}/models/{model}", self.steps(model)[-1]))
+        return [str(checkpoint_dir(f"{RESULTS}/models/{model}", self.steps(model)[-1]))]
 
     def config_json(self, model):
         spec = madyn_config.model_spec(SUITE_CFG, model)
@@ -123,7 +134,7 @@ class HubSource(MeasuredSource):
         return []
 
     def config_args(self, model):
-        return self.repo(model)
+        return [self.repo(model)]
 
     def config_json(self, model):
         """config.json from the hub cache when it is there (no network at planning)."""
@@ -174,9 +185,8 @@ class ReleasedSource:
 
     def config_args(self, model):
         if self._config_file(model).exists():
-            return str(Path(self.root) / model)
-        entry = dict(madyn_config.model_entry(SUITE_CFG, model))
-        return f"--arch-json {quoted_json(entry)}"
+            return [str(Path(self.root) / model)]
+        return ["--arch-json", as_json(dict(madyn_config.model_entry(SUITE_CFG, model)))]
 
     def config_json(self, model):
         f = self._config_file(model)

@@ -16,8 +16,8 @@ rule corpus_manifest:
     conda:
         ENV
     shell:
-        "madyn heldout-manifest --out {output} --max-mb {params.corpus[max_mb]} "
-        "--heldout-fraction {params.corpus[heldout_fraction]} 2> {log}"
+        "madyn heldout-manifest --out {output:q} --max-mb {params.corpus[max_mb]:q} "
+        "--heldout-fraction {params.corpus[heldout_fraction]:q} 2> {log:q}"
 
 
 rule eval_tokens:
@@ -37,9 +37,9 @@ rule eval_tokens:
     conda:
         ENV
     shell:
-        "madyn eval-tokens --corpus-manifest {input} --tokenizer {params.tok} "
-        "--n-seqs {params.n_seqs} --seq-len {params.seq_len} --seed {params.seed} "
-        "--out {output} 2> {log}"
+        "madyn eval-tokens --corpus-manifest {input:q} --tokenizer {params.tok:q} "
+        "--n-seqs {params.n_seqs:q} --seq-len {params.seq_len:q} --seed {params.seed:q} "
+        "--out {output:q} 2> {log:q}"
 
 
 rule extract_model:
@@ -57,10 +57,8 @@ rule extract_model:
         model=one_of(MEASURED_PER_MODEL),
     params:
         model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
-        steps=lambda wc: " ".join(map(str, MODEL_STEPS[wc.model])),
-        opts=f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
-        f"--batch-size {EXTRACT.get('batch_size')}"
-        + ("" if EXTRACT.get("extreme_tokens", True) else " --no-extreme-tokens"),
+        steps=lambda wc: [str(s) for s in MODEL_STEPS[wc.model]],
+        opts=extract_opts(),
     threads: EXTRACT.get("threads", 1)
     resources:
         mem_mb=extract_resources("mem_mb"),
@@ -72,9 +70,9 @@ rule extract_model:
     conda:
         ENV
     shell:
-        "madyn extract-model {params.model_dir} --steps {params.steps} --outs {output} "
-        "--tokens {input.tokens} --model {wildcards.model} {params.opts} "
-        "--threads {threads} 2> {log}"
+        "madyn extract-model {params.model_dir:q} --steps {params.steps:q} --outs {output:q} "
+        "--tokens {input.tokens:q} --model {wildcards.model:q} {params.opts:q} "
+        "--threads {threads:q} 2> {log:q}"
 
 
 rule download:
@@ -99,8 +97,8 @@ rule download:
     conda:
         ENV
     shell:
-        "madyn download {params.repo} --revision step{wildcards.step} --out {output} "
-        "2> {log}"
+        "madyn download {params.repo:q} --revision step{wildcards.step:q} --out {output:q} "
+        "2> {log:q}"
 
 
 rule extract_checkpoint:
@@ -114,9 +112,7 @@ rule extract_checkpoint:
         step=r"\d+",
     params:
         delete="--delete-download" if EXTRACT.get("delete_downloads") else "",
-        opts=f"--dtype {EXTRACT.get('dtype')} --device {EXTRACT.get('device')} "
-        f"--batch-size {EXTRACT.get('batch_size')}"
-        + ("" if EXTRACT.get("extreme_tokens", True) else " --no-extreme-tokens"),
+        opts=extract_opts(),
     threads: EXTRACT.get("threads", 1)
     resources:
         mem_mb=extract_resources("mem_mb"),
@@ -128,9 +124,9 @@ rule extract_checkpoint:
     conda:
         ENV
     shell:
-        "madyn extract --marker {input.marker} --tokens {input.tokens} --out {output} "
-        "--model {wildcards.model} --step {wildcards.step} {params.opts} "
-        "--threads {threads} {params.delete} 2> {log}"
+        "madyn extract --marker {input.marker:q} --tokens {input.tokens:q} --out {output:q} "
+        "--model {wildcards.model:q} --step {wildcards.step:q} {params.opts:q} "
+        "--threads {threads:q} {params.delete:q} 2> {log:q}"
 
 
 rule series:
@@ -140,9 +136,9 @@ rule series:
         series=f"{RESULTS}/series/{{model}}.parquet",
         integrity=f"{RESULTS}/integrity/{{model}}.json",
     params:
-        source=lambda wc, input: (f"--stats {input}" if SRC.measure_jobs
-                                  else f"--released {SRC.root}"),
-        export=lambda wc: f"--export {RESULTS}/released" if SRC.measure_jobs else "",
+        source=lambda wc, input: (["--stats", *input] if SRC.measure_jobs
+                                  else ["--released", SRC.root]),
+        export=["--export", f"{RESULTS}/released"] if SRC.measure_jobs else [],
     resources:
         mem_mb=2000,
     log:
@@ -150,8 +146,8 @@ rule series:
     conda:
         ENV
     shell:
-        "madyn series --model {wildcards.model} {params.source} {params.export} "
-        "--out {output.series} --integrity {output.integrity} 2> {log}"
+        "madyn series --model {wildcards.model:q} {params.source:q} {params.export:q} "
+        "--out {output.series:q} --integrity {output.integrity:q} 2> {log:q}"
 
 
 rule plot_series:
@@ -169,8 +165,8 @@ rule plot_series:
     conda:
         ENV
     shell:
-        "madyn plot-series --series {input} --out-series {output.series} "
-        "--out-first-last {output.first_last} 2> {log}"
+        "madyn plot-series --series {input:q} --out-series {output.series:q} "
+        "--out-first-last {output.first_last:q} 2> {log:q}"
 
 
 rule growth:
@@ -185,4 +181,4 @@ rule growth:
     conda:
         ENV
     shell:
-        "madyn growth {input} --out {output} 2> {log}"
+        "madyn growth {input:q} --out {output:q} 2> {log:q}"

@@ -10,7 +10,7 @@ rule model_config:
         f"{RESULTS}/configs/{{model}}.json",
     params:
         src=lambda wc: SRC.config_args(wc.model),
-        design=lambda wc: design_arg(wc.model),
+        design=lambda wc: design_args(wc.model),
     resources:
         mem_mb=1000,
     log:
@@ -18,7 +18,7 @@ rule model_config:
     conda:
         ENV
     shell:
-        "madyn config-json {params.src} {params.design} --out {output} 2> {log}"
+        "madyn config-json {params.src:q} {params.design:q} --out {output:q} 2> {log:q}"
 
 
 rule features:
@@ -39,6 +39,6 @@ rule features:
     conda:
         ENV
     shell:
-        "madyn features --fits {input.fits} --config {params.configs} "
-        "--parametrisation {params.p} --quantity {params.q} --out {output.parquet} "
-        "--out-csv {output.csv} 2> {log}"
+        "madyn features --fits {input.fits:q} --config {params.configs:q} "
+        "--parametrisation {params.p:q} --quantity {params.q:q} --out {output.parquet:q} "
+        "--out-csv {output.csv:q} 2> {log:q}"

@@ -9,7 +9,7 @@ rule fit:
                       q=config["fit"]["quantities"]),
         table=f"{RESULTS}/fits/{{model}}.parquet",
     params:
-        settings=quoted_json(config["fit"]),
+        settings=as_json(config["fit"]),
         outdir=lambda wc, output: os.path.dirname(output.params[0]),
     resources:
         mem_mb=1500,
@@ -18,8 +18,8 @@ rule fit:
     conda:
         ENV
     shell:
-        "madyn fit --series {input} --params-dir {params.outdir} --out {output.table} "
-        "--settings-json {params.settings} 2> {log}"
+        "madyn fit --series {input:q} --params-dir {params.outdir:q} --out {output.table:q} "
+        "--settings-json {params.settings:q} 2> {log:q}"
 
 
 rule plot_fit:
@@ -38,8 +38,8 @@ rule plot_fit:
     conda:
         ENV
     shell:
-        "madyn plot-fit --series {input.series} --fits {input.fits} "
-        "--out-examples {output.examples} --out-quality {output.quality} 2> {log}"
+        "madyn plot-fit --series {input.series:q} --fits {input.fits:q} "
+        "--out-examples {output.examples:q} --out-quality {output.quality:q} 2> {log:q}"
 
 
 rule fit_summary:
@@ -55,4 +55,5 @@ rule fit_summary:
     conda:
         ENV
     shell:
-        "madyn fit-summary {input} --out-table {output.table} --out {output.metrics} 2> {log}"
+        "madyn fit-summary {input:q} --out-table {output.table:q} --out {output.metrics:q} "
+        "2> {log:q}"

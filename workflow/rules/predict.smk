@@ -17,7 +17,7 @@ rule evaluate:
         heldout=report(f"{RESULTS}/predict/lomo_heldout_curves.png", category="Prediction",
                        caption="../report/heldout_curves.rst"),
     params:
-        settings=quoted_json(madyn_config.predict_settings(config)),
+        settings=as_json(madyn_config.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.pred),
     resources:
         mem_mb=2000,
@@ -26,9 +26,9 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "madyn evaluate --features {input.features} --series {input.series} "
-        "--settings-json {params.settings} --out {output.metrics} --out-dir {params.outdir} "
-        "2> {log}"
+        "madyn evaluate --features {input.features:q} --series {input.series:q} "
+        "--settings-json {params.settings:q} --out {output.metrics:q} "
+        "--out-dir {params.outdir:q} 2> {log:q}"
 
 
 rule predict_example:
@@ -42,7 +42,7 @@ rule predict_example:
                       caption="../report/prediction.rst"),
     params:
         ex=config["predict"].get("example", {}),
-        settings=quoted_json(madyn_config.predict_settings(config)),
+        settings=as_json(madyn_config.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.curves),
     resources:
         mem_mb=2000,
@@ -51,6 +51,6 @@ rule predict_example:
     conda:
         ENV
     shell:
-        "madyn predict --features {input} --layers {params.ex[layers]} "
-        "--width {params.ex[width]} --heads {params.ex[heads]} --out {params.outdir} "
-        "--settings-json {params.settings} 2> {log}"
+        "madyn predict --features {input:q} --layers {params.ex[layers]:q} "
+        "--width {params.ex[width]:q} --heads {params.ex[heads]:q} --out {params.outdir:q} "
+        "--settings-json {params.settings:q} 2> {log:q}"

@@ -25,8 +25,8 @@ rule report_figures:
     conda:
         ENV
     shell:
-        "madyn report-figures --series {input.series} --config {params.configs} "
-        "--manifests {input.manifests} --out-dir {params.outdir} 2> {log}"
+        "madyn report-figures --series {input.series:q} --config {params.configs:q} "
+        "--manifests {input.manifests:q} --out-dir {params.outdir:q} 2> {log:q}"
 
 
 rule effects:
@@ -39,8 +39,8 @@ rule effects:
         **effects_outputs(),
     params:
         designs=[f"{m}={d}" for m, d in madyn_config.design_labels(SUITE_CFG).items()],
-        base=f"--base {BASE_DESIGN}" if BASE_DESIGN else "",
-        png=lambda wc, output: f"--out-png {output.png}" if BASE_DESIGN else "",
+        base=["--base", BASE_DESIGN] if BASE_DESIGN else [],
+        png=lambda wc, output: ["--out-png", output.png] if BASE_DESIGN else [],
     resources:
         mem_mb=1500,
     log:
@@ -48,5 +48,6 @@ rule effects:
     conda:
         ENV
     shell:
-        "madyn effects --series {input.series} --fits {input.fits} --design {params.designs} "
-        "{params.base} --out-json {output.json} --out-csv {output.csv} {params.png} 2> {log}"
+        "madyn effects --series {input.series:q} --fits {input.fits:q} "
+        "--design {params.designs:q} {params.base:q} --out-json {output.json:q} "
+        "--out-csv {output.csv:q} {params.png:q} 2> {log:q}"

@@ -17,9 +17,9 @@ rule corpus:
     conda:
         ENV
     shell:
-        "madyn corpus --out {params.outdir} --max-mb {params.corpus[max_mb]} "
-        "--heldout-fraction {params.corpus[heldout_fraction]} "
-        "--vocab-size {params.corpus[vocab_size]} 2> {log}"
+        "madyn corpus --out {params.outdir:q} --max-mb {params.corpus[max_mb]:q} "
+        "--heldout-fraction {params.corpus[heldout_fraction]:q} "
+        "--vocab-size {params.corpus[vocab_size]:q} 2> {log:q}"
 
 
 rule train:
@@ -34,8 +34,8 @@ rule train:
         model=one_of(TRAINED),
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
-        spec=lambda wc: quoted_json(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__),
-        train=lambda wc: quoted_json(madyn_config.train_spec(SUITE_CFG, wc.model).__dict__),
+        spec=lambda wc: as_json(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__),
+        train=lambda wc: as_json(madyn_config.train_spec(SUITE_CFG, wc.model).__dict__),
         corpus=lambda wc, input: os.path.dirname(input[0]),
     threads: SUITE_CFG.get("threads", 1)
     resources:
@@ -47,9 +47,9 @@ rule train:
     conda:
         ENV
     shell:
-        "madyn train --spec-json {params.spec} --train-json {params.train} "
-        "--corpus {params.corpus} --out {params.outdir} --threads {threads} "
-        "--timing-out {output.timing} 2> {log}"
+        "madyn train --spec-json {params.spec:q} --train-json {params.train:q} "
+        "--corpus {params.corpus:q} --out {params.outdir:q} --threads {threads:q} "
+        "--timing-out {output.timing:q} 2> {log:q}"
 
 
 rule train_summary:
@@ -64,4 +64,4 @@ rule train_summary:
     conda:
         ENV
     shell:
-        "madyn train-summary {input} --out {output} 2> {log}; cat {log}"
+        "madyn train-summary {input:q} --out {output:q} 2> {log:q}; cat {log:q}"
