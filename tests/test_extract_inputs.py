@@ -137,4 +137,4 @@ def test_no_extreme_tokens_flag_and_the_table_goes_stale(tiny_model_dir, tokens,
     assert _extract(ckpt, tokens, out) == 0
     df, meta = read_stats(out)
     assert df["sink_mass"].between(0, 1).all() and meta["extreme_tokens"] is True
-    assert meta["attn_implementation"] == "eager"
+    assert meta["attn_implementation"] == "madyn_sdpa_sinks"

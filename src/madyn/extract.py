@@ -22,8 +22,8 @@ hidden states outlive its hook. Columns of the output table (one row per seq x l
 Extreme-token metrics (position 0, where attention sinks and massive activations sit):
 
 - ``sink_mass``: mean attention probability that queries t >= 1 put on position 0, mean
-  over heads and those queries (the layer's self-attention, eager implementation; each
-  B x H x T x T matrix is reduced in its hook). NaN when ``extreme_tokens`` is off.
+  over heads and those queries (read from the layer's own fused attention by
+  :mod:`madyn.sinks`, no T x T matrix). NaN when ``extreme_tokens`` is off.
 - ``first_norm_ratio``: ||h_0|| / lower median over t of ||h_t|| (residual-stream norms).
 - ``first_peak_ratio``: max_j |h_0j| / ``median`` (position 0's largest entry against the
   median |h| of all T x D entries): large when a massive activation sits at the first
@@ -32,6 +32,7 @@ Extreme-token metrics (position 0, where attention sinks and massive activations
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import re
@@ -41,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from madyn import sinks
 
 STAT_COLUMNS = ["top1", "top2", "top3", "median", "ratio", "top1_token", "top1_channel",
                 "kurtosis", "mmr", "cos_sim", "mlp_active_token", "mlp_active_seq",
@@ -291,10 +294,11 @@ def layer_stats(h, to_numpy: bool = True) -> dict:
 
 
 def attention_stats(probs, to_numpy: bool = True) -> dict:
-    """Attention-sink mass of one layer: probs, B x H x T x T attention probabilities
-    (rows: queries, columns: keys). ``sink_mass``: mean over heads and queries t >= 1 of
-    the probability on key 0 (length-B; NaN when T == 1). Query 0 is left out: it can
-    only attend to itself."""
+    """The definition of ``sink_mass`` on materialised probabilities (the reference that
+    :mod:`madyn.sinks` is tested against): probs, B x H x T x T attention probabilities
+    (rows: queries, columns: keys); the mean over heads and queries t >= 1 of the
+    probability on key 0 (length-B; NaN when T == 1). Query 0 is left out: it can only
+    attend to itself."""
     sink = probs[:, :, 1:, 0].float().mean(dim=(1, 2))
     return {"sink_mass": sink.double().cpu().numpy() if to_numpy else sink}
 
@@ -483,20 +487,9 @@ class _Collector:
 
         return _hook
 
-    def attention_hook(self, layer: int) -> Callable:
-        """Forward hook for every direct child of a decoder layer: the one whose output
-        tuple carries a B x H x T x T tensor (the self-attention's probabilities, eager
-        implementation) is reduced to ``sink_mass`` at once; other children pass."""
-        def _hook(_mod, _inp, out):
-            if not isinstance(out, tuple):
-                return
-            b, t = self.batch_shape
-            for x in out:
-                if getattr(x, "ndim", 0) == 4 and x.shape[0] == b and x.shape[2:] == (t, t):
-                    self._store(layer, attention_stats(x, to_numpy=False))
-                    return
-
-        return _hook
+    def sink(self, layer: int, mass) -> None:
+        """Record a layer's sink mass (B-length tensor, from :mod:`madyn.sinks`)."""
+        self._store(layer, {"sink_mass": mass if not self.on_cpu else mass.double().numpy()})
 
     def mlp_hook(self, layer: int) -> Callable:
         def _hook(_mod, _inp, out):
@@ -519,9 +512,9 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
 
     Runs the model's body (``model.base_model``), not the LM head: logits are never
     needed, and for Pythia they are the largest tensor of the forward pass.
-    ``extreme_tokens``: measure ``sink_mass`` too, running the model with eager attention
-    for the call (each layer's B x H x T x T probabilities are reduced in a hook, then
-    dropped); off: ``sink_mass`` is NaN and the model runs as loaded.
+    ``extreme_tokens``: measure ``sink_mass`` too, from each layer's own fused attention
+    (:mod:`madyn.sinks`: one widened SDPA call, no T x T matrix); off: ``sink_mass`` is
+    NaN and the model runs as loaded.
     Returns a tidy table: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS`;
     N x L rows. Layers are 0-based decoder-layer indices.
     """
@@ -537,17 +530,13 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
         act = mlp_activation(layer, hidden)
         if act is not None:
             handles.append(act.register_forward_hook(coll.mlp_hook(i)))
-        if extreme_tokens:
-            handles += [c.register_forward_hook(coll.attention_hook(i))
-                        for c in layer.children()]
     body = model.base_model  # the decoder stack without the LM head: no logits needed
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     starts = range(0, len(ids), batch_size)
-    was = _attn_implementation(model)
-    if extreme_tokens and was != "eager":
-        model.set_attn_implementation("eager")
+    watch = (sinks.watching(model, layers, coll.sink) if extreme_tokens
+             else contextlib.nullcontext())
     try:
-        with torch.inference_mode():
+        with watch, torch.inference_mode():
             for s in _maybe_tqdm(starts, progress):
                 batch = ids[s:s + batch_size]
                 coll.batch_shape = tuple(batch.shape)
@@ -559,8 +548,6 @@ def measure(model, tokens: np.ndarray, batch_size: int = 10, progress: bool = Fa
         for hd in handles:
             hd.remove()
         coll.close()
-        if extreme_tokens and was not in (None, "eager"):
-            model.set_attn_implementation(was)
     n = len(ids)
     frames = []
     for i in range(len(layers)):
@@ -579,9 +566,9 @@ def _check_sinks_found(coll: _Collector, n_layers: int) -> None:
     """Every layer's attention probabilities were seen (else name the first that was not)."""
     for i in range(n_layers):
         if (i, "sink_mass") not in coll.rows:
-            raise ValueError(f"decoder layer {i}: no child returned B x H x T x T attention "
-                             "probabilities (eager attention); measure with "
-                             "extreme_tokens=False")
+            raise ValueError(f"decoder layer {i}: its attention does not go through "
+                             "transformers' attention functions, so its sink mass cannot "
+                             "be read; measure with extreme_tokens=False")
 
 
 def _maybe_tqdm(it, enabled: bool):
@@ -635,7 +622,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None 
     """Load one checkpoint and measure it on ``tokens`` (N x T ids).
 
     ``weights_fp``: the weights' :func:`fingerprint`, when the caller has it already.
-    ``extreme_tokens``: see :func:`measure` (loads with eager attention when on).
+    ``extreme_tokens``: see :func:`measure`.
     Returns the per-(seq, layer) table and its metadata (weights fingerprint, dtype,
     device, shapes, library versions, seconds taken). Raises :class:`CheckpointError`
     or ValueError (bad tokens) naming the checkpoint.
@@ -643,8 +630,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None 
     import time
 
     t0 = time.monotonic()
-    model = load_model(source, revision, dtype, device,
-                       attn_implementation="eager" if extreme_tokens else None)
+    model = load_model(source, revision, dtype, device)
     where = f"{source}@{revision}" if revision else source
     ids = check_tokens(tokens, model.config.vocab_size, f"tokens for {where}")
     fp = weights_fp or fingerprint(weight_files(source, revision))
@@ -655,7 +641,8 @@ def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None 
         "device": str(model.device), "n_seqs": int(ids.shape[0]),
         "seq_len": int(ids.shape[1]), "n_layers": len(decoder_layers(model)),
         "median": "lower (torch.median)", "extreme_tokens": extreme_tokens,
-        "attn_implementation": _attn_implementation(model),
+        "attn_implementation": sinks.ATTENTION if extreme_tokens
+        else _attn_implementation(model),
         "seconds": round(time.monotonic() - t0, 3),
         **versions(),
     }
