@@ -262,6 +262,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"madyn predict: {e}", file=sys.stderr)
         return 2
     summary = predict.forecast(features, arch, steps, settings, args.out)
+    if summary.get("warning"):
+        print(f"madyn predict: warning: {summary['warning']}", file=sys.stderr)
     given = [f"--{k}" for k in ("family", "optimizer", "lr", "eps") if getattr(args, k)]
     if (given or args.sequential) and not summary.get("features"):
         print(f"madyn predict: note: predict_model {settings.predict_model} uses relative "
