@@ -231,15 +231,24 @@ def suite_outputs():
     return [model_manifest(m) for m in TRAINED] + [f"{RESULTS}/metrics/train.json"] + hub
 
 
+# The phase targets name every per-model output, not only what the summaries read: a file
+# deleted after its summary was written (a job killed after Snakemake removed its outputs)
+# is then missing output of a requested job, and the next run rebuilds it.
 def extract_outputs():
     return ([f"{RESULTS}/series/{m}.parquet" for m in MODELS]
-            + [f"{RESULTS}/figures/{m}/series.png" for m in MODELS]
+            + [f"{RESULTS}/integrity/{m}.json" for m in MODELS]
+            + [f"{RESULTS}/figures/{m}/{f}.png" for m in MODELS
+               for f in ("series", "first_last")]
             + [f"{RESULTS}/metrics/growth.json"])
 
 
 def fit_outputs():
     return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
-            + [f"{RESULTS}/fits/figures/{m}_examples.png" for m in MODELS])
+            + [f"{RESULTS}/fits/{m}.parquet" for m in MODELS]
+            + [f"{RESULTS}/params/{m}/layer_fit_params_{q}.json" for m in MODELS
+               for q in config["fit"]["quantities"]]
+            + [f"{RESULTS}/fits/figures/{m}_{f}.png" for m in MODELS
+               for f in ("examples", "quality")])
 
 
 def predict_outputs():
