@@ -385,9 +385,31 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     assert "extract:" in _dvc(rel, "status").stdout
 
 
+def test_released_export_reads_back_without_architecture(smoke_run, tmp_path):
+    """The smoke run's export holds each model's config.json: as a released suite whose
+    entries name the models only, it runs to the report with the same growth."""
+    proj, _ = smoke_run
+    for arch in SMOKE_ARCH:
+        cfg = read_json(proj / "results/smoke/released" / arch["name"] / "config.json")
+        assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"],
+                cfg["vocab_size"]) == (arch["layers"], arch["width"], arch["heads"],
+                                       arch["vocab_size"])
+    (tmp_path / "rel").mkdir()
+    rel, _ = _released_project(smoke_run, tmp_path, [{"name": a["name"]} for a in SMOKE_ARCH])
+    r = _snakemake(rel, "--cores", "2")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = rel / "results/study"
+    assert read_json(res / "metrics/growth.json") == _smoke_growth(proj)
+    for arch in SMOKE_ARCH:
+        assert read_json(res / "configs" / f"{arch['name']}.json")["num_hidden_layers"] \
+            == arch["layers"]
+    assert (res / "report/peak_heatmaps.png").exists()
+
+
 def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):
     (tmp_path / "rel").mkdir()
-    rel, _ = _released_project(smoke_run, tmp_path, [{"name": "s2-w32-h2"}])
+    rel, data = _released_project(smoke_run, tmp_path, [{"name": "s2-w32-h2"}])
+    (data / "s2-w32-h2" / "config.json").unlink()
     r = _snakemake(rel, "-n")
     assert r.returncode != 0
     assert "suites.study.models.0: s2-w32-h2 has no" in r.stdout + r.stderr

@@ -96,6 +96,10 @@ class LocalSource(MeasuredSource):
         spec = madyn_config.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
 
+    def export_config(self, model):
+        """Where the released export's config.json comes from: the last checkpoint."""
+        return self.config_args(model)
+
 
 class HubSource(MeasuredSource):
     """Revisions of hub repos: a download job, then a measuring job, per checkpoint."""
@@ -124,6 +128,11 @@ class HubSource(MeasuredSource):
 
     def config_args(self, model):
         return self.repo(model)
+
+    def export_config(self, model):
+        """Where the released export's config.json comes from: the last revision's
+        download marker (its snapshot keeps config.json when the weights are deleted)."""
+        return download_marker(model, self.steps(model)[-1])
 
     def config_json(self, model):
         """config.json from the hub cache when it is there (no network at planning)."""

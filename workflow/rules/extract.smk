@@ -142,7 +142,8 @@ rule series:
     params:
         source=lambda wc, input: (f"--stats {input}" if SRC.measure_jobs
                                   else f"--released {SRC.root}"),
-        export=lambda wc: f"--export {RESULTS}/released" if SRC.measure_jobs else "",
+        export=lambda wc: (f"--export {RESULTS}/released --export-config "
+                           + SRC.export_config(wc.model)) if SRC.measure_jobs else "",
     resources:
         mem_mb=2000,
     log:
