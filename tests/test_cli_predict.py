@@ -119,3 +119,31 @@ def test_good_input_predicts(features, tmp_path, capsys):
                    capsys)
     assert rc == 0, err
     assert (out / "summary.json").exists() and "layer 2:" in err
+
+
+def test_query_outside_training_range_warns(features, tmp_path, capsys):
+    """The training models have 2-8 layers, width 32-128, 2-8 heads: a 70B-like query warns
+    once on stderr and records the extrapolation in summary.json; one inside does not."""
+    out = tmp_path / "far"
+    rc, err = _run(["--layers", "80", "--width", "8192", "--heads", "64", "--features",
+                    features, "--settings-json", SETTINGS, "--out", str(out),
+                    "--steps", "0,10,100"], capsys)
+    assert rc == 0, err
+    warn = [line for line in err.splitlines() if "warning" in line]
+    assert len(warn) == 1 and warn[0].startswith("madyn predict: warning: outside the "
+                                                 "training range"), err
+    assert "layers 80 (trained on 2-8: 10x the largest)" in warn[0]
+    assert "width 8192 (trained on 32-128: 64x the largest)" in warn[0]
+    assert "heads 64 (trained on 2-8: 8x the largest)" in warn[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["extrapolation"] == {"layers": {"query": 80, "min": 2, "max": 8},
+                                        "width": {"query": 8192, "min": 32, "max": 128},
+                                        "heads": {"query": 64, "min": 2, "max": 8}}
+    assert summary["warning"] in warn[0]
+    near = tmp_path / "near"
+    rc, err = _run(["--layers", "3", "--width", "48", "--heads", "4", "--features", features,
+                    "--settings-json", SETTINGS, "--out", str(near), "--steps", "0,10"],
+                   capsys)
+    assert rc == 0 and "warning" not in err, err
+    summary = json.loads((near / "summary.json").read_text())
+    assert summary["extrapolation"] == {} and "warning" not in summary

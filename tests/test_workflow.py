@@ -239,6 +239,39 @@ def test_kill_midway_then_rerun_measures_only_missing(smoke_run):
     assert not list((proj / "results/smoke/stats" / model).glob(".*"))  # no temp debris
 
 
+def test_kill_during_forcerun_fit_then_rerun_restores_fits(smoke_run):
+    """`snakemake --forcerun fit` removes each fit job's outputs before running it; killed
+    then (SIGKILL to the process group), the summaries are still newer than everything, so
+    only the phase target naming every per-model output makes the rerun restore them."""
+    proj, _ = smoke_run
+    res = proj / "results/smoke"
+    per_model = sorted([*res.glob("params/*/layer_fit_params_*.json"),
+                        *(f for f in res.glob("fits/*.parquet") if f.name != "all.parquet")])
+    assert len(per_model) >= 8
+    before = {f: f.read_bytes() for f in per_model}
+    with (proj / "killed_fit.log").open("w") as out:
+        proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", "--forcerun", "fit", "fit_all"],
+                                cwd=proj, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 300
+        while (all(f.exists() for f in per_model) and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    missing = [f for f in per_model if not f.exists()]
+    assert missing, (proj / "killed_fit.log").read_text()[-3000:]
+    assert _snakemake(proj, "--unlock").returncode == 0
+    r = _snakemake(proj, "--cores", "2", "fit_all")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Nothing to be done" not in r.stdout + r.stderr
+    assert [f for f in per_model if not f.exists()] == []
+    assert all(f.read_bytes() == before[f] for f in per_model)  # fits are deterministic
+    dry = _snakemake(proj, "--cores", "2", "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
 def test_deleted_stats_remeasured_alone_with_forcerun(smoke_run):
     """README: a deleted table is measured again by `--forcerun extract_model`, alone."""
     proj, _ = smoke_run
@@ -352,9 +385,31 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     assert "extract:" in _dvc(rel, "status").stdout
 
 
+def test_released_export_reads_back_without_architecture(smoke_run, tmp_path):
+    """The smoke run's export holds each model's config.json: as a released suite whose
+    entries name the models only, it runs to the report with the same growth."""
+    proj, _ = smoke_run
+    for arch in SMOKE_ARCH:
+        cfg = read_json(proj / "results/smoke/released" / arch["name"] / "config.json")
+        assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"],
+                cfg["vocab_size"]) == (arch["layers"], arch["width"], arch["heads"],
+                                       arch["vocab_size"])
+    (tmp_path / "rel").mkdir()
+    rel, _ = _released_project(smoke_run, tmp_path, [{"name": a["name"]} for a in SMOKE_ARCH])
+    r = _snakemake(rel, "--cores", "2")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = rel / "results/study"
+    assert read_json(res / "metrics/growth.json") == _smoke_growth(proj)
+    for arch in SMOKE_ARCH:
+        assert read_json(res / "configs" / f"{arch['name']}.json")["num_hidden_layers"] \
+            == arch["layers"]
+    assert (res / "report/peak_heatmaps.png").exists()
+
+
 def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):
     (tmp_path / "rel").mkdir()
-    rel, _ = _released_project(smoke_run, tmp_path, [{"name": "s2-w32-h2"}])
+    rel, data = _released_project(smoke_run, tmp_path, [{"name": "s2-w32-h2"}])
+    (data / "s2-w32-h2" / "config.json").unlink()
     r = _snakemake(rel, "-n")
     assert r.returncode != 0
     assert "suites.study.models.0: s2-w32-h2 has no" in r.stdout + r.stderr

@@ -12,6 +12,9 @@
 # Exit codes: 0 ok, 1 a daemon did not come up, 2 usage, 3 cannot install packages (no apt,
 # apt fails, or not root).
 # Cluster name "madyn", partition "main", account "root" (the names profiles/slurm uses).
+# slurmctld's StateSaveLocation and slurmd's spool are folders of its own under $MADYN_SLURM_STATE
+# (not the shared /var/lib/slurm/slurmctld, where another cluster's state, with another
+# ClusterName, makes slurmctld refuse to start).
 set -euo pipefail
 
 STATE=${MADYN_SLURM_STATE:-/var/lib/madyn-slurm}
@@ -138,7 +141,7 @@ write_configs() {  # sets CHANGED=1 when a SLURM config file changed
     local cpus mem
     cpus=$(nproc)
     mem=$(free -m | awk '/^Mem:/ {print int($2 * 0.9)}')
-    install -d -m 0755 /etc/slurm /var/log/slurm /var/spool/slurmd /var/lib/slurm/slurmctld
+    install -d -m 0755 /etc/slurm /var/log/slurm "$STATE/slurmctld" "$STATE/slurmd"
     CHANGED=0
     write_if_changed /etc/slurm/slurmdbd.conf 0600 <<EOF || CHANGED=1
 # written by madyn profiles/slurm/local-cluster.sh
@@ -167,8 +170,8 @@ SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 MinJobAge=300
 DefMemPerCPU=1000
-StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+StateSaveLocation=$STATE/slurmctld
+SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log

@@ -111,7 +111,8 @@ def _cmd_series(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
     extract.series(args.model, args.out, args.integrity, stats=args.stats,
-                   released_dir=args.released, export_dir=args.export)
+                   released_dir=args.released, export_dir=args.export,
+                   export_config_from=args.export_config)
     return 0
 
 
@@ -262,6 +263,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"madyn predict: {e}", file=sys.stderr)
         return 2
     summary = predict.forecast(features, arch, steps, settings, args.out)
+    if summary.get("warning"):
+        print(f"madyn predict: warning: {summary['warning']}", file=sys.stderr)
     given = [f"--{k}" for k in ("family", "optimizer", "lr", "eps") if getattr(args, k)]
     if (given or args.sequential) and not summary.get("features"):
         print(f"madyn predict: note: predict_model {settings.predict_model} uses relative "
@@ -457,6 +460,9 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--out", required=True, help="series .parquet")
     c.add_argument("--integrity", required=True, help="integrity report .json")
     c.add_argument("--export", default=None, help="also write the released layout here")
+    c.add_argument("--export-config", default=None,
+                   help="with --export: the checkpoint folder (or hub download marker) whose "
+                   "config.json is exported as {export}/{model}/config.json")
     c.set_defaults(func=_cmd_series)
 
     c = sub.add_parser("growth", help="growth of top1/median per model and layer",

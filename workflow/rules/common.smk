@@ -107,6 +107,10 @@ class LocalSource(MeasuredSource):
         spec = madyn_config.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
 
+    def export_config(self, model):
+        """Where the released export's config.json comes from: the last checkpoint."""
+        return self.config_args(model)[0]
+
 
 class HubSource(MeasuredSource):
     """Revisions of hub repos: a download job, then a measuring job, per checkpoint."""
@@ -135,6 +139,11 @@ class HubSource(MeasuredSource):
 
     def config_args(self, model):
         return [self.repo(model)]
+
+    def export_config(self, model):
+        """Where the released export's config.json comes from: the last revision's
+        download marker (its snapshot keeps config.json when the weights are deleted)."""
+        return download_marker(model, self.steps(model)[-1])
 
     def config_json(self, model):
         """config.json from the hub cache when it is there (no network at planning)."""
@@ -241,15 +250,24 @@ def suite_outputs():
     return [model_manifest(m) for m in TRAINED] + [f"{RESULTS}/metrics/train.json"] + hub
 
 
+# The phase targets name every per-model output, not only what the summaries read: a file
+# deleted after its summary was written (a job killed after Snakemake removed its outputs)
+# is then missing output of a requested job, and the next run rebuilds it.
 def extract_outputs():
     return ([f"{RESULTS}/series/{m}.parquet" for m in MODELS]
-            + [f"{RESULTS}/figures/{m}/series.png" for m in MODELS]
+            + [f"{RESULTS}/integrity/{m}.json" for m in MODELS]
+            + [f"{RESULTS}/figures/{m}/{f}.png" for m in MODELS
+               for f in ("series", "first_last")]
             + [f"{RESULTS}/metrics/growth.json"])
 
 
 def fit_outputs():
     return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
-            + [f"{RESULTS}/fits/figures/{m}_examples.png" for m in MODELS])
+            + [f"{RESULTS}/fits/{m}.parquet" for m in MODELS]
+            + [f"{RESULTS}/params/{m}/layer_fit_params_{q}.json" for m in MODELS
+               for q in config["fit"]["quantities"]]
+            + [f"{RESULTS}/fits/figures/{m}_{f}.png" for m in MODELS
+               for f in ("examples", "quality")])
 
 
 def predict_outputs():

@@ -138,7 +138,8 @@ rule series:
     params:
         source=lambda wc, input: (["--stats", *input] if SRC.measure_jobs
                                   else ["--released", SRC.root]),
-        export=["--export", f"{RESULTS}/released"] if SRC.measure_jobs else [],
+        export=lambda wc: (["--export", f"{RESULTS}/released", "--export-config",
+                            SRC.export_config(wc.model)] if SRC.measure_jobs else []),
     resources:
         mem_mb=2000,
     log:

@@ -185,13 +185,29 @@ def measure_download(marker_path: str, tokens_path: str, out: str, model: str, s
         delete_cached_revision(marker["snapshot"])
 
 
+def export_config(source: str) -> dict:
+    """The ``config.json`` to export beside a model's released files: from a checkpoint
+    folder, or from the snapshot a hub download marker (``.json`` file) names."""
+    folder = Path(source)
+    if folder.is_file():
+        folder = Path(read_json(folder)["snapshot"])
+    cfg = folder / "config.json"
+    try:
+        return read_json(cfg)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg}: cannot read the model's config.json: {e}") from None
+
+
 def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None = None,
-           released_dir: str | None = None, export_dir: str | None = None
-           ) -> tuple[pd.DataFrame, dict]:
+           released_dir: str | None = None, export_dir: str | None = None,
+           export_config_from: str | None = None) -> tuple[pd.DataFrame, dict]:
     """One model's series table and integrity report, from its per-checkpoint tables
     (``stats``) or from a folder in the study's released layout (``released_dir``: bad
     files are skipped, named, and recorded with their reason). ``export_dir``: also write
-    the tables in the released layout there."""
+    the tables in the released layout there, with the model's ``config.json`` (from
+    ``export_config_from``, see :func:`export_config`) so that the export reads back as a
+    released suite without its architecture in the suite entry."""
+    cfg = export_config(export_config_from) if export_dir and export_config_from else None
     if released_dir:
         files = released.scan(released_dir).get(model)
         if not files:
@@ -213,6 +229,8 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
     if export_dir:
         for step, df in tables.items():
             released.write_exp2(df, released.exp2_path(export_dir, model, step))
+        if cfg is not None:
+            write_json(Path(export_dir) / model / "config.json", cfg)
     _say(f"[{model}] series of {len(tables)} checkpoints, {len(report['flagged'])} flagged, "
          f"{len(skipped)} files skipped -> {out}")
     return frame, report

@@ -20,6 +20,7 @@ from madyn.features import (
     ArchitectureError,
     architecture,
     check_shape,
+    is_architecture,
     read_feature_table,
 )
 from madyn.forecast import predict_architecture
@@ -169,15 +170,55 @@ def evaluate(feature_table_path: str, series_paths: list[str],
     return metrics
 
 
+# A query's shape axes, checked against the range of the models the feature table holds.
+RANGE_AXES = {"layers": "num_hidden_layers", "width": "hidden_size",
+              "heads": "num_attention_heads"}
+
+
+def outside_training_range(table: pd.DataFrame, arch: dict) -> dict[str, dict]:
+    """The axes (layers, width, heads) on which architecture ``arch`` (from
+    :func:`madyn.features.architecture`) lies outside the range of the feature table's
+    models: ``{axis: {"query", "min", "max"}}``, empty when it lies inside on every axis."""
+    out = {}
+    for axis, col in RANGE_AXES.items():
+        if col not in table.columns or table.empty:
+            continue
+        lo, hi, q = int(table[col].min()), int(table[col].max()), int(arch[col])
+        if not lo <= q <= hi:
+            out[axis] = {"query": q, "min": lo, "max": hi}
+    return out
+
+
+def extrapolation_warning(outside: dict[str, dict]) -> str | None:
+    """One line naming each axis outside the training range and by how much (None if none)."""
+    if not outside:
+        return None
+    parts = []
+    for axis, r in outside.items():
+        span = f"{r['min']}" if r["min"] == r["max"] else f"{r['min']}-{r['max']}"
+        far = (f"{r['query'] / r['max']:.3g}x the largest" if r["query"] > r["max"]
+               else f"{r['min'] / r['query']:.3g}x below the smallest")
+        parts.append(f"{axis} {r['query']} (trained on {span}: {far})")
+    return ("outside the training range of the feature table: " + ", ".join(parts)
+            + "; the forecast extrapolates")
+
+
 def forecast(feature_table_path: str, config: dict, steps: list[int] | None,
              settings: PredictSettings | None, out_dir: str) -> dict:
     """Forecast a new architecture (``config``: a HF config dict or an architecture dict)
     at ``steps`` (None: :func:`default_steps`); write ``curves.csv``, ``summary.json`` and
-    ``prediction.png`` in ``out_dir``; returns the summary."""
+    ``prediction.png`` in ``out_dir``; returns the summary. A query outside the training
+    range (:func:`outside_training_range`) is recorded in the summary's ``extrapolation``
+    and ``warning``."""
     s = settings or PredictSettings()
     table = read_feature_table(feature_table_path)
     steps = default_steps(feature_table_path) if steps is None else steps
     curves, summary = predict_architecture(table, config, steps, s)
+    arch = config if is_architecture(config) else architecture(config)
+    summary["extrapolation"] = outside_training_range(table, arch)
+    warning = extrapolation_warning(summary["extrapolation"])
+    if warning:
+        summary["warning"] = warning
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(curves, out / "curves.csv")
