@@ -7,14 +7,14 @@ SUITE ?=
 CONFIG = $(if $(SUITE),--config suite=$(SUITE))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run smoke test lint
+.PHONY: install run smoke test lint docs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q '$(TORCH)'
-	$(VENV)/bin/pip install -q -e '.[dev,slurm]'
+	$(VENV)/bin/pip install -q -e '.[dev,slurm,docs]'
 	touch $@
 
 PHASES = suite_all extract_all fit_all features_all predict_all report_all
@@ -34,3 +34,6 @@ test: install           ## the test suite (slow tests excluded; `pytest -m slow`
 
 lint: install
 	ruff check src tests benchmarks
+
+docs: install           ## the documentation site (docs/, mkdocs.yml) into site/; fails on any warning
+	mkdocs build --strict

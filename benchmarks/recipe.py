@@ -4,8 +4,8 @@ Trains MODEL once per variant (the suite's recipe from params.yaml with the vari
 replaced), measures the ratio of every decoder layer on the suite's evaluation batch at
 step 0 and at the last step, and prints one line per variant, side by side: training
 time, final loss, growth of the middle layers (relative depth in [0.25, 0.75]) and the
-trajectory of the layer-mean ratio. This is how the embedded recipe was tuned (README,
-"Recipe"). Needs the suite's corpus (``snakemake --cores 2 suite_all`` builds it).
+trajectory of the layer-mean ratio. This is how the embedded recipe was tuned (docs/results.md,
+"Tuning the recipe"). Needs the suite's corpus (``snakemake --cores 2 suite_all`` builds it).
 
 Run, e.g.: ``python benchmarks/recipe.py l6-w96-h6 '{"lr": 0.01}' '{"lr": 0.015,
 "batch_size": 8, "steps": 2000, "warmup": 100}'`` (one variant per argument; ``{}`` is

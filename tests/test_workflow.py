@@ -273,7 +273,7 @@ def test_kill_during_forcerun_fit_then_rerun_restores_fits(smoke_run):
 
 
 def test_deleted_stats_remeasured_alone_with_forcerun(smoke_run):
-    """README: a deleted table is measured again by `--forcerun extract_model`, alone."""
+    """docs/measuring.md: a deleted table is measured again by `--forcerun extract_model`, alone."""
     proj, _ = smoke_run
     res = proj / "results/smoke"
     victim = sorted((res / "stats/s2-w32-h2").glob("step*.parquet"))[3]
