@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -40,12 +42,17 @@ def test_closure_follows_imports_inside_functions(tmp_path):
 
 
 def test_dvc_outs_of_a_released_suite(tmp_path):
-    """`madyn dvc-outs`: a released suite's models folder is a link to its data (made
-    once), its other outs exist empty, and a real folder in the link's place is refused."""
+    """`madyn dvc-outs`: a released suite's source is a link to its data, its models folder
+    is madyn's own, holding the manifest of the files madyn reads (a user's other files
+    left out), its other outs exist empty; a link an earlier version made in the models
+    folder's place is replaced (the user's files stay), a non-empty source folder refused."""
     from madyn.project import copy_workflow, ensure_stage_outs
+    from madyn.released import exp2_path
 
     data = tmp_path / "data"
-    data.mkdir()
+    exp2_path(data, "m", 0).parent.mkdir(parents=True)
+    exp2_path(data, "m", 0).write_text("[[[3.0], [2.0], [1.0], [0.5]]]")
+    (data / "m" / "notes.txt").write_text("mine")
     proj = tmp_path / "proj"
     proj.mkdir()
     copy_workflow(ROOT, proj)
@@ -54,16 +61,26 @@ def test_dvc_outs_of_a_released_suite(tmp_path):
                               "models": [{"name": "m"}]}
     cfg["suite"] = "study"
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    made = ensure_stage_outs(proj, "suite")
     res = proj / "results/study"
+    res.mkdir(parents=True)
+    (res / "models").symlink_to(data)  # the layout of earlier versions
+    assert ensure_stage_outs(proj, "source") == ["results/study/source"]
+    assert (res / "source").is_symlink() and (res / "source").resolve() == data
+    assert ensure_stage_outs(proj, "source") == []
+    made = ensure_stage_outs(proj, "suite")
     assert sorted(made) == [f"results/study/{d}" for d in ("corpus", "models", "timing")]
-    assert (res / "models").is_symlink() and (res / "models").resolve() == data
+    assert (res / "models").is_dir() and not (res / "models").is_symlink()
+    manifest = json.loads((res / "models/released_manifest.json").read_text())["files"]
+    assert list(manifest) == ["m/stats/exp2_m_step0"]
+    assert manifest["m/stats/exp2_m_step0"]["size"] == 30
+    assert (data / "m" / "notes.txt").read_text() == "mine"
     assert not any((res / "corpus").iterdir())
     assert ensure_stage_outs(proj, "suite") == []
     assert "results/study/released" in ensure_stage_outs(proj, "extract")
-    (res / "models").unlink()
-    (res / "models").mkdir()
-    with pytest.raises(ValueError, match="results/study/models: .* real folder"):
-        ensure_stage_outs(proj, "suite")
+    (res / "source").unlink()
+    (res / "source").mkdir()
+    (res / "source" / "x").write_text("")
+    with pytest.raises(ValueError, match="results/study/source: not empty"):
+        ensure_stage_outs(proj, "source")
     with pytest.raises(ValueError, match="no stage 'nope'"):
         ensure_stage_outs(proj, "nope")

@@ -80,7 +80,7 @@ def _git_dvc_init(proj: Path, remote: Path) -> None:
 
 def test_dvc_repro_runs_every_phase(smoke_run):
     proj, r = smoke_run
-    assert _stages_run(r.stdout) == {"suite", "extract", "fit", "features", "predict",
+    assert _stages_run(r.stdout) == {"source", "suite", "extract", "fit", "features", "predict",
                                       "report"}
     res = proj / "results/smoke"
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
@@ -357,7 +357,7 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     rel, data = _released_project(smoke_run, tmp_path, SMOKE_ARCH)
     _git_dvc_init(rel, tmp_path / "remote")
     r = _dvc(rel, "repro")
-    assert _stages_run(r.stdout) == {"suite", "extract", "fit", "features", "predict",
+    assert _stages_run(r.stdout) == {"source", "suite", "extract", "fit", "features", "predict",
                                       "report"}
     res = rel / "results/study"
     smoke_growth = _smoke_growth(proj)
@@ -404,6 +404,63 @@ def test_released_export_reads_back_without_architecture(smoke_run, tmp_path):
         assert read_json(res / "configs" / f"{arch['name']}.json")["num_hidden_layers"] \
             == arch["layers"]
     assert (res / "report/peak_heatmaps.png").exists()
+
+
+def test_user_files_in_released_folder_survive_dvc(smoke_run, tmp_path):
+    """DVC never owns a user's released folder: files the user keeps there, added at any
+    point, survive `dvc repro`, `dvc exp run`, `dvc exp apply`, `dvc checkout --force` and
+    `dvc gc -w`; DVC versions madyn's manifest of the files madyn reads, so an edited exp2
+    file still reruns the extract stage onward."""
+    from madyn.released import read_exp2, to_table, write_exp2
+
+    proj, _ = smoke_run
+    (tmp_path / "rel").mkdir()
+    rel, data = _released_project(smoke_run, tmp_path, SMOKE_ARCH)
+    _git_dvc_init(rel, tmp_path / "remote")
+    exp2 = sorted(p.relative_to(data) for p in data.rglob("exp2_*"))
+    user: dict[Path, str] = {}
+
+    def add(path: Path, text: str) -> None:
+        path.write_text(text)
+        user[path] = text
+
+    def survived(when: str) -> None:
+        for f, text in user.items():
+            assert f.is_file() and f.read_text() == text, f"{when}: {f} lost"
+        assert sorted(p.relative_to(data) for p in data.rglob("exp2_*")) == exp2, when
+
+    add(data / "notes.txt", "mine\n")
+    add(data / "s2-w32-h2" / "analysis.csv", "a,b\n1,2\n")
+    assert _stages_run(_dvc(rel, "repro").stdout) >= {"suite", "extract", "report"}
+    survived("dvc repro")
+    assert _run(["git", "add", "-A"], rel).returncode == 0
+    assert _run(["git", "commit", "-qm", "repro"], rel).returncode == 0
+    add(data / "added_before_exp.txt", "x\n")
+    r = _dvc(rel, "exp", "run", "-n", "deeper", "-S", "predict.xgb_max_depth=2")
+    assert "Stage 'extract' didn't change" in r.stdout, r.stdout[-3000:]
+    survived("dvc exp run")
+    add(data / "s3-w48-h4" / "added_after_exp.txt", "y\n")
+    _dvc(rel, "exp", "apply", "deeper")
+    survived("dvc exp apply")
+    _dvc(rel, "checkout", "--force")
+    survived("dvc checkout --force")
+    _dvc(rel, "gc", "-w", "-f")
+    survived("dvc gc -w")
+    models = rel / "results/study/models"
+    assert not models.is_symlink()
+    manifest = read_json(models / "released_manifest.json")["files"]
+    assert sorted(manifest) == sorted([*map(Path.as_posix, exp2),
+                                       *(f"{a['name']}/config.json" for a in SMOKE_ARCH)])
+    # an edited exp2 file reruns extract onward, and DVC still leaves the user's files
+    model, last = "s2-w32-h2", _smoke_growth(proj)["s2-w32-h2"]["last_step"]
+    victim = data / model / "stats" / f"exp2_{model}_step{last}"
+    arr = read_exp2(victim)
+    arr[:, 0, 0] *= 1.1
+    write_exp2(to_table(arr), victim)
+    assert "results/study/source" in _dvc(rel, "status").stdout
+    assert {"suite", "extract", "fit"} <= _stages_run(_dvc(rel, "repro").stdout)
+    assert read_json(models / "released_manifest.json")["files"] != manifest
+    survived("dvc repro after an edit")
 
 
 def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):

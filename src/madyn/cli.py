@@ -376,8 +376,11 @@ def _suite_parsers(sub) -> None:
                        description="Run by the DVC suite and extract stages after their "
                        "Snakemake target: makes every `outs` folder of the stage exist "
                        "(empty when the active suite's source has nothing for it) and "
-                       "links a released suite's results/<suite>/models to its folder.")
-    c.add_argument("stage", help="a stage of dvc.yaml (suite, extract)")
+                       "writes a released suite's results/<suite>/models/"
+                       "released_manifest.json. The DVC source stage: links "
+                       "results/<suite>/source to a released suite's folder (a dependency, "
+                       "never an output).")
+    c.add_argument("stage", help="a stage of dvc.yaml (source, suite, extract)")
     c.add_argument("--params", default="params.yaml")
     c.set_defaults(func=_cmd_dvc_outs)
 

@@ -80,8 +80,10 @@ def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
 # What each DVC stage runs: `snakemake <phase>_all` parses the Snakefile and common.smk and
 # runs the rules of its phase file, whose jobs call `madyn` (cli.py only parses and
 # dispatches, so it is not followed) and, through it, the phase's stage module; the suite
-# and extract stages then run `madyn dvc-outs` (this module's ensure_stage_outs).
+# and extract stages then run `madyn dvc-outs` (this module's ensure_stage_outs). The
+# source stage runs `madyn dvc-outs source` alone (no Snakemake).
 STAGE_CODE = {
+    "source": (None, ("project",)),
     "suite": ("suite.smk", ("stages/suite", "project")),
     "extract": ("extract.smk", ("stages/extract", "project")),
     "fit": ("fit.smk", ("stages/fit",)),
@@ -102,39 +104,99 @@ def stage_outs(root: Path, stage: str, suite: str) -> list[str]:
     return [p.replace("${suite}", suite) for p in paths]
 
 
-def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> list[str]:
-    """Make every ``outs`` folder of DVC stage ``stage`` exist, whatever the active suite's
-    source: dvc.yaml names them from ``suite`` alone, so a source with nothing to put in
-    one (a released suite trains and measures nothing) gets it empty. A released suite's
-    ``results/<suite>/models`` is a link to its released folder: DVC hashes through it,
-    so an edited or deleted exp2 file changes the suite stage's outs and the deps of the
-    stages that read them. Returns the paths made (relative to ``root``)."""
+RELEASED_MANIFEST = "released_manifest.json"
+
+
+def released_manifest(folder: Path, models: list[str]) -> dict:
+    """What a released suite reads from ``folder``: each model's ``exp2_*`` files and its
+    ``config.json`` (when there), as relative path -> {size, sha256}. Other files a user
+    keeps there are left out: they change no result."""
+    from madyn import released
+    from madyn.io import sha256_file
+
+    scanned = released.scan(folder)
+    paths = [f for m in models for f in scanned.get(m, {}).values()]
+    paths += [folder / m / "config.json" for m in models
+              if (folder / m / "config.json").is_file()]
+    files = {}
+    for f in sorted(paths):
+        files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size,
+                                                   "sha256": sha256_file(f)}
+    return {"files": files}
+
+
+def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
+    """Make ``results/<suite>/source``, a dependency of the DVC suite stage, exist: for a
+    released suite a link to its released folder (DVC hashes a dependency through it and
+    never writes it), for any other source an empty folder. Only a link or an empty folder
+    is ever replaced. Returns the path when made (relative to ``root``)."""
     from madyn import config
 
     cfg = config.load(str(root / params))
     suite = config.active(cfg)
+    rel = f"{config.results_dir(cfg)}/source"
+    link = root / rel
+    target = (root / suite["path"]).resolve() if suite["source"] == "released" else None
+    if target is not None and link.is_symlink() and link.resolve() == target:
+        return None
+    if target is None and link.is_dir() and not link.is_symlink():
+        return None
+    if link.is_symlink():
+        link.unlink()
+    elif link.is_dir():
+        if any(link.iterdir()):
+            raise ValueError(f"{rel}: not empty; madyn made it empty: remove what is in it")
+        link.rmdir()
+    elif link.exists():
+        raise ValueError(f"{rel}: a file where madyn keeps a folder or link: remove it")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if target is None:
+        link.mkdir()
+    else:
+        link.symlink_to(target, target_is_directory=True)
+    return rel
+
+
+def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> list[str]:
+    """Make every ``outs`` folder of DVC stage ``stage`` exist, whatever the active suite's
+    source: dvc.yaml names them from ``suite`` alone, so a source with nothing to put in
+    one (a released suite trains and measures nothing) gets it empty. A released suite's
+    ``results/<suite>/models`` is a folder of madyn's holding the manifest of what it reads
+    from the released folder (:func:`released_manifest`): DVC never owns the user's folder,
+    and an edited, added or deleted exp2 file changes the manifest, so the stages that
+    read it rerun. Stage ``source`` makes the suite stage's ``source`` dependency
+    (:func:`ensure_source_link`) and its own out ``source.json``. Returns the paths made
+    (relative to ``root``)."""
+    from madyn import config
+    from madyn.io import write_json
+
+    cfg = config.load(str(root / params))
+    suite = config.active(cfg)
     made = []
+    if stage == "source":
+        if rel := ensure_source_link(root, params):
+            made.append(rel)
+        write_json(root / f"{config.results_dir(cfg)}/source.json",
+                   {"source": suite["source"], "path": suite.get("path")})
+        return made
     for rel in stage_outs(root, stage, cfg["suite"]):
         out = root / rel
         if suite["source"] == "released" and rel == f"{config.results_dir(cfg)}/models":
-            target = (root / suite["path"]).resolve()
-            if out.is_symlink() and out.resolve() == target:
-                continue
-            if out.exists() and not out.is_symlink():
-                raise ValueError(f"{rel}: a released suite's models are a link to "
-                                 f"suites.{cfg['suite']}.path, but {rel} is a real "
-                                 "folder: remove it")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.unlink(missing_ok=True)
-            out.symlink_to(target, target_is_directory=True)
-        elif not out.exists():
+            if out.is_symlink():  # the link to the released folder earlier versions made
+                out.unlink()
+            if not out.is_dir():
+                out.mkdir(parents=True)
+                made.append(rel)
+            folder = (root / suite["path"]).resolve()
+            write_json(out / RELEASED_MANIFEST,
+                       released_manifest(folder, config.model_names(suite)))
+            continue
+        if not out.exists():
             if out.suffix:
                 raise ValueError(f"dvc.yaml: stage {stage}: out {rel} is missing and is "
                                  "not a folder")
             out.mkdir(parents=True)
-        else:
-            continue
-        made.append(rel)
+            made.append(rel)
     return made
 
 
@@ -142,8 +204,8 @@ def stage_code_deps(root: Path, stage: str) -> list[str]:
     """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
     rules, modules = STAGE_CODE[stage]
     cli = root / "src/madyn/cli.py"
-    files = [root / "Snakefile", root / "workflow/rules/common.smk",
-             root / "workflow/rules" / rules, cli]
+    files = [cli] if rules is None else [root / "Snakefile", root / "workflow/rules/common.smk",
+                                          root / "workflow/rules" / rules, cli]
     files += [root / "src/madyn" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=(cli,))
     deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.config
