@@ -219,7 +219,7 @@ class Progress:
 
 def _save_checkpoint(model, tokenizer_dir: Path, out: Path, meta: dict) -> None:
     """Save an HF checkpoint (config + safetensors + tokenizer) atomically."""
-    with atomic_path(out) as tmp:
+    with atomic_path(out, folder=True) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in tokenizer_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
