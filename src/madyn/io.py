@@ -9,11 +9,12 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class OutputError(ValueError):
@@ -107,8 +108,67 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+JSON_LIMIT = 16 * 2**20  # bytes: far above any config.json, index or trainer state
+
+
+class UnsafeFile(ValueError):
+    """A user file madyn will not read: not a regular file, or larger than allowed."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a user's file for reading only if it is a regular file (a symlink to one is
+    followed): a FIFO, a device such as /dev/zero, a socket or a folder is refused by
+    :class:`UnsafeFile` naming it, before anything blocks or reads without end."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise OSError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        link = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise UnsafeFile(f"{path}: {_kind(st.st_mode)}{link}, not a regular file; "
+                         "madyn reads only regular files")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the check
+        f.close()
+        raise UnsafeFile(f"{path}: not a regular file; madyn reads only regular files")
+    return f
+
+
+def read_limited(path: str | Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (:func:`open_regular`);
+    :class:`UnsafeFile` naming it when larger."""
+    with open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile(f"{path}: larger than {limit / 2**20:g} MB, more than a file of "
+                         "this kind may hold")
+    return data
+
+
+def read_json(path: str | Path, limit: int = JSON_LIMIT) -> Any:
+    """A JSON file (a user's config.json, a weights index, a trainer state, a marker),
+    read safely: only a regular file, at most ``limit`` bytes, UTF-8, valid JSON. Every
+    failure is a ValueError (OSError when unreadable) whose one-line message names it."""
+    data = read_limited(path, limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a JSON file madyn reads (nested too deeply)") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
