@@ -64,22 +64,90 @@ def test_hub_path_with_revision_offline(tiny_model_dir, corpus_dir, tmp_path):
     np.testing.assert_allclose(hub_df["top1"], local["top1"], rtol=1e-6)
 
 
-def test_hub_download_deleted_after_measuring(tiny_model_dir, corpus_dir, tmp_path):
-    cache = tmp_path / "hub"
-    publish_to_hub_cache(tiny_model_dir / "step0", cache, "madyn-test/tiny", "step0")
+@pytest.fixture
+def loopback_hub(tiny_model_dir):
+    """Revisions step0 and step4 of the tiny model on a loopback hub (tests/fake_hub.py)."""
+    from tests.fake_hub import FakeHub
+
+    fake = FakeHub()
+    for s in (0, 4):
+        fake.publish("madyn-test/tiny", f"step{s}", tiny_model_dir / f"step{s}")
+    with fake:
+        yield fake
+
+
+def _hub_env(hub, home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return {**env, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home),
+            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def _madyn(args: list, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "madyn.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _tokens(corpus_dir: Path, tmp_path: Path) -> Path:
     tokens = tmp_path / "tokens.npy"
     np.save(tokens, np.load(corpus_dir / "heldout.npy")[:32].astype(np.int64).reshape(2, 16))
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "madyn.cli", "extract", "madyn-test/tiny",
-                        "--revision", "step0", "--tokens", str(tokens), "--out",
-                        str(tmp_path / "o.parquet"), "--device", "cpu", "--delete-download"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    return tokens
+
+
+def _weights(home: Path, loopback_hub, revision: str) -> Path:
+    """The weights link of ``revision`` in the hub cache under ``home``."""
+    commit = loopback_hub.resolve("madyn-test/tiny", revision)
+    return (home / "hub" / "models--madyn-test--tiny" / "snapshots" / commit
+            / "model.safetensors")
+
+
+def test_hub_download_deleted_after_measuring(loopback_hub, corpus_dir, tmp_path):
+    """A revision madyn downloaded is measured, then its weights leave the cache (links
+    and blobs); its small files stay. A user's file named like the by-hand marker beside
+    --out is neither overwritten nor removed."""
+    home, out = tmp_path / "hf", tmp_path / "o.parquet"
+    mine = tmp_path / "o.download.json"
+    mine.write_text("my notes\n")
+    r = _madyn(["extract", "madyn-test/tiny", "--revision", "step0", "--tokens",
+                _tokens(corpus_dir, tmp_path), "--out", out, "--device", "cpu",
+                "--delete-download"], _hub_env(loopback_hub, home))
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "o.parquet").exists()
-    repo = cache / "models--madyn-test--tiny"
+    assert out.exists() and mine.read_text() == "my notes\n"
+    repo = home / "hub" / "models--madyn-test--tiny"
     assert not list(repo.glob("snapshots/*/*.safetensors"))
     assert [b for b in repo.glob("blobs/*") if b.stat().st_size > 100_000] == []  # weights
     assert list(repo.glob("snapshots/*/config.json"))  # small files stay
+
+
+def test_delete_download_spares_a_revision_the_user_had_cached(loopback_hub, corpus_dir,
+                                                               tmp_path):
+    """The user's own snapshot_download of step4 before madyn's download and measurement
+    with deletion: the user's weights (link and blob) survive; step0, which madyn fetched,
+    is deleted, also when its download ran twice into the same marker."""
+    home = tmp_path / "hf"
+    env = _hub_env(loopback_hub, home)
+    r = subprocess.run([sys.executable, "-c", "from huggingface_hub import "
+                        "snapshot_download as d; d('madyn-test/tiny', revision='step4')"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    users = _weights(home, loopback_hub, "step4")
+    blob = users.resolve()
+    tokens = _tokens(corpus_dir, tmp_path)
+    for step in (4, 0):
+        marker = tmp_path / f"step{step}.json"
+        for _ in range(2 if step == 0 else 1):  # a rerun download finds its own files
+            r = _madyn(["download", "madyn-test/tiny", "--revision", f"step{step}",
+                        "--out", marker], env)
+            assert r.returncode == 0, r.stderr
+        r = _madyn(["extract", "--marker", marker, "--tokens", tokens, "--out",
+                    tmp_path / f"s{step}.parquet", "--step", step, "--model", "tiny",
+                    "--device", "cpu", "--delete-download"], env)
+        assert r.returncode == 0, r.stderr
+    assert users.is_symlink() and blob.is_file()
+    assert blob.read_bytes() == (loopback_hub.files[loopback_hub.resolve(
+        "madyn-test/tiny", "step4")]["model.safetensors"])
+    ours = _weights(home, loopback_hub, "step0")
+    assert not ours.exists() and not ours.is_symlink()
+    assert read_json(tmp_path / "step4.json")["fetched"] == {"links": [], "blobs": []}
 
 
 def _table(n_seqs=3, n_layers=4, seed=0):
@@ -184,7 +252,8 @@ def test_deleting_a_revision_spares_files_a_running_download_shares(tiny_model_d
     shared = repo / "blobs" / hashlib.sha256(
         (tiny_model_dir / "step0" / "config.json").read_bytes()).hexdigest()
     weights_a = (repo / "snapshots" / a / "model.safetensors").resolve()
-    delete_cached_revision(repo / "snapshots" / a)
+    fetched = {"links": ["model.safetensors"], "blobs": [weights_a.name]}  # madyn's fetch
+    delete_cached_revision(repo / "snapshots" / a, fetched)
     assert shared.exists()
     assert not weights_a.exists()
     assert not (repo / "snapshots" / a / "model.safetensors").exists()

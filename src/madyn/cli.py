@@ -80,11 +80,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     step = 0 if args.step is None else args.step
     model = args.model or Path(args.checkpoint).name
     if args.revision:  # a hub revision by hand: download, measure, optionally delete
-        marker = str(Path(args.out).with_suffix(".download.json"))
-        extract.download(args.checkpoint, args.revision, marker)
-        extract.measure_download(marker, args.tokens, args.out, model, step,
-                                 delete=args.delete_download, **opts)
-        Path(marker).unlink()
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="madyn-download-") as tmp:
+            marker = str(Path(tmp) / "download.json")
+            extract.download(args.checkpoint, args.revision, marker)
+            extract.measure_download(marker, args.tokens, args.out, model, step,
+                                     delete=args.delete_download, **opts)
         return 0
     ck = extract.Checkpoint(args.checkpoint, step, Path(args.out))
     extract.measure([ck], args.tokens, model, **opts)
@@ -617,6 +619,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# single-file outputs of each subcommand (argparse dests): an existing folder there is
+# refused before any work (io.atomic_path refuses it again when writing)
+FILE_OUTS = {
+    "heldout-manifest": ("out",), "train": ("timing_out",), "train-summary": ("out",),
+    "eval-tokens": ("out",), "extract": ("out",), "extract-model": ("outs",),
+    "download": ("out",), "series": ("out", "integrity"), "growth": ("out",),
+    "plot-series": ("out_series", "out_first_last"), "config-json": ("out",),
+    "fit": ("out",), "plot-fit": ("out_examples", "out_quality"),
+    "fit-summary": ("out_table", "out"), "features": ("out", "out_csv"),
+    "evaluate": ("out",), "effects": ("out_json", "out_csv", "out_png"),
+}
+
+
+def check_file_outs(args: argparse.Namespace) -> None:
+    """Refuse a single-file output that is an existing folder, or one file given twice
+    (OutputError naming the option and the path)."""
+    from madyn.io import OutputError, refuse_folder
+
+    seen: dict[Path, str] = {}
+    for dest in FILE_OUTS.get(args.command, ()):
+        flag = "--" + dest.replace("_", "-")
+        value = getattr(args, dest, None)
+        for path in value if isinstance(value, list) else [value] if value else []:
+            try:
+                refuse_folder(path)
+            except OutputError as e:
+                raise OutputError(f"{flag} {e}") from None
+            key = Path(os.path.abspath(path))
+            if key in seen:
+                raise OutputError(f"{flag} {path}: given twice (also as {seen[key]}); "
+                                  "each output needs its own file")
+            seen[key] = flag
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train" and not (args.model or args.spec_json):
@@ -626,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        check_file_outs(args)
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input: one line naming it, exit 2
         if os.environ.get("MADYN_DEBUG"):

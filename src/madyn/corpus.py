@@ -114,7 +114,7 @@ def build_corpus(out_dir: str | Path, max_mb: float, heldout_fraction: float,
     texts = {f.path: (src / f.path).read_text(encoding="utf-8") for f in files}
     train = [texts[f.path] for f in files if f.split == "train"]
     heldout = [texts[f.path] for f in files if f.split == "heldout"]
-    with atomic_path(out / "tokenizer") as tdir:
+    with atomic_path(out / "tokenizer", folder=True) as tdir:
         train_tokenizer(train, vocab_size, tdir)
     arrays = {"train": encode(out / "tokenizer", train),
               "heldout": encode(out / "tokenizer", heldout)}

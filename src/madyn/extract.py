@@ -104,7 +104,13 @@ def load_model(source: str, revision: str | None = None, dtype: str = "float32",
     _require_folder(source)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    check_decoder_only(model_config(source, revision), source)
+    config = model_config(source, revision)
+    check_decoder_only(config, source)
+    if Path(source).is_dir():  # before building anything: headers, layers, size
+        tensors = check_config_matches_weights(source, config, weight_files(source))
+        check_parameter_count(source, tensors)
+    else:
+        config_layers(config, source)
     model, info = AutoModelForCausalLM.from_pretrained(
         source,
         revision=revision,
@@ -139,41 +145,214 @@ def check_tokens(tokens: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
 
 def model_config(source: str, revision: str | None = None) -> dict:
     """A checkpoint's ``config.json`` as a dict: a local HF directory, or a hub repo id at
-    ``revision`` (a plain JSON download; no model code is loaded)."""
-    import json
+    ``revision`` (a plain JSON download; no model code is loaded). Read safely
+    (:func:`madyn.io.read_json`: a regular file of bounded size); ValueError naming it."""
+    from madyn.io import read_json
 
     local = Path(source)
     if local.is_dir():
-        return json.loads((local / "config.json").read_text())
-    from huggingface_hub import hf_hub_download
+        path = local / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(source, "config.json", revision=revision))
-                      .read_text())
+        path = Path(hf_hub_download(source, "config.json", revision=revision))
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object (a config.json), got "
+                              f"{type(cfg).__name__}")
+    return cfg
 
 
 def weight_files(source: str, revision: str | None = None) -> list[Path]:
     """The safetensors files of a checkpoint: a local dir, or a hub repo's revision as
-    cached by the download that loading it just made."""
-    import json
-
+    cached by the download that loading it just made. Each is a regular file (a FIFO or a
+    device is refused naming it, see :func:`check_weight_files`)."""
     from huggingface_hub import try_to_load_from_cache
+
+    from madyn.io import read_json
 
     _require_folder(source)
     local = Path(source)
     if local.is_dir():
-        return sorted(local.glob("*.safetensors"))
+        return check_weight_files(sorted(local.glob("*.safetensors")))
 
     def cached(name: str) -> Path | None:
         p = try_to_load_from_cache(source, name, revision=revision)
         return Path(p) if isinstance(p, str) else None
 
     idx = cached("model.safetensors.index.json")
-    names = (sorted(set(json.loads(idx.read_text())["weight_map"].values())) if idx
-             else ["model.safetensors"])
+    if idx:
+        index = read_json(idx)
+        wmap = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+            raise CheckpointError(f"{idx}: no weight_map of tensor -> file names")
+        names = sorted(set(wmap.values()))
+    else:
+        names = ["model.safetensors"]
     files = [cached(n) for n in names]
     if any(f is None for f in files):
         raise FileNotFoundError(f"{source}@{revision}: weights not in the hub cache")
+    return check_weight_files(files)
+
+
+# ------------------------------------------------------------ checks before building
+SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # bytes; the safetensors library's own bound
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
+               "F8_E5M2": 1}
+
+
+def check_weight_files(files: list[Path]) -> list[Path]:
+    """The weight files, each refused (:class:`madyn.io.UnsafeFile`, naming it) unless a
+    regular file (a symlink to one is followed): a FIFO or /dev/zero would block or read
+    without end. Returns ``files``."""
+    import os
+    import stat
+
+    from madyn.io import open_regular
+
+    for f in files:
+        if not stat.S_ISREG(os.stat(f).st_mode):
+            open_regular(f)  # raises, naming what it is
     return files
+
+
+def safetensors_header(path: Path) -> dict:
+    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets),
+    checked against the file before anything is built from it. CheckpointError naming the
+    file when it is truncated, its header length field lies or points past the data, the
+    header is not JSON, or a tensor's bytes do not fit its shape or the file."""
+    import json
+    import struct
+
+    from madyn.io import open_regular
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid safetensors file: {why}")
+
+    with open_regular(path) as f:
+        import os
+
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise bad(f"truncated ({size} bytes; the header length alone takes 8)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise bad(f"its header length field says {n} bytes, but only {size - 8} "
+                      "follow it (truncated, or not a safetensors file)")
+        if n > SAFETENSORS_HEADER_LIMIT:
+            raise bad(f"a header of {n} bytes (at most {SAFETENSORS_HEADER_LIMIT} allowed)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad(f"its {n}-byte header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data_len, tensors = size - 8 - n, {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        shape, offsets = (t.get("shape"), t.get("data_offsets")) if isinstance(t, dict) \
+            else (None, None)
+        if not (isinstance(shape, list) and all(_whole(d) and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(_whole(o) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name!r} has no valid shape and data offsets")
+        if offsets[1] > data_len:
+            raise bad(f"tensor {name!r} ends at byte {offsets[1]} of the data, but the file "
+                      f"holds {data_len} (truncated)")
+        item = DTYPE_SIZES.get(t.get("dtype"))
+        numel = 1
+        for d in shape:
+            numel *= d
+        if item is not None and numel * item != offsets[1] - offsets[0]:
+            raise bad(f"tensor {name!r}: {t['dtype']} {shape} takes {numel * item} bytes, "
+                      f"its data offsets span {offsets[1] - offsets[0]}")
+        tensors[name] = {"shape": shape, "numel": numel}
+    return tensors
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# config.json keys that size the model: whole numbers when present (None: unset)
+SIZE_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd",
+             "d_model", "vocab_size", "intermediate_size", "n_inner", "ffn_dim",
+             "num_attention_heads", "n_head", "num_key_value_heads", "head_dim",
+             "max_position_embeddings", "n_positions", "num_local_experts", "num_experts")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_LAYER_INDEX = re.compile(r"^(.*?)\.(\d+)\.")
+
+
+def config_layers(config: dict, where: str) -> int:
+    """The configured number of decoder layers; every size key of :data:`SIZE_KEYS` must be
+    a whole number >= 0 (layers >= 1), else CheckpointError naming ``where`` and the key."""
+    for key in SIZE_KEYS:
+        v = config.get(key)
+        if v is not None and not (_whole(v) and v >= 0):
+            raise CheckpointError(f"{where}: {key} must be a whole number, got {v!r}")
+    key = next((k for k in LAYER_KEYS if config.get(k) is not None), None)
+    if key is None or config[key] < 1:
+        raise CheckpointError(f"{where}: no number of layers >= 1 "
+                              f"({' / '.join(LAYER_KEYS)})")
+    return config[key]
+
+
+def weight_layers(tensors: dict) -> tuple[str, int]:
+    """The decoder stack in tensor names: the ``prefix.N.`` with the most distinct N, and
+    that number (("", 0) when no name has a numbered part)."""
+    stacks: dict[str, set[int]] = {}
+    for name in tensors:
+        m = _LAYER_INDEX.match(name)
+        if m:
+            stacks.setdefault(m[1], set()).add(int(m[2]))
+    if not stacks:
+        return "", 0
+    prefix = max(stacks, key=lambda k: len(stacks[k]))
+    return prefix, len(stacks[prefix])
+
+
+def check_config_matches_weights(source: str, config: dict, files: list[Path]) -> dict:
+    """Before anything is built: the weight files' headers parse (:func:`safetensors_header`)
+    and the config's number of layers equals the decoder layers the tensor names hold.
+    Returns name -> {shape, numel} of every tensor. CheckpointError naming the file."""
+    where = Path(source) / "config.json" if Path(source).is_dir() else source
+    n_layers = config_layers(config, str(where))
+    if not files:
+        raise CheckpointError(f"{source}: no .safetensors weight files")
+    tensors: dict = {}
+    for f in files:
+        tensors.update(safetensors_header(f))
+    prefix, found = weight_layers(tensors)
+    if found != n_layers:
+        raise CheckpointError(f"{where}: says {n_layers} layers, but the weight files hold "
+                              f"{found}{f' ({prefix}.N)' if prefix else ''}")
+    return tensors
+
+
+PARAM_SLACK = 2**20  # parameters a config may describe beyond twice the weights' values
+
+
+def check_parameter_count(source: str, tensors: dict) -> None:
+    """The architecture of the local checkpoint ``source``, built on the meta device (no
+    memory), must not have far more parameters than its weight files hold (``tensors``):
+    a config.json much larger than its weights is refused before transformers allocates
+    it. A smaller difference (a tensor missing) is left to :func:`load_model`, which names
+    the tensors."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    wanted = sum(p.numel() for p in model.parameters())
+    held = sum(t["numel"] for t in tensors.values())
+    if wanted > 2 * held + PARAM_SLACK:
+        where = Path(source) / "config.json" if Path(source).is_dir() else source
+        raise CheckpointError(f"{where}: describes a model of {wanted:,} parameters, but "
+                              f"the weight files hold {held:,} values")
 
 
 def fingerprint(files: list[Path]) -> dict:
@@ -653,23 +832,44 @@ def measure_checkpoint(source: str, tokens: np.ndarray, *, revision: str | None 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 
 
-def delete_cached_revision(snapshot: str | Path) -> list[Path]:
-    """Remove one downloaded revision's weights from the hub cache: its weight links and
-    the weight blobs no other snapshot links to. Small files (config, tokenizer) stay:
-    identical files are one blob shared by every revision, and a download running beside
-    this one may be about to link them. Returns the blobs removed."""
+def delete_cached_revision(snapshot: str | Path, fetched: dict | None) -> list[Path]:
+    """Remove from the hub cache the weights madyn fetched for one revision: the weight
+    links and blobs ``fetched`` names (``download_revision``'s record), each blob only when
+    no other snapshot links to it. What was cached before madyn downloaded (a revision the
+    user fetched) stays, and so do small files (config, tokenizer): identical files are one
+    blob shared by every revision, and a download running beside this one may be about to
+    link them. ``fetched`` None (a marker from before madyn kept the record): nothing is
+    removed. Returns the blobs removed."""
     snap = Path(snapshot)
+    if not fetched:
+        return []
+    links, blobs = set(fetched.get("links", [])), set(fetched.get("blobs", []))
     others = {p.resolve() for s in (snap.parent).iterdir() if s != snap
               for p in s.rglob("*") if p.is_symlink()}
     removed = []
     for link in sorted(snap.rglob("*")):
-        if link.is_symlink() and link.name.endswith(WEIGHT_SUFFIXES):
+        if (link.is_symlink() and link.name.endswith(WEIGHT_SUFFIXES)
+                and link.relative_to(snap).as_posix() in links):
             blob = link.resolve()
             link.unlink()
-            if blob not in others and blob.is_file():
+            if blob.name in blobs and blob not in others and blob.is_file():
                 blob.unlink()
                 removed.append(blob)
     return removed
+
+
+def _cached_weights(repo_id: str) -> tuple[set[str], set[str]]:
+    """What the hub cache holds of ``repo_id`` now: its weight links (``commit/file``)
+    and the names of its blobs."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    links = {p.relative_to(root / "snapshots").as_posix()
+             for p in (root / "snapshots").glob("*/**/*")
+             if p.is_symlink() or p.is_file()}
+    blobs = {b.name for b in (root / "blobs").glob("*")}
+    return links, blobs
 
 
 # Files a measurement needs from a hub revision: config, weights, tokenizer (no code).
@@ -679,15 +879,25 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 def download_revision(repo_id: str, revision: str) -> dict:
     """Download one hub revision's weights and config (safetensors only, no code).
 
-    Returns what the measuring job needs: the snapshot folder, its commit and the weights
-    fingerprint (hub blobs are named by their sha256, so nothing is read twice).
+    Returns what the measuring job needs: the snapshot folder, its commit, the weights
+    fingerprint (hub blobs are named by their sha256, so nothing is read twice) and
+    ``fetched``: the weight links and blobs this download added to the cache (what
+    :func:`delete_cached_revision` may remove; a revision cached before stays).
     """
     from huggingface_hub import snapshot_download
 
+    had_links, had_blobs = _cached_weights(repo_id)
     snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     files = sorted(snap.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{repo_id}@{revision}: no safetensors weights")
+    fetched: dict[str, list[str]] = {"links": [], "blobs": []}
+    for link in sorted(snap.rglob("*")):
+        rel = link.relative_to(snap).as_posix()
+        if link.name.endswith(WEIGHT_SUFFIXES) and f"{snap.name}/{rel}" not in had_links:
+            fetched["links"].append(rel)
+            if link.is_symlink() and link.resolve().name not in had_blobs:
+                fetched["blobs"].append(link.resolve().name)
     return {"repo": repo_id, "revision": revision, "snapshot": str(snap),
-            "commit": snap.name, "weights": fingerprint(files),
-            "bytes": sum(f.resolve().stat().st_size for f in files)}
+            "commit": snap.name, "weights": fingerprint(check_weight_files(files)),
+            "bytes": sum(f.resolve().stat().st_size for f in files), "fetched": fetched}

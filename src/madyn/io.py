@@ -2,36 +2,87 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+
+class OutputError(ValueError):
+    """An output path madyn must not write to; the message names it and says why."""
+
+
+def refuse_folder(path: str | Path) -> None:
+    """A single-file output must not be an existing folder (madyn would lose it)."""
+    if Path(path).is_dir():
+        raise OutputError(f"{path}: is a folder; give a file path for this output "
+                          "(madyn never replaces a folder it did not write)")
+
+
+def _stale_tmp(path: Path) -> list[Path]:
+    """Temporary folders an :func:`atomic_path` writer killed -9 left beside ``path``:
+    named as ``tempfile.mkdtemp`` names them, holding nothing but what that writer put
+    there (``path``'s name, or the folder it was replacing). A user's file or folder that
+    only looks alike is not one of them."""
+    pat = re.compile(re.escape(f".{path.name}.tmp") + r"[a-z0-9_]{8}")
+    return [d for d in path.parent.glob(f".{glob.escape(path.name)}.tmp*")
+            if pat.fullmatch(d.name) and d.is_dir() and not d.is_symlink()
+            and {e.name for e in d.iterdir()} <= {path.name, _OLD}]
+
+
+_OLD = ".madyn-replaced"  # where atomic_path moves the folder it replaces, then drops it
+
+
+def _lost(old: Path, new: Path) -> str | None:
+    """The first entry of folder ``old`` (relative path) that folder ``new`` has no
+    namesake of; None when replacing ``old`` by ``new`` loses nothing madyn did not write."""
+    for entry in sorted(old.rglob("*")):
+        rel = entry.relative_to(old)
+        twin = new / rel
+        if not (twin.exists() or twin.is_symlink()) or (
+                entry.is_dir() and not entry.is_symlink() and not twin.is_dir()):
+            return str(rel)
+    return None
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.
 
-    Works for files and directories: whatever the caller creates at the yielded path
-    replaces ``path`` atomically (``os.replace``), so a killed job never leaves a
-    half-written output behind.
+    Whatever the caller creates at the yielded path replaces ``path`` atomically
+    (``os.replace``), so a killed job never leaves a half-written output behind.
+    A file output (the default) never replaces a folder: :class:`OutputError`, before the
+    caller writes anything. ``folder``: the caller writes a folder; an existing folder at
+    ``path`` is replaced only when every entry in it has a namesake in the new one (what
+    madyn wrote there before), else :class:`OutputError` names the entry that would be lost.
     """
     path = Path(path)
+    if not folder:
+        refuse_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a writer killed -9
+    for stale in _stale_tmp(path):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        if not folder:
+            refuse_folder(path)  # made while the caller wrote
+        elif path.is_dir() and not path.is_symlink():
+            lost = _lost(path, target)
+            if lost is not None:
+                raise OutputError(f"{path}: holds {lost}, which madyn did not write; "
+                                  "move it away, or write elsewhere")
+            path.rename(tmp / _OLD)  # dropped with tmp below
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -57,8 +108,67 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+JSON_LIMIT = 16 * 2**20  # bytes: far above any config.json, index or trainer state
+
+
+class UnsafeFile(ValueError):
+    """A user file madyn will not read: not a regular file, or larger than allowed."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a user's file for reading only if it is a regular file (a symlink to one is
+    followed): a FIFO, a device such as /dev/zero, a socket or a folder is refused by
+    :class:`UnsafeFile` naming it, before anything blocks or reads without end."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise OSError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        link = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise UnsafeFile(f"{path}: {_kind(st.st_mode)}{link}, not a regular file; "
+                         "madyn reads only regular files")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the check
+        f.close()
+        raise UnsafeFile(f"{path}: not a regular file; madyn reads only regular files")
+    return f
+
+
+def read_limited(path: str | Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (:func:`open_regular`);
+    :class:`UnsafeFile` naming it when larger."""
+    with open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile(f"{path}: larger than {limit / 2**20:g} MB, more than a file of "
+                         "this kind may hold")
+    return data
+
+
+def read_json(path: str | Path, limit: int = JSON_LIMIT) -> Any:
+    """A JSON file (a user's config.json, a weights index, a trainer state, a marker),
+    read safely: only a regular file, at most ``limit`` bytes, UTF-8, valid JSON. Every
+    failure is a ValueError (OSError when unreadable) whose one-line message names it."""
+    data = read_limited(path, limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a JSON file madyn reads (nested too deeply)") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

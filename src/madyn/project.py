@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-WORKFLOW_FILES = ("Snakefile", "dvc.yaml")
+WORKFLOW_FILES = ("Snakefile", "dvc.yaml", ".gitignore")  # .gitignore: results/ untracked, as in a clone
 WORKFLOW_DIRS = ("workflow", "profiles", "src")
 
 

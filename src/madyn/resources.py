@@ -8,7 +8,6 @@ Snakemake schedules jobs by these: ``mem_mb`` (host memory), ``gpu`` (1 on CUDA,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -34,11 +33,14 @@ def model_config_dict(spec, vocab_size: int) -> dict:
 
 
 def cached_hub_config(repo: str) -> dict | None:
-    """A hub repo's config.json if the local hub cache holds it (never the network)."""
+    """A hub repo's config.json if the local hub cache holds it (never the network), read
+    safely (:func:`madyn.io.read_json`: a FIFO or device there is refused naming it)."""
     from huggingface_hub import try_to_load_from_cache
 
+    from madyn.io import read_json
+
     path = try_to_load_from_cache(repo, "config.json")
-    return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    return read_json(path) if isinstance(path, str) else None
 
 
 def n_params(config: dict | None) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from madyn.io import atomic_path, sha256_file, write_json
+from madyn.io import atomic_path, read_json, sha256_file, write_json
 
 # family -> Hugging Face class, all native (loaded by AutoModelForCausalLM, no remote code)
 FAMILIES = {
@@ -166,7 +166,7 @@ def recipe(design: dict) -> dict:
 def trained_recipe(checkpoint_record: Path) -> dict:
     """The recipe a madyn checkpoint records (``madyn_checkpoint.json``, written by
     :func:`train_model` with its :func:`design_record`)."""
-    return recipe(json.loads(Path(checkpoint_record).read_text()))
+    return recipe(read_json(checkpoint_record))
 
 
 def make_optimizer(model, train: TrainSpec):
@@ -219,7 +219,7 @@ class Progress:
 
 def _save_checkpoint(model, tokenizer_dir: Path, out: Path, meta: dict) -> None:
     """Save an HF checkpoint (config + safetensors + tokenizer) atomically."""
-    with atomic_path(out) as tmp:
+    with atomic_path(out, folder=True) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in tokenizer_dir.iterdir():
             shutil.copy2(f, tmp / f.name)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from madyn import config as madyn_config
+from madyn import io as madyn_io
 from madyn import released as madyn_released
 from madyn import resources as madyn_resources
 from madyn.suite import checkpoint_dir, train_cost
@@ -200,7 +201,10 @@ class ReleasedSource:
     def config_json(self, model):
         f = self._config_file(model)
         if f.exists():
-            return json.loads(f.read_text())
+            try:
+                return madyn_io.read_json(f)  # a user's file: regular, bounded size
+            except (OSError, ValueError) as err:
+                sys.exit(f"madyn: {err}")
         spec = madyn_config.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(
             spec, madyn_config.model_entry(SUITE_CFG, model)["vocab_size"])

@@ -160,10 +160,28 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
     return {"measured": done, "kept": kept}
 
 
+def _earlier_fetch(out: str, marker: dict) -> dict:
+    """What an earlier marker at ``out`` records madyn fetched of the same snapshot (a
+    download run again finds its own earlier download in the cache)."""
+    try:
+        old = read_json(out)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict) or old.get("snapshot") != marker["snapshot"]:
+        return {}
+    return old.get("fetched") or {}
+
+
 def download(repo: str, revision: str, out: str) -> dict:
-    """Download one hub revision and write its marker (snapshot folder, weights sha256)."""
+    """Download one hub revision and write its marker: snapshot folder, weights sha256,
+    and which weight files this download (or an earlier one of the same marker) fetched,
+    the only ones ``--delete-download`` removes."""
     t0 = time.monotonic()
     marker = download_revision(repo, revision)
+    if Path(out).is_file():
+        earlier = _earlier_fetch(out, marker)
+        for k, names in marker["fetched"].items():
+            names[:] = sorted(set(names) | set(earlier.get(k, [])))
     write_json(out, marker)
     _say(f"{repo}@{revision}: {marker['bytes'] / 1e9:.2f} GB in "
          f"{time.monotonic() - t0:.0f}s -> {marker['snapshot']}")
@@ -173,7 +191,9 @@ def download(repo: str, revision: str, out: str) -> dict:
 def measure_download(marker_path: str, tokens_path: str, out: str, model: str, step: int,
                      *, dtype: str, device: str, batch_size: int, delete: bool,
                      extreme_tokens: bool = True) -> None:
-    """Measure a downloaded hub revision; with ``delete``, remove it from the cache after."""
+    """Measure a downloaded hub revision; with ``delete``, remove from the cache after
+    the weights madyn's download fetched (the marker's ``fetched``; never a revision the
+    user had cached before)."""
     marker = read_json(marker_path)
     if not list(Path(marker["snapshot"]).glob("*.safetensors")):  # deleted after an
         marker = download_revision(marker["repo"], marker["revision"])  # earlier measurement
@@ -182,7 +202,7 @@ def measure_download(marker_path: str, tokens_path: str, out: str, model: str, s
     measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size,
             extreme_tokens=extreme_tokens)
     if delete:
-        delete_cached_revision(marker["snapshot"])
+        delete_cached_revision(marker["snapshot"], marker.get("fetched"))
 
 
 def export_config(source: str) -> dict:

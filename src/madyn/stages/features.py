@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 
 from madyn.features import build_feature_table, write_feature_table
+from madyn.io import read_json
 from madyn.settings import PredictSettings
 
 
@@ -18,7 +16,7 @@ def run(fit_paths: list[str], config_paths: dict[str, str], out_parquet: str, ou
     it."""
     s = settings or PredictSettings()
     fit = pd.concat([pd.read_parquet(p) for p in fit_paths], ignore_index=True)
-    configs = {m: json.loads(Path(p).read_text()) for m, p in config_paths.items()}
+    configs = {m: read_json(p) for m, p in config_paths.items()}
     table = build_feature_table(fit, configs, s.parametrisation, s.quantity)
     write_feature_table(table, out_parquet, out_csv)
     return table

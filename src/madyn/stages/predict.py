@@ -3,7 +3,6 @@ architecture's curves; plus the checks of a user's architecture input (``madyn p
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from madyn.features import (
     read_feature_table,
 )
 from madyn.forecast import predict_architecture
-from madyn.io import atomic_path, write_json
+from madyn.io import atomic_path, read_json, write_json
 from madyn.settings import PredictSettings
 
 SHAPE_BOUNDS = (f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH} with heads dividing "
@@ -40,11 +39,9 @@ class InputError(ValueError):
 def load_config(path: str) -> dict:
     """A Hugging Face config.json as a dict, its shape checked (InputError naming the file)."""
     try:
-        cfg = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: not valid JSON: {e}") from None
+        cfg = read_json(path)
+    except (OSError, ValueError) as e:
+        raise InputError(str(e)) from None
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: must hold a JSON object (a config.json), got "
                          f"{type(cfg).__name__}")
