@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-WORKFLOW_FILES = ("Snakefile", "dvc.yaml", ".gitignore")  # .gitignore: results/ untracked, as in a clone
+# .gitignore too: results/ stays untracked by git, as in a clone of the repository
+WORKFLOW_FILES = ("Snakefile", "dvc.yaml", ".gitignore")
 WORKFLOW_DIRS = ("workflow", "profiles", "src")
 
 
