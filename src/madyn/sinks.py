@@ -1,14 +1,20 @@
 """Attention-sink mass from each layer's own fused attention, without a T x T matrix.
 
-The probability that query t puts on key 0 is exp(s_t0 - lse_t): s_t0 = q_t . k_0 * scale
-(B x H x T, one dot product per query) and lse_t the log-sum-exp of query t's scores over
-the keys it may see. madyn registers a transformers attention function
-(:data:`ATTENTION`) that runs each watched layer's attention through a fused kernel that
-also returns lse (on the CPU, the very kernel SDPA dispatches to, so the layer's output is
-bit-identical); elsewhere it runs SDPA as usual and computes lse in chunks of queries
-(O(chunk x T) memory). Queries and keys are the layer's own, after rotary, QK-norm,
-grouped-query sharing and any sliding-window mask, so the mass equals eager attention's
-``probs[:, :, t, 0]``.
+madyn registers a transformers attention function (:data:`ATTENTION`) that runs each
+watched layer's attention through the fused kernel SDPA itself dispatches to, and reads
+the attention that each query t puts on key 0 on the way, with O(T) extra memory:
+
+- float32 on the CPU: query, key and value gain one channel (0, 0, and 1 at key 0), so
+  the kernel's extra output channel is its own softmax weight on key 0 (a saturated
+  softmax gives exactly 1, as eager attention does); the first D output channels are the
+  layer's output, bit-identical (tested);
+- half precision on the CPU: the kernel's log-sum-exp, p = exp(q_t . k_0 * scale - lse_t)
+  in float32 (an extra channel would be rounded to the half type);
+- elsewhere (CUDA): SDPA as usual, and lse with the key-0 score from one matrix product
+  per chunk of queries (O(chunk x T) memory).
+
+Queries and keys are the layer's own, after rotary, QK-norm, grouped-query sharing and
+any sliding-window mask, so the mass equals eager attention's ``probs[:, :, t, 0]``.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ def _additive(mask, dtype):
         ~mask, float("-inf"))
 
 
-def _chunked_lse(query, key, mask, causal: bool, scale: float):
-    """log-sum-exp over keys of each query's scores: B x H x T (float32), a chunk of
-    :data:`LSE_CHUNK` queries at a time. query, key: B x H x T x D (key heads repeated)."""
+def _chunked_key0(query, key, mask, causal: bool, scale: float):
+    """Each query's softmax weight on key 0, B x H x T (float32), from the scores of a
+    chunk of :data:`LSE_CHUNK` queries at a time. query, key: B x H x T x D (key heads
+    repeated)."""
     import torch
 
     t_q, t_k = query.shape[2], key.shape[2]
@@ -50,7 +57,7 @@ def _chunked_lse(query, key, mask, causal: bool, scale: float):
             rows = torch.arange(s, s + sc.shape[2], device=sc.device)[:, None]
             sc = sc.masked_fill(torch.arange(t_k, device=sc.device)[None] > rows,
                                 float("-inf"))
-        parts.append(torch.logsumexp(sc, dim=-1))
+        parts.append(torch.exp(sc[..., 0] - torch.logsumexp(sc, dim=-1)))
     return torch.cat(parts, dim=-1)
 
 
@@ -76,18 +83,27 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0,
     causal = bool(causal and attention_mask is None and query.shape[2] > 1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     mask = _additive(attention_mask, query.dtype)
-    if query.device.type in FUSED_LSE_DEVICES:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, causal, attn_mask=mask, scale=scale)[:2]
+    flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if query.device.type in FUSED_LSE_DEVICES and query.dtype == torch.float32:
+        zero = torch.zeros_like(query[..., :1])
+        first = torch.zeros_like(value[..., :1])
+        first[:, :, 0] = 1
+        out = flash_cpu(torch.cat([query, zero], -1), torch.cat([key, zero], -1),
+                        torch.cat([value, first], -1), 0.0, causal, attn_mask=mask,
+                        scale=scale)[0]
+        p0, out = out[..., -1], out[..., :-1]
+    elif query.device.type in FUSED_LSE_DEVICES:
+        out, lse = flash_cpu(query, key, value, 0.0, causal, attn_mask=mask, scale=scale)[:2]
+        s0 = (query.float() * key[:, :, :1].float()).sum(-1) * scale  # B x H x T
+        if mask is not None:
+            s0 = s0 + mask[..., 0].float()
+        p0 = torch.exp(s0 - lse.float())
     else:
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, is_causal=causal, scale=scale)
-        lse = _chunked_lse(query, key, mask, causal, scale)
-    s0 = (query.float() * key[:, :, :1].float()).sum(-1) * scale  # B x H x T
-    if mask is not None:
-        s0 = s0 + mask[..., 0].float()
+        p0 = _chunked_key0(query, key, mask, causal, scale)
     # mean over heads and queries t >= 1 (query 0 can only attend to itself)
-    record(torch.exp(s0 - lse.float())[:, :, 1:].mean(dim=(1, 2)))
+    record(p0[:, :, 1:].float().mean(dim=(1, 2)))
     return out.transpose(1, 2).contiguous(), None
 
 
