@@ -86,6 +86,13 @@ def cluster(request):
     A cluster that was not up before is stopped afterwards (a running one is left as is)."""
     was_up = subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True,
                             timeout=60).returncode == 0
+    # another SLURM cluster's state left in the shared default StateSaveLocation (its
+    # ClusterName differs): the script must use state folders of its own and start anyway
+    foreign = Path("/var/lib/slurm/slurmctld/clustername")
+    planted = not was_up and not foreign.exists() and os.geteuid() == 0
+    if planted:
+        foreign.parent.mkdir(parents=True, exist_ok=True)
+        foreign.write_text("othercluster\n")
     t0 = time.monotonic()
     r = subprocess.run(["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True,
                        timeout=600)
@@ -103,6 +110,8 @@ def cluster(request):
             stop = subprocess.run(["bash", str(CLUSTER_SH), "stop"], capture_output=True,
                                   text=True, timeout=120)
             _say(request, f"local-cluster.sh stop: exit {stop.returncode}")
+        if planted:
+            foreign.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")

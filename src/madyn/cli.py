@@ -484,6 +484,57 @@ def _extract_parsers(sub) -> None:
     c.set_defaults(func=_cmd_plot_series)
 
 
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from madyn.settings import FitSettings, ForecastSettings
+    from madyn.stages import forecast
+
+    s = ForecastSettings.from_dict(_json_arg(args.settings_json))
+    fit = FitSettings.from_dict(_json_arg(args.fit_settings_json))
+    if args.run:
+        if args.last_step is None or not args.out_dir:
+            raise ValueError("--run needs --last-step and --out-dir")
+        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
+        print(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}",
+              file=sys.stderr)
+        return 0
+    if not (args.out_json and args.out_csv and args.out_png):
+        raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
+    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
+                                fit)
+    for q in s.quantities if "skipped" not in summary else ():
+        for frac, methods in summary[q].items():
+            line = ", ".join(f"{m} {v['final_err_pct']:.1f} %" for m, v in methods.items())
+            cov = methods.get("forecast", {}).get("coverage")
+            print(f"  {q:6} {frac:>4} seen: final-value error {line}; forecast interval "
+                  f"coverage {cov}", file=sys.stderr)
+    return 0
+
+
+def _forecast_parser(sub) -> None:
+    c = sub.add_parser("forecast", help="forecast a run from its first steps (or backtest "
+                       "a complete suite)",
+                       description="The suite's other models at the same relative depth "
+                       "are the prior (a Gaussian over log curves), conditioned on the "
+                       "run's points so far. With --run: forecast that series to "
+                       "--last-step (curves.csv, summary.json, forecast.png in --out-dir). "
+                       "Without: truncate every model of --series at each fraction and "
+                       "forecast the rest, against three baselines (last value, the best "
+                       "AICc fit on the early points, the prior alone).")
+    c.add_argument("--series", nargs="+", required=True,
+                   help="series Parquets: the prior's models (and, without --run, the "
+                   "models backtested)")
+    c.add_argument("--run", help="series Parquet of a run still training")
+    c.add_argument("--last-step", type=int, help="the run's planned last step")
+    c.add_argument("--out-dir", help="with --run: where the forecast goes")
+    c.add_argument("--out-json", help="backtest metrics (JSON)")
+    c.add_argument("--out-csv", help="backtest table (CSV)")
+    c.add_argument("--out-png", help="backtest figure")
+    c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
+    c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
+                   "baseline, asymptotes), as JSON")
+    c.set_defaults(func=_cmd_forecast)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from madyn.features import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
     from madyn.settings import schema_default, schema_enum
@@ -499,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _suite_parsers(sub)
     _extract_parsers(sub)
+    _forecast_parser(sub)
 
     c = sub.add_parser("report-figures", help="cross-model figures and tables")
     c.add_argument("--series", nargs="+", required=True)
@@ -629,6 +681,7 @@ FILE_OUTS = {
     "fit": ("out",), "plot-fit": ("out_examples", "out_quality"),
     "fit-summary": ("out_table", "out"), "features": ("out", "out_csv"),
     "evaluate": ("out",), "effects": ("out_json", "out_csv", "out_png"),
+    "forecast": ("out_json", "out_csv", "out_png"),
 }
 
 

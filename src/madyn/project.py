@@ -89,7 +89,7 @@ STAGE_CODE = {
     "extract": ("extract.smk", ("stages/extract", "project")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
-    "predict": ("predict.smk", ("stages/predict",)),
+    "predict": ("predict.smk", ("stages/predict", "stages/forecast")),
     "report": ("report.smk", ("stages/report", "stages/effects")),
 }
 

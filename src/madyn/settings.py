@@ -59,6 +59,7 @@ def _check_keys(cls: type, d: dict, what: str) -> None:
 
 
 _FIT = section_defaults("fit")
+_FORECAST = section_defaults("forecast")
 _PREDICT = {**section_defaults("predict"), **section_defaults("features")}
 
 
@@ -137,3 +138,26 @@ class PredictSettings:
     def of(cls, settings: PredictSettings | dict | None) -> PredictSettings:
         """``settings`` itself, or built from a mapping (None: the defaults)."""
         return settings if isinstance(settings, cls) else cls.from_dict(settings)
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    """Settings of the forecast (params.yaml: ``forecast``; defaults: the schema's).
+
+    level: nominal coverage of the intervals; fractions: the backtest's truncations (of
+    each model's last step); quantities: the per-layer curves forecast."""
+
+    level: float = _FORECAST["level"]
+    fractions: tuple[float, ...] = tuple(_FORECAST["fractions"])
+    quantities: tuple[str, ...] = tuple(_FORECAST["quantities"])
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ForecastSettings:
+        """Build from a mapping (params.yaml's ``forecast``); unknown keys raise
+        ValueError."""
+        d = dict(d or {})
+        _check_keys(cls, d, "forecast")
+        for k in ("fractions", "quantities"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)

@@ -275,7 +275,8 @@ def fit_outputs():
 
 
 def predict_outputs():
-    out = [f"{RESULTS}/metrics/predict.json", f"{RESULTS}/predict/lomo_heldout_curves.png"]
+    out = [f"{RESULTS}/metrics/predict.json", f"{RESULTS}/predict/lomo_heldout_curves.png",
+           f"{RESULTS}/metrics/forecast.json"]
     if config["predict"].get("example"):
         out.append(f"{RESULTS}/predict/example/prediction.png")
     return out

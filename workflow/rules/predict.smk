@@ -54,3 +54,28 @@ rule predict_example:
         "madyn predict --features {input:q} --layers {params.ex[layers]:q} "
         "--width {params.ex[width]:q} --heads {params.ex[heads]:q} --out {params.outdir:q} "
         "--settings-json {params.settings:q} 2> {log:q}"
+
+
+rule forecast:
+    # the backtest: every model truncated at forecast.fractions of its steps and forecast
+    # from the other models (the prior) and its early points, against three baselines
+    input:
+        [f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+    output:
+        metrics=f"{RESULTS}/metrics/forecast.json",
+        table=f"{RESULTS}/forecast/backtest.csv",
+        figure=report(f"{RESULTS}/forecast/backtest.png", category="Forecast",
+                      caption="../report/forecast.rst"),
+    params:
+        settings=as_json(config.get("forecast", {})),
+        fit=as_json(config["fit"]),
+    resources:
+        mem_mb=1500,
+    log:
+        f"{RESULTS}/logs/forecast.log",
+    conda:
+        ENV
+    shell:
+        "madyn forecast --series {input:q} --out-json {output.metrics:q} "
+        "--out-csv {output.table:q} --out-png {output.figure:q} "
+        "--settings-json {params.settings:q} --fit-settings-json {params.fit:q} 2> {log:q}"

@@ -1,0 +1,146 @@
+"""Forecast stage: the backtest of a complete suite, and the forecast of a run that is
+still training to its planned last step."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from madyn import runcast
+from madyn.io import atomic_path, write_json
+from madyn.settings import FitSettings, ForecastSettings
+
+
+def _curves(paths: list[str], quantity: str) -> dict:
+    """model -> (steps, depths, L x S values) of ``quantity`` from series Parquets."""
+    out = {}
+    for p in paths:
+        s = pd.read_parquet(p)
+        out[str(s["model"].iloc[0])] = runcast.layer_curves(s, quantity)
+    return out
+
+
+def _example(curves: dict, table: pd.DataFrame, level: float) -> tuple:
+    """The figure's layer: the model and middle layer whose 25 %-forecast error is the
+    median one, forecast from that truncation (Forecast, truth, title)."""
+    frac = min(table["fraction"].unique(), key=lambda f: abs(f - 0.25))
+    rows = table[(table["method"] == "forecast") & (table["fraction"] == frac)].dropna(
+        subset=["final_rel_err"]).sort_values("final_rel_err")
+    row = rows.iloc[len(rows) // 2]
+    steps, depths, vals = curves[row["model"]]
+    others = [c for m, c in curves.items() if m != row["model"]]
+    samples = runcast.prior_samples(others, float(depths[int(row["layer"])]), steps)
+    truth = vals[int(row["layer"])]
+    fc = runcast.forecast_layer(steps, truth[:int(row["observed"])], samples, level)
+    title = (f"{row['model']} layer {int(row['layer'])}: {row['quantity']} forecast from "
+             f"{int(100 * frac)} % of its steps")
+    return fc, truth, title
+
+
+def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
+             settings: ForecastSettings | None = None,
+             fit_settings: FitSettings | None = None) -> dict:
+    """Truncate every model of a complete suite at each of ``settings.fractions`` and
+    forecast the rest (:func:`madyn.runcast.backtest`); write the table (CSV), the summary
+    per quantity (JSON metrics) and a figure. Prints the backtest's cost."""
+    s = settings or ForecastSettings()
+    if len(series_paths) < runcast.MIN_PRIOR_MODELS + 1:  # a recorded skip, every out made
+        reason = (f"{len(series_paths)} model(s): a backtest needs at least "
+                  f"{runcast.MIN_PRIOR_MODELS + 1}")
+        from madyn.plots_forecast import plot_skipped
+
+        with atomic_path(out_csv) as tmp:
+            pd.DataFrame(columns=["model", "layer", "fraction", "method"]).to_csv(tmp,
+                                                                                 index=False)
+        plot_skipped(reason, out_png)
+        write_json(out_json, {"skipped": reason, "level": s.level})
+        print(f"madyn forecast: skipped: {reason}", file=sys.stderr)
+        return {"skipped": reason}
+    t0 = time.monotonic()
+    tables, curves = [], {}
+    for q in s.quantities:
+        curves[q] = _curves(series_paths, q)
+        tab = runcast.backtest(curves[q], s.fractions, s.level, fit_settings)
+        tables.append(tab.assign(quantity=q))
+    table = pd.concat(tables, ignore_index=True)
+    if table.empty:
+        raise runcast.ForecastError("no layer could be forecast (too few checkpoints?)")
+    summary = {q: runcast.backtest_summary(table[table["quantity"] == q])
+               for q in s.quantities}
+    summary["level"] = s.level
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    from madyn.plots_forecast import plot_backtest
+
+    q0 = s.quantities[0]
+    plot_backtest(_example(curves[q0], table[table["quantity"] == q0], s.level),
+                  summary[q0], q0, out_png)
+    write_json(out_json, summary)
+    print(f"madyn forecast: backtest of {len(series_paths)} models, {len(s.quantities)} "
+          f"quantities, {len(s.fractions)} truncations: {time.monotonic() - t0:.1f} s",
+          file=sys.stderr)
+    return summary
+
+
+def _asymptote(steps: np.ndarray, curve: np.ndarray, fit_settings: FitSettings) -> float:
+    """The asymptote of the AICc winner fitted to a curve (NaN when no fit succeeds)."""
+    from madyn.fit import fit_series, select
+
+    best = select(fit_series(steps, curve, fit_settings))
+    return float(best.asymptote) if best is not None else float("nan")
+
+
+def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir: str,
+                 settings: ForecastSettings | None = None,
+                 fit_settings: FitSettings | None = None) -> dict:
+    """Forecast a run still training (its series so far: ``run_path``) to ``last_step``,
+    with the models of ``prior_paths`` as the prior; writes ``curves.csv`` (quantity,
+    layer, step, seen, mean, lo, hi, prior_mean, prior_lo, prior_hi), ``summary.json``
+    (per quantity and layer: final value, asymptote, peak step, each with its interval,
+    and the share of draws peaking before ``last_step``) and ``forecast.png``."""
+    s = settings or ForecastSettings()
+    fs = fit_settings or FitSettings()
+    run = pd.read_parquet(run_path)
+    name = str(run["model"].iloc[0])
+    rows, summary, figs = [], {}, {}
+    for q in s.quantities:
+        steps_seen, depths, vals = runcast.layer_curves(run, q)
+        if last_step <= steps_seen[-1]:
+            raise runcast.ForecastError(f"--last-step {last_step} is not after the run's "
+                                        f"last checkpoint ({int(steps_seen[-1])})")
+        prior = {m: c for m, c in _curves(prior_paths, q).items() if m != name}
+        later = sorted({float(t) for st, _, _ in prior.values() for t in st
+                        if steps_seen[-1] < t <= last_step} | {float(last_step)})
+        steps = np.r_[steps_seen, later]
+        summary[q] = {}
+        for layer, depth in enumerate(depths):
+            samples = runcast.prior_samples(list(prior.values()), float(depth), steps)
+            fc = runcast.forecast_layer(steps, vals[layer], samples, s.level)
+            a = sorted(_asymptote(steps, c, fs) for c in (fc.lo, fc.mean, fc.hi))
+            summary[q][str(layer)] = {
+                "final": dict(zip(("value", "lo", "hi"), fc.final, strict=True)),
+                "asymptote": {"value": _asymptote(steps, fc.mean, fs), "lo": a[0],
+                              "hi": a[-1]},
+                "peak_step": dict(zip(("value", "lo", "hi"), fc.peak_step, strict=True)),
+                "peak_before_last_step": fc.peak_before_end}
+            rows.append(pd.DataFrame({
+                "quantity": q, "layer": layer, "step": steps.astype(int),
+                "seen": np.arange(len(steps)) < fc.observed, "mean": fc.mean, "lo": fc.lo,
+                "hi": fc.hi, "prior_mean": fc.prior_mean, "prior_lo": fc.prior_lo,
+                "prior_hi": fc.prior_hi}))
+            if layer == len(depths) // 2:
+                figs[q] = (fc, f"{name} layer {layer}: {q} to step {last_step}")
+    out = Path(out_dir)
+    with atomic_path(out / "curves.csv") as tmp:
+        pd.concat(rows, ignore_index=True).to_csv(tmp, index=False)
+    from madyn.plots_forecast import plot_run
+
+    plot_run(figs, out / "forecast.png")
+    write_json(out / "summary.json", {"model": name,
+                                      "last_step": last_step, "level": s.level,
+                                      "layers": summary})
+    return summary

@@ -1,0 +1,153 @@
+"""Forecasting a run from its first steps (madyn.runcast, `madyn forecast`): known answers
+on curves drawn from known parameters, the prior's effect, the backtest and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from madyn import runcast
+
+STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, *range(125, 2001, 125)], float)
+
+
+def _curves(rng, n: int, spread: float = 1.0, noise: float = 0.03) -> np.ndarray:
+    """n x S curves: a rise to a plateau with a slow decay, parameters drawn around one
+    design (``spread`` scales their variation), multiplicative noise."""
+    a = 1.5 + spread * rng.normal(0, 0.3, (n, 1))
+    b = 1.2 + spread * rng.normal(0, 0.3, (n, 1))
+    tau = np.exp(np.log(300) + spread * rng.normal(0, 0.5, (n, 1)))
+    c = 0.15 + spread * rng.uniform(-0.15, 0.15, (n, 1))
+    log_y = a + b * (1 - np.exp(-STEPS / tau)) - c * STEPS / STEPS[-1]
+    return np.exp(log_y + rng.normal(0, noise, log_y.shape))
+
+
+def test_intervals_cover_the_true_final_value_near_their_nominal_rate():
+    """200 series from known parameters: forecast from half the steps with 8 prior
+    models drawn from the same design; the 90 % intervals cover the truth about 90 %."""
+    rng = np.random.default_rng(0)
+    k = runcast.observed_upto(STEPS, 0.5 * STEPS[-1])
+    covered, errors = [], []
+    for _ in range(200):
+        prior, truth = _curves(rng, 8), _curves(rng, 1)[0]
+        fc = runcast.forecast_layer(STEPS, truth[:k], np.log(prior), level=0.9)
+        covered.append(fc.final[1] <= truth[-1] <= fc.final[2])
+        errors.append(abs(fc.final[0] - truth[-1]) / truth[-1])
+    assert 0.82 <= np.mean(covered) <= 0.98, np.mean(covered)
+    assert np.median(errors) < 0.1
+
+
+def test_a_prior_centred_on_the_truth_narrows_the_intervals():
+    rng = np.random.default_rng(1)
+    k = runcast.observed_upto(STEPS, 0.25 * STEPS[-1])
+    widths = {"broad": [], "centred": []}
+    for _ in range(50):
+        truth = _curves(rng, 1)[0]
+        broad = np.log(_curves(rng, 8))
+        centred = np.log(truth) + rng.normal(0, 0.02, (8, len(STEPS)))
+        for name, prior in (("broad", broad), ("centred", centred)):
+            fc = runcast.forecast_layer(STEPS, truth[:k], prior, level=0.9)
+            widths[name].append(np.log(fc.final[2] / fc.final[1]))
+            if name == "centred":
+                assert fc.final[1] <= truth[-1] <= fc.final[2]
+    # the truth's own checkpoint noise (3 %) bounds how narrow they can get
+    assert np.median(widths["centred"]) < 0.7 * np.median(widths["broad"])
+
+
+@pytest.mark.parametrize("observed,message", [
+    (np.array([5.0]), "needs at least 2"),
+    (np.array([5.0, np.nan, 6.0]), "finite and positive"),
+    (np.array([5.0, -1.0, 6.0]), "finite and positive"),
+    (np.ones(len(STEPS)), "nothing left to forecast"),
+])
+def test_bad_series_is_refused_in_one_line(observed, message):
+    prior = np.log(_curves(np.random.default_rng(2), 4))
+    with pytest.raises(runcast.ForecastError, match=message):
+        runcast.forecast_layer(STEPS, observed, prior)
+
+
+def test_too_few_prior_models_is_refused():
+    with pytest.raises(runcast.ForecastError, match="at least 2"):
+        runcast.forecast_layer(STEPS, np.ones(5), np.log(_curves(np.random.default_rng(3), 1)))
+
+
+def _series(path, model: str, rng, layers: int = 3, upto: float | None = None) -> None:
+    """A series Parquet (the long layout madyn writes) of ratio, top1 and median."""
+    rows = []
+    curves = {q: _curves(rng, layers) for q in ("ratio", "top1", "median")}
+    for q, vals in curves.items():
+        for layer in range(layers):
+            for t, v in zip(STEPS, vals[layer], strict=True):
+                if upto is None or t <= upto:
+                    rows.append({"model": model, "step": int(t), "layer": layer,
+                                 "statistic": q, "mean": float(v)})
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+def _madyn(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "madyn.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_backtest_cli_writes_metrics_table_and_figure(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(4):
+        _series(tmp_path / f"m{i}.parquet", f"m{i}", rng)
+        paths.append(str(tmp_path / f"m{i}.parquet"))
+    out = tmp_path / "out"
+    r = _madyn("forecast", "--series", *paths, "--out-json", str(out / "f.json"),
+               "--out-csv", str(out / "b.csv"), "--out-png", str(out / "b.png"),
+               "--settings-json", json.dumps({"fractions": [0.25, 0.5]}))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "f.json").read_text())
+    assert set(summary["ratio"]) == {"25%", "50%"}
+    assert set(summary["ratio"]["25%"]) == {"forecast", "prior", "last_value", "early_fit"}
+    assert 0 <= summary["ratio"]["25%"]["forecast"]["coverage"] <= 1
+    table = pd.read_csv(out / "b.csv")
+    assert len(table) == 3 * 4 * 3 * 2 * 4  # quantities x models x layers x fractions x methods
+    assert (out / "b.png").stat().st_size > 10_000
+    assert "backtest of 4 models" in r.stderr
+
+
+def test_backtest_of_two_models_is_a_recorded_skip(tmp_path):
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(2):
+        _series(tmp_path / f"m{i}.parquet", f"m{i}", rng)
+        paths.append(str(tmp_path / f"m{i}.parquet"))
+    r = _madyn("forecast", "--series", *paths, "--out-json", str(tmp_path / "f.json"),
+               "--out-csv", str(tmp_path / "b.csv"), "--out-png", str(tmp_path / "b.png"))
+    assert r.returncode == 0, r.stderr
+    assert "a backtest needs at least 3" in json.loads((tmp_path / "f.json").read_text())[
+        "skipped"]
+
+
+def test_a_run_still_training_is_forecast_to_its_planned_last_step(tmp_path):
+    rng = np.random.default_rng(6)
+    prior = []
+    for i in range(4):
+        _series(tmp_path / f"m{i}.parquet", f"m{i}", rng)
+        prior.append(str(tmp_path / f"m{i}.parquet"))
+    _series(tmp_path / "run.parquet", "run", rng, upto=500)
+    r = _madyn("forecast", "--series", *prior, "--run", str(tmp_path / "run.parquet"),
+               "--last-step", "2000", "--out-dir", str(tmp_path / "fc"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "fc/summary.json").read_text())
+    layer = s["layers"]["ratio"]["1"]
+    assert layer["final"]["lo"] <= layer["final"]["value"] <= layer["final"]["hi"]
+    assert 0 <= layer["peak_before_last_step"] <= 1
+    assert np.isfinite(layer["asymptote"]["value"])
+    curves = pd.read_csv(tmp_path / "fc/curves.csv")
+    assert curves["step"].max() == 2000 and curves["seen"].sum() == 3 * 3 * 12
+    # a planned last step before what the run has seen: one line, nothing written
+    r = _madyn("forecast", "--series", *prior, "--run", str(tmp_path / "run.parquet"),
+               "--last-step", "400", "--out-dir", str(tmp_path / "bad"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--last-step 400 is not after the run's last checkpoint (500)" in r.stderr
+    assert not (tmp_path / "bad").exists()
