@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 
 from madyn import hypotheses
+from madyn.architecture import ArchitectureError, architecture
 from madyn.evaluation import evaluate
 from madyn.features import (
     FEATURE_COLUMNS,
-    ArchitectureError,
     SchemaError,
-    architecture,
     build_feature_table,
     check_schema,
     forward_transform,

@@ -152,7 +152,8 @@ def _json_arg(text: str | None) -> dict:
 
 
 def _cmd_config_json(args: argparse.Namespace) -> int:
-    from madyn import extract, features, suite
+    from madyn import extract, suite
+    from madyn.architecture import DESIGN_KEY
     from madyn.io import write_json
 
     if args.arch_json:  # a released model without config.json: its suite entry
@@ -167,7 +168,7 @@ def _cmd_config_json(args: argparse.Namespace) -> int:
     if args.source and Path(args.source, "madyn_checkpoint.json").is_file():
         record.update(suite.trained_recipe(Path(args.source, "madyn_checkpoint.json")))
     if record:
-        cfg[features.DESIGN_KEY] = record
+        cfg[DESIGN_KEY] = record
     write_json(args.out, cfg)
     return 0
 
@@ -485,7 +486,7 @@ def _extract_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from madyn.features import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
     from madyn.settings import schema_default, schema_enum
 
     p = argparse.ArgumentParser(

@@ -44,10 +44,10 @@ def cached_hub_config(repo: str) -> dict | None:
 
 
 def n_params(config: dict | None) -> int:
-    """Parameter count of a decoder from its config (:func:`features.architecture`)."""
+    """Parameter count of a decoder from its config (:func:`madyn.architecture.architecture`)."""
     if config is None:
         return UNKNOWN_PARAMS
-    from madyn.features import architecture
+    from madyn.architecture import architecture
 
     return int(architecture(config)["n_params"])
 
