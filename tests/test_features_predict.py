@@ -159,6 +159,21 @@ def test_architecture_rejects_non_decoders():
                       "vocab_size": 10})
 
 
+def test_one_decoder_only_check():
+    """architecture() and the measuring commands share check_decoder_only: causal-LM heads
+    (GPT-2's LMHeadModel too) pass, any other listed head is refused, naming the source."""
+    from madyn.architecture import check_decoder_only
+
+    base = {"model_type": "gpt2", "num_hidden_layers": 2, "hidden_size": 8,
+            "num_attention_heads": 2}
+    check_decoder_only({**base, "architectures": ["GPT2LMHeadModel"]})
+    check_decoder_only({**base, "architectures": ["LlamaForCausalLM"]})
+    check_decoder_only(base)  # no architectures listed: judged by model_type alone
+    with pytest.raises(ArchitectureError, match="^ckpt: not a decoder-only.*ForSequence"):
+        check_decoder_only({**base, "architectures": ["GPT2ForSequenceClassification"]},
+                           "ckpt")
+
+
 def test_layer_features_one_based_depth():
     arch = architecture(_neox(SUITE[2]))  # 4 layers, d 64, 4 heads
     f0, f3 = layer_features(arch, 0), layer_features(arch, 3)

@@ -15,7 +15,8 @@ hidden states outlive its hook. Columns of the output table (one row per seq x l
 - ``ratio``: top1 / median.
 - ``top1_token``, ``top1_channel``: where top1 sits (0-based token position, channel).
 - ``kurtosis``: kurtosis of per-channel RMS, s_j = sqrt(mean_t h_tj^2),
-  mean_j s_j^4 / (mean_j s_j^2)^2 (He et al.); 1 = no outlier channel, D = one channel.
+  mean_j s_j^4 / (mean_j s_j^2)^2 (He et al., "Understanding and Minimising Outlier
+  Features in Neural Network Training"); 1 = no outlier channel, D = one channel.
 - ``mmr``: max-median ratio, per token max_j |h_tj| / median_j |h_tj|, mean over tokens.
 - ``cos_sim``: mean off-diagonal cosine similarity between tokens (signal propagation),
   from ||sum_t u_t||^2 with u_t = h_t / ||h_t||: no T x T matrix.
