@@ -26,7 +26,7 @@ import numpy as np
 def bare(model_dir: Path, steps: list[int], tokens: np.ndarray) -> float:
     import torch
 
-    from madyn.extract import load_model
+    from madyn.checkpoints import load_model
 
     t0 = time.perf_counter()
     for s in steps:
@@ -42,7 +42,7 @@ def in_process(model_dir: Path, steps: list[int], tokens_path: Path, out: Path) 
     cks = trained_checkpoints(str(model_dir), steps, [str(out / f"s{s}.parquet")
                                                       for s in steps])
     t0 = time.perf_counter()
-    measure(cks, str(tokens_path), model_dir.name, device="cpu", progress=lambda _: None)
+    measure(cks, str(tokens_path), model_dir.name, {"device": "cpu"}, progress=lambda _: None)
     return time.perf_counter() - t0
 
 

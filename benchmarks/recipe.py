@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from madyn import config
-from madyn.extract import load_model, measure
+from madyn.checkpoints import load_model
 from madyn.series import middle_layers
+from madyn.statistics import measure
 from madyn.suite import TrainSpec, train_model
 
 

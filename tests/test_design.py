@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from madyn.extract import decoder_layers, load_model, measure
+from madyn.checkpoints import load_model
+from madyn.statistics import decoder_layers, measure
 from madyn.suite import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 

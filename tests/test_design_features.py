@@ -15,14 +15,13 @@ import pandas as pd
 import pytest
 
 from madyn import config as madyn_config
+from madyn.architecture import DESIGN_KEY, design
 from madyn.evaluation import evaluate, lomo_predictions
 from madyn.features import (
     DESIGN_FEATURES,
-    DESIGN_KEY,
     FEATURE_COLUMNS,
     SGD_LOG_EPS,
     build_feature_table,
-    design,
     design_features,
     feature_columns,
     write_feature_table,

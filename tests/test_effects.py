@@ -133,7 +133,7 @@ def tiny_series_fits(tiny_model_dir, corpus_dir):
     tables, metas = {}, {}
     for s in steps:
         tables[s], metas[s] = measure_checkpoint(str(tiny_model_dir / f"step{s}"), tokens,
-                                                 device="cpu")
+                                                 {"device": "cpu"})
     series, _ = build_series(tables, metas, "tiny")
     settings = FitSettings(hypotheses=("original", "first_order", "log_baseline"),
                            quantities=("ratio",))

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from madyn.extract import (
-    _Collector,
-    attention_stats,
-    decoder_layers,
-    layer_stats,
-    load_model,
-    measure,
-    read_stats,
-)
+from madyn.checkpoints import load_model
 from madyn.io import read_json
+from madyn.statistics import _Collector, attention_stats, decoder_layers, layer_stats, measure
+from madyn.stats_table import read_stats
 
 
 def _tokens(corpus_dir, n=3, t=32) -> np.ndarray:
@@ -155,7 +149,7 @@ def test_collector_paths_equal_reference_statistics(with_nonfinite, on_cpu):
     """measure() on the CPU finishes statistics in numpy on a worker thread; on a GPU
     they stay tensors until one copy per batch (run here on CPU tensors). Both must agree
     with layer_stats / mlp_stats."""
-    from madyn.extract import mlp_stats
+    from madyn.statistics import mlp_stats
 
     g = torch.Generator().manual_seed(1)
     coll = _Collector(on_cpu=on_cpu)
@@ -301,7 +295,7 @@ def _rows_cases(n: int) -> np.ndarray:
     """Rows of length n: Gaussian |h|, heavy-tailed, few distinct values (ties at the
     median), constant, and one whose sampled positions hold its largest values (the sample
     brackets the wrong place; the exact fallback must answer)."""
-    from madyn.extract import MEDIAN_SAMPLE
+    from madyn.statistics import MEDIAN_SAMPLE
 
     rng = np.random.default_rng(3)
     gauss = np.abs(rng.standard_normal(n))
@@ -315,7 +309,7 @@ def _rows_cases(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [101, 300_001, 1_048_576])
 def test_lower_medians_are_exact(n):
-    from madyn.extract import _lower_medians
+    from madyn.statistics import _lower_medians
 
     rows = _rows_cases(n)
     want = np.sort(rows, axis=1)[:, (n - 1) // 2]
@@ -326,7 +320,7 @@ def test_lower_medians_are_exact(n):
 
 @pytest.mark.parametrize(("t", "d"), [(2, 8), (64, 32), (2048, 512)])
 def test_top3_is_exact(t, d):
-    from madyn.extract import _top3
+    from madyn.statistics import _top3
 
     rows = _rows_cases(t * d)
     rows[0, 5:8] = 50.0  # the top 3 in one token, tied

@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 
 from madyn import hypotheses
+from madyn.architecture import ArchitectureError, architecture
 from madyn.evaluation import evaluate
 from madyn.features import (
     FEATURE_COLUMNS,
-    ArchitectureError,
     SchemaError,
-    architecture,
     build_feature_table,
     check_schema,
     forward_transform,
@@ -158,6 +157,21 @@ def test_architecture_rejects_non_decoders():
     with pytest.raises(ArchitectureError, match="num_attention_heads"):
         architecture({"model_type": "mystery", "num_hidden_layers": 2, "hidden_size": 8,
                       "vocab_size": 10})
+
+
+def test_one_decoder_only_check():
+    """architecture() and the measuring commands share check_decoder_only: causal-LM heads
+    (GPT-2's LMHeadModel too) pass, any other listed head is refused, naming the source."""
+    from madyn.architecture import check_decoder_only
+
+    base = {"model_type": "gpt2", "num_hidden_layers": 2, "hidden_size": 8,
+            "num_attention_heads": 2}
+    check_decoder_only({**base, "architectures": ["GPT2LMHeadModel"]})
+    check_decoder_only({**base, "architectures": ["LlamaForCausalLM"]})
+    check_decoder_only(base)  # no architectures listed: judged by model_type alone
+    with pytest.raises(ArchitectureError, match="^ckpt: not a decoder-only.*ForSequence"):
+        check_decoder_only({**base, "architectures": ["GPT2ForSequenceClassification"]},
+                           "ckpt")
 
 
 def test_layer_features_one_based_depth():

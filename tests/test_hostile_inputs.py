@@ -286,7 +286,8 @@ def test_checks_before_building_pass_every_family(kind, tmp_path):
     (tied and untied embeddings, OPT's decoder prefix, grouped-query attention)."""
     import transformers as tf
 
-    from madyn.extract import decoder_layers, load_model
+    from madyn.checkpoints import load_model
+    from madyn.statistics import decoder_layers
 
     common = {"vocab_size": 64}
     model = {

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from madyn import released
-from madyn.extract import fingerprint, measure, read_stats
+from madyn.checkpoints import fingerprint
 from madyn.io import read_json
 from madyn.series import build_series, integrity
+from madyn.statistics import measure
+from madyn.stats_table import read_stats
 
 
 def publish_to_hub_cache(src: Path, cache: Path, repo_id: str, revision: str) -> str:
@@ -57,7 +59,7 @@ def test_hub_path_with_revision_offline(tiny_model_dir, corpus_dir, tmp_path):
     # the same weights as the local checkpoint: same fingerprint, same statistics
     local_sha = read_json(tiny_model_dir / "manifest.json")["weights_sha256"][str(last)]
     assert meta["weights"]["shards"]["model.safetensors"] == local_sha
-    from madyn.extract import load_model
+    from madyn.checkpoints import load_model
 
     local = measure(load_model(str(tiny_model_dir / f"step{last}"), device="cpu"),
                     np.load(tokens))
@@ -241,7 +243,7 @@ def test_deleting_a_revision_spares_files_a_running_download_shares(tiny_model_d
     """While revision B downloads, deleting measured revision A must not take the blobs A
     shares with B (config.json, tokenizer: the hub stores identical files once), even
     before B's snapshot links them; A's weights go."""
-    from madyn.extract import delete_cached_revision
+    from madyn.hub import delete_cached_revision
 
     cache = tmp_path / "hub"
     a = publish_to_hub_cache(tiny_model_dir / "step0", cache, "madyn-test/tiny", "step0")

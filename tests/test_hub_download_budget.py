@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from madyn.extract import STAT_COLUMNS, measure_checkpoint, read_stats
+from madyn.extract import measure_checkpoint
 from madyn.io import read_json
 from madyn.project import copy_workflow
+from madyn.stats_table import STAT_COLUMNS, read_stats
 from tests.conftest import ROOT
 from tests.fake_hub import FakeHub
 
@@ -173,7 +174,7 @@ def test_disk_budget_bounds_the_downloads_at_run_time(hub, tiny_model_dir, tmp_p
         assert (meta["source"], meta["revision"], meta["step"]) == (REPO, f"step{s}", s)
         assert meta["weights"]["shards"]["model.safetensors"] == sha[str(s)]
         local, _ = measure_checkpoint(str(tiny_model_dir / f"step{s}"), tokens,
-                                      device="cpu", batch_size=2)
+                                      {"device": "cpu", "batch_size": 2})
         np.testing.assert_allclose(df[STAT_COLUMNS].to_numpy(float),
                                    local[STAT_COLUMNS].to_numpy(float), rtol=1e-6)
 

@@ -112,7 +112,7 @@ def test_download_size_from_the_stored_dtype():
     torch_dtype float16; transformers 5 writes dtype), unrounded, so that a checkpoint of
     a few hundred kB still counts against a budget."""
     cfg = _config(2, 32, 2, 300)
-    n = 44672  # features.architecture's count for this shape
+    n = 44672  # architecture.architecture's count for this shape
     assert extract_plan(cfg, {})["download_gb"] == pytest.approx(n * 2 / 1e9)
     assert extract_plan({**cfg, "torch_dtype": "float16"}, {})["download_gb"] == \
         pytest.approx(n * 2 / 1e9)

@@ -11,8 +11,10 @@ import pytest
 from madyn import config, hypotheses
 from madyn.features import transforms_for
 from madyn.settings import (
+    ExtractSettings,
     FitSettings,
     PredictSettings,
+    resolve_device,
     schema_default,
     schema_enum,
     section_defaults,
@@ -47,6 +49,32 @@ def test_from_dict_names_unknown_keys():
         PredictSettings.from_dict({"example": {}})
     with pytest.raises(ValueError, match="predict_model 'svm'"):
         PredictSettings.from_dict({"predict_model": "svm"})
+
+
+def test_extract_settings_defaults_are_the_schemas(params):
+    """ExtractSettings' defaults are the schema's ``$defs.extract`` defaults; a suite's
+    whole extract section builds them (its evaluation-batch keys left out)."""
+    assert ExtractSettings().to_dict() == {
+        k: schema_default(f"$defs.extract.{k}") for k in ExtractSettings().to_dict()}
+    assert schema_enum("$defs.extract.dtype") == ["float32", "float16", "bfloat16"]
+    smoke = params["suites"]["smoke"]["extract"]
+    s = ExtractSettings.from_section(smoke)
+    assert (s.dtype, s.device, s.batch_size) == (smoke["dtype"], smoke["device"],
+                                                 smoke["batch_size"])
+    assert ExtractSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    with pytest.raises(ValueError, match="unknown extract setting.*'n_seqs'"):
+        ExtractSettings.from_dict(smoke)
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        ExtractSettings(dtype="int8")
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        ExtractSettings(batch_size=0)
+
+
+@pytest.mark.parametrize("device, n_gpus, want", [
+    ("auto", 0, "cpu"), ("auto", 2, "cuda"), ("cpu", 2, "cpu"), ("cuda", 0, "cuda"),
+    ("cuda:1", 2, "cuda:1"), ("mps", 0, "mps")])
+def test_one_resolution_of_auto(device, n_gpus, want):
+    assert resolve_device(device, n_gpus) == want
 
 
 def test_warm_starts_and_transforms_live_on_the_hypotheses():

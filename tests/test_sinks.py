@@ -10,7 +10,7 @@ import torch
 import transformers as tf
 
 from madyn import sinks
-from madyn.extract import attention_stats, measure
+from madyn.statistics import attention_stats, measure
 
 COMMON = {"vocab_size": 64, "max_position_embeddings": 32, "initializer_range": 0.3}
 

@@ -200,7 +200,7 @@ def _job_counts(text: str, first_only: bool = True) -> dict[str, int]:
 def test_kill_midway_then_rerun_measures_only_missing(smoke_run):
     """A model is measured in one process that writes each checkpoint's table as soon as
     it is done: killed midway, the written tables stay and the rerun measures the rest."""
-    from madyn.extract import read_stats
+    from madyn.stats_table import read_stats
 
     proj, _ = smoke_run
     model = "s3-w48-h4"

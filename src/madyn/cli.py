@@ -66,14 +66,28 @@ def _cmd_eval_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_settings(args: argparse.Namespace):
+    """ExtractSettings from --settings-json, each option given on the command line over it
+    (defaults: the params schema's)."""
+    from madyn.settings import ExtractSettings
+
+    given = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
+             "extreme_tokens": args.extreme_tokens,
+             "delete_downloads": getattr(args, "delete_download", None)}
+    try:
+        return ExtractSettings.from_dict({**_json_arg(args.settings_json),
+                                          **{k: v for k, v in given.items() if v is not None}})
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--settings-json: {e}") from None
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
-    opts = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
-            "extreme_tokens": args.extreme_tokens}
+    settings = _extract_settings(args)
     if args.marker:
         extract.measure_download(args.marker, args.tokens, args.out, args.model, args.step,
-                                 delete=args.delete_download, **opts)
+                                 settings)
         return 0
     if not args.checkpoint:
         raise ValueError("give a CHECKPOINT (folder or hub repo id) or --marker")
@@ -85,11 +99,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="madyn-download-") as tmp:
             marker = str(Path(tmp) / "download.json")
             extract.download(args.checkpoint, args.revision, marker)
-            extract.measure_download(marker, args.tokens, args.out, model, step,
-                                     delete=args.delete_download, **opts)
+            extract.measure_download(marker, args.tokens, args.out, model, step, settings)
         return 0
     ck = extract.Checkpoint(args.checkpoint, step, Path(args.out))
-    extract.measure([ck], args.tokens, model, **opts)
+    extract.measure([ck], args.tokens, model, settings)
     return 0
 
 
@@ -97,8 +110,7 @@ def _cmd_extract_model(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
     cks = extract.trained_checkpoints(args.model_dir, args.steps, args.outs)
-    extract.measure(cks, args.tokens, args.model, dtype=args.dtype, device=args.device,
-                    batch_size=args.batch_size, extreme_tokens=args.extreme_tokens)
+    extract.measure(cks, args.tokens, args.model, _extract_settings(args))
     return 0
 
 
@@ -152,7 +164,9 @@ def _json_arg(text: str | None) -> dict:
 
 
 def _cmd_config_json(args: argparse.Namespace) -> int:
-    from madyn import extract, features, suite
+    from madyn import suite
+    from madyn.architecture import DESIGN_KEY
+    from madyn.checkpoints import model_config
     from madyn.io import write_json
 
     if args.arch_json:  # a released model without config.json: its suite entry
@@ -160,14 +174,14 @@ def _cmd_config_json(args: argparse.Namespace) -> int:
         spec = {k: v for k, v in arch.items() if k in suite.ModelSpec.__dataclass_fields__}
         cfg = suite.model_config(suite.ModelSpec(**spec), arch["vocab_size"], 2048, 0).to_dict()
     elif args.source:
-        cfg = extract.model_config(args.source, args.revision)
+        cfg = model_config(args.source, args.revision)
     else:
         raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
     record = _json_arg(args.design_json) or {}
     if args.source and Path(args.source, "madyn_checkpoint.json").is_file():
         record.update(suite.trained_recipe(Path(args.source, "madyn_checkpoint.json")))
     if record:
-        cfg[features.DESIGN_KEY] = record
+        cfg[DESIGN_KEY] = record
     write_json(args.out, cfg)
     return 0
 
@@ -389,14 +403,24 @@ def _suite_parsers(sub) -> None:
 
 def _measure_args(c) -> None:
     """How checkpoints are measured (a suite's `extract` in params.yaml)."""
+    from madyn.settings import schema_default, schema_enum
+
     c.add_argument("--tokens", required=True, help=".npy file, N x T token ids")
     c.add_argument("--model", default=None, help="model name recorded in the metadata")
-    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0")
-    c.add_argument("--batch-size", type=_positive_int, default=10,
-                   help="sequences per forward pass (>= 1)")
+    c.add_argument("--settings-json",
+                   help="ExtractSettings as JSON (params.yaml: a suite's extract, less the "
+                   "evaluation batch); the options below override it, the params schema's "
+                   "defaults fill in the rest")
+    c.add_argument("--dtype", default=None, choices=schema_enum("$defs.extract.dtype"),
+                   help=f"default: {schema_default('$defs.extract.dtype')}")
+    c.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda:0; "
+                   f"default: {schema_default('$defs.extract.device')}")
+    c.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="sequences per forward pass (>= 1); "
+                   f"default: {schema_default('$defs.extract.batch_size')}")
     c.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     c.add_argument("--no-extreme-tokens", dest="extreme_tokens", action="store_false",
+                   default=None,
                    help="skip the attention-sink metric (sink_mass NaN) and run the model's "
                    "default attention instead of eager")
 
@@ -428,7 +452,7 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--marker", help="a download marker (madyn download) instead of CHECKPOINT")
     c.add_argument("--out", required=True, help="output .parquet")
     c.add_argument("--step", type=int, default=None, help="training step recorded")
-    c.add_argument("--delete-download", action="store_true",
+    c.add_argument("--delete-download", action="store_true", default=None,
                    help="remove this hub revision from the local cache once measured")
     _measure_args(c)
     c.set_defaults(func=_cmd_extract)
@@ -536,7 +560,7 @@ def _forecast_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from madyn.features import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
     from madyn.settings import schema_default, schema_enum
 
     p = argparse.ArgumentParser(

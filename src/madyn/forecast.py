@@ -15,16 +15,14 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from madyn.architecture import architecture, design, is_architecture
 from madyn.curves import curve, dense_grid, depth_curves, raw_params
 from madyn.features import (
     DESIGN_FEATURES,
-    architecture,
     check_table,
-    design,
     feature_columns,
     feature_frame,
     feature_matrix,
-    is_architecture,
     param_names,
     target_columns,
     usable_rows,
@@ -67,7 +65,7 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
                          ) -> tuple[pd.DataFrame, dict]:
     """Predicted curves of every layer of a new architecture.
 
-    ``config_or_arch``: a HF config dict or the output of :func:`madyn.features.architecture`;
+    ``config_or_arch``: a HF config dict or the output of :func:`madyn.architecture.architecture`;
     ``steps``: training steps to evaluate at. The point prediction is ``predict_model``
     trained on all usable rows. Intervals: a deterministic bootstrap over MODELS (grouped:
     ``n_boot`` resamples of the training models with replacement, rng seeded by ``seed``,

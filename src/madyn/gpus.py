@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from madyn.settings import resolve_device
+
 # lock files, one per GPU index, shared by every madyn job of this user on this machine
 LOCK_DIR = Path(tempfile.gettempdir()) / f"madyn-gpus-{os.getuid()}"
 
@@ -66,12 +68,12 @@ def claimed_device(device: str, n_gpus: int | None = None, lock_dir: Path = LOCK
     ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``. ``cuda`` (or ``auto`` with a
     GPU) and more than one visible GPU: ``cuda:I`` for the first GPU I not held by another
     job, waiting (every ``poll_s`` seconds) while all are held. ``cpu``, an explicit
-    ``cuda:K`` and a single GPU are returned as they are (``auto`` resolved).
+    ``cuda:K`` and a single GPU are returned as they are (``auto`` resolved by
+    :func:`madyn.settings.resolve_device`).
     ``n_gpus``: the visible GPU count (default: asked of torch).
     """
     n = visible_gpus() if n_gpus is None else n_gpus
-    if device == "auto":
-        device = "cuda" if n > 0 else "cpu"
+    device = resolve_device(device, n)
     if device != "cuda" or n <= 1:
         yield device
         return

@@ -3,7 +3,7 @@
 Snakemake schedules jobs by these: ``mem_mb`` (host memory), ``gpu`` (1 on CUDA, so that
 ``--resources gpu=1`` never puts two models on one GPU), ``gpu_mem_mb``, ``runtime``
 (minutes) and, for hub downloads, the revision's size on disk (GB) that
-``extract.disk_budget_gb`` bounds. Cheap: no torch, no transformers, no network.
+a suite's ``extract.disk_budget_gb`` bounds. Cheap: no torch, no transformers, no network.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from madyn.settings import ExtractSettings, resolve_device
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 STORED_BYTES = 2  # bytes per parameter when config.json names no dtype (Pythia: fp16)
@@ -44,10 +46,11 @@ def cached_hub_config(repo: str) -> dict | None:
 
 
 def n_params(config: dict | None) -> int:
-    """Parameter count of a decoder from its config (:func:`features.architecture`)."""
+    """Parameter count of a decoder from its config
+    (:func:`madyn.architecture.architecture`)."""
     if config is None:
         return UNKNOWN_PARAMS
-    from madyn.features import architecture
+    from madyn.architecture import architecture
 
     return int(architecture(config)["n_params"])
 
@@ -59,30 +62,38 @@ def stored_bytes(config: dict | None) -> int:
     return DTYPE_BYTES.get(dtype, STORED_BYTES)
 
 
-def uses_cuda(device: str) -> bool:
-    """Will ``device`` measure on a GPU? ``auto`` does when an NVIDIA device is visible."""
-    if device.startswith("cuda"):
-        return True
+def planned_gpus() -> int:
+    """Whether this machine shows a job an NVIDIA GPU, without torch (planning time):
+    1 when ``/dev/nvidia0`` exists and ``CUDA_VISIBLE_DEVICES`` does not hide every GPU,
+    else 0."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return device == "auto" and visible not in ("", "-1") and Path("/dev/nvidia0").exists()
+    return int(visible not in ("", "-1") and Path("/dev/nvidia0").exists())
+
+
+def uses_cuda(device: str) -> bool:
+    """Will ``device`` measure on a GPU? (:func:`madyn.settings.resolve_device`, with the
+    GPUs :func:`planned_gpus` sees.)"""
+    return resolve_device(device, planned_gpus()).startswith("cuda")
 
 
 def extract_plan(config: dict | None, extract: dict) -> dict:
-    """Resources of one measuring job: weights in ``extract.dtype``, the evaluation batch
+    """Resources of one measuring job (``extract``: the suite's section; what it leaves out,
+    :class:`madyn.settings.ExtractSettings`' defaults): weights in ``dtype``, the evaluation batch
     (``batch_size`` x ``seq_len`` tokens at a time, ``n_seqs`` in all) and the hidden
     states the statistics hold (about 4 float32 copies of one layer's B x T x D); with
     ``extreme_tokens`` (default on), one layer's eager attention scores and probabilities
     (B x H x T x T: in the model's dtype, and softmaxed in float32)."""
+    settings = ExtractSettings.from_section(extract)
     n = n_params(config)
     width = (config or {}).get("hidden_size", 5120)
     heads = (config or {}).get("num_attention_heads", 40)
-    dtype_bytes = DTYPE_BYTES[extract.get("dtype", "float32")]
+    dtype_bytes = DTYPE_BYTES[settings.dtype]
     weights_mb = n * dtype_bytes / 2**20
-    batch, seq = extract.get("batch_size", 1), extract.get("seq_len", 2048)
+    batch, seq = settings.batch_size, extract.get("seq_len", 2048)
     acts_mb = 8 * batch * seq * max(width * 4, 1) * 4 / 2**20  # MLP width 4D, float32
-    if extract.get("extreme_tokens", True):
+    if settings.extreme_tokens:
         acts_mb += batch * heads * seq * seq * (2 * dtype_bytes + 4) / 2**20
-    cuda = uses_cuda(extract.get("device", "auto"))
+    cuda = uses_cuda(settings.device)
     flops = 2 * n * extract.get("n_seqs", 1) * seq
     stored = n * stored_bytes(config)  # bytes of the weights files
     seconds = 30 + stored / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda else CPU_FLOPS)
@@ -92,7 +103,7 @@ def extract_plan(config: dict | None, extract: dict) -> dict:
         "gpu": 1 if cuda else 0,
         "gpu_mem_mb": int(1024 + weights_mb + acts_mb) if cuda else 0,
         "runtime": max(1, math.ceil(1.5 * seconds / 60)),
-        "threads": extract.get("threads", 1),
+        "threads": settings.threads,
         "download_gb": stored / 1e9,  # unrounded: a small revision still counts
     }
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from madyn.extract import STAT_COLUMNS
+from madyn.stats_table import STAT_COLUMNS
 
 SERIES_STATS = [c for c in STAT_COLUMNS if c not in ("top1_token", "top1_channel")]
 
@@ -74,7 +74,8 @@ def build_series(tables: dict[int, pd.DataFrame], metas: dict[int, dict], model:
                  ) -> tuple[pd.DataFrame, dict]:
     """Series table for one model and its integrity report.
 
-    tables/metas: step -> per-checkpoint table and metadata (from extract.read_stats).
+    tables/metas: step -> per-checkpoint table and metadata (from
+    :func:`madyn.stats_table.read_stats`).
     The series gets ``flagged`` (bool) and ``flag_reason`` per step: weights repeated
     (see :func:`integrity`) or non-finite activations.
     """

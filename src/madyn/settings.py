@@ -2,7 +2,8 @@
 
 The one place a default lives is ``default:`` in ``schemas/params.schema.yaml`` (params.yaml
 ships the same values); :func:`schema_default` and :func:`section_defaults` read it, and
-:class:`FitSettings` / :class:`PredictSettings` take their defaults from there.
+:class:`FitSettings` / :class:`PredictSettings` / :class:`ExtractSettings` take their
+defaults from there. :func:`resolve_device` is the one meaning of the ``auto`` device.
 """
 
 from __future__ import annotations
@@ -24,15 +25,22 @@ def params_schema() -> dict:
 
 
 def _node(section: str) -> dict:
-    props = params_schema()["properties"]
+    """The properties of a top-level section, or of a ``$defs`` entry (``"$defs.extract"``:
+    a suite's ``extract``)."""
+    if section.startswith("$defs."):
+        props = params_schema()["$defs"]
+        section = section[len("$defs."):]
+    else:
+        props = params_schema()["properties"]
     if section not in props or "properties" not in props[section]:
         raise KeyError(f"params schema has no section {section!r}")
     return props[section]["properties"]
 
 
 def schema_default(key: str) -> Any:
-    """The schema's ``default`` of ``section.key`` (e.g. ``"fit.alpha"``); KeyError if none."""
-    section, _, name = key.partition(".")
+    """The schema's ``default`` of ``section.key`` (e.g. ``"fit.alpha"``,
+    ``"$defs.extract.dtype"``); KeyError if none."""
+    section, _, name = key.rpartition(".")
     prop = _node(section).get(name)
     if prop is None or "default" not in prop:
         raise KeyError(f"params schema: {key!r} has no default")
@@ -46,7 +54,7 @@ def section_defaults(section: str) -> dict[str, Any]:
 
 def schema_enum(key: str) -> list:
     """The allowed values of ``section.key`` (its ``enum``, or its items' ``enum``)."""
-    section, _, name = key.partition(".")
+    section, _, name = key.rpartition(".")
     prop = _node(section)[name]
     return list(prop.get("enum") or prop["items"]["enum"])
 
@@ -60,6 +68,7 @@ def _check_keys(cls: type, d: dict, what: str) -> None:
 
 _FIT = section_defaults("fit")
 _FORECAST = section_defaults("forecast")
+_EXTRACT = section_defaults("$defs.extract")
 _PREDICT = {**section_defaults("predict"), **section_defaults("features")}
 
 
@@ -161,3 +170,64 @@ class ForecastSettings:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+def resolve_device(device: str, n_gpus: int) -> str:
+    """The device a measuring job runs on: ``auto`` is ``cuda`` when ``n_gpus`` > 0 (CUDA
+    devices visible), else ``cpu``; any other device (``cpu``, ``cuda``, ``cuda:K``,
+    ``mps``) as it is. The one resolution of ``auto``: the job's resources
+    (:func:`madyn.resources.uses_cuda`, counting GPUs without torch), the GPU a job claims
+    (:func:`madyn.gpus.claimed_device`) and the device a model is loaded on
+    (:func:`madyn.checkpoints.load_model`) all call it."""
+    if device == "auto":
+        return "cuda" if n_gpus > 0 else "cpu"
+    return device
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How checkpoints are measured: a suite's ``extract`` in params.yaml, less the
+    evaluation batch (``n_seqs``, ``seq_len``, ``seed``) and the download budget
+    (``disk_budget_gb``), which the workflow reads; defaults: the schema's.
+
+    dtype: weights dtype when loading (statistics are always float32); device: ``auto``
+    (:func:`resolve_device`), ``cpu``, ``cuda``, ``cuda:K`` or ``mps``; batch_size:
+    sequences per forward pass; extreme_tokens: also measure ``sink_mass`` (off: NaN);
+    threads: CPU threads a measuring job asks the scheduler for; delete_downloads: remove
+    each hub revision from the cache once measured.
+    """
+
+    dtype: str = _EXTRACT["dtype"]
+    device: str = _EXTRACT["device"]
+    batch_size: int = _EXTRACT["batch_size"]
+    extreme_tokens: bool = _EXTRACT["extreme_tokens"]
+    threads: int = _EXTRACT["threads"]
+    delete_downloads: bool = _EXTRACT["delete_downloads"]
+
+    def __post_init__(self) -> None:
+        allowed = schema_enum("$defs.extract.dtype")
+        if self.dtype not in allowed:
+            raise ValueError(f"dtype {self.dtype!r} not in {allowed}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ExtractSettings:
+        """Build from a mapping (these fields only); unknown keys raise ValueError."""
+        d = dict(d or {})
+        _check_keys(cls, d, "extract")
+        return cls(**d)
+
+    @classmethod
+    def from_section(cls, extract: dict | None) -> ExtractSettings:
+        """Build from a suite's whole ``extract`` section (its other keys left out)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (extract or {}).items() if k in names})
+
+    @classmethod
+    def of(cls, settings: ExtractSettings | dict | None) -> ExtractSettings:
+        """``settings`` itself, or built from a mapping (None: the defaults)."""
+        return settings if isinstance(settings, cls) else cls.from_dict(settings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

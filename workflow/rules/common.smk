@@ -12,6 +12,7 @@ from madyn import config as madyn_config
 from madyn import io as madyn_io
 from madyn import released as madyn_released
 from madyn import resources as madyn_resources
+from madyn.settings import ExtractSettings
 from madyn.suite import checkpoint_dir, train_cost
 
 try:
@@ -46,11 +47,9 @@ def design_args(model):
     return ["--design-json", as_json(record)]
 
 
-def extract_opts():
-    """How checkpoints are measured (the suite's ``extract``), as madyn's arguments."""
-    opts = ["--dtype", EXTRACT.get("dtype"), "--device", EXTRACT.get("device"),
-            "--batch-size", str(EXTRACT.get("batch_size"))]
-    return opts if EXTRACT.get("extreme_tokens", True) else [*opts, "--no-extreme-tokens"]
+# How checkpoints are measured (the suite's ``extract``; defaults: the params schema's), as
+# the measuring commands' --settings-json.
+EXTRACT_SETTINGS = ExtractSettings.from_section(EXTRACT)
 
 
 def model_manifest(model):

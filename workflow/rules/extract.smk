@@ -58,8 +58,8 @@ rule extract_model:
     params:
         model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
         steps=lambda wc: [str(s) for s in MODEL_STEPS[wc.model]],
-        opts=extract_opts(),
-    threads: EXTRACT.get("threads", 1)
+        settings=as_json(EXTRACT_SETTINGS.to_dict()),
+    threads: EXTRACT_SETTINGS.threads
     resources:
         mem_mb=extract_resources("mem_mb"),
         gpu=extract_resources("gpu"),
@@ -71,7 +71,8 @@ rule extract_model:
         ENV
     shell:
         "madyn extract-model {params.model_dir:q} --steps {params.steps:q} --outs {output:q} "
-        "--tokens {input.tokens:q} --model {wildcards.model:q} {params.opts:q} "
+        "--tokens {input.tokens:q} --model {wildcards.model:q} "
+        "--settings-json {params.settings:q} "
         "--threads {threads:q} 2> {log:q}"
 
 
@@ -111,9 +112,8 @@ rule extract_checkpoint:
         model=one_of(MEASURED_PER_CHECKPOINT),
         step=r"\d+",
     params:
-        delete="--delete-download" if EXTRACT.get("delete_downloads") else "",
-        opts=extract_opts(),
-    threads: EXTRACT.get("threads", 1)
+        settings=as_json(EXTRACT_SETTINGS.to_dict()),
+    threads: EXTRACT_SETTINGS.threads
     resources:
         mem_mb=extract_resources("mem_mb"),
         gpu=extract_resources("gpu"),
@@ -125,8 +125,8 @@ rule extract_checkpoint:
         ENV
     shell:
         "madyn extract --marker {input.marker:q} --tokens {input.tokens:q} --out {output:q} "
-        "--model {wildcards.model:q} --step {wildcards.step:q} {params.opts:q} "
-        "--threads {threads:q} {params.delete:q} 2> {log:q}"
+        "--model {wildcards.model:q} --step {wildcards.step:q} "
+        "--settings-json {params.settings:q} --threads {threads:q} 2> {log:q}"
 
 
 rule series:

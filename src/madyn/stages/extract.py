@@ -1,8 +1,9 @@
 """Phase 2, measuring: the evaluation batch, per-checkpoint statistics, per-model series.
 
 Owns the phase's file I/O. The workflow (``workflow/rules/extract.smk``) passes every path;
-the science is in :mod:`madyn.extract` (measuring), :mod:`madyn.series` and
-:mod:`madyn.released` (the study's released layout).
+the science is in :mod:`madyn.extract` (one checkpoint), :mod:`madyn.hub` (downloads),
+:mod:`madyn.series` and :mod:`madyn.released` (the study's released layout); how checkpoints
+are measured is :class:`madyn.settings.ExtractSettings`.
 """
 
 from __future__ import annotations
@@ -11,24 +12,21 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from madyn import released
-from madyn.extract import (
-    CheckpointError,
-    delete_cached_revision,
-    download_revision,
-    measure_checkpoint,
-    read_stats,
-    write_stats,
-)
+from madyn.checkpoints import CheckpointError
+from madyn.extract import measure_checkpoint
 from madyn.gpus import claimed_device
+from madyn.hub import delete_cached_revision, download_revision
 from madyn.io import atomic_path, read_json, sha256_file, write_json
 from madyn.series import build_series, growth_summary
+from madyn.settings import ExtractSettings
+from madyn.stats_table import read_stats, write_stats
 
 
 def _say(msg: str) -> None:
@@ -114,23 +112,22 @@ def _is_current(out: Path, fp: dict, tokens_sha: str, dtype: str,
             and meta.get("extreme_tokens") == extreme_tokens)
 
 
-def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
-            dtype: str = "float32", device: str = "auto", batch_size: int = 10,
-            extreme_tokens: bool = True, progress: Callable[[str], None] = _say
-            ) -> dict[str, int]:
+def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
+            settings: ExtractSettings | dict | None = None, *,
+            progress: Callable[[str], None] = _say) -> dict[str, int]:
     """Measure every checkpoint whose table is missing or stale, one process for all.
 
-    ``extreme_tokens``: also the attention-sink metric (see :func:`madyn.extract.measure`);
-    a table measured with the other setting is stale.
+    ``settings``: how (None: the defaults). With ``extreme_tokens`` the attention-sink
+    metric is measured too (see :func:`madyn.statistics.measure`); a table measured with
+    the other setting, or in another dtype, is stale.
 
     Each table is written atomically as soon as its checkpoint is measured, so a killed
     job loses only the checkpoint in flight; a table that already holds the same weights
     measured on the same tokens is kept. Returns counts: measured, kept.
     """
-    from madyn.extract import fingerprint, weight_files
+    from madyn.checkpoints import fingerprint, weight_files
 
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    s = ExtractSettings.of(settings)
     tokens = load_tokens(tokens_path)
     tokens_sha = sha256_file(tokens_path)
     t0, done, kept = time.monotonic(), 0, 0
@@ -139,13 +136,12 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str, *,
         for i, ck in enumerate(checkpoints, 1):
             fp = fingerprint(weight_files(ck.source))
             _verify(ck, fp)
-            if _is_current(ck.out, fp, tokens_sha, dtype, extreme_tokens):
+            if _is_current(ck.out, fp, tokens_sha, s.dtype, s.extreme_tokens):
                 kept += 1
                 continue
-            dev = dev or held.enter_context(claimed_device(device, say=progress))
-            df, meta = measure_checkpoint(ck.source, tokens, dtype=dtype, device=dev,
-                                          batch_size=batch_size, weights_fp=fp,
-                                          extreme_tokens=extreme_tokens)
+            dev = dev or held.enter_context(claimed_device(s.device, say=progress))
+            df, meta = measure_checkpoint(ck.source, tokens, replace(s, device=dev),
+                                          weights_fp=fp)
             meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
             if ck.repo:
                 meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
@@ -189,19 +185,18 @@ def download(repo: str, revision: str, out: str) -> dict:
 
 
 def measure_download(marker_path: str, tokens_path: str, out: str, model: str, step: int,
-                     *, dtype: str, device: str, batch_size: int, delete: bool,
-                     extreme_tokens: bool = True) -> None:
-    """Measure a downloaded hub revision; with ``delete``, remove from the cache after
-    the weights madyn's download fetched (the marker's ``fetched``; never a revision the
-    user had cached before)."""
+                     settings: ExtractSettings | dict | None = None) -> None:
+    """Measure a downloaded hub revision; with ``settings.delete_downloads``, remove from
+    the cache after the weights madyn's download fetched (the marker's ``fetched``; never a
+    revision the user had cached before)."""
+    s = ExtractSettings.of(settings)
     marker = read_json(marker_path)
     if not list(Path(marker["snapshot"]).glob("*.safetensors")):  # deleted after an
         marker = download_revision(marker["repo"], marker["revision"])  # earlier measurement
     ck = Checkpoint(marker["snapshot"], step, Path(out), repo=marker["repo"],
                     revision=marker["revision"])
-    measure([ck], tokens_path, model, dtype=dtype, device=device, batch_size=batch_size,
-            extreme_tokens=extreme_tokens)
-    if delete:
+    measure([ck], tokens_path, model, s)
+    if s.delete_downloads:
         delete_cached_revision(marker["snapshot"], marker.get("fetched"))
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn.evaluation import evaluate as evaluate_table
-from madyn.evaluation import feature_importance, ols_summaries, showcase_model
-from madyn.features import (
+from madyn.architecture import (
     DESIGN_KEY,
     MAX_LAYERS,
     MAX_WIDTH,
@@ -20,8 +18,10 @@ from madyn.features import (
     architecture,
     check_shape,
     is_architecture,
-    read_feature_table,
 )
+from madyn.evaluation import evaluate as evaluate_table
+from madyn.evaluation import feature_importance, ols_summaries, showcase_model
+from madyn.features import read_feature_table
 from madyn.forecast import predict_architecture
 from madyn.io import atomic_path, read_json, write_json
 from madyn.settings import PredictSettings
@@ -83,7 +83,7 @@ def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None =
 def with_recipe(config: dict, optimizer: str | None, lr: float | None, eps: float | None
                 ) -> dict:
     """``config`` with the given training recipe added to its design record
-    (:data:`madyn.features.DESIGN_KEY`); InputError for an implausible lr or eps."""
+    (:data:`madyn.architecture.DESIGN_KEY`); InputError for an implausible lr or eps."""
     if lr is not None and not (math.isfinite(lr) and 0 < lr <= 10):
         raise InputError(f"--lr {lr} outside (0, 10]")
     if eps is not None and not (math.isfinite(eps) and 0 < eps <= 1):
@@ -174,7 +174,7 @@ RANGE_AXES = {"layers": "num_hidden_layers", "width": "hidden_size",
 
 def outside_training_range(table: pd.DataFrame, arch: dict) -> dict[str, dict]:
     """The axes (layers, width, heads) on which architecture ``arch`` (from
-    :func:`madyn.features.architecture`) lies outside the range of the feature table's
+    :func:`madyn.architecture.architecture`) lies outside the range of the feature table's
     models: ``{axis: {"query", "min", "max"}}``, empty when it lies inside on every axis."""
     out = {}
     for axis, col in RANGE_AXES.items():

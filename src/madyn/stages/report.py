@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from madyn.features import architecture
+from madyn.architecture import architecture
 from madyn.io import atomic_path, read_json
 
 
