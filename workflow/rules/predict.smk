@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         features=FEATURES,
-        series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+        series=[series_path(m) for m in MODELS],
     output:
         metrics=f"{RESULTS}/metrics/predict.json",
         pred=f"{RESULTS}/predict/lomo_predictions.csv",
