@@ -196,27 +196,13 @@ class ReleasedSource:
 
     def __init__(self):
         self.root = SUITE_CFG["path"]
-        if not Path(self.root).is_dir():
-            sys.exit(f"madyn: suites.{SUITE}.path: {self.root} is not a folder")
-        self.files = madyn_released.scan(self.root)
-        missing = [m for m in MODELS if m not in self.files]
-        if missing:
-            sys.exit(f"madyn: suites.{SUITE}.models: no exp2 files for {missing} under "
-                     f"{self.root}")
-        for i, m in enumerate(MODELS):
-            if not self._config_file(m).exists() and "layers" not in SUITE_CFG["models"][i]:
-                sys.exit(f"madyn: suites.{SUITE}.models.{i}: {m} has no "
-                         f"{self._config_file(m)}: give its architecture in the suite "
-                         "entry (layers, width, heads, vocab_size)")
         try:
-            for m in MODELS:
-                madyn_config.check_min_points(config, len(self.files[m]),
-                                              f"{self.root}/{m}/stats")
+            self.files = madyn_released.check_folder(config)
         except madyn_config.ConfigError as err:
             sys.exit(f"madyn: {err}")
 
     def _config_file(self, model):
-        return Path(self.root) / model / "config.json"
+        return madyn_released.config_file(self.root, model)
 
     def steps(self, model):
         return sorted(self.files[model])
