@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 from madyn.extract import decoder_layers, load_model, measure
 from madyn.suite import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 SHORT = dataclasses.replace(TINY_TRAIN, steps=4, log_until=2, every=4)
 

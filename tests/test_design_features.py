@@ -31,8 +31,7 @@ from madyn.forecast import predict_architecture
 from madyn.regressors import fit_predict
 from madyn.settings import PredictSettings
 from madyn.suite import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
-from tests.conftest import TINY_MODEL, TINY_TRAIN
-from tests.test_features_predict import STEPS, synthetic_fit_table
+from tests.helpers import STEPS, TINY_MODEL, TINY_TRAIN, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=40, rf_n_estimators=20, n_boot=4, cv_folds=3,
                        parametrisation="original", predict_model="ridge")

@@ -21,8 +21,8 @@ import yaml
 from madyn.extract import STAT_COLUMNS, measure_checkpoint, read_stats
 from madyn.io import read_json
 from madyn.project import copy_workflow
-from tests.conftest import ROOT
 from tests.fake_hub import FakeHub
+from tests.helpers import ROOT
 
 REPO = "madyn-test/tiny"
 SUITE = "hubtiny"

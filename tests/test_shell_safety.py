@@ -22,7 +22,7 @@ import yaml
 
 from madyn import config
 from madyn.project import copy_workflow
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 HOSTILE = "rel $(touch {canary}) `touch {canary}` ; touch {canary} 'q\" &"
 FAKE_MADYN = """#!{python}

@@ -19,7 +19,7 @@ import yaml
 
 from madyn.io import read_json
 from madyn.project import copy_workflow
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
