@@ -1,4 +1,4 @@
-"""Design features in the predictors (issue 13 point 5): design axes read from real Hugging
+"""Design features in the predictors: design axes read from real Hugging
 Face configs of madyn's trainer families and from a trained checkpoint's own record; the
 feature table's design columns; leave-one-design-out; `madyn predict` taking a design."""
 

@@ -1,4 +1,4 @@
-"""No value of params.yaml runs a shell command (issue: shell injection from params).
+"""No value of params.yaml runs a shell command (no shell injection through params.yaml).
 
 Every rule's shell command is swept with hostile values: a dry run prints each job's
 command, and each command is run by bash with a ``madyn`` on PATH that only records its

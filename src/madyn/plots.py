@@ -129,8 +129,9 @@ def plot_final_vs_params(layers: pd.DataFrame, out: str | Path) -> None:
 
 
 def plot_kurtosis(series_by_model: dict[str, pd.DataFrame], out: str | Path) -> None:
-    """Kurtosis of per-channel RMS (He et al.; 1 = no outlier channel) over training, one
-    panel per model, one line per layer (log-x, step + 1)."""
+    """Kurtosis of per-channel RMS (He et al., *Understanding and Minimising Outlier
+    Features in Neural Network Training*, arXiv 2405.19279; 1 = no outlier channel) over
+    training, one panel per model, one line per layer (log-x, step + 1)."""
     n = len(series_by_model)
     cols = min(3, n)
     rows = -(-n // cols)

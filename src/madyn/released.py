@@ -1,4 +1,5 @@
-"""The study's released data-set layout (seed 001), read and written safely.
+"""The released data-set layout of *Hidden Dynamics of Massive Activations in Transformer
+Training* (Gallego-Feliciano et al., arXiv 2508.03616), read and written safely.
 
 ``{model}/stats/exp2_{model}_step{N}``: text holding a B x Q x L nested list (B sequences,
 Q = top1, top2, top3, median, L layers), meant by its authors for Python's ``eval``.
