@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = config.load(args.params)
     suite = config.active(cfg)
-    results = Path("results") / cfg["suite"]
+    results = Path(config.results_dir(cfg))
     if args.model not in config.model_names(suite):
         raise SystemExit(f"no model {args.model!r} in suite {cfg['suite']!r}")
     print(f"{args.model}: {'variant':52s} train    final loss   growth of top1/median")

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny corpus and a tiny trained model, built once per session."""
+"""Shared fixtures: a tiny corpus and a tiny trained model, built once per session
+(constants and builders shared by test modules are in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,7 @@ from pathlib import Path
 import pytest
 
 from madyn.corpus import build_corpus
-from madyn.suite import ModelSpec, TrainSpec
-
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY_TRAIN = TrainSpec(steps=12, batch_size=4, seq_len=32, lr=1e-2, warmup=2,
-                       min_lr_ratio=0.1, weight_decay=0.0, beta1=0.9, beta2=0.95, seed=0,
-                       log_until=4, every=5)
-TINY_MODEL = ModelSpec(name="tiny", layers=2, width=32, heads=2)
+from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 
 @pytest.fixture(scope="session")

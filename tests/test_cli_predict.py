@@ -6,11 +6,11 @@ import json
 import time
 
 import pytest
-from test_features_predict import SUITE, _neox, synthetic_fit_table
 
 from madyn.cli import main
 from madyn.features import build_feature_table, write_feature_table
 from madyn.suite import ModelSpec
+from tests.helpers import SYNTHETIC_SUITE, neox_config, synthetic_fit_table
 
 SETTINGS = json.dumps({"parametrisation": "original", "predict_model": "mean", "n_boot": 2})
 
@@ -18,7 +18,8 @@ SETTINGS = json.dumps({"parametrisation": "original", "predict_model": "mean", "
 @pytest.fixture(scope="module")
 def features(tmp_path_factory) -> str:
     fit, _ = synthetic_fit_table()
-    table = build_feature_table(fit, {s.name: _neox(s) for s in SUITE}, "original", "ratio")
+    configs = {s.name: neox_config(s) for s in SYNTHETIC_SUITE}
+    table = build_feature_table(fit, configs, "original", "ratio")
     path = tmp_path_factory.mktemp("ft") / "ft.parquet"
     write_feature_table(table, path, path.with_suffix(".csv"))
     return str(path)
@@ -50,7 +51,7 @@ def test_malformed_json_config(features, tmp_path, capsys):
 
 def test_json_list_config(features, tmp_path, capsys):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps([_neox(ModelSpec("x", 2, 32, 2))]))
+    cfg.write_text(json.dumps([neox_config(ModelSpec("x", 2, 32, 2))]))
     _bad(["--config", str(cfg)], features, tmp_path, capsys, "JSON object")
 
 
@@ -83,7 +84,8 @@ def test_huge_shapes_refused_fast(flags, features, tmp_path, capsys):
 
 def test_huge_config_refused(features, tmp_path, capsys):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({**_neox(ModelSpec("x", 2, 32, 2)), "num_hidden_layers": 100000}))
+    cfg.write_text(json.dumps({**neox_config(ModelSpec("x", 2, 32, 2)),
+                               "num_hidden_layers": 100000}))
     _bad(["--config", str(cfg)], features, tmp_path, capsys, "layers 100000 outside 1..512")
 
 

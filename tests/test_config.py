@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from madyn import config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from madyn.checkpoints import load_model
 from madyn.statistics import decoder_layers, measure
 from madyn.suite import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 SHORT = dataclasses.replace(TINY_TRAIN, steps=4, log_until=2, every=4)
 

@@ -1,4 +1,4 @@
-"""Design features in the predictors (issue 13 point 5): design axes read from real Hugging
+"""Design features in the predictors: design axes read from real Hugging
 Face configs of madyn's trainer families and from a trained checkpoint's own record; the
 feature table's design columns; leave-one-design-out; `madyn predict` taking a design."""
 
@@ -30,8 +30,7 @@ from madyn.forecast import predict_architecture
 from madyn.regressors import fit_predict
 from madyn.settings import PredictSettings
 from madyn.suite import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
-from tests.conftest import TINY_MODEL, TINY_TRAIN
-from tests.test_features_predict import STEPS, synthetic_fit_table
+from tests.helpers import STEPS, TINY_MODEL, TINY_TRAIN, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=40, rf_n_estimators=20, n_boot=4, cv_folds=3,
                        parametrisation="original", predict_model="ridge")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from madyn.project import STAGE_CODE, stage_code_deps
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CODE_PREFIXES = ("src/", "workflow/rules/", "Snakefile")
 

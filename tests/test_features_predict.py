@@ -29,12 +29,9 @@ from madyn.forecast import predict_architecture
 from madyn.settings import PredictSettings
 from madyn.stages import features as features_stage
 from madyn.stages import predict as predict_stage
-from madyn.suite import ModelSpec, checkpoint_steps, model_config
+from madyn.suite import ModelSpec, model_config
+from tests.helpers import STEPS, SYNTHETIC_SUITE, neox_config, synthetic_fit_table
 
-SUITE = [ModelSpec("l2-w32-h2", 2, 32, 2), ModelSpec("l2-w64-h4", 2, 64, 4),
-         ModelSpec("l4-w64-h4", 4, 64, 4), ModelSpec("l4-w128-h4", 4, 128, 4),
-         ModelSpec("l6-w96-h6", 6, 96, 6), ModelSpec("l8-w64-h8", 8, 64, 8)]
-STEPS = np.array(checkpoint_steps(1200, 64, 100), float)
 FAST = PredictSettings(xgb_n_estimators=60, rf_n_estimators=25, n_boot=6, cv_folds=3,
                        parametrisation="original", predict_model="xgb")
 
@@ -45,62 +42,10 @@ def _quiet(fn, *a, **k):
         return fn(*a, **k)
 
 
-def _neox(spec: ModelSpec) -> dict:
-    return model_config(spec, vocab_size=512, seq_len=128, eot_id=0).to_dict()
-
-
-def _true_params(spec: ModelSpec, layer: int) -> list[float]:
-    """Original-form parameters, smooth in relative depth r and width d."""
-    r = (layer + 1) / spec.layers
-    d = spec.width
-    return [4.0 + 6.0 * r * (1 - r) + d / 64,           # A
-            0.3 + 0.8 * (1 - r) ** 2,                    # lambda
-            0.004 * (1 + 0.5 * r) * (64 / d) ** 0.3,     # gamma (1 / steps)
-            1.2 + r,                                     # t0
-            3.0 + 12.0 * r + 4.0 * np.log(d / 32)]       # K
-
-
-def synthetic_fit_table(fail: tuple[str, int] | None = ("l8-w64-h8", 7)
-                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A fit table (original + reparam rows per layer) and observed series (with flags)."""
-    orig, rep = hypotheses.get("original"), hypotheses.get("reparam")
-    from madyn.hypotheses import original_to_reparam
-
-    rng = np.random.default_rng(0)
-    rows, series = [], []
-    for spec in SUITE:
-        for layer in range(spec.layers):
-            p = np.array(_true_params(spec, layer))
-            y = orig.func(STEPS, *p)
-            obs = y * (1 + 0.01 * rng.standard_normal(len(STEPS)))
-            flagged = np.zeros(len(STEPS), bool)
-            flagged[3] = True
-            obs[3] *= 5  # a corrupted checkpoint, flagged
-            series.append(pd.DataFrame({"model": spec.name, "step": STEPS.astype(int),
-                                        "layer": layer, "quantity": "ratio", "value": obs,
-                                        "flagged": flagged}))
-            for hyp, pp, winner in ((orig, p, True), (rep, original_to_reparam(p), False)):
-                ok = not (hyp.name == "original" and fail == (spec.name, layer))
-                pk = hyp.peak_step(pp)
-                rows.append({
-                    "model": spec.name, "quantity": "ratio", "layer": layer,
-                    "n_layers": spec.layers, "hypothesis": hyp.name, "family": "emlog",
-                    "n": len(STEPS), "k": 5, "r2": 0.99 if winner else 0.98, "aic": -10.0,
-                    "aicc": -9.0, "bic": -8.0, "akaike_weight": 0.7 if winner else 0.3,
-                    "is_winner": winner, "success": ok, "reason": "" if ok else "max_nfev",
-                    "param_names": json.dumps(list(hyp.param_names)),
-                    "popt": json.dumps([float(v) for v in pp] if ok else [None] * 5),
-                    "perr": json.dumps([0.0] * 5), "asymptote": float(pp[-1]),
-                    "final_value": float(obs[-1]), "peak_step": pk,
-                    "peak_in_range": bool(np.isfinite(pk) and pk < STEPS[-1]),
-                    "last_step": int(STEPS[-1])})
-    return pd.DataFrame(rows), pd.concat(series, ignore_index=True)
-
-
 @pytest.fixture(scope="module")
 def data():
     fit, series = synthetic_fit_table()
-    configs = {s.name: _neox(s) for s in SUITE}
+    configs = {s.name: neox_config(s) for s in SYNTHETIC_SUITE}
     return fit, series, configs
 
 
@@ -175,7 +120,7 @@ def test_one_decoder_only_check():
 
 
 def test_layer_features_one_based_depth():
-    arch = architecture(_neox(SUITE[2]))  # 4 layers, d 64, 4 heads
+    arch = architecture(neox_config(SYNTHETIC_SUITE[2]))  # 4 layers, d 64, 4 heads
     f0, f3 = layer_features(arch, 0), layer_features(arch, 3)
     assert f0["f_depth"] == 0.25 and f3["f_depth"] == 1.0
     assert f3["f_l_times_L"] == 16.0 and f0["f_heads_per_d"] == 4 / 64
@@ -196,12 +141,13 @@ def test_transforms_invert():
 
 def test_feature_table(table, data, tmp_path):
     fit = data[0]
-    assert len(table) == sum(s.layers for s in SUITE)
+    assert len(table) == sum(s.layers for s in SYNTHETIC_SUITE)
     bad = table[(table["model"] == "l8-w64-h8") & (table["layer"] == 7)].iloc[0]
     assert not bad["usable"] and "fit failed" in bad["exclude_reason"]
     assert table["usable"].sum() == len(table) - 1
     # parameters of the chosen parametrisation even where it did not win
-    rep = build_feature_table(fit, {s.name: _neox(s) for s in SUITE}, "reparam", "ratio")
+    configs = {s.name: neox_config(s) for s in SYNTHETIC_SUITE}
+    rep = build_feature_table(fit, configs, "reparam", "ratio")
     assert rep["winner"].eq("original").all() and rep["usable"].all()
     assert set(rep.attrs["transforms"]) == {"A1", "A2", "beta", "tau0", "K"}
     lam = table.attrs["transforms"]["K"]["lambda"]
@@ -239,7 +185,7 @@ def test_evaluate_structure(metrics):
     sp = metrics["study_protocol"]
     assert sp["n_train"] + sp["n_test"] == 25
     assert set(sp["per_target"]["target_K"]) == {"mean", "ridge", "rf", "xgb", "ols"}
-    assert set(metrics["lomo"]["per_model"]) == {s.name for s in SUITE}
+    assert set(metrics["lomo"]["per_model"]) == {s.name for s in SYNTHETIC_SUITE}
 
 
 def test_lomo_beats_mean_on_learnable_target(metrics):
@@ -255,9 +201,9 @@ def test_curve_lomo_per_model(metrics):
     assert "xgb" in cl["model_types"] and "mean_curve" in cl["model_types"]
     for kind in cl["model_types"]:
         per = cl["per_model"][kind]
-        assert set(per) == {s.name for s in SUITE}
+        assert set(per) == {s.name for s in SYNTHETIC_SUITE}
         for m, v in per.items():
-            n = next(s.layers for s in SUITE if s.name == m) - (m == "l8-w64-h8")
+            n = next(s.layers for s in SYNTHETIC_SUITE if s.name == m) - (m == "l8-w64-h8")
             assert v["n_layers"] == n and len(v["per_layer"]) == n
     best = metrics["lomo"]["best_model_type"]
     assert cl["summary"][best]["r2_median_layers"] > 0.5
@@ -276,7 +222,7 @@ def test_lomo_two_models_and_one(data):
 
 
 def test_predict_architecture_unseen(table):
-    cfg = _neox(ModelSpec("l5-w80-h4", 5, 80, 4))
+    cfg = neox_config(ModelSpec("l5-w80-h4", 5, 80, 4))
     curves, summary = _quiet(predict_architecture, table, cfg, STEPS, FAST)
     assert sorted(curves["layer"].unique()) == list(range(5))
     assert len(curves) == 5 * len(STEPS)
@@ -294,7 +240,7 @@ def test_predict_architecture_unseen(table):
 def test_predict_architecture_mean_curve(table):
     """The mean-curve predictor: per layer the mean of the training models' fitted curves
     at the same relative depth, with a model-bootstrap band."""
-    cfg = _neox(ModelSpec("l5-w80-h4", 5, 80, 4))
+    cfg = neox_config(ModelSpec("l5-w80-h4", 5, 80, 4))
     s = dataclasses.replace(FAST, predict_model="mean_curve")
     curves, summary = _quiet(predict_architecture, table, cfg, STEPS, s)
     assert summary["model_type"] == "mean_curve" and len(summary["layers"]) == 5
@@ -323,7 +269,7 @@ def test_entry_points_bit_identical(data, tmp_path):
     for m, c in configs.items():
         cfg_paths[m] = str(tmp_path / f"{m}.json")
         (tmp_path / f"{m}.json").write_text(json.dumps(c))
-    new_cfg = _neox(ModelSpec("l3-w48-h4", 3, 48, 4))
+    new_cfg = neox_config(ModelSpec("l3-w48-h4", 3, 48, 4))
     outs = []
     for run in ("a", "b"):
         d = tmp_path / run

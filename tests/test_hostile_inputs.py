@@ -1,8 +1,9 @@
-"""Hostile and broken inputs to the real ``madyn`` command (issue 19, points 3, 5, 7, 9):
-each is refused with one line on stderr naming the file and the reason, a non-zero exit,
-nothing written, and nothing of the user's removed; nothing hangs or exhausts memory
-(every run has a timeout, and a memory limit where a config could make it allocate).
-Real tiny checkpoints, real files, a real loopback hub."""
+"""Hostile and broken inputs to the real ``madyn`` command (an ``--out`` that is a
+folder, what ``--delete-download`` may remove, hostile checkpoint and config files,
+oversized JSON): each is refused with one line on stderr naming the file and the reason,
+a non-zero exit, nothing written, and nothing of the user's removed; nothing hangs or
+exhausts memory (every run has a timeout, and a memory limit where a config could make it
+allocate). Real tiny checkpoints, real files, a real loopback hub."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from madyn.extract import measure_checkpoint
 from madyn.io import read_json
 from madyn.project import copy_workflow
 from madyn.stats_table import STAT_COLUMNS, read_stats
-from tests.conftest import ROOT
 from tests.fake_hub import FakeHub
+from tests.helpers import ROOT
 
 REPO = "madyn-test/tiny"
 SUITE = "hubtiny"

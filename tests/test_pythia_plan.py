@@ -14,7 +14,7 @@ import yaml
 
 from madyn.project import copy_workflow
 from madyn.resources import download_windows, extract_plan, peak_disk_gb
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # The nine Pythia shapes (layers, width, heads, vocab), as in their config.json files.
 PYTHIA = {"14m": (6, 128, 4, 50304), "70m": (6, 512, 8, 50304), "160m": (12, 768, 12, 50304),

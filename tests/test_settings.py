@@ -4,6 +4,7 @@ the report stage reads the manifest's loss steps."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,7 @@ from madyn.settings import (
     section_defaults,
 )
 from madyn.stages.report import loss_table
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,39 @@ def test_loss_table_uses_loss_steps(tmp_path):
         loss_table([str(m)])
 
 
-def test_results_paths_are_defined_once():
-    from madyn import config
+# a string literal naming a path under results/ ("results", "results/...", f"results/{x}"),
+# not prose about one ("results/<suite>/models")
+_RESULTS_LITERAL = re.compile(r"""[fFrRbB]{0,2}(["'])results(?:\1|/(?!<))""")
 
+
+def _code_files() -> list[Path]:
+    return sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "workflow").rglob("*.smk"),
+                   ROOT / "Snakefile", *(ROOT / "benchmarks").rglob("*.py")])
+
+
+def test_results_paths_are_defined_once():
+    """Where outputs go is written once, config.results_dir; every other path under
+    results/ is built from it (the workflow's RESULTS, the feature table), never spelled
+    out again in the code, the rules or the benchmarks."""
     cfg = {"suite": "smoke", "features": {"parametrisation": "reparam_reg"}}
     assert config.results_dir(cfg) == "results/smoke"
     assert config.feature_table(cfg) == \
         "results/smoke/features/fitted_param_dataset_reparam_reg.parquet"
+    hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in _code_files()
+            for n, line in enumerate(f.read_text().splitlines(), 1)
+            if _RESULTS_LITERAL.search(line) and not line.lstrip().startswith("#")]
+    assert len(hits) == 1 and hits[0].startswith("src/madyn/config.py:"), hits
+    assert "RESULTS = madyn_config.results_dir(config)" in \
+        (ROOT / "workflow/rules/common.smk").read_text()
+
+
+@pytest.mark.parametrize("literal", ['"results"', "'results/smoke'", 'f"results/{suite}"',
+                                     'Path("results") / suite', 'f"results/{s}/series/"'])
+def test_a_hard_coded_results_path_is_detected(literal):
+    assert _RESULTS_LITERAL.search(f"x = {literal}")
+
+
+@pytest.mark.parametrize("text", ['"writes results/<suite>/models"', '"results/<suite>/x"',
+                                  "my_results = 1", '"the results/ folder"'])
+def test_prose_about_results_is_not_a_path(text):
+    assert not _RESULTS_LITERAL.search(text)

@@ -1,4 +1,4 @@
-"""No value of params.yaml runs a shell command (issue: shell injection from params).
+"""No value of params.yaml runs a shell command (no shell injection through params.yaml).
 
 Every rule's shell command is swept with hostile values: a dry run prints each job's
 command, and each command is run by bash with a ``madyn`` on PATH that only records its
@@ -22,7 +22,7 @@ import yaml
 
 from madyn import config
 from madyn.project import copy_workflow
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 HOSTILE = "rel $(touch {canary}) `touch {canary}` ; touch {canary} 'q\" &"
 FAKE_MADYN = """#!{python}

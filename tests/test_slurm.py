@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from madyn.project import copy_workflow
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slurm
 

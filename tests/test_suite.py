@@ -10,7 +10,7 @@ import pytest
 
 from madyn.io import read_json, sha256_file
 from madyn.suite import checkpoint_steps, train_model, training_summary
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 
 def test_schedule_is_pythia_like():

@@ -19,7 +19,7 @@ import yaml
 
 from madyn.io import read_json
 from madyn.project import copy_workflow
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -62,11 +62,21 @@ def test_bad_params_fail_before_any_job(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """The smoke suite through `dvc repro` in a fresh git + DVC repository."""
+    """The smoke suite through `dvc repro` in a fresh git + DVC repository, built once and
+    shared: tests given it only read it (a test that changes the project takes
+    ``smoke_copy``), so no test depends on which ran before it."""
     proj = copy_workflow(ROOT, tmp_path_factory.mktemp("proj"))
     _git_dvc_init(proj, tmp_path_factory.mktemp("remote"))
     r = _dvc(proj, "repro")
     return proj, r
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> Path:
+    """A private copy of the finished smoke project (git, DVC cache, Snakemake metadata and
+    file times included) for a test that edits its params, results or weights."""
+    proj, _ = smoke_run
+    return Path(shutil.copytree(proj, tmp_path / "proj", symlinks=True))
 
 
 def _git_dvc_init(proj: Path, remote: Path) -> None:
@@ -106,8 +116,8 @@ def test_second_run_does_nothing(smoke_run):
     assert "up to date" in _dvc(proj, "status").stdout
 
 
-def test_predictor_param_reruns_only_predict_onward(smoke_run):
-    proj, _ = smoke_run
+def test_predictor_param_reruns_only_predict_onward(smoke_copy):
+    proj = smoke_copy
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
     cfg["predict"]["xgb_max_depth"] = 2
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -121,8 +131,8 @@ def test_predictor_param_reruns_only_predict_onward(smoke_run):
 
 
 @pytest.mark.slow
-def test_adding_a_model_trains_and_measures_only_it(smoke_run):
-    proj, _ = smoke_run
+def test_adding_a_model_trains_and_measures_only_it(smoke_copy):
+    proj = smoke_copy
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
     smoke = cfg["suites"]["smoke"]
     smoke["models"].append({"name": "s2-w48-h2", "layers": 2, "width": 48, "heads": 2})
@@ -136,8 +146,8 @@ def test_adding_a_model_trains_and_measures_only_it(smoke_run):
 
 
 @pytest.mark.slow
-def test_fit_param_reruns_fit_onward(smoke_run):
-    proj, _ = smoke_run
+def test_fit_param_reruns_fit_onward(smoke_copy):
+    proj = smoke_copy
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
     cfg["fit"]["alpha"] = cfg["fit"]["alpha"] * 2
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -197,12 +207,12 @@ def _job_counts(text: str, first_only: bool = True) -> dict[str, int]:
     return counts
 
 
-def test_kill_midway_then_rerun_measures_only_missing(smoke_run):
+def test_kill_midway_then_rerun_measures_only_missing(smoke_copy):
     """A model is measured in one process that writes each checkpoint's table as soon as
     it is done: killed midway, the written tables stay and the rerun measures the rest."""
     from madyn.stats_table import read_stats
 
-    proj, _ = smoke_run
+    proj = smoke_copy
     model = "s3-w48-h4"
     stats = sorted((proj / "results/smoke/stats" / model).glob("step*.parquet"))
     assert len(stats) >= 8
@@ -239,11 +249,11 @@ def test_kill_midway_then_rerun_measures_only_missing(smoke_run):
     assert not list((proj / "results/smoke/stats" / model).glob(".*"))  # no temp debris
 
 
-def test_kill_during_forcerun_fit_then_rerun_restores_fits(smoke_run):
+def test_kill_during_forcerun_fit_then_rerun_restores_fits(smoke_copy):
     """`snakemake --forcerun fit` removes each fit job's outputs before running it; killed
     then (SIGKILL to the process group), the summaries are still newer than everything, so
     only the phase target naming every per-model output makes the rerun restore them."""
-    proj, _ = smoke_run
+    proj = smoke_copy
     res = proj / "results/smoke"
     per_model = sorted([*res.glob("params/*/layer_fit_params_*.json"),
                         *(f for f in res.glob("fits/*.parquet") if f.name != "all.parquet")])
@@ -272,9 +282,9 @@ def test_kill_during_forcerun_fit_then_rerun_restores_fits(smoke_run):
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
-def test_deleted_stats_remeasured_alone_with_forcerun(smoke_run):
+def test_deleted_stats_remeasured_alone_with_forcerun(smoke_copy):
     """docs/measuring.md: a deleted table is measured again by `--forcerun extract_model`, alone."""
-    proj, _ = smoke_run
+    proj = smoke_copy
     res = proj / "results/smoke"
     victim = sorted((res / "stats/s2-w32-h2").glob("step*.parquet"))[3]
     n = len(list(victim.parent.glob("step*.parquet")))
@@ -304,8 +314,7 @@ SMOKE_ARCH = [{"name": "s2-w32-h2", "layers": 2, "width": 32, "heads": 2, "vocab
 
 
 def _smoke_growth(proj: Path) -> dict:
-    """The smoke run's growth.json, for the models exported as the released suite (a slow
-    test adds a model to the shared smoke project)."""
+    """The smoke run's growth.json, for the models exported as the released suite."""
     names = {a["name"] for a in SMOKE_ARCH}
     growth = read_json(proj / "results/smoke/metrics/growth.json")
     return {m: v for m, v in growth.items() if m in names}
@@ -473,11 +482,11 @@ def test_released_suite_without_architecture_says_so(smoke_run, tmp_path):
     assert "layers, width, heads, vocab_size" in r.stdout + r.stderr
 
 
-def test_tampered_weights_fail_the_measurement(smoke_run):
+def test_tampered_weights_fail_the_measurement(smoke_copy):
     """A checkpoint changed after training (one tensor x3) is not measured silently."""
     from safetensors.torch import load_file, save_file
 
-    proj, _ = smoke_run
+    proj = smoke_copy
     f = proj / "results/smoke/models/s2-w32-h2/step20/model.safetensors"
     original = f.read_bytes()
     st = f.stat()

@@ -1,8 +1,9 @@
 """The offline corpus and its locally trained tokenizer.
 
 The embedded suite trains on the Python standard library's own source files (the
-CodeParrot-like setting of He et al., seed 004): every machine with Python has them, so
-no network is needed. A manifest records every file, its size, sha256 and split.
+CodeParrot-like setting of He et al., *Understanding and Minimising Outlier Features in
+Neural Network Training*, arXiv 2405.19279): every machine with Python has them, so no
+network is needed. A manifest records every file, its size, sha256 and split.
 """
 
 from __future__ import annotations

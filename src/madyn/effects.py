@@ -5,7 +5,8 @@ Every model is reduced to one number per quantity (:data:`QUANTITIES`); each des
 compared with the base design by the difference and the ratio of seed means, with
 percentile-bootstrap intervals that resample seeds. A second analysis checks, across
 (model, layer), the association between outlier features (kurtosis) and signal
-propagation (cosine similarity) that He et al. (seed 004) report.
+propagation (cosine similarity) that He et al. report in *Understanding and Minimising
+Outlier Features in Neural Network Training* (arXiv 2405.19279).
 """
 
 from __future__ import annotations
@@ -212,8 +213,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def kurtosis_cos_association(series_by_model: dict[str, pd.DataFrame]) -> dict:
     """Spearman association of log kurtosis with cos_sim across (model, layer), each model
-    at its last unflagged step (seed 004: larger kurtosis goes with larger input
-    correlation, i.e. rho > 0). Pairs with a non-finite value or kurtosis <= 0 are left
+    at its last unflagged step (He et al., arXiv 2405.19279: larger kurtosis goes with
+    larger input correlation, i.e. rho > 0). Pairs with a non-finite value or kurtosis <= 0 are left
     out. Returns rho, p_value (scipy.stats.spearmanr, two-sided), n (pairs), n_models,
     and ``model_level``: the same across models of their per-model medians over layers
     (layers of one model are not independent, so the pair-level p is optimistic).

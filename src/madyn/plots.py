@@ -11,13 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from madyn.io import atomic_path  # noqa: E402
-
-
-def _save(fig, out: str | Path) -> None:
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+from madyn.figures import save_figure  # noqa: E402
 
 
 def _stat(series: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -50,7 +44,7 @@ def plot_series(series: pd.DataFrame, out: str | Path) -> None:
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7, ncol=2 if len(layers) > 8 else 1)
     fig.suptitle(f"{model}: decoder-layer outputs over training (mean over sequences)")
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_first_last(series: pd.DataFrame, out: str | Path) -> None:
@@ -72,15 +66,7 @@ def plot_first_last(series: pd.DataFrame, out: str | Path) -> None:
     axes[0].set_ylabel("|h| (mean over sequences)")
     axes[0].legend()
     fig.suptitle(f"{model}: largest activations per layer, first vs last checkpoint")
-    _save(fig, out)
-
-
-def growth(series: pd.DataFrame, statistic: str = "ratio") -> pd.Series:
-    """Per layer: value at the last checkpoint / value at the first (step 0)."""
-    d = _stat(series, statistic)
-    first = d[d["step"] == d["step"].min()].set_index("layer")["mean"]
-    last = d[d["step"] == d["step"].max()].set_index("layer")["mean"]
-    return (last / first).rename("growth").astype(float).replace([np.inf], np.nan)
+    save_figure(fig, out)
 
 
 def _depth_grid(layers: pd.DataFrame, value: str, bins: int) -> tuple[np.ndarray, list[str]]:
@@ -121,7 +107,7 @@ def plot_peak_heatmaps(layers: pd.DataFrame, out: str | Path, bins: int = 8) -> 
         ax.set_title(label)
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle("Where and when top1/median peaks, by relative depth and model size")
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_final_vs_params(layers: pd.DataFrame, out: str | Path) -> None:
@@ -139,12 +125,13 @@ def plot_final_vs_params(layers: pd.DataFrame, out: str | Path) -> None:
     fig.colorbar(sc, ax=ax, label="relative depth")
     ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_kurtosis(series_by_model: dict[str, pd.DataFrame], out: str | Path) -> None:
-    """Kurtosis of per-channel RMS (He et al.; 1 = no outlier channel) over training, one
-    panel per model, one line per layer (log-x, step + 1)."""
+    """Kurtosis of per-channel RMS (He et al., *Understanding and Minimising Outlier
+    Features in Neural Network Training*, arXiv 2405.19279; 1 = no outlier channel) over
+    training, one panel per model, one line per layer (log-x, step + 1)."""
     n = len(series_by_model)
     cols = min(3, n)
     rows = -(-n // cols)
@@ -166,4 +153,4 @@ def plot_kurtosis(series_by_model: dict[str, pd.DataFrame], out: str | Path) -> 
     axes[0, 0].set_ylabel("kurtosis of channel RMS")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle("Outlier features: kurtosis of per-channel RMS over training")
-    _save(fig, out)
+    save_figure(fig, out)

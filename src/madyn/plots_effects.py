@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from madyn.effects import QUANTITIES  # noqa: E402
-from madyn.plots import _save  # noqa: E402
+from madyn.figures import save_figure  # noqa: E402
 
 _TICKS = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 1.5, 2, 3, 5, 7)]
 
@@ -79,4 +79,4 @@ def plot_effects(table: pd.DataFrame, path: str | Path, base: str = "base") -> N
     fig.suptitle(f"Effect of each design on the seed mean, relative to {base!r} "
                  "(bar: bootstrap interval over seeds; filled: difference excludes 0)",
                  fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -12,16 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from madyn.figures import save_figure  # noqa: E402
 from madyn.hypotheses import REGISTRY, get  # noqa: E402
-from madyn.io import atomic_path  # noqa: E402
 
 _COLORS = dict(zip(REGISTRY, plt.get_cmap("tab10").colors, strict=False))
-
-
-def _save(fig, out: str | Path) -> None:
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _example_layers(layers: list[int]) -> list[int]:
@@ -85,7 +79,7 @@ def plot_example_fits(fit_input: pd.DataFrame, table: pd.DataFrame, out_png: str
             if i == len(quantities) - 1:
                 ax.set_xlabel("training step + 1")
     fig.suptitle(f"{model}: per-layer fits (thick = lowest AICc)")
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def plot_fit_quality(table: pd.DataFrame, out_png: str | Path) -> None:
@@ -113,4 +107,4 @@ def plot_fit_quality(table: pd.DataFrame, out_png: str | Path) -> None:
     axes[1, 0].set_ylabel("AICc")
     axes[0, -1].legend(fontsize=7)
     fig.suptitle(f"{model}: fit quality per layer and hypothesis")
-    _save(fig, out_png)
+    save_figure(fig, out_png)

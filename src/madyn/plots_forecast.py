@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from madyn.plots import _save  # noqa: E402
+from madyn.figures import save_figure  # noqa: E402
 
 METHOD_COLORS = {"forecast": "tab:red", "prior": "0.45", "last_value": "tab:blue",
                  "early_fit": "tab:green"}
@@ -54,7 +54,7 @@ def plot_backtest(example: tuple, summary: dict, quantity: str, out: str | Path)
     b.set_yscale("log")
     b.set_title("backtest: every model and layer, truncated", fontsize=9)
     b.legend(fontsize=7)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_run(forecasts: dict, out: str | Path) -> None:
@@ -64,7 +64,7 @@ def plot_run(forecasts: dict, out: str | Path) -> None:
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), layout="constrained", squeeze=False)
     for ax, (fc, title) in zip(axes[0], forecasts.values(), strict=True):
         draw_forecast(ax, fc, None, title)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 
@@ -73,4 +73,4 @@ def plot_skipped(reason: str, out: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, f"no forecast backtest: {reason}", ha="center", va="center")
-    _save(fig, out)
+    save_figure(fig, out)

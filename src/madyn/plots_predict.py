@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from madyn.plots import _save  # noqa: E402
+from madyn.figures import save_figure  # noqa: E402
 
 _COLORS = {"mean": "0.5", "ridge": "tab:blue", "rf": "tab:green", "xgb": "tab:red",
            "ols": "tab:purple", "mean_curve": "0.4"}
@@ -49,7 +49,7 @@ def plot_pred_vs_fitted(preds: pd.DataFrame, out: str | Path,
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Leave-one-model-out: predicted vs fitted curve parameters")
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_feature_importance(imp: pd.DataFrame, out: str | Path) -> None:
@@ -64,7 +64,7 @@ def plot_feature_importance(imp: pd.DataFrame, out: str | Path) -> None:
         ax.tick_params(axis="y", labelsize=7)
         ax.invert_yaxis()
     fig.suptitle("Feature importance (XGBoost gain, trained on all rows)")
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_heldout_curves(curves: pd.DataFrame, model: str, out: str | Path) -> None:
@@ -85,7 +85,7 @@ def plot_heldout_curves(curves: pd.DataFrame, model: str, out: str | Path) -> No
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{model} held out: observed vs curves predicted from the other models")
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_prediction(curves: pd.DataFrame, summary: dict, out: str | Path) -> None:
@@ -109,4 +109,4 @@ def plot_prediction(curves: pd.DataFrame, summary: dict, out: str | Path) -> Non
                  f"bands {lo:g}-{hi:g}% (model bootstrap)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1)
-    _save(fig, out)
+    save_figure(fig, out)

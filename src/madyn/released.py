@@ -1,4 +1,5 @@
-"""The study's released data-set layout (seed 001), read and written safely.
+"""The released data-set layout of *Hidden Dynamics of Massive Activations in Transformer
+Training* (Gallego-Feliciano et al., arXiv 2508.03616), read and written safely.
 
 ``{model}/stats/exp2_{model}_step{N}``: text holding a B x Q x L nested list (B sequences,
 Q = top1, top2, top3, median, L layers), meant by its authors for Python's ``eval``.
@@ -188,6 +189,43 @@ def scan(root: str | Path) -> dict[str, dict[int, Path]]:
         if m and m["model"] == f.parent.parent.name:
             out.setdefault(m["model"], {})[int(m["step"])] = f
     return out
+
+
+def config_file(root: str | Path, model: str) -> Path:
+    """Where a released model's architecture may lie: ``{root}/{model}/config.json``."""
+    return Path(root) / model / "config.json"
+
+
+def check_folder(cfg: dict) -> dict[str, dict[int, Path]]:
+    """Check the released folder of the active suite of ``cfg`` (a validated params.yaml
+    whose active suite has ``source: released``) before any job is planned, and return
+    its files (model -> step -> path, as :func:`scan`).
+
+    Raises ConfigError, one line naming the key, when ``path`` is not a folder, a model
+    has no exp2 file under it, a model has neither a ``config.json`` beside its files nor
+    ``layers`` (and the rest of its architecture) in its suite entry, or a model has fewer
+    checkpoints than ``fit.min_points``.
+    """
+    from madyn.config import ConfigError, active, check_min_points
+
+    key = f"suites.{cfg['suite']}"
+    suite = active(cfg)
+    root = suite["path"]
+    if not Path(root).is_dir():
+        raise ConfigError(f"{key}.path: {root} is not a folder")
+    files = scan(root)
+    names = [entry["name"] for entry in suite["models"]]
+    missing = [m for m in names if m not in files]
+    if missing:
+        raise ConfigError(f"{key}.models: no exp2 files for {missing} under {root}")
+    for i, entry in enumerate(suite["models"]):
+        if not config_file(root, entry["name"]).exists() and "layers" not in entry:
+            raise ConfigError(f"{key}.models.{i}: {entry['name']} has no "
+                              f"{config_file(root, entry['name'])}: give its architecture in "
+                              "the suite entry (layers, width, heads, vocab_size)")
+    for m in names:
+        check_min_points(cfg, len(files[m]), f"{root}/{m}/stats")
+    return files
 
 
 class ModelTables(dict):

@@ -52,9 +52,44 @@ def design_args(model):
 EXTRACT_SETTINGS = ExtractSettings.from_section(EXTRACT)
 
 
+# Per-model paths, written once here: a rule passes "{model}" for its wildcard pattern,
+# a phase target or a many-model input passes each name.
 def model_manifest(model):
     """The training job's completion marker for a local model."""
     return f"{RESULTS}/models/{model}/manifest.json"
+
+
+def series_path(model):
+    """A model's measured series (every statistic, layer and step)."""
+    return f"{RESULTS}/series/{model}.parquet"
+
+
+def integrity_path(model):
+    return f"{RESULTS}/integrity/{model}.json"
+
+
+def series_figure(model, name):
+    """A model's figure of its series: ``name`` is series or first_last."""
+    return f"{RESULTS}/figures/{model}/{name}.png"
+
+
+def fit_table(model):
+    """A model's per-layer curve fits."""
+    return f"{RESULTS}/fits/{model}.parquet"
+
+
+def fit_params(model, quantity):
+    return f"{RESULTS}/params/{model}/layer_fit_params_{quantity}.json"
+
+
+def fit_figure(model, name):
+    """A model's figure of its fits: ``name`` is examples or quality."""
+    return f"{RESULTS}/fits/figures/{model}_{name}.png"
+
+
+def config_path(model):
+    """A model's architecture (its config.json)."""
+    return f"{RESULTS}/configs/{model}.json"
 
 
 def stats_path(model, step):
@@ -160,27 +195,13 @@ class ReleasedSource:
 
     def __init__(self):
         self.root = SUITE_CFG["path"]
-        if not Path(self.root).is_dir():
-            sys.exit(f"madyn: suites.{SUITE}.path: {self.root} is not a folder")
-        self.files = madyn_released.scan(self.root)
-        missing = [m for m in MODELS if m not in self.files]
-        if missing:
-            sys.exit(f"madyn: suites.{SUITE}.models: no exp2 files for {missing} under "
-                     f"{self.root}")
-        for i, m in enumerate(MODELS):
-            if not self._config_file(m).exists() and "layers" not in SUITE_CFG["models"][i]:
-                sys.exit(f"madyn: suites.{SUITE}.models.{i}: {m} has no "
-                         f"{self._config_file(m)}: give its architecture in the suite "
-                         "entry (layers, width, heads, vocab_size)")
         try:
-            for m in MODELS:
-                madyn_config.check_min_points(config, len(self.files[m]),
-                                              f"{self.root}/{m}/stats")
+            self.files = madyn_released.check_folder(config)
         except madyn_config.ConfigError as err:
             sys.exit(f"madyn: {err}")
 
     def _config_file(self, model):
-        return Path(self.root) / model / "config.json"
+        return madyn_released.config_file(self.root, model)
 
     def steps(self, model):
         return sorted(self.files[model])
@@ -257,20 +278,17 @@ def suite_outputs():
 # deleted after its summary was written (a job killed after Snakemake removed its outputs)
 # is then missing output of a requested job, and the next run rebuilds it.
 def extract_outputs():
-    return ([f"{RESULTS}/series/{m}.parquet" for m in MODELS]
-            + [f"{RESULTS}/integrity/{m}.json" for m in MODELS]
-            + [f"{RESULTS}/figures/{m}/{f}.png" for m in MODELS
-               for f in ("series", "first_last")]
+    return ([series_path(m) for m in MODELS]
+            + [integrity_path(m) for m in MODELS]
+            + [series_figure(m, f) for m in MODELS for f in ("series", "first_last")]
             + [f"{RESULTS}/metrics/growth.json"])
 
 
 def fit_outputs():
     return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
-            + [f"{RESULTS}/fits/{m}.parquet" for m in MODELS]
-            + [f"{RESULTS}/params/{m}/layer_fit_params_{q}.json" for m in MODELS
-               for q in config["fit"]["quantities"]]
-            + [f"{RESULTS}/fits/figures/{m}_{f}.png" for m in MODELS
-               for f in ("examples", "quality")])
+            + [fit_table(m) for m in MODELS]
+            + [fit_params(m, q) for m in MODELS for q in config["fit"]["quantities"]]
+            + [fit_figure(m, f) for m in MODELS for f in ("examples", "quality")])
 
 
 def predict_outputs():

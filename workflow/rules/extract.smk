@@ -133,7 +133,7 @@ rule series:
     input:
         lambda wc: SRC.series_inputs(wc.model),
     output:
-        series=f"{RESULTS}/series/{{model}}.parquet",
+        series=series_path("{model}"),
         integrity=f"{RESULTS}/integrity/{{model}}.json",
     params:
         source=lambda wc, input: (["--stats", *input] if SRC.measure_jobs
@@ -153,7 +153,7 @@ rule series:
 
 rule plot_series:
     input:
-        f"{RESULTS}/series/{{model}}.parquet",
+        series_path("{model}"),
     output:
         series=report(f"{RESULTS}/figures/{{model}}/series.png", category="Series",
                       caption="../report/series.rst"),
@@ -172,7 +172,7 @@ rule plot_series:
 
 rule growth:
     input:
-        [f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+        [series_path(m) for m in MODELS],
     output:
         f"{RESULTS}/metrics/growth.json",
     resources:

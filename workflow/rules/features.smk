@@ -7,7 +7,7 @@ rule model_config:
     input:
         lambda wc: SRC.config_inputs(wc.model),
     output:
-        f"{RESULTS}/configs/{{model}}.json",
+        config_path("{model}"),
     params:
         src=lambda wc: SRC.config_args(wc.model),
         design=lambda wc: design_args(wc.model),
@@ -23,8 +23,8 @@ rule model_config:
 
 rule features:
     input:
-        fits=[f"{RESULTS}/fits/{m}.parquet" for m in MODELS],
-        configs=[f"{RESULTS}/configs/{m}.json" for m in MODELS],
+        fits=[fit_table(m) for m in MODELS],
+        configs=[config_path(m) for m in MODELS],
     output:
         parquet=FEATURES,
         csv=FEATURES.replace(".parquet", ".csv"),

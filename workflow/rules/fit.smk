@@ -3,11 +3,10 @@
 
 rule fit:
     input:
-        f"{RESULTS}/series/{{model}}.parquet",
+        series_path("{model}"),
     output:
-        params=expand(f"{RESULTS}/params/{{{{model}}}}/layer_fit_params_{{q}}.json",
-                      q=config["fit"]["quantities"]),
-        table=f"{RESULTS}/fits/{{model}}.parquet",
+        params=expand(fit_params("{{model}}", "{q}"), q=config["fit"]["quantities"]),
+        table=fit_table("{model}"),
     params:
         settings=as_json(config["fit"]),
         outdir=lambda wc, output: os.path.dirname(output.params[0]),
@@ -24,12 +23,12 @@ rule fit:
 
 rule plot_fit:
     input:
-        series=f"{RESULTS}/series/{{model}}.parquet",
-        fits=f"{RESULTS}/fits/{{model}}.parquet",
+        series=series_path("{model}"),
+        fits=fit_table("{model}"),
     output:
-        examples=report(f"{RESULTS}/fits/figures/{{model}}_examples.png", category="Fits",
+        examples=report(fit_figure("{model}", "examples"), category="Fits",
                         subcategory="{model}", caption="../report/fit_examples.rst"),
-        quality=report(f"{RESULTS}/fits/figures/{{model}}_quality.png", category="Fits",
+        quality=report(fit_figure("{model}", "quality"), category="Fits",
                        subcategory="{model}", caption="../report/fit_quality.rst"),
     resources:
         mem_mb=1000,
@@ -44,7 +43,7 @@ rule plot_fit:
 
 rule fit_summary:
     input:
-        [f"{RESULTS}/fits/{m}.parquet" for m in MODELS],
+        [fit_table(m) for m in MODELS],
     output:
         table=f"{RESULTS}/fits/all.parquet",
         metrics=f"{RESULTS}/metrics/fit.json",

@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         features=FEATURES,
-        series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+        series=[series_path(m) for m in MODELS],
     output:
         metrics=f"{RESULTS}/metrics/predict.json",
         pred=f"{RESULTS}/predict/lomo_predictions.csv",
@@ -60,7 +60,7 @@ rule forecast:
     # the backtest: every model truncated at forecast.fractions of its steps and forecast
     # from the other models (the prior) and its early points, against three baselines
     input:
-        [f"{RESULTS}/series/{m}.parquet" for m in MODELS],
+        [series_path(m) for m in MODELS],
     output:
         metrics=f"{RESULTS}/metrics/forecast.json",
         table=f"{RESULTS}/forecast/backtest.csv",

@@ -3,8 +3,8 @@
 
 rule report_figures:
     input:
-        series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
-        configs=[f"{RESULTS}/configs/{m}.json" for m in MODELS],
+        series=[series_path(m) for m in MODELS],
+        configs=[config_path(m) for m in MODELS],
         manifests=[model_manifest(m) for m in TRAINED],
     output:
         layers=f"{RESULTS}/report/layers.csv",
@@ -33,8 +33,8 @@ rule effects:
     # every design against the suite's base_design (bootstrap over seeds), and the
     # across-layer association of kurtosis with cosine similarity (every suite)
     input:
-        series=[f"{RESULTS}/series/{m}.parquet" for m in MODELS],
-        fits=[f"{RESULTS}/fits/{m}.parquet" for m in MODELS],
+        series=[series_path(m) for m in MODELS],
+        fits=[fit_table(m) for m in MODELS],
     output:
         **effects_outputs(),
     params:

@@ -26,7 +26,7 @@ rule train:
     input:
         rules.corpus.output.manifest,
     output:
-        f"{RESULTS}/models/{{model}}/manifest.json",
+        model_manifest("{model}"),
         timing=f"{RESULTS}/timing/{{model}}.json",
         weights=expand(f"{RESULTS}/models/{{{{model}}}}/step{{step}}/model.safetensors",
                        step=madyn_config.steps(SUITE_CFG) if TRAINED else []),

@@ -1,0 +1,81 @@
+"""What several test modules share (constants and builders); fixtures are in conftest.py.
+
+Test modules import from here, never from conftest.py or from one another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from madyn import hypotheses
+from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps, model_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_TRAIN = TrainSpec(steps=12, batch_size=4, seq_len=32, lr=1e-2, warmup=2,
+                       min_lr_ratio=0.1, weight_decay=0.0, beta1=0.9, beta2=0.95, seed=0,
+                       log_until=4, every=5)
+TINY_MODEL = ModelSpec(name="tiny", layers=2, width=32, heads=2)
+
+# six models whose fits the synthetic fit table holds
+SYNTHETIC_SUITE = [ModelSpec("l2-w32-h2", 2, 32, 2), ModelSpec("l2-w64-h4", 2, 64, 4),
+                   ModelSpec("l4-w64-h4", 4, 64, 4), ModelSpec("l4-w128-h4", 4, 128, 4),
+                   ModelSpec("l6-w96-h6", 6, 96, 6), ModelSpec("l8-w64-h8", 8, 64, 8)]
+STEPS = np.array(checkpoint_steps(1200, 64, 100), float)
+
+
+def neox_config(spec: ModelSpec) -> dict:
+    """The config.json (GPT-NeoX) of ``spec``, as the suite's trainer writes it."""
+    return model_config(spec, vocab_size=512, seq_len=128, eot_id=0).to_dict()
+
+
+def _true_params(spec: ModelSpec, layer: int) -> list[float]:
+    """Original-form parameters, smooth in relative depth r and width d."""
+    r = (layer + 1) / spec.layers
+    d = spec.width
+    return [4.0 + 6.0 * r * (1 - r) + d / 64,           # A
+            0.3 + 0.8 * (1 - r) ** 2,                    # lambda
+            0.004 * (1 + 0.5 * r) * (64 / d) ** 0.3,     # gamma (1 / steps)
+            1.2 + r,                                     # t0
+            3.0 + 12.0 * r + 4.0 * np.log(d / 32)]       # K
+
+
+def synthetic_fit_table(fail: tuple[str, int] | None = ("l8-w64-h8", 7)
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A fit table (original + reparam rows per layer) and observed series (with flags)."""
+    orig, rep = hypotheses.get("original"), hypotheses.get("reparam")
+    from madyn.hypotheses import original_to_reparam
+
+    rng = np.random.default_rng(0)
+    rows, series = [], []
+    for spec in SYNTHETIC_SUITE:
+        for layer in range(spec.layers):
+            p = np.array(_true_params(spec, layer))
+            y = orig.func(STEPS, *p)
+            obs = y * (1 + 0.01 * rng.standard_normal(len(STEPS)))
+            flagged = np.zeros(len(STEPS), bool)
+            flagged[3] = True
+            obs[3] *= 5  # a corrupted checkpoint, flagged
+            series.append(pd.DataFrame({"model": spec.name, "step": STEPS.astype(int),
+                                        "layer": layer, "quantity": "ratio", "value": obs,
+                                        "flagged": flagged}))
+            for hyp, pp, winner in ((orig, p, True), (rep, original_to_reparam(p), False)):
+                ok = not (hyp.name == "original" and fail == (spec.name, layer))
+                pk = hyp.peak_step(pp)
+                rows.append({
+                    "model": spec.name, "quantity": "ratio", "layer": layer,
+                    "n_layers": spec.layers, "hypothesis": hyp.name, "family": "emlog",
+                    "n": len(STEPS), "k": 5, "r2": 0.99 if winner else 0.98, "aic": -10.0,
+                    "aicc": -9.0, "bic": -8.0, "akaike_weight": 0.7 if winner else 0.3,
+                    "is_winner": winner, "success": ok, "reason": "" if ok else "max_nfev",
+                    "param_names": json.dumps(list(hyp.param_names)),
+                    "popt": json.dumps([float(v) for v in pp] if ok else [None] * 5),
+                    "perr": json.dumps([0.0] * 5), "asymptote": float(pp[-1]),
+                    "final_value": float(obs[-1]), "peak_step": pk,
+                    "peak_in_range": bool(np.isfinite(pk) and pk < STEPS[-1]),
+                    "last_step": int(STEPS[-1])})
+    return pd.DataFrame(rows), pd.concat(series, ignore_index=True)
