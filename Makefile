@@ -10,11 +10,11 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 .PHONY: install run smoke test lint docs
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q '$(TORCH)'
-	$(VENV)/bin/pip install -q -e '.[dev,slurm,docs]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,slurm,docs]'
 	touch $@
 
 PHASES = suite_all extract_all fit_all features_all predict_all report_all
