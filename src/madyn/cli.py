@@ -13,14 +13,39 @@ import sys
 from pathlib import Path
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    from madyn import config
+def _json_arg(text: str | None) -> dict:
+    return json.loads(text) if text else {}
 
-    cfg = config.load(args.params)
-    suite = config.active(cfg)
-    n = "?" if suite["source"] == "released" else len(config.steps(suite))
-    print(f"{args.params}: valid. suite={cfg['suite']} ({suite['source']}), "
-          f"{len(suite['models'])} models, {n} checkpoints each")
+
+def _pick(args: argparse.Namespace, *names: str) -> dict:
+    """The parsed options ``names`` as keyword arguments."""
+    return {n: getattr(args, n) for n in names}
+
+
+def _model_map(items: list[str], flag: str) -> dict[str, str]:
+    """MODEL=VALUE items of option ``flag`` -> {model: value}; ValueError naming a malformed
+    or repeated item."""
+    out: dict[str, str] = {}
+    for item in items:
+        model, sep, value = item.partition("=")
+        if not sep or not model or not value:
+            raise ValueError(f"{flag} {item!r}: expected MODEL=VALUE")
+        if model in out:
+            raise ValueError(f"{flag}: model {model!r} given twice")
+        out[model] = value
+    return out
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- phase 1: suite
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from madyn.stages import suite
+
+    print(suite.check(args.params))
     return 0
 
 
@@ -39,24 +64,29 @@ def _cmd_heldout_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from madyn import config
     from madyn.stages import suite
-    from madyn.suite import ModelSpec, TrainSpec
 
-    if args.spec_json:
-        spec = ModelSpec(**json.loads(args.spec_json))
-        train = TrainSpec(**json.loads(args.train_json))
-    else:
-        cfg = config.load(args.params)
-        active = config.active(cfg)
-        if active["source"] != "local":
-            raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
-        if args.model not in config.model_names(active):
-            raise SystemExit(f"madyn train: no model {args.model!r} in suite {cfg['suite']!r}")
-        spec, train = config.model_spec(active, args.model), config.train_spec(active, args.model)
+    spec, train = suite.train_specs(args.model, args.params, args.spec_json, args.train_json)
     suite.train(spec, train, args.corpus, args.out, args.threads, args.timing_out)
     return 0
 
+
+def _cmd_train_summary(args: argparse.Namespace) -> int:
+    from madyn.stages import suite
+
+    suite.train_summary(args.timings, args.out, args.budget_min)
+    return 0
+
+
+def _cmd_dvc_outs(args: argparse.Namespace) -> int:
+    from madyn.project import ensure_stage_outs
+
+    for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
+        _say(f"madyn dvc-outs: made {rel}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- phase 2: extract
 
 def _cmd_eval_tokens(args: argparse.Namespace) -> int:
     from madyn.stages import extract
@@ -67,42 +97,21 @@ def _cmd_eval_tokens(args: argparse.Namespace) -> int:
 
 
 def _extract_settings(args: argparse.Namespace):
-    """ExtractSettings from --settings-json, each option given on the command line over it
-    (defaults: the params schema's)."""
-    from madyn.settings import ExtractSettings
+    """ExtractSettings from --settings-json and the options given over it."""
+    from madyn.stages import extract
 
-    given = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
-             "extreme_tokens": args.extreme_tokens,
-             "delete_downloads": getattr(args, "delete_download", None)}
-    try:
-        return ExtractSettings.from_dict({**_json_arg(args.settings_json),
-                                          **{k: v for k, v in given.items() if v is not None}})
-    except (TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--settings-json: {e}") from None
+    return extract.settings_from_args(
+        args.settings_json, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+        extreme_tokens=args.extreme_tokens,
+        delete_downloads=getattr(args, "delete_download", None))
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
-    settings = _extract_settings(args)
-    if args.marker:
-        extract.measure_download(args.marker, args.tokens, args.out, args.model, args.step,
-                                 settings)
-        return 0
-    if not args.checkpoint:
-        raise ValueError("give a CHECKPOINT (folder or hub repo id) or --marker")
-    step = 0 if args.step is None else args.step
-    model = args.model or Path(args.checkpoint).name
-    if args.revision:  # a hub revision by hand: download, measure, optionally delete
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="madyn-download-") as tmp:
-            marker = str(Path(tmp) / "download.json")
-            extract.download(args.checkpoint, args.revision, marker)
-            extract.measure_download(marker, args.tokens, args.out, model, step, settings)
-        return 0
-    ck = extract.Checkpoint(args.checkpoint, step, Path(args.out))
-    extract.measure([ck], args.tokens, model, settings)
+    extract.measure_one(args.checkpoint, args.tokens, args.out, model=args.model,
+                        step=args.step, settings=_extract_settings(args),
+                        revision=args.revision, marker=args.marker)
     return 0
 
 
@@ -137,21 +146,6 @@ def _cmd_growth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_summary(args: argparse.Namespace) -> int:
-    from madyn.stages import suite
-
-    suite.train_summary(args.timings, args.out, args.budget_min)
-    return 0
-
-
-def _cmd_dvc_outs(args: argparse.Namespace) -> int:
-    from madyn.project import ensure_stage_outs
-
-    for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
-        print(f"madyn dvc-outs: made {rel}", file=sys.stderr)
-    return 0
-
-
 def _cmd_plot_series(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
@@ -159,32 +153,7 @@ def _cmd_plot_series(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_arg(text: str | None) -> dict:
-    return json.loads(text) if text else {}
-
-
-def _cmd_config_json(args: argparse.Namespace) -> int:
-    from madyn import suite
-    from madyn.architecture import DESIGN_KEY
-    from madyn.checkpoints import model_config
-    from madyn.io import write_json
-
-    if args.arch_json:  # a released model without config.json: its suite entry
-        arch = json.loads(args.arch_json)
-        spec = {k: v for k, v in arch.items() if k in suite.ModelSpec.__dataclass_fields__}
-        cfg = suite.model_config(suite.ModelSpec(**spec), arch["vocab_size"], 2048, 0).to_dict()
-    elif args.source:
-        cfg = model_config(args.source, args.revision)
-    else:
-        raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
-    record = _json_arg(args.design_json) or {}
-    if args.source and Path(args.source, "madyn_checkpoint.json").is_file():
-        record.update(suite.trained_recipe(Path(args.source, "madyn_checkpoint.json")))
-    if record:
-        cfg[DESIGN_KEY] = record
-    write_json(args.out, cfg)
-    return 0
-
+# ----------------------------------------------------------------------------- phase 3: fit
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from madyn.settings import FitSettings
@@ -192,7 +161,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     table = fit.run(args.series, args.params_dir, args.out,
                     FitSettings.from_dict(_json_arg(args.settings_json)))
-    print(f"fit table: {len(table)} rows -> {args.out}", file=sys.stderr)
+    _say(f"fit table: {len(table)} rows -> {args.out}")
     return 0
 
 
@@ -206,11 +175,19 @@ def _cmd_plot_fit(args: argparse.Namespace) -> int:
 def _cmd_fit_summary(args: argparse.Namespace) -> int:
     from madyn.stages import fit
 
-    summary = fit.summarise(args.fits, args.out_table, args.out)
-    for m, q in summary["per_model"].items():
-        r = q.get("ratio", {})
-        print(f"{m:14s} ratio: mean best R^2 {r.get('best_emlog_r2_mean', float('nan')):.4f}, "
-              f"winners {r.get('winners', {})}", file=sys.stderr)
+    for line in fit.summary_lines(fit.summarise(args.fits, args.out_table, args.out)):
+        _say(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- phase 4: features
+
+def _cmd_config_json(args: argparse.Namespace) -> int:
+    from madyn.stages import features
+
+    arch = json.loads(args.arch_json) if args.arch_json else None
+    features.config_json(args.out, args.source, args.revision, arch,
+                         _json_arg(args.design_json))
     return 0
 
 
@@ -221,10 +198,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
     configs = _model_map(args.config, "--config")
     s = PredictSettings(parametrisation=args.parametrisation, quantity=args.quantity)
     t = features.run(args.fits, configs, args.out, args.out_csv, s)
-    print(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}",
-          file=sys.stderr)
+    _say(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}")
     return 0
 
+
+# ----------------------------------------------------------------------------- phase 5: predict
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from madyn.settings import PredictSettings
@@ -234,86 +212,63 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          PredictSettings.from_dict(_json_arg(args.settings_json)), args.out,
                          args.out_dir)
     lomo = m.get("lomo", {}).get("mean_r2", {})
-    print("LOMO mean R^2 per model type: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None),
-          file=sys.stderr)
+    _say("LOMO mean R^2 per model type: "
+         + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from madyn import config
-    from madyn.settings import PredictSettings
     from madyn.stages import predict
 
     try:
-        if args.settings_json:
-            if not args.features:
-                raise predict.InputError("--features is required with --settings-json")
-            try:
-                settings = PredictSettings.from_dict(json.loads(args.settings_json))
-            except (TypeError, ValueError) as e:
-                raise predict.InputError(f"--settings-json: {e}") from None
-            features = args.features
-        else:
-            cfg = config.load(args.params)
-            settings = PredictSettings.from_dict(config.predict_settings(cfg))
-            features = args.features or config.feature_table(cfg)
-        shape = (args.layers, args.width, args.heads)
-        if args.config:
-            arch = predict.load_config(args.config)
-        elif any(v is not None for v in shape):
-            if any(v is None for v in shape):
-                raise predict.InputError("give all of --layers, --width and --heads")
-            arch = predict.config_from_shape(*shape, args.ff_mult, args.rotary_pct,
-                                             args.vocab_size, args.family,
-                                             not args.sequential)
-        else:
-            raise predict.InputError("give --config config.json, or --layers, --width and "
-                                     "--heads")
-        arch = predict.with_recipe(arch, args.optimizer, args.lr, args.eps)
-        steps = predict.parse_steps(args.steps) if args.steps else None
-        if not Path(features).exists():
-            raise predict.InputError(f"no feature table at {features}: run the workflow "
-                                     "first (snakemake --cores N), or pass --features")
+        q = predict.query(**_pick(args, "params", "settings_json", "features", "config",
+                                  "layers", "width", "heads", "ff_mult", "rotary_pct",
+                                  "vocab_size", "family", "sequential", "optimizer", "lr",
+                                  "eps", "steps"))
     except predict.InputError as e:
-        print(f"madyn predict: {e}", file=sys.stderr)
+        _say(f"madyn predict: {e}")
         return 2
-    summary = predict.forecast(features, arch, steps, settings, args.out)
+    summary = predict.forecast(q.features, q.config, q.steps, q.settings, args.out)
     if summary.get("warning"):
-        print(f"madyn predict: warning: {summary['warning']}", file=sys.stderr)
-    given = [f"--{k}" for k in ("family", "optimizer", "lr", "eps") if getattr(args, k)]
-    if (given or args.sequential) and not summary.get("features"):
-        print(f"madyn predict: note: predict_model {settings.predict_model} uses relative "
-              f"depth alone; {' '.join(given) or '--sequential'} did not change the "
-              "prediction (set predict.predict_model to a regressor, e.g. xgb)",
-              file=sys.stderr)
+        _say(f"madyn predict: warning: {summary['warning']}")
+    if note := predict.design_note(q, summary):
+        _say(f"madyn predict: note: {note}")
     for line in predict.summary_lines(summary):
-        print(line, file=sys.stderr)
-    print(f"-> {args.out}/curves.csv, summary.json, prediction.png", file=sys.stderr)
+        _say(line)
+    _say(f"-> {args.out}/curves.csv, summary.json, prediction.png")
     return 0
 
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from madyn.settings import FitSettings, ForecastSettings
+    from madyn.stages import forecast
+
+    s = ForecastSettings.from_dict(_json_arg(args.settings_json))
+    fit = FitSettings.from_dict(_json_arg(args.fit_settings_json))
+    if args.run:
+        if args.last_step is None or not args.out_dir:
+            raise ValueError("--run needs --last-step and --out-dir")
+        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
+        _say(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}")
+        return 0
+    if not (args.out_json and args.out_csv and args.out_png):
+        raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
+    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
+                                fit)
+    for line in forecast.backtest_lines(summary, s.quantities):
+        _say(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- phase 6: report
 
 def _cmd_report_figures(args: argparse.Namespace) -> int:
     from madyn.stages import report
 
     configs = _model_map(args.config, "--config")
     layers = report.figures(args.series, configs, args.manifests, args.out_dir)
-    print(f"report: {layers['model'].nunique()} models -> {args.out_dir}", file=sys.stderr)
+    _say(f"report: {layers['model'].nunique()} models -> {args.out_dir}")
     return 0
-
-
-def _model_map(items: list[str], flag: str) -> dict[str, str]:
-    """MODEL=VALUE items of option ``flag`` -> {model: value}; ValueError naming a malformed
-    or repeated item."""
-    out: dict[str, str] = {}
-    for item in items:
-        model, sep, value = item.partition("=")
-        if not sep or not model or not value:
-            raise ValueError(f"{flag} {item!r}: expected MODEL=VALUE")
-        if model in out:
-            raise ValueError(f"{flag}: model {model!r} given twice")
-        out[model] = value
-    return out
 
 
 def _cmd_effects(args: argparse.Namespace) -> int:
@@ -321,10 +276,7 @@ def _cmd_effects(args: argparse.Namespace) -> int:
 
     out = effects.run(args.series, args.fits, _model_map(args.design, "--design"), args.base,
                       args.out_json, args.out_csv, args.out_png, args.n_boot, args.seed)
-    a = out["association"]
-    rho = "n/a" if a["rho"] is None or a["rho"] != a["rho"] else f"{a['rho']:.3f}"
-    print(f"kurtosis vs cos_sim: Spearman rho {rho} over {a['n']} (model, layer) "
-          f"pairs; effects -> {args.out_json}", file=sys.stderr)
+    _say(effects.summary_line(out, args.out_json))
     return 0
 
 
@@ -506,32 +458,6 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--out-series", required=True)
     c.add_argument("--out-first-last", required=True)
     c.set_defaults(func=_cmd_plot_series)
-
-
-def _cmd_forecast(args: argparse.Namespace) -> int:
-    from madyn.settings import FitSettings, ForecastSettings
-    from madyn.stages import forecast
-
-    s = ForecastSettings.from_dict(_json_arg(args.settings_json))
-    fit = FitSettings.from_dict(_json_arg(args.fit_settings_json))
-    if args.run:
-        if args.last_step is None or not args.out_dir:
-            raise ValueError("--run needs --last-step and --out-dir")
-        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
-        print(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}",
-              file=sys.stderr)
-        return 0
-    if not (args.out_json and args.out_csv and args.out_png):
-        raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
-    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
-                                fit)
-    for q in s.quantities if "skipped" not in summary else ():
-        for frac, methods in summary[q].items():
-            line = ", ".join(f"{m} {v['final_err_pct']:.1f} %" for m, v in methods.items())
-            cov = methods.get("forecast", {}).get("coverage")
-            print(f"  {q:6} {frac:>4} seen: final-value error {line}; forecast interval "
-                  f"coverage {cov}", file=sys.stderr)
-    return 0
 
 
 def _forecast_parser(sub) -> None:
