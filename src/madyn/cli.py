@@ -280,6 +280,8 @@ def _cmd_effects(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- parsers
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -291,33 +293,43 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _suite_parsers(sub) -> None:
-    """Phase 1: check, corpus, train, train-summary."""
-    c = sub.add_parser("check", help="validate a params file and summarise the active suite")
-    c.add_argument("params", nargs="?", default="params.yaml")
-    c.set_defaults(func=_cmd_check)
+def _add(sub, name: str, func, help: str, description: str | None = None, **kw):
+    """Subcommand ``name`` running ``func``."""
+    c = sub.add_parser(name, help=help, description=description, **kw)
+    c.set_defaults(func=func)
+    return c
 
-    c = sub.add_parser("corpus", help="build the offline corpus, its manifest and tokenizer",
-                       description="Collect Python standard-library sources, train a "
-                       "byte-level BPE tokenizer, and write train/heldout token files "
-                       "(the values are a suite's `corpus` in params.yaml).")
+
+def _outs(c, *flags: str) -> None:
+    """Required output options ``flags`` (no help text)."""
+    for flag in flags:
+        c.add_argument(flag, required=True)
+
+
+def _suite_parsers(sub) -> None:
+    """Phase 1: check, corpus, heldout-manifest, train, train-summary, dvc-outs."""
+    c = _add(sub, "check", _cmd_check, "validate a params file and summarise the active suite")
+    c.add_argument("params", nargs="?", default="params.yaml")
+
+    c = _add(sub, "corpus", _cmd_corpus, "build the offline corpus, its manifest and tokenizer",
+             "Collect Python standard-library sources, train a byte-level BPE tokenizer, and "
+             "write train/heldout token files (the values are a suite's `corpus` in "
+             "params.yaml).")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--max-mb", type=float, required=True, help="corpus size in MB")
     c.add_argument("--heldout-fraction", type=float, required=True)
     c.add_argument("--vocab-size", type=int, required=True)
     c.add_argument("--root", default=None, help="source tree (default: this Python's stdlib)")
-    c.set_defaults(func=_cmd_corpus)
 
-    c = sub.add_parser("heldout-manifest", help="the held-out corpus file list (hub suites)")
+    c = _add(sub, "heldout-manifest", _cmd_heldout_manifest,
+             "the held-out corpus file list (hub suites)")
     c.add_argument("--out", required=True)
     c.add_argument("--max-mb", type=float, required=True)
     c.add_argument("--heldout-fraction", type=float, required=True)
-    c.set_defaults(func=_cmd_heldout_manifest)
 
-    c = sub.add_parser("train", help="train one embedded model, saving HF checkpoints",
-                       description="Train a GPT-NeoX model from scratch; checkpoints go to "
-                       "OUT/step{N}/ on a Pythia-like log-spaced schedule, then "
-                       "OUT/manifest.json is written.")
+    c = _add(sub, "train", _cmd_train, "train one embedded model, saving HF checkpoints",
+             "Train a GPT-NeoX model from scratch; checkpoints go to OUT/step{N}/ on a "
+             "Pythia-like log-spaced schedule, then OUT/manifest.json is written.")
     c.add_argument("model", nargs="?", help="model name in the active suite of --params")
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--spec-json", help="architecture as JSON (instead of model/--params)")
@@ -326,31 +338,25 @@ def _suite_parsers(sub) -> None:
     c.add_argument("--out", required=True, help="checkpoint directory")
     c.add_argument("--threads", type=_positive_int, default=1, help="torch threads")
     c.add_argument("--timing-out", help="also write the job's wall-clock timing (JSON) here")
-    c.set_defaults(func=_cmd_train)
 
-    c = sub.add_parser("train-summary", help="how long the suite's training took",
-                       description="Reads the training jobs' timing files and writes (and "
-                       "prints) the training wall time: the time during which at least one "
-                       "training job ran, and the sum over jobs.")
-    c.add_argument("timings", nargs="*",
-                   help="timing/<model>.json files (madyn train --timing-out); none for "
-                   "a suite that trains nothing")
+    c = _add(sub, "train-summary", _cmd_train_summary, "how long the suite's training took",
+             "Reads the training jobs' timing files and writes (and prints) the training "
+             "wall time: the time during which at least one training job ran, and the sum "
+             "over jobs.")
+    c.add_argument("timings", nargs="*", help="timing/<model>.json files (madyn train "
+                   "--timing-out); none for a suite that trains nothing")
     c.add_argument("--out", required=True)
     c.add_argument("--budget-min", type=float, default=None,
                    help="flag the wall time against this budget (minutes)")
-    c.set_defaults(func=_cmd_train_summary)
 
-    c = sub.add_parser("dvc-outs", help="make a DVC stage's outs exist for any source",
-                       description="Run by the DVC suite and extract stages after their "
-                       "Snakemake target: makes every `outs` folder of the stage exist "
-                       "(empty when the active suite's source has nothing for it) and "
-                       "writes a released suite's results/<suite>/models/"
-                       "released_manifest.json. The DVC source stage: links "
-                       "results/<suite>/source to a released suite's folder (a dependency, "
-                       "never an output).")
+    c = _add(sub, "dvc-outs", _cmd_dvc_outs, "make a DVC stage's outs exist for any source",
+             "Run by the DVC suite and extract stages after their Snakemake target: makes "
+             "every `outs` folder of the stage exist (empty when the active suite's source "
+             "has nothing for it) and writes a released suite's results/<suite>/models/"
+             "released_manifest.json. The DVC source stage: links results/<suite>/source to "
+             "a released suite's folder (a dependency, never an output).")
     c.add_argument("stage", help="a stage of dvc.yaml (source, suite, extract)")
     c.add_argument("--params", default="params.yaml")
-    c.set_defaults(func=_cmd_dvc_outs)
 
 
 def _measure_args(c) -> None:
@@ -378,10 +384,11 @@ def _measure_args(c) -> None:
 
 
 def _extract_parsers(sub) -> None:
-    """Phase 2: eval-tokens, extract, extract-model, download, series, growth, plots."""
-    c = sub.add_parser("eval-tokens", help="write the fixed evaluation batch for a tokenizer",
-                       description="Cut N sequences of T tokens from the held-out corpus "
-                       "text (seeded), tokenized with TOKENIZER; writes an N x T .npy.")
+    """Phase 2: eval-tokens, extract, extract-model, download, series, growth, plot-series."""
+    c = _add(sub, "eval-tokens", _cmd_eval_tokens,
+             "write the fixed evaluation batch for a tokenizer",
+             "Cut N sequences of T tokens from the held-out corpus text (seeded), tokenized "
+             "with TOKENIZER; writes an N x T .npy.")
     c.add_argument("--corpus-manifest", required=True)
     c.add_argument("--tokenizer", required=True, help="local tokenizer dir or hub repo id")
     c.add_argument("--revision", default=None)
@@ -389,16 +396,14 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--seq-len", type=_positive_int, required=True)
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_eval_tokens)
 
-    c = sub.add_parser("extract", help="measure one checkpoint's activation statistics",
-                       description="Load CHECKPOINT (a local Hugging Face directory of a "
-                       "decoder-only causal LM, or a hub repo id with --revision, e.g. "
-                       "EleutherAI/pythia-160m --revision step1000; safetensors only, no "
-                       "remote code), run the evaluation tokens through it and write one row "
-                       "per (sequence, layer) with top1/top2/top3/median of |h|, kurtosis, "
-                       "max-median ratio, cosine similarity and MLP sparsity (Parquet, with "
-                       "metadata). A checkpoint whose weights miss a tensor is refused.")
+    c = _add(sub, "extract", _cmd_extract, "measure one checkpoint's activation statistics",
+             "Load CHECKPOINT (a local Hugging Face directory of a decoder-only causal LM, or "
+             "a hub repo id with --revision, e.g. EleutherAI/pythia-160m --revision "
+             "step1000; safetensors only, no remote code), run the evaluation tokens through "
+             "it and write one row per (sequence, layer) with top1/top2/top3/median of |h|, "
+             "kurtosis, max-median ratio, cosine similarity and MLP sparsity (Parquet, with "
+             "metadata). A checkpoint whose weights miss a tensor is refused.")
     c.add_argument("checkpoint", nargs="?")
     c.add_argument("--revision", default=None, help="hub revision, e.g. step1000")
     c.add_argument("--marker", help="a download marker (madyn download) instead of CHECKPOINT")
@@ -407,34 +412,29 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--delete-download", action="store_true", default=None,
                    help="remove this hub revision from the local cache once measured")
     _measure_args(c)
-    c.set_defaults(func=_cmd_extract)
 
-    c = sub.add_parser("extract-model", help="measure many checkpoints of one trained model "
-                       "in one process",
-                       description="Measure MODEL_DIR/step{N} for every --steps N into the "
-                       "matching --outs file, skipping tables already measured from the same "
-                       "weights and tokens; each weight file is checked against the sha256 "
-                       "of MODEL_DIR/manifest.json first.")
+    c = _add(sub, "extract-model", _cmd_extract_model,
+             "measure many checkpoints of one trained model in one process",
+             "Measure MODEL_DIR/step{N} for every --steps N into the matching --outs file, "
+             "skipping tables already measured from the same weights and tokens; each weight "
+             "file is checked against the sha256 of MODEL_DIR/manifest.json first.")
     c.add_argument("model_dir")
     c.add_argument("--steps", type=int, nargs="+", required=True)
     c.add_argument("--outs", nargs="+", required=True, help="one .parquet per step")
     _measure_args(c)
-    c.set_defaults(func=_cmd_extract_model)
 
-    c = sub.add_parser("download", help="download one hub revision (weights, config)",
-                       description="Download REPO at --revision into the hub cache "
-                       "(safetensors and JSON only) and write a marker with the snapshot "
-                       "folder and the weights' sha256.")
+    c = _add(sub, "download", _cmd_download, "download one hub revision (weights, config)",
+             "Download REPO at --revision into the hub cache (safetensors and JSON only) and "
+             "write a marker with the snapshot folder and the weights' sha256.")
     c.add_argument("repo")
     c.add_argument("--revision", required=True)
     c.add_argument("--out", required=True, help="marker .json")
-    c.set_defaults(func=_cmd_download)
 
-    c = sub.add_parser("series", help="per-model series table and integrity report",
-                       description="Combine a model's per-checkpoint tables (or a folder in "
-                       "the study's released layout) into a step x layer x statistic table "
-                       "with mean/std/sem over sequences; flag repeated weights. Released "
-                       "files that do not parse are skipped, named and recorded.")
+    c = _add(sub, "series", _cmd_series, "per-model series table and integrity report",
+             "Combine a model's per-checkpoint tables (or a folder in the study's released "
+             "layout) into a step x layer x statistic table with mean/std/sem over sequences; "
+             "flag repeated weights. Released files that do not parse are skipped, named and "
+             "recorded.")
     c.add_argument("--model", required=True)
     c.add_argument("--stats", nargs="*", default=[], help="per-checkpoint .parquet files")
     c.add_argument("--released", default=None, help="read {model}/stats/exp2_* from here")
@@ -444,92 +444,45 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--export-config", default=None,
                    help="with --export: the checkpoint folder (or hub download marker) whose "
                    "config.json is exported as {export}/{model}/config.json")
-    c.set_defaults(func=_cmd_series)
 
-    c = sub.add_parser("growth", help="growth of top1/median per model and layer",
-                       description="Ratio at the last checkpoint / at the first, per layer; "
-                       "writes JSON (a DVC metric) and prints a line per model.")
+    c = _add(sub, "growth", _cmd_growth, "growth of top1/median per model and layer",
+             "Ratio at the last checkpoint / at the first, per layer; writes JSON (a DVC "
+             "metric) and prints a line per model.")
     c.add_argument("series", nargs="+", help="series .parquet files (one per model)")
     c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_growth)
 
-    c = sub.add_parser("plot-series", help="figures of one model's series")
-    c.add_argument("--series", required=True)
-    c.add_argument("--out-series", required=True)
-    c.add_argument("--out-first-last", required=True)
-    c.set_defaults(func=_cmd_plot_series)
+    c = _add(sub, "plot-series", _cmd_plot_series, "figures of one model's series")
+    _outs(c, "--series", "--out-series", "--out-first-last")
 
 
-def _forecast_parser(sub) -> None:
-    c = sub.add_parser("forecast", help="forecast a run from its first steps (or backtest "
-                       "a complete suite)",
-                       description="The suite's other models at the same relative depth "
-                       "are the prior (a Gaussian over log curves), conditioned on the "
-                       "run's points so far. With --run: forecast that series to "
-                       "--last-step (curves.csv, summary.json, forecast.png in --out-dir). "
-                       "Without: truncate every model of --series at each fraction and "
-                       "forecast the rest, against three baselines (last value, the best "
-                       "AICc fit on the early points, the prior alone).")
-    c.add_argument("--series", nargs="+", required=True,
-                   help="series Parquets: the prior's models (and, without --run, the "
-                   "models backtested)")
-    c.add_argument("--run", help="series Parquet of a run still training")
-    c.add_argument("--last-step", type=int, help="the run's planned last step")
-    c.add_argument("--out-dir", help="with --run: where the forecast goes")
-    c.add_argument("--out-json", help="backtest metrics (JSON)")
-    c.add_argument("--out-csv", help="backtest table (CSV)")
-    c.add_argument("--out-png", help="backtest figure")
-    c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
-    c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
-                   "baseline, asymptotes), as JSON")
-    c.set_defaults(func=_cmd_forecast)
+def _fit_parsers(sub) -> None:
+    """Phase 3: fit, plot-fit, fit-summary."""
+    c = _add(sub, "fit", _cmd_fit, "fit every hypothesis to one model's per-layer series",
+             "Fit each layer's ratio/top1/median series with every hypothesis (trust-region "
+             "least squares, grid starts), select by AICc. Writes the released layout "
+             "params/layer_fit_params_{quantity}.json and a tidy table.")
+    c.add_argument("--series", required=True, help="the model's series Parquet")
+    c.add_argument("--params-dir", required=True, help="folder for layer_fit_params_*.json")
+    c.add_argument("--out", required=True, help="tidy fit table (Parquet)")
+    c.add_argument("--settings-json", help="FitSettings as JSON (params.yaml: fit)")
+
+    c = _add(sub, "plot-fit", _cmd_plot_fit,
+             "example fits and fit quality figures of one model")
+    _outs(c, "--series", "--fits", "--out-examples", "--out-quality")
+
+    c = _add(sub, "fit-summary", _cmd_fit_summary,
+             "one tidy fit table over all models + metrics")
+    c.add_argument("fits", nargs="+", help="per-model fit tables")
+    c.add_argument("--out-table", required=True)
+    c.add_argument("--out", required=True, help="metrics JSON")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+def _features_parsers(sub) -> None:
+    """Phase 4: config-json, features."""
     from madyn.settings import schema_default, schema_enum
 
-    p = argparse.ArgumentParser(
-        prog="madyn",
-        description="Massive-activation dynamics: measure how massive activations emerge "
-        "while a transformer trains, fit each layer's trajectory, predict it from the "
-        "architecture. The full workflow runs with `snakemake --cores N`; these "
-        "subcommands are its steps.",
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    _suite_parsers(sub)
-    _extract_parsers(sub)
-    _forecast_parser(sub)
-
-    c = sub.add_parser("report-figures", help="cross-model figures and tables")
-    c.add_argument("--series", nargs="+", required=True)
-    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
-    c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
-    c.add_argument("--out-dir", required=True)
-    c.set_defaults(func=_cmd_report_figures)
-
-    c = sub.add_parser("effects", help="each design against the base design (bootstrap "
-                       "over seeds) and the kurtosis-cos_sim association",
-                       description="Reduce every model to final_ratio, asymptote, peak_step "
-                       "(winning ratio fit) and final kurtosis, sink mass, cos_sim (series), "
-                       "each the median over layers; compare each design's seed mean with "
-                       "the base design's (difference and ratio, percentile bootstrap over "
-                       "seeds). Writes JSON, CSV and a forest figure. Without --base only the "
-                       "association is computed.")
-    c.add_argument("--series", nargs="+", required=True, help="series .parquet (model = stem)")
-    c.add_argument("--fits", nargs="*", default=[], help="fit tables .parquet (model = stem)")
-    c.add_argument("--design", nargs="*", default=[], metavar="MODEL=LABEL",
-                   help="design label of every model")
-    c.add_argument("--base", default=None, help="label of the base design")
-    c.add_argument("--out-json", required=True)
-    c.add_argument("--out-csv", required=True)
-    c.add_argument("--out-png", default=None)
-    c.add_argument("--n-boot", type=_positive_int, default=10000)
-    c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(func=_cmd_effects)
-
-    c = sub.add_parser("config-json", help="a model's config.json (local checkpoint or hub)")
+    c = _add(sub, "config-json", _cmd_config_json,
+             "a model's config.json (local checkpoint or hub)")
     c.add_argument("source", nargs="?", help="checkpoint folder or hub repo id")
     c.add_argument("--arch-json", help="or a GPT-NeoX architecture as JSON: name, layers, "
                    "width, heads, vocab_size[, ff_mult, rotary_pct]")
@@ -538,60 +491,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "(label, optimizer, lr, eps), kept under madyn_design; a madyn checkpoint's "
                    "own record of its recipe takes precedence")
     c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_config_json)
 
-    c = sub.add_parser("fit", help="fit every hypothesis to one model's per-layer series",
-                       description="Fit each layer's ratio/top1/median series with every "
-                       "hypothesis (trust-region least squares, grid starts), select by AICc. "
-                       "Writes the released layout params/layer_fit_params_{quantity}.json "
-                       "and a tidy table.")
-    c.add_argument("--series", required=True, help="the model's series Parquet")
-    c.add_argument("--params-dir", required=True, help="folder for layer_fit_params_*.json")
-    c.add_argument("--out", required=True, help="tidy fit table (Parquet)")
-    c.add_argument("--settings-json", help="FitSettings as JSON (params.yaml: fit)")
-    c.set_defaults(func=_cmd_fit)
-
-    c = sub.add_parser("plot-fit", help="example fits and fit quality figures of one model")
-    c.add_argument("--series", required=True)
-    c.add_argument("--fits", required=True)
-    c.add_argument("--out-examples", required=True)
-    c.add_argument("--out-quality", required=True)
-    c.set_defaults(func=_cmd_plot_fit)
-
-    c = sub.add_parser("fit-summary", help="one tidy fit table over all models + metrics")
-    c.add_argument("fits", nargs="+", help="per-model fit tables")
-    c.add_argument("--out-table", required=True)
-    c.add_argument("--out", required=True, help="metrics JSON")
-    c.set_defaults(func=_cmd_fit_summary)
-
-    c = sub.add_parser("features", help="the consolidated (model, layer) feature table")
+    c = _add(sub, "features", _cmd_features, "the consolidated (model, layer) feature table")
     c.add_argument("--fits", nargs="+", required=True, help="fit tables (Parquet)")
     c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
-    c.add_argument("--parametrisation", default=schema_default("features.parametrisation"),
-                   choices=schema_enum("features.parametrisation"))
-    c.add_argument("--quantity", default=schema_default("features.quantity"),
-                   choices=schema_enum("features.quantity"))
-    c.add_argument("--out", required=True)
-    c.add_argument("--out-csv", required=True)
-    c.set_defaults(func=_cmd_features)
+    for key in ("parametrisation", "quantity"):
+        c.add_argument(f"--{key}", default=schema_default(f"features.{key}"),
+                       choices=schema_enum(f"features.{key}"))
+    _outs(c, "--out", "--out-csv")
 
-    c = sub.add_parser("evaluate", help="train and evaluate the predictors (study protocol, "
-                       "leave-one-model-out, curve space)")
+
+def _predict_parsers(sub) -> None:
+    """Phase 5: evaluate, predict, forecast."""
+    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+
+    c = _add(sub, "evaluate", _cmd_evaluate, "train and evaluate the predictors (study "
+             "protocol, leave-one-model-out, curve space)")
     c.add_argument("--features", required=True)
     c.add_argument("--series", nargs="*", default=[], help="observed series (curve space)")
     c.add_argument("--settings-json", help="PredictSettings as JSON (params.yaml: predict)")
     c.add_argument("--out", required=True, help="metrics JSON")
     c.add_argument("--out-dir", required=True, help="predictions, OLS summary, figures")
-    c.set_defaults(func=_cmd_evaluate)
 
-    c = sub.add_parser(
-        "predict", help="predict an architecture's per-layer massive-activation curves",
-        description="Train the predictors on every fitted (model, layer) and predict the "
-        "top1/median curve of each layer of a new architecture, with its peak step and final "
-        "ratio and bootstrap intervals. Give a Hugging Face config.json of any decoder-only "
-        "model, or --layers/--width/--heads for a Pythia-style one. Plausible shapes only: "
-        f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH}, heads 1-width dividing width "
-        "(bad input: a one-line error, exit code 2, nothing written).",
+    c = _add(
+        sub, "predict", _cmd_predict,
+        "predict an architecture's per-layer massive-activation curves",
+        "Train the predictors on every fitted (model, layer) and predict the top1/median "
+        "curve of each layer of a new architecture, with its peak step and final ratio and "
+        "bootstrap intervals. Give a Hugging Face config.json of any decoder-only model, or "
+        "--layers/--width/--heads for a Pythia-style one. Plausible shapes only: layers "
+        f"1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH}, heads 1-width dividing width (bad "
+        "input: a one-line error, exit code 2, nothing written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: madyn predict --config path/to/config.json --out results/mine")
     c.add_argument("--config", help="a Hugging Face config.json (its shape within the "
@@ -617,7 +547,67 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
                    "training data's last step)")
     c.add_argument("--out", default="prediction", help="output folder (default prediction/)")
-    c.set_defaults(func=_cmd_predict)
+
+    c = _add(sub, "forecast", _cmd_forecast,
+             "forecast a run from its first steps (or backtest a complete suite)",
+             "The suite's other models at the same relative depth are the prior (a Gaussian "
+             "over log curves), conditioned on the run's points so far. With --run: forecast "
+             "that series to --last-step (curves.csv, summary.json, forecast.png in "
+             "--out-dir). Without: truncate every model of --series at each fraction and "
+             "forecast the rest, against three baselines (last value, the best AICc fit on "
+             "the early points, the prior alone).")
+    c.add_argument("--series", nargs="+", required=True, help="series Parquets: the prior's "
+                   "models (and, without --run, the models backtested)")
+    c.add_argument("--run", help="series Parquet of a run still training")
+    c.add_argument("--last-step", type=int, help="the run's planned last step")
+    c.add_argument("--out-dir", help="with --run: where the forecast goes")
+    c.add_argument("--out-json", help="backtest metrics (JSON)")
+    c.add_argument("--out-csv", help="backtest table (CSV)")
+    c.add_argument("--out-png", help="backtest figure")
+    c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
+    c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
+                   "baseline, asymptotes), as JSON")
+
+
+def _report_parsers(sub) -> None:
+    """Phase 6: report-figures, effects."""
+    c = _add(sub, "report-figures", _cmd_report_figures, "cross-model figures and tables")
+    c.add_argument("--series", nargs="+", required=True)
+    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
+    c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
+    c.add_argument("--out-dir", required=True)
+
+    c = _add(sub, "effects", _cmd_effects, "each design against the base design (bootstrap "
+             "over seeds) and the kurtosis-cos_sim association",
+             "Reduce every model to final_ratio, asymptote, peak_step (winning ratio fit) and "
+             "final kurtosis, sink mass, cos_sim (series), each the median over layers; "
+             "compare each design's seed mean with the base design's (difference and ratio, "
+             "percentile bootstrap over seeds). Writes JSON, CSV and a forest figure. "
+             "Without --base only the association is computed.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet (model = stem)")
+    c.add_argument("--fits", nargs="*", default=[], help="fit tables .parquet (model = stem)")
+    c.add_argument("--design", nargs="*", default=[], metavar="MODEL=LABEL",
+                   help="design label of every model")
+    c.add_argument("--base", default=None, help="label of the base design")
+    _outs(c, "--out-json", "--out-csv")
+    c.add_argument("--out-png", default=None)
+    c.add_argument("--n-boot", type=_positive_int, default=10000)
+    c.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``madyn`` parser: one subcommand per workflow step, added phase by phase."""
+    p = argparse.ArgumentParser(
+        prog="madyn",
+        description="Massive-activation dynamics: measure how massive activations emerge "
+        "while a transformer trains, fit each layer's trajectory, predict it from the "
+        "architecture. The full workflow runs with `snakemake --cores N`; these "
+        "subcommands are its steps.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for phase in (_suite_parsers, _extract_parsers, _fit_parsers, _features_parsers,
+                  _predict_parsers, _report_parsers):
+        phase(sub)
     return p
 
 
