@@ -13,14 +13,39 @@ import sys
 from pathlib import Path
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    from madyn import config
+def _json_arg(text: str | None) -> dict:
+    return json.loads(text) if text else {}
 
-    cfg = config.load(args.params)
-    suite = config.active(cfg)
-    n = "?" if suite["source"] == "released" else len(config.steps(suite))
-    print(f"{args.params}: valid. suite={cfg['suite']} ({suite['source']}), "
-          f"{len(suite['models'])} models, {n} checkpoints each")
+
+def _pick(args: argparse.Namespace, *names: str) -> dict:
+    """The parsed options ``names`` as keyword arguments."""
+    return {n: getattr(args, n) for n in names}
+
+
+def _model_map(items: list[str], flag: str) -> dict[str, str]:
+    """MODEL=VALUE items of option ``flag`` -> {model: value}; ValueError naming a malformed
+    or repeated item."""
+    out: dict[str, str] = {}
+    for item in items:
+        model, sep, value = item.partition("=")
+        if not sep or not model or not value:
+            raise ValueError(f"{flag} {item!r}: expected MODEL=VALUE")
+        if model in out:
+            raise ValueError(f"{flag}: model {model!r} given twice")
+        out[model] = value
+    return out
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- phase 1: suite
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from madyn.stages import suite
+
+    print(suite.check(args.params))
     return 0
 
 
@@ -39,24 +64,29 @@ def _cmd_heldout_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from madyn import config
     from madyn.stages import suite
-    from madyn.suite import ModelSpec, TrainSpec
 
-    if args.spec_json:
-        spec = ModelSpec(**json.loads(args.spec_json))
-        train = TrainSpec(**json.loads(args.train_json))
-    else:
-        cfg = config.load(args.params)
-        active = config.active(cfg)
-        if active["source"] != "local":
-            raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
-        if args.model not in config.model_names(active):
-            raise SystemExit(f"madyn train: no model {args.model!r} in suite {cfg['suite']!r}")
-        spec, train = config.model_spec(active, args.model), config.train_spec(active, args.model)
+    spec, train = suite.train_specs(args.model, args.params, args.spec_json, args.train_json)
     suite.train(spec, train, args.corpus, args.out, args.threads, args.timing_out)
     return 0
 
+
+def _cmd_train_summary(args: argparse.Namespace) -> int:
+    from madyn.stages import suite
+
+    suite.train_summary(args.timings, args.out, args.budget_min)
+    return 0
+
+
+def _cmd_dvc_outs(args: argparse.Namespace) -> int:
+    from madyn.project import ensure_stage_outs
+
+    for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
+        _say(f"madyn dvc-outs: made {rel}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- phase 2: extract
 
 def _cmd_eval_tokens(args: argparse.Namespace) -> int:
     from madyn.stages import extract
@@ -67,42 +97,21 @@ def _cmd_eval_tokens(args: argparse.Namespace) -> int:
 
 
 def _extract_settings(args: argparse.Namespace):
-    """ExtractSettings from --settings-json, each option given on the command line over it
-    (defaults: the params schema's)."""
-    from madyn.settings import ExtractSettings
+    """ExtractSettings from --settings-json and the options given over it."""
+    from madyn.stages import extract
 
-    given = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
-             "extreme_tokens": args.extreme_tokens,
-             "delete_downloads": getattr(args, "delete_download", None)}
-    try:
-        return ExtractSettings.from_dict({**_json_arg(args.settings_json),
-                                          **{k: v for k, v in given.items() if v is not None}})
-    except (TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--settings-json: {e}") from None
+    return extract.settings_from_args(
+        args.settings_json, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+        extreme_tokens=args.extreme_tokens,
+        delete_downloads=getattr(args, "delete_download", None))
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
-    settings = _extract_settings(args)
-    if args.marker:
-        extract.measure_download(args.marker, args.tokens, args.out, args.model, args.step,
-                                 settings)
-        return 0
-    if not args.checkpoint:
-        raise ValueError("give a CHECKPOINT (folder or hub repo id) or --marker")
-    step = 0 if args.step is None else args.step
-    model = args.model or Path(args.checkpoint).name
-    if args.revision:  # a hub revision by hand: download, measure, optionally delete
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="madyn-download-") as tmp:
-            marker = str(Path(tmp) / "download.json")
-            extract.download(args.checkpoint, args.revision, marker)
-            extract.measure_download(marker, args.tokens, args.out, model, step, settings)
-        return 0
-    ck = extract.Checkpoint(args.checkpoint, step, Path(args.out))
-    extract.measure([ck], args.tokens, model, settings)
+    extract.measure_one(args.checkpoint, args.tokens, args.out, model=args.model,
+                        step=args.step, settings=_extract_settings(args),
+                        revision=args.revision, marker=args.marker)
     return 0
 
 
@@ -137,21 +146,6 @@ def _cmd_growth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_summary(args: argparse.Namespace) -> int:
-    from madyn.stages import suite
-
-    suite.train_summary(args.timings, args.out, args.budget_min)
-    return 0
-
-
-def _cmd_dvc_outs(args: argparse.Namespace) -> int:
-    from madyn.project import ensure_stage_outs
-
-    for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
-        print(f"madyn dvc-outs: made {rel}", file=sys.stderr)
-    return 0
-
-
 def _cmd_plot_series(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
@@ -159,32 +153,7 @@ def _cmd_plot_series(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_arg(text: str | None) -> dict:
-    return json.loads(text) if text else {}
-
-
-def _cmd_config_json(args: argparse.Namespace) -> int:
-    from madyn import suite
-    from madyn.architecture import DESIGN_KEY
-    from madyn.checkpoints import model_config
-    from madyn.io import write_json
-
-    if args.arch_json:  # a released model without config.json: its suite entry
-        arch = json.loads(args.arch_json)
-        spec = {k: v for k, v in arch.items() if k in suite.ModelSpec.__dataclass_fields__}
-        cfg = suite.model_config(suite.ModelSpec(**spec), arch["vocab_size"], 2048, 0).to_dict()
-    elif args.source:
-        cfg = model_config(args.source, args.revision)
-    else:
-        raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
-    record = _json_arg(args.design_json) or {}
-    if args.source and Path(args.source, "madyn_checkpoint.json").is_file():
-        record.update(suite.trained_recipe(Path(args.source, "madyn_checkpoint.json")))
-    if record:
-        cfg[DESIGN_KEY] = record
-    write_json(args.out, cfg)
-    return 0
-
+# ----------------------------------------------------------------------------- phase 3: fit
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from madyn.settings import FitSettings
@@ -192,7 +161,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     table = fit.run(args.series, args.params_dir, args.out,
                     FitSettings.from_dict(_json_arg(args.settings_json)))
-    print(f"fit table: {len(table)} rows -> {args.out}", file=sys.stderr)
+    _say(f"fit table: {len(table)} rows -> {args.out}")
     return 0
 
 
@@ -206,11 +175,19 @@ def _cmd_plot_fit(args: argparse.Namespace) -> int:
 def _cmd_fit_summary(args: argparse.Namespace) -> int:
     from madyn.stages import fit
 
-    summary = fit.summarise(args.fits, args.out_table, args.out)
-    for m, q in summary["per_model"].items():
-        r = q.get("ratio", {})
-        print(f"{m:14s} ratio: mean best R^2 {r.get('best_emlog_r2_mean', float('nan')):.4f}, "
-              f"winners {r.get('winners', {})}", file=sys.stderr)
+    for line in fit.summary_lines(fit.summarise(args.fits, args.out_table, args.out)):
+        _say(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- phase 4: features
+
+def _cmd_config_json(args: argparse.Namespace) -> int:
+    from madyn.stages import features
+
+    arch = json.loads(args.arch_json) if args.arch_json else None
+    features.config_json(args.out, args.source, args.revision, arch,
+                         _json_arg(args.design_json))
     return 0
 
 
@@ -221,10 +198,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
     configs = _model_map(args.config, "--config")
     s = PredictSettings(parametrisation=args.parametrisation, quantity=args.quantity)
     t = features.run(args.fits, configs, args.out, args.out_csv, s)
-    print(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}",
-          file=sys.stderr)
+    _say(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}")
     return 0
 
+
+# ----------------------------------------------------------------------------- phase 5: predict
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from madyn.settings import PredictSettings
@@ -234,86 +212,63 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          PredictSettings.from_dict(_json_arg(args.settings_json)), args.out,
                          args.out_dir)
     lomo = m.get("lomo", {}).get("mean_r2", {})
-    print("LOMO mean R^2 per model type: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None),
-          file=sys.stderr)
+    _say("LOMO mean R^2 per model type: "
+         + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from madyn import config
-    from madyn.settings import PredictSettings
     from madyn.stages import predict
 
     try:
-        if args.settings_json:
-            if not args.features:
-                raise predict.InputError("--features is required with --settings-json")
-            try:
-                settings = PredictSettings.from_dict(json.loads(args.settings_json))
-            except (TypeError, ValueError) as e:
-                raise predict.InputError(f"--settings-json: {e}") from None
-            features = args.features
-        else:
-            cfg = config.load(args.params)
-            settings = PredictSettings.from_dict(config.predict_settings(cfg))
-            features = args.features or config.feature_table(cfg)
-        shape = (args.layers, args.width, args.heads)
-        if args.config:
-            arch = predict.load_config(args.config)
-        elif any(v is not None for v in shape):
-            if any(v is None for v in shape):
-                raise predict.InputError("give all of --layers, --width and --heads")
-            arch = predict.config_from_shape(*shape, args.ff_mult, args.rotary_pct,
-                                             args.vocab_size, args.family,
-                                             not args.sequential)
-        else:
-            raise predict.InputError("give --config config.json, or --layers, --width and "
-                                     "--heads")
-        arch = predict.with_recipe(arch, args.optimizer, args.lr, args.eps)
-        steps = predict.parse_steps(args.steps) if args.steps else None
-        if not Path(features).exists():
-            raise predict.InputError(f"no feature table at {features}: run the workflow "
-                                     "first (snakemake --cores N), or pass --features")
+        q = predict.query(**_pick(args, "params", "settings_json", "features", "config",
+                                  "layers", "width", "heads", "ff_mult", "rotary_pct",
+                                  "vocab_size", "family", "sequential", "optimizer", "lr",
+                                  "eps", "steps"))
     except predict.InputError as e:
-        print(f"madyn predict: {e}", file=sys.stderr)
+        _say(f"madyn predict: {e}")
         return 2
-    summary = predict.forecast(features, arch, steps, settings, args.out)
+    summary = predict.forecast(q.features, q.config, q.steps, q.settings, args.out)
     if summary.get("warning"):
-        print(f"madyn predict: warning: {summary['warning']}", file=sys.stderr)
-    given = [f"--{k}" for k in ("family", "optimizer", "lr", "eps") if getattr(args, k)]
-    if (given or args.sequential) and not summary.get("features"):
-        print(f"madyn predict: note: predict_model {settings.predict_model} uses relative "
-              f"depth alone; {' '.join(given) or '--sequential'} did not change the "
-              "prediction (set predict.predict_model to a regressor, e.g. xgb)",
-              file=sys.stderr)
+        _say(f"madyn predict: warning: {summary['warning']}")
+    if note := predict.design_note(q, summary):
+        _say(f"madyn predict: note: {note}")
     for line in predict.summary_lines(summary):
-        print(line, file=sys.stderr)
-    print(f"-> {args.out}/curves.csv, summary.json, prediction.png", file=sys.stderr)
+        _say(line)
+    _say(f"-> {args.out}/curves.csv, summary.json, prediction.png")
     return 0
 
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from madyn.settings import FitSettings, ForecastSettings
+    from madyn.stages import forecast
+
+    s = ForecastSettings.from_dict(_json_arg(args.settings_json))
+    fit = FitSettings.from_dict(_json_arg(args.fit_settings_json))
+    if args.run:
+        if args.last_step is None or not args.out_dir:
+            raise ValueError("--run needs --last-step and --out-dir")
+        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
+        _say(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}")
+        return 0
+    if not (args.out_json and args.out_csv and args.out_png):
+        raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
+    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
+                                fit)
+    for line in forecast.backtest_lines(summary, s.quantities):
+        _say(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- phase 6: report
 
 def _cmd_report_figures(args: argparse.Namespace) -> int:
     from madyn.stages import report
 
     configs = _model_map(args.config, "--config")
     layers = report.figures(args.series, configs, args.manifests, args.out_dir)
-    print(f"report: {layers['model'].nunique()} models -> {args.out_dir}", file=sys.stderr)
+    _say(f"report: {layers['model'].nunique()} models -> {args.out_dir}")
     return 0
-
-
-def _model_map(items: list[str], flag: str) -> dict[str, str]:
-    """MODEL=VALUE items of option ``flag`` -> {model: value}; ValueError naming a malformed
-    or repeated item."""
-    out: dict[str, str] = {}
-    for item in items:
-        model, sep, value = item.partition("=")
-        if not sep or not model or not value:
-            raise ValueError(f"{flag} {item!r}: expected MODEL=VALUE")
-        if model in out:
-            raise ValueError(f"{flag}: model {model!r} given twice")
-        out[model] = value
-    return out
 
 
 def _cmd_effects(args: argparse.Namespace) -> int:
@@ -321,12 +276,11 @@ def _cmd_effects(args: argparse.Namespace) -> int:
 
     out = effects.run(args.series, args.fits, _model_map(args.design, "--design"), args.base,
                       args.out_json, args.out_csv, args.out_png, args.n_boot, args.seed)
-    a = out["association"]
-    rho = "n/a" if a["rho"] is None or a["rho"] != a["rho"] else f"{a['rho']:.3f}"
-    print(f"kurtosis vs cos_sim: Spearman rho {rho} over {a['n']} (model, layer) "
-          f"pairs; effects -> {args.out_json}", file=sys.stderr)
+    _say(effects.summary_line(out, args.out_json))
     return 0
 
+
+# ----------------------------------------------------------------------------- parsers
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
@@ -339,33 +293,43 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _suite_parsers(sub) -> None:
-    """Phase 1: check, corpus, train, train-summary."""
-    c = sub.add_parser("check", help="validate a params file and summarise the active suite")
-    c.add_argument("params", nargs="?", default="params.yaml")
-    c.set_defaults(func=_cmd_check)
+def _add(sub, name: str, func, help: str, description: str | None = None, **kw):
+    """Subcommand ``name`` running ``func``."""
+    c = sub.add_parser(name, help=help, description=description, **kw)
+    c.set_defaults(func=func)
+    return c
 
-    c = sub.add_parser("corpus", help="build the offline corpus, its manifest and tokenizer",
-                       description="Collect Python standard-library sources, train a "
-                       "byte-level BPE tokenizer, and write train/heldout token files "
-                       "(the values are a suite's `corpus` in params.yaml).")
+
+def _outs(c, *flags: str) -> None:
+    """Required output options ``flags`` (no help text)."""
+    for flag in flags:
+        c.add_argument(flag, required=True)
+
+
+def _suite_parsers(sub) -> None:
+    """Phase 1: check, corpus, heldout-manifest, train, train-summary, dvc-outs."""
+    c = _add(sub, "check", _cmd_check, "validate a params file and summarise the active suite")
+    c.add_argument("params", nargs="?", default="params.yaml")
+
+    c = _add(sub, "corpus", _cmd_corpus, "build the offline corpus, its manifest and tokenizer",
+             "Collect Python standard-library sources, train a byte-level BPE tokenizer, and "
+             "write train/heldout token files (the values are a suite's `corpus` in "
+             "params.yaml).")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--max-mb", type=float, required=True, help="corpus size in MB")
     c.add_argument("--heldout-fraction", type=float, required=True)
     c.add_argument("--vocab-size", type=int, required=True)
     c.add_argument("--root", default=None, help="source tree (default: this Python's stdlib)")
-    c.set_defaults(func=_cmd_corpus)
 
-    c = sub.add_parser("heldout-manifest", help="the held-out corpus file list (hub suites)")
+    c = _add(sub, "heldout-manifest", _cmd_heldout_manifest,
+             "the held-out corpus file list (hub suites)")
     c.add_argument("--out", required=True)
     c.add_argument("--max-mb", type=float, required=True)
     c.add_argument("--heldout-fraction", type=float, required=True)
-    c.set_defaults(func=_cmd_heldout_manifest)
 
-    c = sub.add_parser("train", help="train one embedded model, saving HF checkpoints",
-                       description="Train a GPT-NeoX model from scratch; checkpoints go to "
-                       "OUT/step{N}/ on a Pythia-like log-spaced schedule, then "
-                       "OUT/manifest.json is written.")
+    c = _add(sub, "train", _cmd_train, "train one embedded model, saving HF checkpoints",
+             "Train a GPT-NeoX model from scratch; checkpoints go to OUT/step{N}/ on a "
+             "Pythia-like log-spaced schedule, then OUT/manifest.json is written.")
     c.add_argument("model", nargs="?", help="model name in the active suite of --params")
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--spec-json", help="architecture as JSON (instead of model/--params)")
@@ -374,31 +338,25 @@ def _suite_parsers(sub) -> None:
     c.add_argument("--out", required=True, help="checkpoint directory")
     c.add_argument("--threads", type=_positive_int, default=1, help="torch threads")
     c.add_argument("--timing-out", help="also write the job's wall-clock timing (JSON) here")
-    c.set_defaults(func=_cmd_train)
 
-    c = sub.add_parser("train-summary", help="how long the suite's training took",
-                       description="Reads the training jobs' timing files and writes (and "
-                       "prints) the training wall time: the time during which at least one "
-                       "training job ran, and the sum over jobs.")
-    c.add_argument("timings", nargs="*",
-                   help="timing/<model>.json files (madyn train --timing-out); none for "
-                   "a suite that trains nothing")
+    c = _add(sub, "train-summary", _cmd_train_summary, "how long the suite's training took",
+             "Reads the training jobs' timing files and writes (and prints) the training "
+             "wall time: the time during which at least one training job ran, and the sum "
+             "over jobs.")
+    c.add_argument("timings", nargs="*", help="timing/<model>.json files (madyn train "
+                   "--timing-out); none for a suite that trains nothing")
     c.add_argument("--out", required=True)
     c.add_argument("--budget-min", type=float, default=None,
                    help="flag the wall time against this budget (minutes)")
-    c.set_defaults(func=_cmd_train_summary)
 
-    c = sub.add_parser("dvc-outs", help="make a DVC stage's outs exist for any source",
-                       description="Run by the DVC suite and extract stages after their "
-                       "Snakemake target: makes every `outs` folder of the stage exist "
-                       "(empty when the active suite's source has nothing for it) and "
-                       "writes a released suite's results/<suite>/models/"
-                       "released_manifest.json. The DVC source stage: links "
-                       "results/<suite>/source to a released suite's folder (a dependency, "
-                       "never an output).")
+    c = _add(sub, "dvc-outs", _cmd_dvc_outs, "make a DVC stage's outs exist for any source",
+             "Run by the DVC suite and extract stages after their Snakemake target: makes "
+             "every `outs` folder of the stage exist (empty when the active suite's source "
+             "has nothing for it) and writes a released suite's results/<suite>/models/"
+             "released_manifest.json. The DVC source stage: links results/<suite>/source to "
+             "a released suite's folder (a dependency, never an output).")
     c.add_argument("stage", help="a stage of dvc.yaml (source, suite, extract)")
     c.add_argument("--params", default="params.yaml")
-    c.set_defaults(func=_cmd_dvc_outs)
 
 
 def _measure_args(c) -> None:
@@ -426,10 +384,11 @@ def _measure_args(c) -> None:
 
 
 def _extract_parsers(sub) -> None:
-    """Phase 2: eval-tokens, extract, extract-model, download, series, growth, plots."""
-    c = sub.add_parser("eval-tokens", help="write the fixed evaluation batch for a tokenizer",
-                       description="Cut N sequences of T tokens from the held-out corpus "
-                       "text (seeded), tokenized with TOKENIZER; writes an N x T .npy.")
+    """Phase 2: eval-tokens, extract, extract-model, download, series, growth, plot-series."""
+    c = _add(sub, "eval-tokens", _cmd_eval_tokens,
+             "write the fixed evaluation batch for a tokenizer",
+             "Cut N sequences of T tokens from the held-out corpus text (seeded), tokenized "
+             "with TOKENIZER; writes an N x T .npy.")
     c.add_argument("--corpus-manifest", required=True)
     c.add_argument("--tokenizer", required=True, help="local tokenizer dir or hub repo id")
     c.add_argument("--revision", default=None)
@@ -437,16 +396,14 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--seq-len", type=_positive_int, required=True)
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_eval_tokens)
 
-    c = sub.add_parser("extract", help="measure one checkpoint's activation statistics",
-                       description="Load CHECKPOINT (a local Hugging Face directory of a "
-                       "decoder-only causal LM, or a hub repo id with --revision, e.g. "
-                       "EleutherAI/pythia-160m --revision step1000; safetensors only, no "
-                       "remote code), run the evaluation tokens through it and write one row "
-                       "per (sequence, layer) with top1/top2/top3/median of |h|, kurtosis, "
-                       "max-median ratio, cosine similarity and MLP sparsity (Parquet, with "
-                       "metadata). A checkpoint whose weights miss a tensor is refused.")
+    c = _add(sub, "extract", _cmd_extract, "measure one checkpoint's activation statistics",
+             "Load CHECKPOINT (a local Hugging Face directory of a decoder-only causal LM, or "
+             "a hub repo id with --revision, e.g. EleutherAI/pythia-160m --revision "
+             "step1000; safetensors only, no remote code), run the evaluation tokens through "
+             "it and write one row per (sequence, layer) with top1/top2/top3/median of |h|, "
+             "kurtosis, max-median ratio, cosine similarity and MLP sparsity (Parquet, with "
+             "metadata). A checkpoint whose weights miss a tensor is refused.")
     c.add_argument("checkpoint", nargs="?")
     c.add_argument("--revision", default=None, help="hub revision, e.g. step1000")
     c.add_argument("--marker", help="a download marker (madyn download) instead of CHECKPOINT")
@@ -455,34 +412,29 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--delete-download", action="store_true", default=None,
                    help="remove this hub revision from the local cache once measured")
     _measure_args(c)
-    c.set_defaults(func=_cmd_extract)
 
-    c = sub.add_parser("extract-model", help="measure many checkpoints of one trained model "
-                       "in one process",
-                       description="Measure MODEL_DIR/step{N} for every --steps N into the "
-                       "matching --outs file, skipping tables already measured from the same "
-                       "weights and tokens; each weight file is checked against the sha256 "
-                       "of MODEL_DIR/manifest.json first.")
+    c = _add(sub, "extract-model", _cmd_extract_model,
+             "measure many checkpoints of one trained model in one process",
+             "Measure MODEL_DIR/step{N} for every --steps N into the matching --outs file, "
+             "skipping tables already measured from the same weights and tokens; each weight "
+             "file is checked against the sha256 of MODEL_DIR/manifest.json first.")
     c.add_argument("model_dir")
     c.add_argument("--steps", type=int, nargs="+", required=True)
     c.add_argument("--outs", nargs="+", required=True, help="one .parquet per step")
     _measure_args(c)
-    c.set_defaults(func=_cmd_extract_model)
 
-    c = sub.add_parser("download", help="download one hub revision (weights, config)",
-                       description="Download REPO at --revision into the hub cache "
-                       "(safetensors and JSON only) and write a marker with the snapshot "
-                       "folder and the weights' sha256.")
+    c = _add(sub, "download", _cmd_download, "download one hub revision (weights, config)",
+             "Download REPO at --revision into the hub cache (safetensors and JSON only) and "
+             "write a marker with the snapshot folder and the weights' sha256.")
     c.add_argument("repo")
     c.add_argument("--revision", required=True)
     c.add_argument("--out", required=True, help="marker .json")
-    c.set_defaults(func=_cmd_download)
 
-    c = sub.add_parser("series", help="per-model series table and integrity report",
-                       description="Combine a model's per-checkpoint tables (or a folder in "
-                       "the study's released layout) into a step x layer x statistic table "
-                       "with mean/std/sem over sequences; flag repeated weights. Released "
-                       "files that do not parse are skipped, named and recorded.")
+    c = _add(sub, "series", _cmd_series, "per-model series table and integrity report",
+             "Combine a model's per-checkpoint tables (or a folder in the study's released "
+             "layout) into a step x layer x statistic table with mean/std/sem over sequences; "
+             "flag repeated weights. Released files that do not parse are skipped, named and "
+             "recorded.")
     c.add_argument("--model", required=True)
     c.add_argument("--stats", nargs="*", default=[], help="per-checkpoint .parquet files")
     c.add_argument("--released", default=None, help="read {model}/stats/exp2_* from here")
@@ -492,118 +444,45 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--export-config", default=None,
                    help="with --export: the checkpoint folder (or hub download marker) whose "
                    "config.json is exported as {export}/{model}/config.json")
-    c.set_defaults(func=_cmd_series)
 
-    c = sub.add_parser("growth", help="growth of top1/median per model and layer",
-                       description="Ratio at the last checkpoint / at the first, per layer; "
-                       "writes JSON (a DVC metric) and prints a line per model.")
+    c = _add(sub, "growth", _cmd_growth, "growth of top1/median per model and layer",
+             "Ratio at the last checkpoint / at the first, per layer; writes JSON (a DVC "
+             "metric) and prints a line per model.")
     c.add_argument("series", nargs="+", help="series .parquet files (one per model)")
     c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_growth)
 
-    c = sub.add_parser("plot-series", help="figures of one model's series")
-    c.add_argument("--series", required=True)
-    c.add_argument("--out-series", required=True)
-    c.add_argument("--out-first-last", required=True)
-    c.set_defaults(func=_cmd_plot_series)
+    c = _add(sub, "plot-series", _cmd_plot_series, "figures of one model's series")
+    _outs(c, "--series", "--out-series", "--out-first-last")
 
 
-def _cmd_forecast(args: argparse.Namespace) -> int:
-    from madyn.settings import FitSettings, ForecastSettings
-    from madyn.stages import forecast
+def _fit_parsers(sub) -> None:
+    """Phase 3: fit, plot-fit, fit-summary."""
+    c = _add(sub, "fit", _cmd_fit, "fit every hypothesis to one model's per-layer series",
+             "Fit each layer's ratio/top1/median series with every hypothesis (trust-region "
+             "least squares, grid starts), select by AICc. Writes the released layout "
+             "params/layer_fit_params_{quantity}.json and a tidy table.")
+    c.add_argument("--series", required=True, help="the model's series Parquet")
+    c.add_argument("--params-dir", required=True, help="folder for layer_fit_params_*.json")
+    c.add_argument("--out", required=True, help="tidy fit table (Parquet)")
+    c.add_argument("--settings-json", help="FitSettings as JSON (params.yaml: fit)")
 
-    s = ForecastSettings.from_dict(_json_arg(args.settings_json))
-    fit = FitSettings.from_dict(_json_arg(args.fit_settings_json))
-    if args.run:
-        if args.last_step is None or not args.out_dir:
-            raise ValueError("--run needs --last-step and --out-dir")
-        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
-        print(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}",
-              file=sys.stderr)
-        return 0
-    if not (args.out_json and args.out_csv and args.out_png):
-        raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
-    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
-                                fit)
-    for q in s.quantities if "skipped" not in summary else ():
-        for frac, methods in summary[q].items():
-            line = ", ".join(f"{m} {v['final_err_pct']:.1f} %" for m, v in methods.items())
-            cov = methods.get("forecast", {}).get("coverage")
-            print(f"  {q:6} {frac:>4} seen: final-value error {line}; forecast interval "
-                  f"coverage {cov}", file=sys.stderr)
-    return 0
+    c = _add(sub, "plot-fit", _cmd_plot_fit,
+             "example fits and fit quality figures of one model")
+    _outs(c, "--series", "--fits", "--out-examples", "--out-quality")
+
+    c = _add(sub, "fit-summary", _cmd_fit_summary,
+             "one tidy fit table over all models + metrics")
+    c.add_argument("fits", nargs="+", help="per-model fit tables")
+    c.add_argument("--out-table", required=True)
+    c.add_argument("--out", required=True, help="metrics JSON")
 
 
-def _forecast_parser(sub) -> None:
-    c = sub.add_parser("forecast", help="forecast a run from its first steps (or backtest "
-                       "a complete suite)",
-                       description="The suite's other models at the same relative depth "
-                       "are the prior (a Gaussian over log curves), conditioned on the "
-                       "run's points so far. With --run: forecast that series to "
-                       "--last-step (curves.csv, summary.json, forecast.png in --out-dir). "
-                       "Without: truncate every model of --series at each fraction and "
-                       "forecast the rest, against three baselines (last value, the best "
-                       "AICc fit on the early points, the prior alone).")
-    c.add_argument("--series", nargs="+", required=True,
-                   help="series Parquets: the prior's models (and, without --run, the "
-                   "models backtested)")
-    c.add_argument("--run", help="series Parquet of a run still training")
-    c.add_argument("--last-step", type=int, help="the run's planned last step")
-    c.add_argument("--out-dir", help="with --run: where the forecast goes")
-    c.add_argument("--out-json", help="backtest metrics (JSON)")
-    c.add_argument("--out-csv", help="backtest table (CSV)")
-    c.add_argument("--out-png", help="backtest figure")
-    c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
-    c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
-                   "baseline, asymptotes), as JSON")
-    c.set_defaults(func=_cmd_forecast)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+def _features_parsers(sub) -> None:
+    """Phase 4: config-json, features."""
     from madyn.settings import schema_default, schema_enum
 
-    p = argparse.ArgumentParser(
-        prog="madyn",
-        description="Massive-activation dynamics: measure how massive activations emerge "
-        "while a transformer trains, fit each layer's trajectory, predict it from the "
-        "architecture. The full workflow runs with `snakemake --cores N`; these "
-        "subcommands are its steps.",
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    _suite_parsers(sub)
-    _extract_parsers(sub)
-    _forecast_parser(sub)
-
-    c = sub.add_parser("report-figures", help="cross-model figures and tables")
-    c.add_argument("--series", nargs="+", required=True)
-    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
-    c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
-    c.add_argument("--out-dir", required=True)
-    c.set_defaults(func=_cmd_report_figures)
-
-    c = sub.add_parser("effects", help="each design against the base design (bootstrap "
-                       "over seeds) and the kurtosis-cos_sim association",
-                       description="Reduce every model to final_ratio, asymptote, peak_step "
-                       "(winning ratio fit) and final kurtosis, sink mass, cos_sim (series), "
-                       "each the median over layers; compare each design's seed mean with "
-                       "the base design's (difference and ratio, percentile bootstrap over "
-                       "seeds). Writes JSON, CSV and a forest figure. Without --base only the "
-                       "association is computed.")
-    c.add_argument("--series", nargs="+", required=True, help="series .parquet (model = stem)")
-    c.add_argument("--fits", nargs="*", default=[], help="fit tables .parquet (model = stem)")
-    c.add_argument("--design", nargs="*", default=[], metavar="MODEL=LABEL",
-                   help="design label of every model")
-    c.add_argument("--base", default=None, help="label of the base design")
-    c.add_argument("--out-json", required=True)
-    c.add_argument("--out-csv", required=True)
-    c.add_argument("--out-png", default=None)
-    c.add_argument("--n-boot", type=_positive_int, default=10000)
-    c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(func=_cmd_effects)
-
-    c = sub.add_parser("config-json", help="a model's config.json (local checkpoint or hub)")
+    c = _add(sub, "config-json", _cmd_config_json,
+             "a model's config.json (local checkpoint or hub)")
     c.add_argument("source", nargs="?", help="checkpoint folder or hub repo id")
     c.add_argument("--arch-json", help="or a GPT-NeoX architecture as JSON: name, layers, "
                    "width, heads, vocab_size[, ff_mult, rotary_pct]")
@@ -612,60 +491,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "(label, optimizer, lr, eps), kept under madyn_design; a madyn checkpoint's "
                    "own record of its recipe takes precedence")
     c.add_argument("--out", required=True)
-    c.set_defaults(func=_cmd_config_json)
 
-    c = sub.add_parser("fit", help="fit every hypothesis to one model's per-layer series",
-                       description="Fit each layer's ratio/top1/median series with every "
-                       "hypothesis (trust-region least squares, grid starts), select by AICc. "
-                       "Writes the released layout params/layer_fit_params_{quantity}.json "
-                       "and a tidy table.")
-    c.add_argument("--series", required=True, help="the model's series Parquet")
-    c.add_argument("--params-dir", required=True, help="folder for layer_fit_params_*.json")
-    c.add_argument("--out", required=True, help="tidy fit table (Parquet)")
-    c.add_argument("--settings-json", help="FitSettings as JSON (params.yaml: fit)")
-    c.set_defaults(func=_cmd_fit)
-
-    c = sub.add_parser("plot-fit", help="example fits and fit quality figures of one model")
-    c.add_argument("--series", required=True)
-    c.add_argument("--fits", required=True)
-    c.add_argument("--out-examples", required=True)
-    c.add_argument("--out-quality", required=True)
-    c.set_defaults(func=_cmd_plot_fit)
-
-    c = sub.add_parser("fit-summary", help="one tidy fit table over all models + metrics")
-    c.add_argument("fits", nargs="+", help="per-model fit tables")
-    c.add_argument("--out-table", required=True)
-    c.add_argument("--out", required=True, help="metrics JSON")
-    c.set_defaults(func=_cmd_fit_summary)
-
-    c = sub.add_parser("features", help="the consolidated (model, layer) feature table")
+    c = _add(sub, "features", _cmd_features, "the consolidated (model, layer) feature table")
     c.add_argument("--fits", nargs="+", required=True, help="fit tables (Parquet)")
     c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
-    c.add_argument("--parametrisation", default=schema_default("features.parametrisation"),
-                   choices=schema_enum("features.parametrisation"))
-    c.add_argument("--quantity", default=schema_default("features.quantity"),
-                   choices=schema_enum("features.quantity"))
-    c.add_argument("--out", required=True)
-    c.add_argument("--out-csv", required=True)
-    c.set_defaults(func=_cmd_features)
+    for key in ("parametrisation", "quantity"):
+        c.add_argument(f"--{key}", default=schema_default(f"features.{key}"),
+                       choices=schema_enum(f"features.{key}"))
+    _outs(c, "--out", "--out-csv")
 
-    c = sub.add_parser("evaluate", help="train and evaluate the predictors (study protocol, "
-                       "leave-one-model-out, curve space)")
+
+def _predict_parsers(sub) -> None:
+    """Phase 5: evaluate, predict, forecast."""
+    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+
+    c = _add(sub, "evaluate", _cmd_evaluate, "train and evaluate the predictors (study "
+             "protocol, leave-one-model-out, curve space)")
     c.add_argument("--features", required=True)
     c.add_argument("--series", nargs="*", default=[], help="observed series (curve space)")
     c.add_argument("--settings-json", help="PredictSettings as JSON (params.yaml: predict)")
     c.add_argument("--out", required=True, help="metrics JSON")
     c.add_argument("--out-dir", required=True, help="predictions, OLS summary, figures")
-    c.set_defaults(func=_cmd_evaluate)
 
-    c = sub.add_parser(
-        "predict", help="predict an architecture's per-layer massive-activation curves",
-        description="Train the predictors on every fitted (model, layer) and predict the "
-        "top1/median curve of each layer of a new architecture, with its peak step and final "
-        "ratio and bootstrap intervals. Give a Hugging Face config.json of any decoder-only "
-        "model, or --layers/--width/--heads for a Pythia-style one. Plausible shapes only: "
-        f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH}, heads 1-width dividing width "
-        "(bad input: a one-line error, exit code 2, nothing written).",
+    c = _add(
+        sub, "predict", _cmd_predict,
+        "predict an architecture's per-layer massive-activation curves",
+        "Train the predictors on every fitted (model, layer) and predict the top1/median "
+        "curve of each layer of a new architecture, with its peak step and final ratio and "
+        "bootstrap intervals. Give a Hugging Face config.json of any decoder-only model, or "
+        "--layers/--width/--heads for a Pythia-style one. Plausible shapes only: layers "
+        f"1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH}, heads 1-width dividing width (bad "
+        "input: a one-line error, exit code 2, nothing written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: madyn predict --config path/to/config.json --out results/mine")
     c.add_argument("--config", help="a Hugging Face config.json (its shape within the "
@@ -691,7 +547,67 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
                    "training data's last step)")
     c.add_argument("--out", default="prediction", help="output folder (default prediction/)")
-    c.set_defaults(func=_cmd_predict)
+
+    c = _add(sub, "forecast", _cmd_forecast,
+             "forecast a run from its first steps (or backtest a complete suite)",
+             "The suite's other models at the same relative depth are the prior (a Gaussian "
+             "over log curves), conditioned on the run's points so far. With --run: forecast "
+             "that series to --last-step (curves.csv, summary.json, forecast.png in "
+             "--out-dir). Without: truncate every model of --series at each fraction and "
+             "forecast the rest, against three baselines (last value, the best AICc fit on "
+             "the early points, the prior alone).")
+    c.add_argument("--series", nargs="+", required=True, help="series Parquets: the prior's "
+                   "models (and, without --run, the models backtested)")
+    c.add_argument("--run", help="series Parquet of a run still training")
+    c.add_argument("--last-step", type=int, help="the run's planned last step")
+    c.add_argument("--out-dir", help="with --run: where the forecast goes")
+    c.add_argument("--out-json", help="backtest metrics (JSON)")
+    c.add_argument("--out-csv", help="backtest table (CSV)")
+    c.add_argument("--out-png", help="backtest figure")
+    c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
+    c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
+                   "baseline, asymptotes), as JSON")
+
+
+def _report_parsers(sub) -> None:
+    """Phase 6: report-figures, effects."""
+    c = _add(sub, "report-figures", _cmd_report_figures, "cross-model figures and tables")
+    c.add_argument("--series", nargs="+", required=True)
+    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
+    c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
+    c.add_argument("--out-dir", required=True)
+
+    c = _add(sub, "effects", _cmd_effects, "each design against the base design (bootstrap "
+             "over seeds) and the kurtosis-cos_sim association",
+             "Reduce every model to final_ratio, asymptote, peak_step (winning ratio fit) and "
+             "final kurtosis, sink mass, cos_sim (series), each the median over layers; "
+             "compare each design's seed mean with the base design's (difference and ratio, "
+             "percentile bootstrap over seeds). Writes JSON, CSV and a forest figure. "
+             "Without --base only the association is computed.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet (model = stem)")
+    c.add_argument("--fits", nargs="*", default=[], help="fit tables .parquet (model = stem)")
+    c.add_argument("--design", nargs="*", default=[], metavar="MODEL=LABEL",
+                   help="design label of every model")
+    c.add_argument("--base", default=None, help="label of the base design")
+    _outs(c, "--out-json", "--out-csv")
+    c.add_argument("--out-png", default=None)
+    c.add_argument("--n-boot", type=_positive_int, default=10000)
+    c.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``madyn`` parser: one subcommand per workflow step, added phase by phase."""
+    p = argparse.ArgumentParser(
+        prog="madyn",
+        description="Massive-activation dynamics: measure how massive activations emerge "
+        "while a transformer trains, fit each layer's trajectory, predict it from the "
+        "architecture. The full workflow runs with `snakemake --cores N`; these "
+        "subcommands are its steps.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for phase in (_suite_parsers, _extract_parsers, _fit_parsers, _features_parsers,
+                  _predict_parsers, _report_parsers):
+        phase(sub)
     return p
 
 

@@ -77,3 +77,12 @@ def run(series_paths: list[str], fit_paths: list[str], designs: dict[str, str],
 
         plot_effects(table, out_png, base=base)
     return out
+
+
+def summary_line(out: dict, out_json: str) -> str:
+    """The line ``madyn effects`` prints: the kurtosis-cos_sim association of ``out`` (the
+    object :func:`run` returns) and where the effects went."""
+    a = out["association"]
+    rho = "n/a" if a["rho"] is None or a["rho"] != a["rho"] else f"{a['rho']:.3f}"
+    return (f"kurtosis vs cos_sim: Spearman rho {rho} over {a['n']} (model, layer) "
+            f"pairs; effects -> {out_json}")

@@ -200,6 +200,47 @@ def measure_download(marker_path: str, tokens_path: str, out: str, model: str, s
         delete_cached_revision(marker["snapshot"], marker.get("fetched"))
 
 
+def settings_from_args(settings_json: str | None, **given) -> ExtractSettings:
+    """The ExtractSettings of ``madyn extract``/``extract-model``: ``settings_json`` (JSON
+    text, e.g. a suite's ``extract`` in params.yaml), each option in ``given`` that is not
+    None over it, the params schema's defaults for the rest; ValueError naming
+    ``--settings-json`` for unreadable JSON or an unknown key."""
+    import json
+
+    try:
+        base = json.loads(settings_json) if settings_json else {}
+        return ExtractSettings.from_dict({**base,
+                                          **{k: v for k, v in given.items() if v is not None}})
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--settings-json: {e}") from None
+
+
+def measure_one(checkpoint: str | None, tokens_path: str, out: str, *, model: str | None,
+                step: int | None, settings: ExtractSettings, revision: str | None = None,
+                marker: str | None = None) -> None:
+    """``madyn extract``: measure one checkpoint into ``out``. From a download ``marker``
+    (:func:`download`); or a hub repo id ``checkpoint`` at ``revision`` (downloaded to a
+    temporary marker, measured, removed from the cache after with
+    ``settings.delete_downloads``); or a local checkpoint folder. ``model`` defaults to the
+    checkpoint's folder name, ``step`` to 0 (with a marker both are recorded as given)."""
+    if marker:
+        measure_download(marker, tokens_path, out, model, step, settings)
+        return
+    if not checkpoint:
+        raise ValueError("give a CHECKPOINT (folder or hub repo id) or --marker")
+    step = 0 if step is None else step
+    model = model or Path(checkpoint).name
+    if revision:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="madyn-download-") as tmp:
+            tmp_marker = str(Path(tmp) / "download.json")
+            download(checkpoint, revision, tmp_marker)
+            measure_download(tmp_marker, tokens_path, out, model, step, settings)
+        return
+    measure([Checkpoint(checkpoint, step, Path(out))], tokens_path, model, settings)
+
+
 def export_config(source: str) -> dict:
     """The ``config.json`` to export beside a model's released files: from a checkpoint
     folder, or from the snapshot a hub download marker (``.json`` file) names."""

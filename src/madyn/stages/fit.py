@@ -47,3 +47,15 @@ def summarise(fit_paths: list[str], out_table: str, out_metrics: str) -> dict:
     summary = fit_summary(table)
     write_json(out_metrics, summary)
     return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """One line per model of the fit metrics (what ``madyn fit-summary`` prints): the
+    ratio fits' mean best R^2 and the winning hypotheses."""
+    lines = []
+    for m, q in summary["per_model"].items():
+        r = q.get("ratio", {})
+        lines.append(f"{m:14s} ratio: mean best R^2 "
+                     f"{r.get('best_emlog_r2_mean', float('nan')):.4f}, "
+                     f"winners {r.get('winners', {})}")
+    return lines

@@ -144,3 +144,17 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
                                       "last_step": last_step, "level": s.level,
                                       "layers": summary})
     return summary
+
+
+def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
+    """One line per quantity and truncation of a backtest summary (what ``madyn forecast``
+    prints): each method's final-value error and the forecast interval's coverage; none for
+    a skipped backtest."""
+    lines = []
+    for q in quantities if "skipped" not in summary else ():
+        for frac, methods in summary[q].items():
+            line = ", ".join(f"{m} {v['final_err_pct']:.1f} %" for m, v in methods.items())
+            cov = methods.get("forecast", {}).get("coverage")
+            lines.append(f"  {q:6} {frac:>4} seen: final-value error {line}; forecast "
+                         f"interval coverage {cov}")
+    return lines

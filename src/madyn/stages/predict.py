@@ -4,6 +4,7 @@ architecture's curves; plus the checks of a user's architecture input (``madyn p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,80 @@ def parse_steps(text: str) -> list[int]:
             raise InputError(f"--steps: {v} is negative")
         out.append(v)
     return out
+
+
+@dataclass(frozen=True)
+class Query:
+    """What ``madyn predict`` forecasts: the feature table, the architecture (a config
+    dict with its design record), the steps (None: :func:`default_steps`), the settings,
+    and the design options given (``--family`` ... ``--sequential``), for
+    :func:`design_note`."""
+
+    features: str
+    config: dict
+    steps: list[int] | None
+    settings: PredictSettings
+    design_options: tuple[str, ...] = ()
+
+
+def query(*, params: str = "params.yaml", settings_json: str | None = None,
+          features: str | None = None, config: str | None = None,
+          layers: int | None = None, width: int | None = None, heads: int | None = None,
+          ff_mult: int | None = None, rotary_pct: float | None = None,
+          vocab_size: int = 512, family: str | None = None, sequential: bool = False,
+          optimizer: str | None = None, lr: float | None = None, eps: float | None = None,
+          steps: str | None = None) -> Query:
+    """Assemble and check a ``madyn predict`` query from its options: the settings from
+    ``settings_json`` (JSON text; then ``features`` is required) or the params file
+    ``params`` (``features`` defaulting to its active suite's feature table); the
+    architecture from the config.json ``config`` or the shape ``layers``/``width``/``heads``
+    (:func:`config_from_shape`), with the recipe added (:func:`with_recipe`); ``steps``
+    comma-separated (:func:`parse_steps`). InputError, one line, for any bad or missing
+    input, before anything is computed."""
+    import json
+
+    from madyn import config as params_file
+
+    if settings_json:
+        if not features:
+            raise InputError("--features is required with --settings-json")
+        try:
+            settings = PredictSettings.from_dict(json.loads(settings_json))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"--settings-json: {e}") from None
+    else:
+        cfg = params_file.load(params)
+        settings = PredictSettings.from_dict(params_file.predict_settings(cfg))
+        features = features or params_file.feature_table(cfg)
+    shape = (layers, width, heads)
+    if config:
+        arch = load_config(config)
+    elif any(v is not None for v in shape):
+        if any(v is None for v in shape):
+            raise InputError("give all of --layers, --width and --heads")
+        arch = config_from_shape(*shape, ff_mult, rotary_pct, vocab_size, family,
+                                 not sequential)
+    else:
+        raise InputError("give --config config.json, or --layers, --width and --heads")
+    arch = with_recipe(arch, optimizer, lr, eps)
+    step_list = parse_steps(steps) if steps else None
+    if not Path(features).exists():
+        raise InputError(f"no feature table at {features}: run the workflow first "
+                         "(snakemake --cores N), or pass --features")
+    given = tuple(f"--{k}" for k, v in (("family", family), ("optimizer", optimizer),
+                                        ("lr", lr), ("eps", eps)) if v)
+    return Query(features, arch, step_list, settings,
+                 given or (("--sequential",) if sequential else ()))
+
+
+def design_note(q: Query, summary: dict) -> str | None:
+    """A note when design options were given but the predictor ignores them (a
+    ``predict_model`` on relative depth alone: the summary records no features)."""
+    if not q.design_options or summary.get("features"):
+        return None
+    return (f"predict_model {q.settings.predict_model} uses relative depth alone; "
+            f"{' '.join(q.design_options)} did not change the prediction (set "
+            "predict.predict_model to a regressor, e.g. xgb)")
 
 
 def default_steps(feature_table_path: str) -> list[int]:

@@ -4,6 +4,7 @@ the suite's training time. Owns the phase's file I/O; the science is in
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,37 @@ from madyn.suite import ModelSpec, TrainSpec, train_model, training_summary
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def check(params: str) -> str:
+    """Validate the params file ``params`` (ValueError naming what is wrong) and return a
+    one-line summary of its active suite (``madyn check``)."""
+    from madyn import config
+
+    cfg = config.load(params)
+    suite = config.active(cfg)
+    n = "?" if suite["source"] == "released" else len(config.steps(suite))
+    return (f"{params}: valid. suite={cfg['suite']} ({suite['source']}), "
+            f"{len(suite['models'])} models, {n} checkpoints each")
+
+
+def train_specs(model: str | None, params: str, spec_json: str | None = None,
+                train_json: str | None = None) -> tuple[ModelSpec, TrainSpec]:
+    """The architecture and recipe ``madyn train`` trains: from ``spec_json`` and
+    ``train_json`` (JSON text) when given, else model ``model`` of the active suite of the
+    params file ``params`` (SystemExit when that suite is not trained locally or has no such
+    model)."""
+    if spec_json:
+        return ModelSpec(**json.loads(spec_json)), TrainSpec(**json.loads(train_json))
+    from madyn import config
+
+    cfg = config.load(params)
+    active = config.active(cfg)
+    if active["source"] != "local":
+        raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
+    if model not in config.model_names(active):
+        raise SystemExit(f"madyn train: no model {model!r} in suite {cfg['suite']!r}")
+    return config.model_spec(active, model), config.train_spec(active, model)
 
 
 def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,
