@@ -4,14 +4,14 @@
 # features_all, predict_all, report_all.
 import sys
 
-from madyn import config as madyn_config
+from madyn import params_file as madyn_params
 
 # Before Snakemake reads it: a params file that is huge, has a key twice or YAML aliases
 # that expand without bound is refused here (Snakemake would keep the last duplicate and
 # walk every expanded value).
 try:
-    madyn_config.read("params.yaml")
-except madyn_config.ConfigError as err:
+    madyn_params.read("params.yaml")
+except madyn_params.ConfigError as err:
     sys.exit(f"madyn: {err}")
 
 

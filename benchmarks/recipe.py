@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from madyn import config
+from madyn import params_file
 from madyn.checkpoints import load_model
 from madyn.series import middle_layers
 from madyn.statistics import measure
-from madyn.suite import TrainSpec, train_model
+from madyn.training import TrainSpec, train_model
 
 
 def run_variant(model: str, suite: dict, results: Path, variant: dict, work: Path) -> str:
     """Train ``model`` with ``variant`` applied, in ``work``; one result line."""
-    spec = config.model_spec(suite, model)
-    base = config.train_spec(suite, model).__dict__
+    spec = params_file.model_spec(suite, model)
+    base = params_file.train_spec(suite, model).__dict__
     unknown = set(variant) - set(base)
     if unknown:
         raise SystemExit(f"unknown recipe keys {sorted(unknown)}; known: {sorted(base)}")
@@ -55,10 +55,10 @@ def main() -> None:
     ap.add_argument("variants", nargs="+", help="JSON objects of recipe keys to replace")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    cfg = config.load(args.params)
-    suite = config.active(cfg)
-    results = Path(config.results_dir(cfg))
-    if args.model not in config.model_names(suite):
+    cfg = params_file.load(args.params)
+    suite = params_file.active(cfg)
+    results = Path(params_file.results_dir(cfg))
+    if args.model not in params_file.model_names(suite):
         raise SystemExit(f"no model {args.model!r} in suite {cfg['suite']!r}")
     print(f"{args.model}: {'variant':52s} train    final loss   growth of top1/median")
     with tempfile.TemporaryDirectory() as work:

@@ -20,7 +20,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(corpus_dir, tmp_path_factory) -> Path:
-    from madyn.suite import train_model
+    from madyn.training import train_model
 
     out = tmp_path_factory.mktemp("tiny")
     train_model(TINY_MODEL, TINY_TRAIN, corpus_dir, out, threads=1)

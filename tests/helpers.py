@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from madyn import hypotheses
-from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps, model_config
+from madyn.training import ModelSpec, TrainSpec, checkpoint_steps, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,24 +7,24 @@ import copy
 import pytest
 import yaml
 
-from madyn import config
+from madyn import params_file
 from tests.helpers import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def test_shipped_params_are_valid():
-    cfg = config.validate(copy.deepcopy(PARAMS))
-    assert len(config.model_names(cfg["suites"]["embedded"])) >= 6
-    assert len(config.model_names(cfg["suites"]["smoke"])) == 2
+    cfg = params_file.validate(copy.deepcopy(PARAMS))
+    assert len(params_file.model_names(cfg["suites"]["embedded"])) >= 6
+    assert len(params_file.model_names(cfg["suites"]["smoke"])) == 2
 
 
 def test_pythia_suite_has_full_schedule_and_study_subset():
     pythia = PARAMS["suites"]["pythia"]
-    full = config.hub_schedule(pythia)
+    full = params_file.hub_schedule(pythia)
     assert len(full) == 154 and full[:3] == [0, 1, 2] and full[-1] == 143000
     assert 512 in full and 1000 in full and 768 not in full
-    subset = config.steps(pythia)
+    subset = params_file.steps(pythia)
     assert 35 <= len(subset) <= 39 and set(subset) <= set(full)
     assert len(pythia["models"]) == 9
 
@@ -83,18 +83,19 @@ def _mutated(path: str, value) -> dict:
     ],
 )
 def test_bad_params_name_the_key(path, value, named):
-    with pytest.raises(config.ConfigError) as err:
-        config.validate(_mutated(path, value))
+    with pytest.raises(params_file.ConfigError) as err:
+        params_file.validate(_mutated(path, value))
     assert named in str(err.value)
 
 
 def test_model_lr_overrides_the_suite_recipe_only_for_that_model():
     cfg = _mutated("suites.smoke.models.1.lr", 0.002)
-    suite = config.validate(cfg)["suites"]["smoke"]
-    first, second = config.model_names(suite)
-    assert config.train_spec(suite, second).lr == 0.002
-    assert config.train_spec(suite, first).lr == suite["train"]["lr"] == config.train_spec(suite).lr
-    spec = config.model_spec(suite, second)
+    suite = params_file.validate(cfg)["suites"]["smoke"]
+    first, second = params_file.model_names(suite)
+    assert params_file.train_spec(suite, second).lr == 0.002
+    assert params_file.train_spec(suite, first).lr == suite["train"]["lr"] \
+        == params_file.train_spec(suite).lr
+    spec = params_file.model_spec(suite, second)
     assert not hasattr(spec, "lr") and spec.layers == suite["models"][1]["layers"]
 
 
@@ -102,28 +103,28 @@ def test_design_overrides_apply_to_their_model_only():
     cfg = copy.deepcopy(PARAMS)
     m = cfg["suites"]["smoke"]["models"][1]
     m.update(family="llama", optimizer="sgd", momentum=0.8, seed=7, eps=1e-4)
-    suite = config.validate(cfg)["suites"]["smoke"]
-    first, second = config.model_names(suite)
-    t, t0 = config.train_spec(suite, second), config.train_spec(suite, first)
+    suite = params_file.validate(cfg)["suites"]["smoke"]
+    first, second = params_file.model_names(suite)
+    t, t0 = params_file.train_spec(suite, second), params_file.train_spec(suite, first)
     assert (t.optimizer, t.momentum, t.seed, t.eps) == ("sgd", 0.8, 7, 1e-4)
     assert (t0.optimizer, t0.eps, t0.seed) == ("adamw", 1e-8, suite["train"]["seed"])
-    assert config.model_spec(suite, second).family == "llama"
-    assert config.model_spec(suite, first).family == "neox"
+    assert params_file.model_spec(suite, second).family == "llama"
+    assert params_file.model_spec(suite, first).family == "neox"
 
 
 @pytest.mark.parametrize("key, value", [("parallel_residual", False), ("rotary_pct", 0.5)])
 def test_neox_only_keys_refused_for_other_families(key, value):
     cfg = copy.deepcopy(PARAMS)
     cfg["suites"]["smoke"]["models"][0].update({"family": "qwen3", key: value})
-    with pytest.raises(config.ConfigError, match=rf"suites.smoke.models.0.{key}: applies to "
+    with pytest.raises(params_file.ConfigError, match=rf"suites.smoke.models.0.{key}: applies to "
                        "family neox only"):
-        config.validate(cfg)
+        params_file.validate(cfg)
 
 
 def test_design_defaults_are_stated_once():
     """The schema's defaults of the design keys are the dataclasses' defaults."""
     from madyn.settings import params_schema
-    from madyn.suite import FAMILIES, OPTIMIZERS, ModelSpec, TrainSpec
+    from madyn.training import FAMILIES, OPTIMIZERS, ModelSpec, TrainSpec
 
     defs = params_schema()["$defs"]
     model = defs["local_suite"]["properties"]["models"]["items"]["properties"]
@@ -135,50 +136,50 @@ def test_design_defaults_are_stated_once():
     assert defs["adam_eps"]["default"] == fields["eps"].default
     assert defs["momentum"]["default"] == fields["momentum"].default
     assert model["parallel_residual"]["default"] == fields["parallel_residual"].default
-    assert set(config.TRAIN_OVERRIDES) <= set(model) & set(TrainSpec.__dataclass_fields__)
+    assert set(params_file.TRAIN_OVERRIDES) <= set(model) & set(TrainSpec.__dataclass_fields__)
 
 
 def test_duplicate_model_names_rejected():
     cfg = copy.deepcopy(PARAMS)
     cfg["suites"]["smoke"]["models"].append(dict(cfg["suites"]["smoke"]["models"][0]))
-    with pytest.raises(config.ConfigError, match="suites.smoke.models: duplicate"):
-        config.validate(cfg)
+    with pytest.raises(params_file.ConfigError, match="suites.smoke.models: duplicate"):
+        params_file.validate(cfg)
 
 
 def test_load_reports_yaml_syntax_errors(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("suite: [unclosed\n")
-    with pytest.raises(config.ConfigError, match="not valid YAML"):
-        config.load(str(bad))
+    with pytest.raises(params_file.ConfigError, match="not valid YAML"):
+        params_file.load(str(bad))
 
 
 def test_min_points_checked_against_the_active_suite_only():
     cfg = _mutated("fit.min_points", 24)
-    config.validate(cfg)  # embedded has exactly 24 checkpoints
+    params_file.validate(cfg)  # embedded has exactly 24 checkpoints
     cfg["suite"] = "smoke"
-    n_smoke = len(config.steps(cfg["suites"]["smoke"]))
+    n_smoke = len(params_file.steps(cfg["suites"]["smoke"]))
     cfg["fit"]["min_points"] = n_smoke + 1
-    with pytest.raises(config.ConfigError, match=f"exceeds the {n_smoke} checkpoints"):
-        config.validate(cfg)
+    with pytest.raises(params_file.ConfigError, match=f"exceeds the {n_smoke} checkpoints"):
+        params_file.validate(cfg)
 
 
 def test_min_points_checked_for_hub_analyse_steps():
     cfg = _mutated("suites.pythia.analyse_steps", [0, 1, 2, 4, 8])
     cfg["suite"] = "pythia"
-    with pytest.raises(config.ConfigError, match="fit.min_points: 6 exceeds the 5 "
+    with pytest.raises(params_file.ConfigError, match="fit.min_points: 6 exceeds the 5 "
                        "checkpoints of suite pythia"):
-        config.validate(cfg)
+        params_file.validate(cfg)
 
 
 def test_check_min_points_for_a_released_folder():
-    cfg = config.validate(copy.deepcopy(PARAMS))
-    config.check_min_points(cfg, 6, "released/m1")
-    with pytest.raises(config.ConfigError,
+    cfg = params_file.validate(copy.deepcopy(PARAMS))
+    params_file.check_min_points(cfg, 6, "released/m1")
+    with pytest.raises(params_file.ConfigError,
                        match="fit.min_points: 6 exceeds the 5 checkpoints of released/m1"):
-        config.check_min_points(cfg, 5, "released/m1")
+        params_file.check_min_points(cfg, 5, "released/m1")
 
 
 def test_valid_floats_and_ints_still_pass():
     cfg = _mutated("suites.embedded.train.lr", 1)  # an int is a valid number
     cfg["fit"]["alpha"] = 0
-    config.validate(cfg)
+    params_file.validate(cfg)

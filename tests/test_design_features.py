@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import config as madyn_config
+from madyn import params_file as madyn_params
 from madyn.architecture import DESIGN_KEY, design
 from madyn.evaluation import evaluate, lomo_predictions
 from madyn.features import (
@@ -26,10 +26,10 @@ from madyn.features import (
     feature_columns,
     write_feature_table,
 )
-from madyn.forecast import predict_architecture
+from madyn.prediction import predict_architecture
 from madyn.regressors import fit_predict
 from madyn.settings import PredictSettings
-from madyn.suite import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
+from madyn.training import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
 from tests.helpers import STEPS, TINY_MODEL, TINY_TRAIN, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=40, rf_n_estimators=20, n_boot=4, cv_folds=3,
@@ -82,7 +82,7 @@ def test_config_json_records_the_checkpoints_own_recipe(corpus_dir, tmp_path):
 # ----------------------------------------------------------------------------- params
 
 def _suite_cfg(models: list[dict], base: str | None = None) -> dict:
-    cfg = madyn_config.load("params.yaml")
+    cfg = madyn_params.load("params.yaml")
     suite = dict(cfg["suites"]["interventions"], models=models)
     if base is None:
         suite.pop("base_design", None)
@@ -96,13 +96,13 @@ def test_design_groups_validated():
     ok = _suite_cfg([{"name": "a-s0", "design": "a", "seed": 0, **m},
                      {"name": "a-s1", "design": "a", "seed": 1, **m},
                      {"name": "b-s0", "design": "b", "lr": 0.006, **m}], base="a")
-    madyn_config.validate(ok)
-    assert madyn_config.design_labels(ok["suites"]["x"])["a-s1"] == "a"
-    with pytest.raises(madyn_config.ConfigError, match=r"suites\.x\.models\.1\.design: .*lr"):
-        madyn_config.validate(_suite_cfg([{"name": "a-s0", "design": "a", **m},
+    madyn_params.validate(ok)
+    assert madyn_params.design_labels(ok["suites"]["x"])["a-s1"] == "a"
+    with pytest.raises(madyn_params.ConfigError, match=r"suites\.x\.models\.1\.design: .*lr"):
+        madyn_params.validate(_suite_cfg([{"name": "a-s0", "design": "a", **m},
                                           {"name": "a-s1", "design": "a", "lr": 0.1, **m}]))
-    with pytest.raises(madyn_config.ConfigError, match=r"suites\.x\.base_design: 'c'"):
-        madyn_config.validate(_suite_cfg([{"name": "a-s0", "design": "a", **m}], base="c"))
+    with pytest.raises(madyn_params.ConfigError, match=r"suites\.x\.base_design: 'c'"):
+        madyn_params.validate(_suite_cfg([{"name": "a-s0", "design": "a", **m}], base="c"))
 
 
 # ----------------------------------------------------------------------------- table

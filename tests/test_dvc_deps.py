@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from madyn.project import STAGE_CODE, stage_code_deps
+from madyn.dvc_stages import STAGE_CODE, stage_code_deps
 from tests.helpers import ROOT
 
 CODE_PREFIXES = ("src/", "workflow/rules/", "Snakefile")
@@ -29,7 +29,7 @@ def test_stage_code_deps_equal_import_closure(stage):
 
 def test_closure_follows_imports_inside_functions(tmp_path):
     """A stage importing a module lazily (inside a function) depends on it too."""
-    from madyn.project import import_closure
+    from madyn.dvc_stages import import_closure
 
     src = tmp_path / "src/madyn"
     src.mkdir(parents=True)
@@ -46,8 +46,9 @@ def test_dvc_outs_of_a_released_suite(tmp_path):
     is madyn's own, holding the manifest of the files madyn reads (a user's other files
     left out), its other outs exist empty; a link an earlier version made in the models
     folder's place is replaced (the user's files stay), a non-empty source folder refused."""
-    from madyn.project import copy_workflow, ensure_stage_outs
+    from madyn.dvc_stages import ensure_stage_outs
     from madyn.released import exp2_path
+    from madyn.scratch_project import copy_workflow
 
     data = tmp_path / "data"
     exp2_path(data, "m", 0).parent.mkdir(parents=True)

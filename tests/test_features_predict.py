@@ -25,11 +25,11 @@ from madyn.features import (
     read_feature_table,
     write_feature_table,
 )
-from madyn.forecast import predict_architecture
+from madyn.prediction import predict_architecture
 from madyn.settings import PredictSettings
 from madyn.stages import features as features_stage
 from madyn.stages import predict as predict_stage
-from madyn.suite import ModelSpec, model_config
+from madyn.training import ModelSpec, model_config
 from tests.helpers import STEPS, SYNTHETIC_SUITE, neox_config, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=60, rf_n_estimators=25, n_boot=6, cv_folds=3,
@@ -277,7 +277,7 @@ def test_entry_points_bit_identical(data, tmp_path):
                            str(d / "fitted_param_dataset_original.csv"), FAST)
         _quiet(predict_stage.evaluate, str(d / "ft.parquet"), [str(ser_path)], FAST,
                str(d / "metrics.json"), str(d / "extras"), figures=(run == "a"))
-        _quiet(predict_stage.forecast, str(d / "ft.parquet"), new_cfg, STEPS, FAST,
+        _quiet(predict_stage.predict, str(d / "ft.parquet"), new_cfg, STEPS, FAST,
                str(d / "pred"))
         outs.append(d)
     names = ["ft.parquet", "fitted_param_dataset_original.csv", "metrics.json",

@@ -1,4 +1,4 @@
-"""Forecasting a run from its first steps (madyn.runcast, `madyn forecast`): known answers
+"""Forecasting a run from its first steps (madyn.forecast, `madyn forecast`): known answers
 on curves drawn from known parameters, the prior's effect, the backtest and bad input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import runcast
+from madyn import forecast
 
 STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, *range(125, 2001, 125)], float)
 
@@ -31,11 +31,11 @@ def test_intervals_cover_the_true_final_value_near_their_nominal_rate():
     """200 series from known parameters: forecast from half the steps with 8 prior
     models drawn from the same design; the 90 % intervals cover the truth about 90 %."""
     rng = np.random.default_rng(0)
-    k = runcast.observed_upto(STEPS, 0.5 * STEPS[-1])
+    k = forecast.observed_upto(STEPS, 0.5 * STEPS[-1])
     covered, errors = [], []
     for _ in range(200):
         prior, truth = _curves(rng, 8), _curves(rng, 1)[0]
-        fc = runcast.forecast_layer(STEPS, truth[:k], np.log(prior), level=0.9)
+        fc = forecast.forecast_layer(STEPS, truth[:k], np.log(prior), level=0.9)
         covered.append(fc.final[1] <= truth[-1] <= fc.final[2])
         errors.append(abs(fc.final[0] - truth[-1]) / truth[-1])
     assert 0.82 <= np.mean(covered) <= 0.98, np.mean(covered)
@@ -44,14 +44,14 @@ def test_intervals_cover_the_true_final_value_near_their_nominal_rate():
 
 def test_a_prior_centred_on_the_truth_narrows_the_intervals():
     rng = np.random.default_rng(1)
-    k = runcast.observed_upto(STEPS, 0.25 * STEPS[-1])
+    k = forecast.observed_upto(STEPS, 0.25 * STEPS[-1])
     widths = {"broad": [], "centred": []}
     for _ in range(50):
         truth = _curves(rng, 1)[0]
         broad = np.log(_curves(rng, 8))
         centred = np.log(truth) + rng.normal(0, 0.02, (8, len(STEPS)))
         for name, prior in (("broad", broad), ("centred", centred)):
-            fc = runcast.forecast_layer(STEPS, truth[:k], prior, level=0.9)
+            fc = forecast.forecast_layer(STEPS, truth[:k], prior, level=0.9)
             widths[name].append(np.log(fc.final[2] / fc.final[1]))
             if name == "centred":
                 assert fc.final[1] <= truth[-1] <= fc.final[2]
@@ -67,13 +67,13 @@ def test_a_prior_centred_on_the_truth_narrows_the_intervals():
 ])
 def test_bad_series_is_refused_in_one_line(observed, message):
     prior = np.log(_curves(np.random.default_rng(2), 4))
-    with pytest.raises(runcast.ForecastError, match=message):
-        runcast.forecast_layer(STEPS, observed, prior)
+    with pytest.raises(forecast.ForecastError, match=message):
+        forecast.forecast_layer(STEPS, observed, prior)
 
 
 def test_too_few_prior_models_is_refused():
-    with pytest.raises(runcast.ForecastError, match="at least 2"):
-        runcast.forecast_layer(STEPS, np.ones(5), np.log(_curves(np.random.default_rng(3), 1)))
+    with pytest.raises(forecast.ForecastError, match="at least 2"):
+        forecast.forecast_layer(STEPS, np.ones(5), np.log(_curves(np.random.default_rng(3), 1)))
 
 
 def _series(path, model: str, rng, layers: int = 3, upto: float | None = None) -> None:

@@ -20,7 +20,7 @@ import yaml
 
 from madyn.extract import measure_checkpoint
 from madyn.io import read_json
-from madyn.project import copy_workflow
+from madyn.scratch_project import copy_workflow
 from madyn.stats_table import STAT_COLUMNS, read_stats
 from tests.fake_hub import FakeHub
 from tests.helpers import ROOT

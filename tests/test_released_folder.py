@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from madyn import config, released
+from madyn import params_file, released
 from tests.helpers import ROOT
 
 STEPS = (0, 1, 2, 4, 8, 16, 32)
@@ -35,7 +35,7 @@ def _cfg(path, entries=({"name": "m_a"}, {"name": "m_b"})) -> dict:
     cfg["suites"]["study"] = {"source": "released", "path": str(path),
                               "models": [dict(e) for e in entries]}
     cfg["suite"] = "study"
-    return config.validate(cfg)
+    return params_file.validate(cfg)
 
 
 def test_a_complete_folder_passes_and_its_files_are_returned(tmp_path):
@@ -48,7 +48,7 @@ def test_a_complete_folder_passes_and_its_files_are_returned(tmp_path):
 def test_a_path_that_is_not_a_folder(tmp_path):
     (tmp_path / "file").write_text("")
     for path in (tmp_path / "absent", tmp_path / "file"):
-        with pytest.raises(config.ConfigError,
+        with pytest.raises(params_file.ConfigError,
                            match=f"^suites.study.path: {re.escape(str(path))} is not a folder$"):
             released.check_folder(_cfg(path))
 
@@ -57,7 +57,7 @@ def test_a_model_without_exp2_files(tmp_path):
     _folder(tmp_path, models=("m_a",))
     (tmp_path / "m_b" / "stats").mkdir(parents=True)
     released.exp2_path(tmp_path, "m_b", 0).with_name("notes.txt").write_text("x")
-    with pytest.raises(config.ConfigError,
+    with pytest.raises(params_file.ConfigError,
                        match=r"^suites.study.models: no exp2 files for \['m_b'\] under "):
         released.check_folder(_cfg(tmp_path))
 
@@ -65,7 +65,7 @@ def test_a_model_without_exp2_files(tmp_path):
 def test_a_model_without_an_architecture(tmp_path):
     _folder(tmp_path)
     released.config_file(tmp_path, "m_b").unlink()
-    with pytest.raises(config.ConfigError, match=r"^suites.study.models.1: m_b has no "
+    with pytest.raises(params_file.ConfigError, match=r"^suites.study.models.1: m_b has no "
                        r".*m_b/config.json: give its architecture in the suite entry"):
         released.check_folder(_cfg(tmp_path))
     # the suite entry may state it instead of a config.json
@@ -78,7 +78,7 @@ def test_a_model_with_fewer_checkpoints_than_min_points(tmp_path):
     _folder(tmp_path, models=("m_b",), steps=STEPS[:5])
     cfg = _cfg(tmp_path)
     assert cfg["fit"]["min_points"] == 6
-    with pytest.raises(config.ConfigError, match=r"^fit.min_points: 6 exceeds the 5 "
+    with pytest.raises(params_file.ConfigError, match=r"^fit.min_points: 6 exceeds the 5 "
                        r"checkpoints of .*/m_b/stats$"):
         released.check_folder(cfg)
     cfg["fit"]["min_points"] = 5

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from madyn import config, hypotheses
+from madyn import hypotheses, params_file
 from madyn.features import transforms_for
 from madyn.settings import (
     ExtractSettings,
@@ -26,7 +26,7 @@ from tests.helpers import ROOT
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    return config.load(str(ROOT / "params.yaml"))
+    return params_file.load(str(ROOT / "params.yaml"))
 
 
 def test_schema_hypotheses_are_the_registry():
@@ -36,7 +36,7 @@ def test_schema_hypotheses_are_the_registry():
 
 def test_defaults_equal_params_yaml(params):
     assert FitSettings() == FitSettings.from_dict(params["fit"])
-    assert PredictSettings() == PredictSettings.from_dict(config.predict_settings(params))
+    assert PredictSettings() == PredictSettings.from_dict(params_file.predict_settings(params))
     for section in ("fit", "features", "predict"):
         shipped = {k: v for k, v in params[section].items() if k != "example"}
         assert {k: section_defaults(section)[k] for k in shipped} == shipped
@@ -115,18 +115,18 @@ def _code_files() -> list[Path]:
 
 
 def test_results_paths_are_defined_once():
-    """Where outputs go is written once, config.results_dir; every other path under
+    """Where outputs go is written once, params_file.results_dir; every other path under
     results/ is built from it (the workflow's RESULTS, the feature table), never spelled
     out again in the code, the rules or the benchmarks."""
     cfg = {"suite": "smoke", "features": {"parametrisation": "reparam_reg"}}
-    assert config.results_dir(cfg) == "results/smoke"
-    assert config.feature_table(cfg) == \
+    assert params_file.results_dir(cfg) == "results/smoke"
+    assert params_file.feature_table(cfg) == \
         "results/smoke/features/fitted_param_dataset_reparam_reg.parquet"
     hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in _code_files()
             for n, line in enumerate(f.read_text().splitlines(), 1)
             if _RESULTS_LITERAL.search(line) and not line.lstrip().startswith("#")]
-    assert len(hits) == 1 and hits[0].startswith("src/madyn/config.py:"), hits
-    assert "RESULTS = madyn_config.results_dir(config)" in \
+    assert len(hits) == 1 and hits[0].startswith("src/madyn/params_file.py:"), hits
+    assert "RESULTS = madyn_params.results_dir(config)" in \
         (ROOT / "workflow/rules/common.smk").read_text()
 
 

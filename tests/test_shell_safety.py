@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from madyn import config
-from madyn.project import copy_workflow
+from madyn import params_file
+from madyn.scratch_project import copy_workflow
 from tests.helpers import ROOT
 
 HOSTILE = "rel $(touch {canary}) `touch {canary}` ; touch {canary} 'q\" &"
@@ -206,8 +206,8 @@ def test_suite_names_that_are_not_plain_names_are_refused(name):
     cfg = _cfg()
     cfg["suites"][name] = cfg["suites"]["smoke"]
     cfg["suite"] = name
-    with pytest.raises(config.ConfigError, match=r"^invalid params.yaml: suite"):
-        config.validate(cfg)
+    with pytest.raises(params_file.ConfigError, match=r"^invalid params.yaml: suite"):
+        params_file.validate(cfg)
 
 
 @pytest.mark.parametrize("name", ["s2$(id)", "s2-w32-h2\n", "x" * 250, "../s2", "a;b"])
@@ -215,8 +215,8 @@ def test_model_names_that_are_not_plain_names_are_refused(name):
     cfg = _cfg()
     cfg["suites"]["smoke"]["models"][0]["name"] = name
     cfg["suite"] = "smoke"
-    with pytest.raises(config.ConfigError, match=r"suites\.smoke\.models\.0\.name"):
-        config.validate(cfg)
+    with pytest.raises(params_file.ConfigError, match=r"suites\.smoke\.models\.0\.name"):
+        params_file.validate(cfg)
 
 
 @pytest.mark.parametrize("key,value", [("tokenizer", "t/k$(touch PWNED)"),
@@ -227,15 +227,15 @@ def test_hub_ids_with_shell_characters_are_refused(key, value):
     cfg = _cfg()
     cfg["suites"]["pythia"]["models"][0][key] = value
     cfg["suite"] = "pythia"
-    with pytest.raises(config.ConfigError, match=rf"suites\.pythia\.models\.0\.{key}"):
-        config.validate(cfg)
+    with pytest.raises(params_file.ConfigError, match=rf"suites\.pythia\.models\.0\.{key}"):
+        params_file.validate(cfg)
 
 
 def test_design_with_shell_characters_is_refused():
     cfg = _cfg()
     cfg["suites"]["interventions"]["models"][0]["design"] = "base$(id)"
-    with pytest.raises(config.ConfigError, match=r"suites\.interventions\.models\.0\.design"):
-        config.validate(cfg)
+    with pytest.raises(params_file.ConfigError, match=r"suites\.interventions\.models\.0\.design"):
+        params_file.validate(cfg)
 
 
 def test_snakemake_refuses_a_hostile_suite_name_before_any_job(tmp_path):
@@ -283,15 +283,15 @@ def test_huge_params_file_refused_unread(tmp_path):
     with open(path, "w") as f:
         f.write("suite: smoke\n")
         f.write("# padding\n" * 5_000_000)
-    with pytest.raises(config.ConfigError, match=r"params.yaml: \d+ bytes, larger than"):
-        config.read(str(path))
+    with pytest.raises(params_file.ConfigError, match=r"params.yaml: \d+ bytes, larger than"):
+        params_file.read(str(path))
 
 
 def test_params_file_that_is_not_a_regular_file_is_refused(tmp_path):
     fifo = tmp_path / "params.yaml"
     os.mkfifo(fifo)
-    with pytest.raises(config.ConfigError, match="not a regular file"):
-        config.read(str(fifo))
+    with pytest.raises(params_file.ConfigError, match="not a regular file"):
+        params_file.read(str(fifo))
 
 
 @pytest.mark.parametrize("prefix,message", [

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from madyn.io import read_json
-from madyn.project import copy_workflow
+from madyn.scratch_project import copy_workflow
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent

@@ -79,7 +79,7 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_dvc_outs(args: argparse.Namespace) -> int:
-    from madyn.project import ensure_stage_outs
+    from madyn.dvc_stages import ensure_stage_outs
 
     for rel in ensure_stage_outs(Path.cwd(), args.stage, args.params):
         _say(f"madyn dvc-outs: made {rel}")
@@ -228,7 +228,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except predict.InputError as e:
         _say(f"madyn predict: {e}")
         return 2
-    summary = predict.forecast(q.features, q.config, q.steps, q.settings, args.out)
+    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out)
     if summary.get("warning"):
         _say(f"madyn predict: warning: {summary['warning']}")
     if note := predict.design_note(q, summary):

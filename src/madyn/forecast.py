@@ -1,197 +1,258 @@
-"""Forecast a new architecture's per-layer curves from the feature table. No file I/O.
+"""Forecast a training run from its first steps: the architecture's prior, updated by what
+the run has shown. No file I/O.
 
-The point prediction is ``predict_model`` trained on every usable row (a parameter
-regressor of :mod:`madyn.regressors`, or ``mean_curve``: the training models' fitted curves
-averaged at the same relative depth). Intervals: a deterministic bootstrap over MODELS
-(grouped), the ``interval`` percentiles of the ensemble, widened to contain the point
-prediction. Peaks are taken on a dense step grid over the requested step range.
+The prior of one layer's curve (of ``ratio``, ``top1`` or ``median``) is the suite's other
+models at the same relative depth (layer + 1) / L: each gives one curve, interpolated in
+depth between its layers and in log(1 + step) onto the run's steps. In log space these M
+curves define a Gaussian over the curve (mean: their mean; covariance: their sample
+covariance, inflated by (M + 1) / M for a new draw, plus a nugget for checkpoint-to-
+checkpoint noise estimated from their second differences). The forecast conditions that
+Gaussian on the run's points up to step s: where the run sits above or below the prior
+early, the covariance says how much of that persists to step S. Intervals are Student-t
+with M - 1 degrees of freedom; peak steps come from draws of the conditioned Gaussian.
+
+Shapes: steps (S,), curves (S,) in log space; a prior's samples M x S.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from madyn.architecture import architecture, design, is_architecture
-from madyn.curves import curve, dense_grid, depth_curves, raw_params
-from madyn.features import (
-    DESIGN_FEATURES,
-    check_table,
-    feature_columns,
-    feature_frame,
-    feature_matrix,
-    param_names,
-    target_columns,
-    usable_rows,
-)
-from madyn.io import jsonable
-from madyn.regressors import fit_predict
-from madyn.settings import PredictSettings
-
-# what a user gives for a design feature the predictors need (madyn predict's options)
-DESIGN_INPUT = {"f_log_lr": "lr", "f_log_eps": "eps (or optimizer sgd)", "f_sgd": "optimizer"}
+FORECAST_QUANTITIES = ("ratio", "top1", "median")
+N_DRAWS = 200  # posterior draws for peak steps
+MIN_PRIOR_MODELS = 2
 
 
-def query_features(d: pd.DataFrame, arch: dict, axes: dict | None
-                   ) -> tuple[pd.DataFrame, list[str]]:
-    """The new model's feature rows (one per layer; ``axes``: its :func:`design`, None when
-    unknown) and the predictors' columns on training rows ``d``; ValueError naming the
-    design input the query lacks when the predictors use it (it varies across the
-    training models)."""
-    cols = feature_columns(d)
-    new = feature_frame(arch, axes=axes)
-    missing = [c for c in cols if not np.isfinite(new[c].to_numpy(float)).all()]
-    if missing:
-        need = sorted({DESIGN_INPUT.get(c, c) for c in missing})
-        raise ValueError(f"the predictors use {missing} (they vary across the training "
-                         f"models); give the new model's {' and '.join(need)}")
-    return new, cols
+class ForecastError(ValueError):
+    """A forecast cannot be made; the message says why in one line."""
 
 
-def _fit_all_targets(kind: str, s: PredictSettings, d: pd.DataFrame, Xnew: np.ndarray,
-                     seed: int, cols: list[str]) -> np.ndarray:
-    """(n_new, n_targets) predictions of ``kind`` trained on rows ``d`` (columns
-    ``cols``)."""
-    X = feature_matrix(d, cols)
-    return np.column_stack([fit_predict(kind, s, X, d[t].to_numpy(float), Xnew, seed=seed)
-                            for t in target_columns(d)])
+@dataclass
+class Forecast:
+    """One layer's forecast. ``steps``: the full step grid (observed and unseen);
+    ``mean``, ``lo``, ``hi``: the curve's point forecast and interval (raw units; at the
+    observed steps the observations themselves); ``observed``: how many leading steps were
+    seen. ``final``, ``peak_step``: (point, lo, hi); ``peak_before_end``: share of draws
+    whose peak lies before the last step."""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    observed: int
+    final: tuple[float, float, float]
+    peak_step: tuple[float, float, float]
+    peak_before_end: float
+    prior_mean: np.ndarray
+    prior_lo: np.ndarray
+    prior_hi: np.ndarray
 
 
-def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
-                         settings: PredictSettings | dict | None = None
-                         ) -> tuple[pd.DataFrame, dict]:
-    """Predicted curves of every layer of a new architecture.
-
-    ``config_or_arch``: a HF config dict or the output of :func:`madyn.architecture.architecture`;
-    ``steps``: training steps to evaluate at. The point prediction is ``predict_model``
-    trained on all usable rows. Intervals: a deterministic bootstrap over MODELS (grouped:
-    ``n_boot`` resamples of the training models with replacement, rng seeded by ``seed``,
-    regressor seed ``seed + b``), the ``interval`` percentiles of the ensemble's curves,
-    pointwise per step, widened where needed to contain the point prediction (so
-    lo <= pred <= hi wherever the curves are finite). Returns the curves (layer, step, pred,
-    lo, hi) and a summary: per layer the peak step on a dense grid over the step range,
-    whether it lies strictly inside, and the final value, each with lo / hi.
-    """
-    s = PredictSettings.of(settings)
-    check_table(table, s.parametrisation, s.quantity)
-    if is_architecture(config_or_arch):
-        arch, axes = config_or_arch, None
-    else:
-        arch, axes = architecture(config_or_arch), design(config_or_arch)
-    steps = np.unique(np.asarray(steps, float))
-    d = usable_rows(table)
+def layer_curves(series: pd.DataFrame, statistic: str) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+    """A model's series table (long: step, layer, statistic, mean) -> (steps (S,), relative
+    depths (L,), values L x S) of ``statistic``."""
+    d = series[series["statistic"] == statistic]
     if d.empty:
-        raise ValueError("feature table has no usable rows to train on")
-    if s.predict_model == "mean_curve":  # uses depth alone: no shape or design feature
-        curves, summary = _predict_mean_curve(d, arch, steps, s)
-        return curves, {**summary, "features": [], "design_features": {}}
-    names = param_names(d)
-    transforms = table.attrs["transforms"]
-    new, cols = query_features(d, arch, axes)
-    Xnew = feature_matrix(new, cols)
-    point = raw_params(_fit_all_targets(s.predict_model, s, d, Xnew, s.seed, cols), names,
-                       transforms)
-    models = np.array(sorted(d["model"].unique()))
-    rng = np.random.default_rng(s.seed)
-    boot = []
-    for b in range(s.n_boot):
-        pick = rng.choice(models, size=len(models), replace=True)
-        db = pd.concat([d[d["model"] == m] for m in pick], ignore_index=True)
-        boot.append(raw_params(_fit_all_targets(s.predict_model, s, db, Xnew, s.seed + b,
-                                                cols), names, transforms))
-    lo_q, hi_q = s.interval
-    rows, layers = [], []
-    grid = dense_grid(steps.min(), steps.max())
-    for i in range(len(new)):
-        pc = curve(s.parametrisation, steps, point[i])
-        bc = np.stack([curve(s.parametrisation, steps, bp[i]) for bp in boot]) if boot \
-            else pc[None]
-        lo, hi = band(bc, pc, lo_q, hi_q)
-        rows.append(pd.DataFrame({"layer": i, "step": steps, "pred": pc, "lo": lo, "hi": hi}))
-        layers.append(layer_summary(i, s, point[i], [bp[i] for bp in boot], grid, lo_q, hi_q))
-    summary = _prediction_summary(s, models, d, arch, steps, layers)
-    summary["features"] = cols
-    summary["design_features"] = {c: float(new[c].iloc[0]) for c in cols
-                                  if c in DESIGN_FEATURES}
-    return pd.concat(rows, ignore_index=True), jsonable(summary)
+        raise ForecastError(f"no {statistic!r} rows in the series")
+    wide = d.pivot_table(index="layer", columns="step", values="mean").sort_index()
+    n_layers = int(wide.index.max()) + 1
+    depths = (wide.index.to_numpy(float) + 1) / n_layers
+    return wide.columns.to_numpy(float), depths, wide.to_numpy(float)
 
 
-def _prediction_summary(s: PredictSettings, models: np.ndarray, d: pd.DataFrame, arch: dict,
-                        steps: np.ndarray, layers: list[dict]) -> dict:
-    """The summary.json of :func:`predict_architecture` (any ``predict_model``)."""
-    return {"model_type": s.predict_model, "parametrisation": s.parametrisation,
-            "quantity": s.quantity, "n_boot": s.n_boot, "interval": list(s.interval),
-            "interval_method": "bootstrap over training models (grouped), percentiles",
-            "trained_on_models": models.tolist(), "n_rows": len(d),
-            "architecture": arch, "steps": [float(steps.min()), float(steps.max())],
-            "layers": layers}
+def _log_steps(steps: np.ndarray) -> np.ndarray:
+    return np.log1p(np.asarray(steps, float))
 
 
-def _predict_mean_curve(d: pd.DataFrame, arch: dict, steps: np.ndarray,
-                        s: PredictSettings) -> tuple[pd.DataFrame, dict]:
-    """``predict_model: mean_curve``: each layer's curve is the mean of the training
-    models' fitted curves at the same relative depth ((layer + 1) / L); the interval is
-    the same grouped bootstrap over models as for the parameter predictors."""
-    new = feature_frame(arch)
-    depths = new["f_depth"].to_numpy(float)
-    grid = dense_grid(steps.min(), steps.max())
-    on_steps = depth_curves(d, depths, steps, s.parametrisation)
-    on_grid = depth_curves(d, depths, grid, s.parametrisation)
-    models = np.array(sorted(d["model"].unique()))
-    rng = np.random.default_rng(s.seed)
-    picks = [rng.integers(0, len(models), size=len(models)) for _ in range(s.n_boot)]
-    lo_q, hi_q = s.interval
-    rows, layers = [], []
+def prior_samples(others: list[tuple[np.ndarray, np.ndarray, np.ndarray]], depth: float,
+                  steps: np.ndarray) -> np.ndarray:
+    """M x S log curves: each other model (steps, depths, L x S values) at relative
+    ``depth`` (linear between its layers, clamped), on ``steps`` (linear in log(1 + step));
+    a model whose steps do not reach the last of ``steps`` or whose values are not all
+    positive and finite there is left out."""
+    from madyn.curves import interp_depth
+
+    out = []
+    for o_steps, o_depths, vals in others:
+        if o_steps.max() < steps.max() or o_steps.min() > steps.min():
+            continue
+        with np.errstate(all="ignore"):
+            logv = np.log(vals)
+        order = np.argsort(o_depths)
+        at = interp_depth(o_depths[order], logv[order], np.array([depth]))[0]
+        if not np.isfinite(at).all():
+            continue
+        out.append(np.interp(_log_steps(steps), _log_steps(o_steps), at))
+    return np.array(out).reshape(len(out), len(steps))
+
+
+def gaussian_prior(samples: np.ndarray, steps: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean (S,), covariance S x S, nugget) of a new curve like the M samples (M x S) on
+    ``steps``. Covariance: the samples' (x (M + 1) / M, for a new draw) plus a random walk
+    in u = log(1 + step), sigma_w^2 min(u, u'), for how a run wanders off the prior's modes
+    (sigma_w^2: the samples' median quadratic variation about their mean per unit u)."""
+    m = len(samples)
+    if m < MIN_PRIOR_MODELS:
+        raise ForecastError(f"{m} prior model(s) reach these steps; a forecast needs at "
+                            f"least {MIN_PRIOR_MODELS}")
+    mean = np.median(samples, axis=0)  # robust: one runaway model moves it little
+    dev = samples - mean
+    level = float(np.median(dev.mean(axis=1) ** 2)) * (m + 1) / m
+    cov = np.full((len(mean), len(mean)), level)
+    u = _log_steps(steps)
+    rate = np.sum(np.diff(dev, axis=1) ** 2, axis=1) / max(u[-1] - u[0], 1e-9)
+    walk = float(np.median(rate)) * np.minimum.outer(u, u)
+    d2 = np.diff(samples, n=2, axis=1)
+    nugget = float(np.median(d2 ** 2) / 6) if d2.size else 0.0
+    return mean, cov + walk, max(nugget, 1e-6)
+
+
+def condition(mean: np.ndarray, cov: np.ndarray, nugget: float, y_obs: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussian (mean, cov) of a log curve conditioned on its first len(y_obs) values
+    seen with noise variance ``nugget``: the unseen part's (mean, covariance)."""
+    k = len(y_obs)
+    so, su = slice(0, k), slice(k, None)
+    a = cov[so, so] + nugget * np.eye(k)
+    gain = np.linalg.solve(a, cov[so, su]).T  # U x O
+    mu = mean[su] + gain @ (y_obs - mean[so])
+    sig = cov[su, su] - gain @ cov[so, su]
+    return mu, (sig + sig.T) / 2 + nugget * np.eye(len(mu))
+
+
+def _t_quantile(level: float, dof: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, max(dof, 1)))
+
+
+def forecast_layer(steps: np.ndarray, observed: np.ndarray, samples: np.ndarray,
+                   level: float = 0.9, seed: int = 0) -> Forecast:
+    """Forecast one layer's curve on ``steps`` (S,) from its first values ``observed``
+    (raw, k < S) and the prior's log samples (M x S). ``level``: the intervals' nominal
+    coverage."""
+    observed = np.asarray(observed, float)
+    k = len(observed)
+    if k < 2:
+        raise ForecastError(f"{k} observed checkpoint(s); a forecast needs at least 2")
+    if k >= len(steps):
+        raise ForecastError("nothing left to forecast: the run is observed to its last step")
+    if not (np.isfinite(observed).all() and (observed > 0).all()):
+        raise ForecastError("observed values must be finite and positive")
+    mean, cov, nugget = gaussian_prior(samples, steps)
+    q = _t_quantile(level, len(samples) - 1)
+    mu, sig = condition(mean, cov, nugget, np.log(observed))
+    sd = np.sqrt(np.clip(np.diag(sig), 0, None))
+    y_obs = np.log(observed)
+    full_mu = np.r_[y_obs, mu]
+    full_sd = np.r_[np.zeros(k), sd]
+    prior_sd = np.sqrt(np.clip(np.diag(cov) + nugget, 0, None))
+    draws = np.random.default_rng(seed).multivariate_normal(mu, sig, size=N_DRAWS,
+                                                            method="eigh")
+    full_draws = np.concatenate([np.broadcast_to(y_obs, (N_DRAWS, k)), draws], axis=1)
+    peaks = steps[np.argmax(full_draws, axis=1)]
+    lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
+    peak_point = float(steps[int(np.argmax(full_mu))])
+    return Forecast(
+        steps=steps, mean=np.exp(full_mu), lo=np.exp(full_mu - q * full_sd),
+        hi=np.exp(full_mu + q * full_sd), observed=k,
+        final=(float(np.exp(mu[-1])), float(np.exp(mu[-1] - q * sd[-1])),
+               float(np.exp(mu[-1] + q * sd[-1]))),
+        peak_step=(peak_point, float(np.percentile(peaks, lo_q)),
+                   float(np.percentile(peaks, hi_q))),
+        peak_before_end=float(np.mean(peaks < steps[-1])),
+        prior_mean=np.exp(mean), prior_lo=np.exp(mean - q * prior_sd),
+        prior_hi=np.exp(mean + q * prior_sd))
+
+
+def observed_upto(steps: np.ndarray, upto: float) -> int:
+    """How many of ``steps`` are at or before step ``upto``."""
+    return int(np.searchsorted(steps, upto, side="right"))
+
+
+# --------------------------------------------------------------------------------- backtest
+def _r2(truth: np.ndarray, pred: np.ndarray) -> float:
+    ss = float(np.sum((truth - truth.mean()) ** 2))
+    return 1 - float(np.sum((truth - pred) ** 2)) / ss if ss > 0 else math.nan
+
+
+def _early_fit(steps: np.ndarray, values: np.ndarray, settings) -> np.ndarray | None:
+    """The AICc winner of the fit hypotheses on the early points alone, on ``steps``."""
+    from madyn.fit import fit_series, select
+    from madyn.hypotheses import get
+
+    k = len(values)
+    best = select(fit_series(steps[:k], values, settings))
+    if best is None:
+        return None
     with np.errstate(all="ignore"):
-        for i in range(len(new)):
-            pc, pg = on_steps[:, i].mean(0), on_grid[:, i].mean(0)
-            bc = np.stack([on_steps[k, i].mean(0) for k in picks])
-            bg = np.stack([on_grid[k, i].mean(0) for k in picks])
-            lo, hi = band(bc, pc, lo_q, hi_q)
-            rows.append(pd.DataFrame({"layer": i, "step": steps, "pred": pc, "lo": lo,
-                                      "hi": hi}))
-            j = int(np.nanargmax(pg))
-            bj = np.nanargmax(bg, axis=1)
-            pk_lo, pk_hi = band(grid[bj][:, None], np.array([grid[j]]), lo_q, hi_q)
-            fv_lo, fv_hi = band(bg[:, -1:], pg[-1:], lo_q, hi_q)
-            layers.append({"layer": i, "peak_step": float(grid[j]),
-                           "peak_step_lo": float(pk_lo[0]), "peak_step_hi": float(pk_hi[0]),
-                           "peak_in_range": bool(0 < j < len(grid) - 1),
-                           "peak_in_range_frac": float(np.mean((bj > 0)
-                                                               & (bj < len(grid) - 1))),
-                           "final_ratio": float(pg[-1]), "final_ratio_lo": float(fv_lo[0]),
-                           "final_ratio_hi": float(fv_hi[0])})
-    summary = _prediction_summary(s, models, d, arch, steps, layers)
-    return pd.concat(rows, ignore_index=True), jsonable(summary)
+        return get(best.hypothesis).func(steps, *best.popt)
 
 
-def band(ens: np.ndarray, point: np.ndarray, lo_q: float, hi_q: float
-          ) -> tuple[np.ndarray, np.ndarray]:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        lo = np.nanpercentile(np.where(np.isfinite(ens), ens, np.nan), lo_q, axis=0)
-        hi = np.nanpercentile(np.where(np.isfinite(ens), ens, np.nan), hi_q, axis=0)
-    return np.fmin(lo, point), np.fmax(hi, point)
+def backtest(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+             fractions: tuple[float, ...] = (0.1, 0.25, 0.5), level: float = 0.9,
+             fit_settings=None) -> pd.DataFrame:
+    """Truncate every model's every layer at each fraction of its last step and forecast
+    the rest, with the other models as the prior. ``curves``: model -> (steps, depths,
+    L x S values). One row per (model, layer, fraction, method): the final value's
+    relative error, the peak step's log10 error, R2 on the unseen part, and (forecast,
+    prior) whether the interval covers the true final value."""
+    rows = []
+    for model, (steps, depths, vals) in curves.items():
+        others = [c for m, c in curves.items() if m != model]
+        for layer, depth in enumerate(depths):
+            truth = vals[layer]
+            if not (np.isfinite(truth).all() and (truth > 0).all()):
+                continue
+            samples = prior_samples(others, float(depth), steps)
+            true_peak = float(steps[int(np.argmax(truth))])
+            for frac in fractions:
+                k = observed_upto(steps, frac * steps[-1])
+                try:
+                    fc = forecast_layer(steps, truth[:k], samples, level)
+                except ForecastError:
+                    continue
+                prior_mean = fc.prior_mean
+                early = _early_fit(steps, truth[:k], fit_settings)
+                preds = {"forecast": fc.mean, "prior": prior_mean,
+                         "last_value": np.r_[truth[:k], np.full(len(steps) - k, truth[k - 1])],
+                         "early_fit": early}
+                for method, pred in preds.items():
+                    row = {"model": model, "layer": layer, "fraction": frac,
+                           "observed": k, "method": method}
+                    if pred is None or not np.isfinite(pred[k:]).all():
+                        rows.append({**row, "final_rel_err": math.nan})
+                        continue
+                    peak = float(steps[int(np.argmax(np.r_[truth[:k], pred[k:]]))])
+                    row.update(
+                        final_rel_err=abs(pred[-1] - truth[-1]) / truth[-1],
+                        peak_log10_err=abs(math.log10(1 + peak) - math.log10(1 + true_peak)),
+                        r2_unseen=_r2(truth[k:], pred[k:]))
+                    if method == "forecast":
+                        row["covered"] = bool(fc.final[1] <= truth[-1] <= fc.final[2])
+                    elif method == "prior":
+                        row["covered"] = bool(fc.prior_lo[-1] <= truth[-1] <= fc.prior_hi[-1])
+                    rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def layer_summary(i: int, s: PredictSettings, p: np.ndarray, boot: list[np.ndarray],
-                   grid: np.ndarray, lo_q: float, hi_q: float) -> dict:
-    def stats(q: np.ndarray) -> tuple[float, float, bool]:
-        c = curve(s.parametrisation, grid, q)
-        if not np.all(np.isfinite(c)):
-            return math.nan, math.nan, False
-        j = int(np.argmax(c))
-        return float(grid[j]), float(c[-1]), 0 < j < len(grid) - 1
-
-    peak, final, inside = stats(p)
-    b = np.array([stats(q)[:2] for q in boot]).reshape(-1, 2)
-    pk_lo, pk_hi = band(b[:, :1], np.array([peak]), lo_q, hi_q)
-    fv_lo, fv_hi = band(b[:, 1:], np.array([final]), lo_q, hi_q)
-    frac = float(np.mean([stats(q)[2] for q in boot])) if boot else float(inside)
-    return {"layer": i, "peak_step": peak, "peak_step_lo": float(pk_lo[0]),
-            "peak_step_hi": float(pk_hi[0]), "peak_in_range": bool(inside),
-            "peak_in_range_frac": frac, "final_ratio": final,
-            "final_ratio_lo": float(fv_lo[0]), "final_ratio_hi": float(fv_hi[0])}
+def backtest_summary(table: pd.DataFrame) -> dict:
+    """Per fraction and method: median final-value error (%), median peak-step error
+    (log10 steps), median R2 on the unseen part, interval coverage, and rows."""
+    out: dict = {}
+    for (frac, method), g in table.groupby(["fraction", "method"], sort=True):
+        ok = g.dropna(subset=["final_rel_err"])
+        entry = {"final_err_pct": round(100 * float(ok["final_rel_err"].median()), 2),
+                 "peak_log10_err": round(float(ok["peak_log10_err"].median()), 3),
+                 "r2_unseen": round(float(ok["r2_unseen"].median()), 3),
+                 "n": int(len(ok)), "failed": int(len(g) - len(ok))}
+        if "covered" in ok and ok["covered"].notna().any():
+            entry["coverage"] = round(float(ok["covered"].dropna().astype(float).mean()), 3)
+        out.setdefault(f"{int(round(100 * frac))}%", {})[method] = entry
+    return out

@@ -206,7 +206,7 @@ def check_folder(cfg: dict) -> dict[str, dict[int, Path]]:
     ``layers`` (and the rest of its architecture) in its suite entry, or a model has fewer
     checkpoints than ``fit.min_points``.
     """
-    from madyn.config import ConfigError, active, check_min_points
+    from madyn.params_file import ConfigError, active, check_min_points
 
     key = f"suites.{cfg['suite']}"
     suite = active(cfg)

@@ -28,7 +28,7 @@ def model_config_dict(spec, vocab_size: int) -> dict:
     """The config.json of a madyn-trained model of any family (as ``suite.model_config``
     builds it), without importing transformers: what :func:`n_params` and the feature
     table read."""
-    from madyn.suite import FAMILIES, config_kwargs
+    from madyn.training import FAMILIES, config_kwargs
 
     return {"architectures": [FAMILIES[spec.family]],
             **config_kwargs(spec, vocab_size, 2048, 0)}

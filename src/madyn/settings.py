@@ -111,7 +111,7 @@ class FitSettings:
 class PredictSettings:
     """Settings of the prediction phase: params.yaml's ``predict`` (less ``example``) plus
     the feature table's ``parametrisation`` and ``quantity`` (``features``), as
-    :func:`madyn.config.predict_settings` returns them; defaults: the schema's."""
+    :func:`madyn.params_file.predict_settings` returns them; defaults: the schema's."""
 
     seed: int = _PREDICT["seed"]
     test_fraction: float = _PREDICT["test_fraction"]
@@ -123,9 +123,9 @@ class PredictSettings:
     rf_n_estimators: int = _PREDICT["rf_n_estimators"]
     parametrisation: str = _PREDICT["parametrisation"]
     quantity: str = _PREDICT["quantity"]
-    n_boot: int = _PREDICT["n_boot"]  # bootstrap ensemble size of the forecast's intervals
+    n_boot: int = _PREDICT["n_boot"]  # bootstrap ensemble size of the prediction's intervals
     interval: tuple[float, float] = tuple(float(x) for x in _PREDICT["interval"])
-    predict_model: str = _PREDICT["predict_model"]  # what forecast.predict_architecture uses
+    predict_model: str = _PREDICT["predict_model"]  # what prediction.predict_architecture uses
 
     def __post_init__(self) -> None:
         allowed = schema_enum("predict.predict_model")

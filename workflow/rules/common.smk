@@ -8,24 +8,24 @@ import re
 import sys
 from pathlib import Path
 
-from madyn import config as madyn_config
+from madyn import params_file as madyn_params
 from madyn import io as madyn_io
 from madyn import released as madyn_released
 from madyn import resources as madyn_resources
 from madyn.settings import ExtractSettings
-from madyn.suite import checkpoint_dir, train_cost
+from madyn.training import checkpoint_dir, train_cost
 
 try:
-    madyn_config.validate(config)
-except madyn_config.ConfigError as err:
+    madyn_params.validate(config)
+except madyn_params.ConfigError as err:
     sys.exit(f"madyn: {err}")
 
 SUITE = config["suite"]
-SUITE_CFG = madyn_config.active(config)
-MODELS = madyn_config.model_names(SUITE_CFG)
-RESULTS = madyn_config.results_dir(config)
+SUITE_CFG = madyn_params.active(config)
+MODELS = madyn_params.model_names(SUITE_CFG)
+RESULTS = madyn_params.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
-FEATURES = madyn_config.feature_table(config)
+FEATURES = madyn_params.feature_table(config)
 NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 
@@ -42,8 +42,8 @@ def as_json(obj):
 def design_args(model):
     """madyn config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""
-    record = {"label": madyn_config.design_labels(SUITE_CFG)[model],
-              **madyn_config.known_recipe(SUITE_CFG, model)}
+    record = {"label": madyn_params.design_labels(SUITE_CFG)[model],
+              **madyn_params.known_recipe(SUITE_CFG, model)}
     return ["--design-json", as_json(record)]
 
 
@@ -110,7 +110,7 @@ class MeasuredSource:
     statistics table per (model, step) as the series' inputs."""
 
     def steps(self, model):
-        return madyn_config.steps(SUITE_CFG)
+        return madyn_params.steps(SUITE_CFG)
 
     def series_inputs(self, model):
         return [stats_path(model, s) for s in self.steps(model)]
@@ -139,7 +139,7 @@ class LocalSource(MeasuredSource):
         return [str(checkpoint_dir(f"{RESULTS}/models/{model}", self.steps(model)[-1]))]
 
     def config_json(self, model):
-        spec = madyn_config.model_spec(SUITE_CFG, model)
+        spec = madyn_params.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
 
     def export_config(self, model):
@@ -154,7 +154,7 @@ class HubSource(MeasuredSource):
     measure_jobs = "checkpoint"
 
     def _entry(self, model):
-        return madyn_config.model_entry(SUITE_CFG, model)
+        return madyn_params.model_entry(SUITE_CFG, model)
 
     def repo(self, model):
         return self._entry(model)["repo"]
@@ -197,7 +197,7 @@ class ReleasedSource:
         self.root = SUITE_CFG["path"]
         try:
             self.files = madyn_released.check_folder(config)
-        except madyn_config.ConfigError as err:
+        except madyn_params.ConfigError as err:
             sys.exit(f"madyn: {err}")
 
     def _config_file(self, model):
@@ -216,7 +216,7 @@ class ReleasedSource:
     def config_args(self, model):
         if self._config_file(model).exists():
             return [str(Path(self.root) / model)]
-        return ["--arch-json", as_json(dict(madyn_config.model_entry(SUITE_CFG, model)))]
+        return ["--arch-json", as_json(dict(madyn_params.model_entry(SUITE_CFG, model)))]
 
     def config_json(self, model):
         f = self._config_file(model)
@@ -225,9 +225,9 @@ class ReleasedSource:
                 return madyn_io.read_json(f)  # a user's file: regular, bounded size
             except (OSError, ValueError) as err:
                 sys.exit(f"madyn: {err}")
-        spec = madyn_config.model_spec(SUITE_CFG, model)
+        spec = madyn_params.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(
-            spec, madyn_config.model_entry(SUITE_CFG, model)["vocab_size"])
+            spec, madyn_params.model_entry(SUITE_CFG, model)["vocab_size"])
 
 
 SOURCES = {"local": LocalSource, "hub": HubSource, "released": ReleasedSource}

@@ -52,7 +52,7 @@ rule extract_model:
                             for s in MODEL_STEPS[wc.model]],
     output:
         [update(f) for f in expand(f"{RESULTS}/stats/{{{{model}}}}/step{{step}}.parquet",
-                                   step=madyn_config.steps(SUITE_CFG) if TRAINED else [])],
+                                   step=madyn_params.steps(SUITE_CFG) if TRAINED else [])],
     wildcard_constraints:
         model=one_of(MEASURED_PER_MODEL),
     params:

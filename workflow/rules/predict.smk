@@ -17,7 +17,7 @@ rule evaluate:
         heldout=report(f"{RESULTS}/predict/lomo_heldout_curves.png", category="Prediction",
                        caption="../report/heldout_curves.rst"),
     params:
-        settings=as_json(madyn_config.predict_settings(config)),
+        settings=as_json(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.pred),
     resources:
         mem_mb=2000,
@@ -42,7 +42,7 @@ rule predict_example:
                       caption="../report/prediction.rst"),
     params:
         ex=config["predict"].get("example", {}),
-        settings=as_json(madyn_config.predict_settings(config)),
+        settings=as_json(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.curves),
     resources:
         mem_mb=2000,

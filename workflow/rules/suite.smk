@@ -29,19 +29,19 @@ rule train:
         model_manifest("{model}"),
         timing=f"{RESULTS}/timing/{{model}}.json",
         weights=expand(f"{RESULTS}/models/{{{{model}}}}/step{{step}}/model.safetensors",
-                       step=madyn_config.steps(SUITE_CFG) if TRAINED else []),
+                       step=madyn_params.steps(SUITE_CFG) if TRAINED else []),
     wildcard_constraints:
         model=one_of(TRAINED),
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
-        spec=lambda wc: as_json(madyn_config.model_spec(SUITE_CFG, wc.model).__dict__),
-        train=lambda wc: as_json(madyn_config.train_spec(SUITE_CFG, wc.model).__dict__),
+        spec=lambda wc: as_json(madyn_params.model_spec(SUITE_CFG, wc.model).__dict__),
+        train=lambda wc: as_json(madyn_params.train_spec(SUITE_CFG, wc.model).__dict__),
         corpus=lambda wc, input: os.path.dirname(input[0]),
     threads: SUITE_CFG.get("threads", 1)
     resources:
         mem_mb=2000,
     # longest job first, so that N cores finish together (not the slowest model last)
-    priority: lambda wc: train_cost(madyn_config.model_spec(SUITE_CFG, wc.model))
+    priority: lambda wc: train_cost(madyn_params.model_spec(SUITE_CFG, wc.model))
     log:
         f"{RESULTS}/logs/train_{{model}}.log",
     conda:

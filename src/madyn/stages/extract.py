@@ -72,7 +72,7 @@ def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
                         ) -> list[Checkpoint]:
     """The checkpoints of a model trained by madyn (``model_dir``, as ``madyn train``
     writes it), with the weights sha256 its manifest records; ``outs`` pairs with steps."""
-    from madyn.suite import checkpoint_dir
+    from madyn.training import checkpoint_dir
 
     if len(steps) != len(outs):
         raise ValueError(f"{len(steps)} steps but {len(outs)} output paths")

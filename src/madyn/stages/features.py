@@ -34,20 +34,21 @@ def config_json(out: str, source: str | None = None, revision: str | None = None
     a madyn checkpoint's own record of its recipe, is kept under
     :data:`madyn.architecture.DESIGN_KEY`. ValueError when neither source nor arch is
     given."""
-    from madyn import suite
+    from madyn import training
     from madyn.architecture import DESIGN_KEY
     from madyn.checkpoints import model_config
 
     if arch is not None:  # a released model without config.json: its suite entry
-        spec = {k: v for k, v in arch.items() if k in suite.ModelSpec.__dataclass_fields__}
-        cfg = suite.model_config(suite.ModelSpec(**spec), arch["vocab_size"], 2048, 0).to_dict()
+        spec = {k: v for k, v in arch.items() if k in training.ModelSpec.__dataclass_fields__}
+        cfg = training.model_config(training.ModelSpec(**spec), arch["vocab_size"], 2048,
+                                    0).to_dict()
     elif source:
         cfg = model_config(source, revision)
     else:
         raise ValueError("give SOURCE (checkpoint folder or hub repo id) or --arch-json")
     record = dict(design or {})
     if source and Path(source, "madyn_checkpoint.json").is_file():
-        record.update(suite.trained_recipe(Path(source, "madyn_checkpoint.json")))
+        record.update(training.trained_recipe(Path(source, "madyn_checkpoint.json")))
     if record:
         cfg[DESIGN_KEY] = record
     write_json(out, cfg)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn import runcast
+from madyn import forecast
 from madyn.io import atomic_path, write_json
 from madyn.settings import FitSettings, ForecastSettings
 
@@ -20,7 +20,7 @@ def _curves(paths: list[str], quantity: str) -> dict:
     out = {}
     for p in paths:
         s = pd.read_parquet(p)
-        out[str(s["model"].iloc[0])] = runcast.layer_curves(s, quantity)
+        out[str(s["model"].iloc[0])] = forecast.layer_curves(s, quantity)
     return out
 
 
@@ -33,9 +33,9 @@ def _example(curves: dict, table: pd.DataFrame, level: float) -> tuple:
     row = rows.iloc[len(rows) // 2]
     steps, depths, vals = curves[row["model"]]
     others = [c for m, c in curves.items() if m != row["model"]]
-    samples = runcast.prior_samples(others, float(depths[int(row["layer"])]), steps)
+    samples = forecast.prior_samples(others, float(depths[int(row["layer"])]), steps)
     truth = vals[int(row["layer"])]
-    fc = runcast.forecast_layer(steps, truth[:int(row["observed"])], samples, level)
+    fc = forecast.forecast_layer(steps, truth[:int(row["observed"])], samples, level)
     title = (f"{row['model']} layer {int(row['layer'])}: {row['quantity']} forecast from "
              f"{int(100 * frac)} % of its steps")
     return fc, truth, title
@@ -45,12 +45,12 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
              settings: ForecastSettings | None = None,
              fit_settings: FitSettings | None = None) -> dict:
     """Truncate every model of a complete suite at each of ``settings.fractions`` and
-    forecast the rest (:func:`madyn.runcast.backtest`); write the table (CSV), the summary
+    forecast the rest (:func:`madyn.forecast.backtest`); write the table (CSV), the summary
     per quantity (JSON metrics) and a figure. Prints the backtest's cost."""
     s = settings or ForecastSettings()
-    if len(series_paths) < runcast.MIN_PRIOR_MODELS + 1:  # a recorded skip, every out made
+    if len(series_paths) < forecast.MIN_PRIOR_MODELS + 1:  # a recorded skip, every out made
         reason = (f"{len(series_paths)} model(s): a backtest needs at least "
-                  f"{runcast.MIN_PRIOR_MODELS + 1}")
+                  f"{forecast.MIN_PRIOR_MODELS + 1}")
         from madyn.plots_forecast import plot_skipped
 
         with atomic_path(out_csv) as tmp:
@@ -64,12 +64,12 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
     tables, curves = [], {}
     for q in s.quantities:
         curves[q] = _curves(series_paths, q)
-        tab = runcast.backtest(curves[q], s.fractions, s.level, fit_settings)
+        tab = forecast.backtest(curves[q], s.fractions, s.level, fit_settings)
         tables.append(tab.assign(quantity=q))
     table = pd.concat(tables, ignore_index=True)
     if table.empty:
-        raise runcast.ForecastError("no layer could be forecast (too few checkpoints?)")
-    summary = {q: runcast.backtest_summary(table[table["quantity"] == q])
+        raise forecast.ForecastError("no layer could be forecast (too few checkpoints?)")
+    summary = {q: forecast.backtest_summary(table[table["quantity"] == q])
                for q in s.quantities}
     summary["level"] = s.level
     with atomic_path(out_csv) as tmp:
@@ -108,9 +108,9 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
     name = str(run["model"].iloc[0])
     rows, summary, figs = [], {}, {}
     for q in s.quantities:
-        steps_seen, depths, vals = runcast.layer_curves(run, q)
+        steps_seen, depths, vals = forecast.layer_curves(run, q)
         if last_step <= steps_seen[-1]:
-            raise runcast.ForecastError(f"--last-step {last_step} is not after the run's "
+            raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
                                         f"last checkpoint ({int(steps_seen[-1])})")
         prior = {m: c for m, c in _curves(prior_paths, q).items() if m != name}
         later = sorted({float(t) for st, _, _ in prior.values() for t in st
@@ -118,8 +118,8 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
         steps = np.r_[steps_seen, later]
         summary[q] = {}
         for layer, depth in enumerate(depths):
-            samples = runcast.prior_samples(list(prior.values()), float(depth), steps)
-            fc = runcast.forecast_layer(steps, vals[layer], samples, s.level)
+            samples = forecast.prior_samples(list(prior.values()), float(depth), steps)
+            fc = forecast.forecast_layer(steps, vals[layer], samples, s.level)
             a = sorted(_asymptote(steps, c, fs) for c in (fc.lo, fc.mean, fc.hi))
             summary[q][str(layer)] = {
                 "final": dict(zip(("value", "lo", "hi"), fc.final, strict=True)),

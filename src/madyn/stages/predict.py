@@ -1,4 +1,4 @@
-"""Predict stage: evaluate the predictors on the feature table, and forecast a new
+"""Predict stage: evaluate the predictors on the feature table, and predict a new
 architecture's curves; plus the checks of a user's architecture input (``madyn predict``)."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from madyn.architecture import (
 from madyn.evaluation import evaluate as evaluate_table
 from madyn.evaluation import feature_importance, ols_summaries, showcase_model
 from madyn.features import read_feature_table
-from madyn.forecast import predict_architecture
 from madyn.io import atomic_path, read_json, write_json
+from madyn.prediction import predict_architecture
 from madyn.settings import PredictSettings
 
 SHAPE_BOUNDS = (f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH} with heads dividing "
@@ -72,7 +72,7 @@ def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None =
     family = family or "neox"
     if family != "neox" and (rotary_pct or not parallel_residual):
         raise InputError(f"--rotary-pct and --sequential apply to family neox, not {family}")
-    from madyn.suite import ModelSpec, model_config
+    from madyn.training import ModelSpec, model_config
 
     spec = ModelSpec(name="query", layers=layers, width=width, heads=heads, family=family,
                      parallel_residual=parallel_residual,
@@ -114,7 +114,7 @@ def parse_steps(text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class Query:
-    """What ``madyn predict`` forecasts: the feature table, the architecture (a config
+    """What ``madyn predict`` predicts: the feature table, the architecture (a config
     dict with its design record), the steps (None: :func:`default_steps`), the settings,
     and the design options given (``--family`` ... ``--sequential``), for
     :func:`design_note`."""
@@ -142,7 +142,7 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
     input, before anything is computed."""
     import json
 
-    from madyn import config as params_file
+    from madyn import params_file
 
     if settings_json:
         if not features:
@@ -272,12 +272,12 @@ def extrapolation_warning(outside: dict[str, dict]) -> str | None:
                else f"{r['min'] / r['query']:.3g}x below the smallest")
         parts.append(f"{axis} {r['query']} (trained on {span}: {far})")
     return ("outside the training range of the feature table: " + ", ".join(parts)
-            + "; the forecast extrapolates")
+            + "; the prediction extrapolates")
 
 
-def forecast(feature_table_path: str, config: dict, steps: list[int] | None,
+def predict(feature_table_path: str, config: dict, steps: list[int] | None,
              settings: PredictSettings | None, out_dir: str) -> dict:
-    """Forecast a new architecture (``config``: a HF config dict or an architecture dict)
+    """Predict a new architecture (``config``: a HF config dict or an architecture dict)
     at ``steps`` (None: :func:`default_steps`); write ``curves.csv``, ``summary.json`` and
     ``prediction.png`` in ``out_dir``; returns the summary. A query outside the training
     range (:func:`outside_training_range`) is recorded in the summary's ``extrapolation``
@@ -302,7 +302,7 @@ def forecast(feature_table_path: str, config: dict, steps: list[int] | None,
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """One line per layer of a forecast summary (what ``madyn predict`` prints)."""
+    """One line per layer of a prediction summary (what ``madyn predict`` prints)."""
     def num(x: float | None) -> str:
         return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 

@@ -1,6 +1,6 @@
 """Phase 1, the suite: the offline corpus and tokenizer, one training job per model, and
 the suite's training time. Owns the phase's file I/O; the science is in
-:mod:`madyn.corpus` and :mod:`madyn.suite` (the trainer)."""
+:mod:`madyn.corpus` and :mod:`madyn.training` (the trainer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from madyn.io import read_json, write_json
-from madyn.suite import ModelSpec, TrainSpec, train_model, training_summary
+from madyn.training import ModelSpec, TrainSpec, train_model, training_summary
 
 
 def _say(msg: str) -> None:
@@ -20,11 +20,11 @@ def _say(msg: str) -> None:
 def check(params: str) -> str:
     """Validate the params file ``params`` (ValueError naming what is wrong) and return a
     one-line summary of its active suite (``madyn check``)."""
-    from madyn import config
+    from madyn import params_file
 
-    cfg = config.load(params)
-    suite = config.active(cfg)
-    n = "?" if suite["source"] == "released" else len(config.steps(suite))
+    cfg = params_file.load(params)
+    suite = params_file.active(cfg)
+    n = "?" if suite["source"] == "released" else len(params_file.steps(suite))
     return (f"{params}: valid. suite={cfg['suite']} ({suite['source']}), "
             f"{len(suite['models'])} models, {n} checkpoints each")
 
@@ -37,15 +37,15 @@ def train_specs(model: str | None, params: str, spec_json: str | None = None,
     model)."""
     if spec_json:
         return ModelSpec(**json.loads(spec_json)), TrainSpec(**json.loads(train_json))
-    from madyn import config
+    from madyn import params_file
 
-    cfg = config.load(params)
-    active = config.active(cfg)
+    cfg = params_file.load(params)
+    active = params_file.active(cfg)
     if active["source"] != "local":
         raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
-    if model not in config.model_names(active):
+    if model not in params_file.model_names(active):
         raise SystemExit(f"madyn train: no model {model!r} in suite {cfg['suite']!r}")
-    return config.model_spec(active, model), config.train_spec(active, model)
+    return params_file.model_spec(active, model), params_file.train_spec(active, model)
 
 
 def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,

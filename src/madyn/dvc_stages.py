@@ -1,30 +1,12 @@
-"""A copy of madyn's workflow as a separate project (for tests and benchmarks that run
-Snakemake and DVC on the smoke suite without touching the checkout's results)."""
+"""DVC stage plumbing: the outs each stage must have for any source (``madyn dvc-outs``),
+a released folder's manifest and link, and each stage's code dependencies (the import
+closure of what it runs, which dvc.yaml lists and tests/test_dvc_deps.py checks)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import yaml
-
-# .gitignore too: results/ stays untracked by git, as in a clone of the repository
-WORKFLOW_FILES = ("Snakefile", "dvc.yaml", ".gitignore")
-WORKFLOW_DIRS = ("workflow", "profiles", "src")
-
-
-def copy_workflow(root: Path, dst: Path, suite: str = "smoke") -> Path:
-    """Copy the workflow files of repository ``root`` into ``dst``, with ``params.yaml``'s
-    ``suite`` set to ``suite``. Returns ``dst``."""
-    for name in WORKFLOW_FILES:
-        shutil.copy(root / name, dst / name)
-    for name in WORKFLOW_DIRS:
-        shutil.copytree(root / name, dst / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    cfg = yaml.safe_load((root / "params.yaml").read_text())
-    cfg["suite"] = suite
-    (dst / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dst
 
 
 def _imports(path: Path) -> set[str]:
@@ -84,9 +66,9 @@ def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
 # and extract stages then run `madyn dvc-outs` (this module's ensure_stage_outs). The
 # source stage runs `madyn dvc-outs source` alone (no Snakemake).
 STAGE_CODE = {
-    "source": (None, ("project",)),
-    "suite": ("suite.smk", ("stages/suite", "project")),
-    "extract": ("extract.smk", ("stages/extract", "project")),
+    "source": (None, ("dvc_stages",)),
+    "suite": ("suite.smk", ("stages/suite", "dvc_stages")),
+    "extract": ("extract.smk", ("stages/extract", "dvc_stages")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
     "predict": ("predict.smk", ("stages/predict", "stages/forecast")),
@@ -131,11 +113,11 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     released suite a link to its released folder (DVC hashes a dependency through it and
     never writes it), for any other source an empty folder. Only a link or an empty folder
     is ever replaced. Returns the path when made (relative to ``root``)."""
-    from madyn import config
+    from madyn import params_file
 
-    cfg = config.load(str(root / params))
-    suite = config.active(cfg)
-    rel = f"{config.results_dir(cfg)}/source"
+    cfg = params_file.load(str(root / params))
+    suite = params_file.active(cfg)
+    rel = f"{params_file.results_dir(cfg)}/source"
     link = root / rel
     target = (root / suite["path"]).resolve() if suite["source"] == "released" else None
     if target is not None and link.is_symlink() and link.resolve() == target:
@@ -168,21 +150,21 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
     read it rerun. Stage ``source`` makes the suite stage's ``source`` dependency
     (:func:`ensure_source_link`) and its own out ``source.json``. Returns the paths made
     (relative to ``root``)."""
-    from madyn import config
+    from madyn import params_file
     from madyn.io import write_json
 
-    cfg = config.load(str(root / params))
-    suite = config.active(cfg)
+    cfg = params_file.load(str(root / params))
+    suite = params_file.active(cfg)
     made = []
     if stage == "source":
         if rel := ensure_source_link(root, params):
             made.append(rel)
-        write_json(root / f"{config.results_dir(cfg)}/source.json",
+        write_json(root / f"{params_file.results_dir(cfg)}/source.json",
                    {"source": suite["source"], "path": suite.get("path")})
         return made
     for rel in stage_outs(root, stage, cfg["suite"]):
         out = root / rel
-        if suite["source"] == "released" and rel == f"{config.results_dir(cfg)}/models":
+        if suite["source"] == "released" and rel == f"{params_file.results_dir(cfg)}/models":
             if out.is_symlink():  # the link to the released folder earlier versions made
                 out.unlink()
             if not out.is_dir():
@@ -190,7 +172,7 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
                 made.append(rel)
             folder = (root / suite["path"]).resolve()
             write_json(out / RELEASED_MANIFEST,
-                       released_manifest(folder, config.model_names(suite)))
+                       released_manifest(folder, params_file.model_names(suite)))
             continue
         if not out.exists():
             if out.suffix:
@@ -209,10 +191,10 @@ def stage_code_deps(root: Path, stage: str) -> list[str]:
                                           root / "workflow/rules" / rules, cli]
     files += [root / "src/madyn" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=(cli,))
-    deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.config
+    deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.params_file
     return sorted(str(p) for p in deps)
 
 
-if __name__ == "__main__":  # print each stage's code deps: python -m madyn.project
+if __name__ == "__main__":  # print each stage's code deps: python -m madyn.dvc_stages
     for name in STAGE_CODE:
         print(f"{name}:", *stage_code_deps(Path.cwd(), name), sep="\n  - ")

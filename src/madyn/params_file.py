@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from madyn.suite import ModelSpec, TrainSpec, checkpoint_steps, design_record, recipe
+from madyn.training import ModelSpec, TrainSpec, checkpoint_steps, design_record, recipe
 
 
 class ConfigError(ValueError):
