@@ -25,3 +25,10 @@ def tiny_model_dir(corpus_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
     train_model(TINY_MODEL, TINY_TRAIN, corpus_dir, out, threads=1)
     return out
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The SLURM tests last: they install the SLURM client commands, and with those on the
+    machine and no controller running, every later `snakemake` start waits 10 s in the SLURM
+    executor plugin's `scontrol show config`."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)
