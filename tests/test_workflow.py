@@ -357,8 +357,9 @@ def test_released_suite_end_to_end_with_hostile_files(smoke_run, tmp_path):
 
 @pytest.mark.slow
 def test_released_suite_under_dvc(smoke_run, tmp_path):
-    """`dvc repro` with a released suite active: the released folder is a DVC dependency,
-    so an edited or deleted exp2 file reruns the extract phase (and what follows)."""
+    """`dvc repro` with a released suite active: the released folder is a read-only DVC
+    dependency (the suite stage's, through madyn's link), so an edited or deleted exp2 file
+    reruns the suite stage, whose changed manifest reruns extract and what follows."""
     from madyn.released import read_exp2, to_table, write_exp2
 
     proj, _ = smoke_run
@@ -381,9 +382,9 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     arr[:, 0, 0] *= 1.1
     write_exp2(to_table(arr), victim)
     status = _dvc(rel, "status").stdout
-    assert "extract:" in status and "results/study/models" in status, status
+    assert "suite:" in status and "results/study/source" in status, status
     r = _dvc(rel, "repro")
-    assert {"extract", "fit"} <= _stages_run(r.stdout), r.stdout
+    assert {"suite", "extract", "fit"} <= _stages_run(r.stdout), r.stdout
     got = read_json(res / "metrics/growth.json")
     assert got["s3-w48-h4"] == smoke_growth["s3-w48-h4"]
     before, after = smoke_growth[model]["last"], got[model]["last"]
@@ -391,7 +392,7 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     assert after[1:] == before[1:]
     assert _stages_run(_dvc(rel, "repro").stdout) == set()
     (data / model / "stats" / f"exp2_{model}_step20").unlink()
-    assert "extract:" in _dvc(rel, "status").stdout
+    assert "results/study/source" in _dvc(rel, "status").stdout
 
 
 def test_released_export_reads_back_without_architecture(smoke_run, tmp_path):
