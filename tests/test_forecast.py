@@ -89,6 +89,13 @@ def _series(path, model: str, rng, layers: int = 3, upto: float | None = None) -
     pd.DataFrame(rows).to_parquet(path, index=False)
 
 
+def _models(root, n: int, rng) -> list[str]:
+    """n series Parquets m0 .. m{n-1} under ``root``; their paths."""
+    for i in range(n):
+        _series(root / f"m{i}.parquet", f"m{i}", rng)
+    return [str(root / f"m{i}.parquet") for i in range(n)]
+
+
 def _madyn(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "madyn.cli", *args], capture_output=True,
                           text=True, timeout=300)
@@ -96,10 +103,7 @@ def _madyn(*args: str) -> subprocess.CompletedProcess:
 
 def test_backtest_cli_writes_metrics_table_and_figure(tmp_path):
     rng = np.random.default_rng(4)
-    paths = []
-    for i in range(4):
-        _series(tmp_path / f"m{i}.parquet", f"m{i}", rng)
-        paths.append(str(tmp_path / f"m{i}.parquet"))
+    paths = _models(tmp_path, 4, rng)
     out = tmp_path / "out"
     r = _madyn("forecast", "--series", *paths, "--out-json", str(out / "f.json"),
                "--out-csv", str(out / "b.csv"), "--out-png", str(out / "b.png"),
@@ -117,10 +121,7 @@ def test_backtest_cli_writes_metrics_table_and_figure(tmp_path):
 
 def test_backtest_of_two_models_is_a_recorded_skip(tmp_path):
     rng = np.random.default_rng(5)
-    paths = []
-    for i in range(2):
-        _series(tmp_path / f"m{i}.parquet", f"m{i}", rng)
-        paths.append(str(tmp_path / f"m{i}.parquet"))
+    paths = _models(tmp_path, 2, rng)
     r = _madyn("forecast", "--series", *paths, "--out-json", str(tmp_path / "f.json"),
                "--out-csv", str(tmp_path / "b.csv"), "--out-png", str(tmp_path / "b.png"))
     assert r.returncode == 0, r.stderr
@@ -130,10 +131,7 @@ def test_backtest_of_two_models_is_a_recorded_skip(tmp_path):
 
 def test_a_run_still_training_is_forecast_to_its_planned_last_step(tmp_path):
     rng = np.random.default_rng(6)
-    prior = []
-    for i in range(4):
-        _series(tmp_path / f"m{i}.parquet", f"m{i}", rng)
-        prior.append(str(tmp_path / f"m{i}.parquet"))
+    prior = _models(tmp_path, 4, rng)
     _series(tmp_path / "run.parquet", "run", rng, upto=500)
     r = _madyn("forecast", "--series", *prior, "--run", str(tmp_path / "run.parquet"),
                "--last-step", "2000", "--out-dir", str(tmp_path / "fc"))

@@ -172,8 +172,8 @@ def test_hostile_values_never_run_in_any_shell_command(tmp_path, source):
     argv = [json.loads(line) for line in record.read_text().splitlines()]
     assert len(argv) == len(commands)
     if expected is not None:  # the hostile path arrives as one argument, unchanged
-        assert [a for a in argv if a[0] == "series"][0][
-            [a for a in argv if a[0] == "series"][0].index("--released") + 1] == expected
+        series = next(a for a in argv if a[0] == "series")
+        assert series[series.index("--released") + 1] == expected
         configs = [a for a in argv if a[0] == "config-json"]
         assert {a[1] for a in configs} == {f"{expected}/m.a", f"{expected}/m-b"}
 

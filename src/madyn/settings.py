@@ -66,6 +66,20 @@ def _check_keys(cls: type, d: dict, what: str) -> None:
         raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
 
 
+def _from_mapping(cls: type, d: dict | None, what: str):
+    """``cls`` built from a mapping: unknown keys raise ValueError; a value of a tuple
+    field becomes a tuple (of floats where the field holds floats)."""
+    d = dict(d or {})
+    _check_keys(cls, d, what)
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if kinds[k].startswith("tuple[float"):
+            d[k] = tuple(float(x) for x in v)
+        elif kinds[k].startswith("tuple"):
+            d[k] = tuple(v)
+    return cls(**d)
+
+
 _FIT = section_defaults("fit")
 _FORECAST = section_defaults("forecast")
 _EXTRACT = section_defaults("$defs.extract")
@@ -99,12 +113,7 @@ class FitSettings:
     @classmethod
     def from_dict(cls, d: dict | None) -> FitSettings:
         """Build from a mapping (params.yaml's ``fit``); unknown keys raise ValueError."""
-        d = dict(d or {})
-        _check_keys(cls, d, "fit")
-        for k in ("hypotheses", "quantities"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return _from_mapping(cls, d, "fit")
 
 
 @dataclass(frozen=True)
@@ -136,12 +145,7 @@ class PredictSettings:
     def from_dict(cls, d: dict | None) -> PredictSettings:
         """Build from a mapping (``config.predict_settings(cfg)``); unknown keys raise
         ValueError."""
-        d = dict(d or {})
-        _check_keys(cls, d, "predict")
-        for k in ("ridge_alphas", "interval"):
-            if k in d:
-                d[k] = tuple(float(x) for x in d[k])
-        return cls(**d)
+        return _from_mapping(cls, d, "predict")
 
     @classmethod
     def of(cls, settings: PredictSettings | dict | None) -> PredictSettings:
@@ -164,12 +168,7 @@ class ForecastSettings:
     def from_dict(cls, d: dict | None) -> ForecastSettings:
         """Build from a mapping (params.yaml's ``forecast``); unknown keys raise
         ValueError."""
-        d = dict(d or {})
-        _check_keys(cls, d, "forecast")
-        for k in ("fractions", "quantities"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return _from_mapping(cls, d, "forecast")
 
 
 def resolve_device(device: str, n_gpus: int) -> str:
@@ -214,9 +213,7 @@ class ExtractSettings:
     @classmethod
     def from_dict(cls, d: dict | None) -> ExtractSettings:
         """Build from a mapping (these fields only); unknown keys raise ValueError."""
-        d = dict(d or {})
-        _check_keys(cls, d, "extract")
-        return cls(**d)
+        return _from_mapping(cls, d, "extract")
 
     @classmethod
     def from_section(cls, extract: dict | None) -> ExtractSettings:

@@ -34,17 +34,12 @@ ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: t
 # here, so that each argument is quoted on its own.
 
 
-def as_json(obj):
-    """A JSON argument (quoted by the rule's {x:q} like any other value)."""
-    return json.dumps(obj)
-
-
 def design_args(model):
     """madyn config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""
     record = {"label": madyn_params.design_labels(SUITE_CFG)[model],
               **madyn_params.known_recipe(SUITE_CFG, model)}
-    return ["--design-json", as_json(record)]
+    return ["--design-json", json.dumps(record)]
 
 
 # How checkpoints are measured (the suite's ``extract``; defaults: the params schema's), as
@@ -216,7 +211,7 @@ class ReleasedSource:
     def config_args(self, model):
         if self._config_file(model).exists():
             return [str(Path(self.root) / model)]
-        return ["--arch-json", as_json(dict(madyn_params.model_entry(SUITE_CFG, model)))]
+        return ["--arch-json", json.dumps(dict(madyn_params.model_entry(SUITE_CFG, model)))]
 
     def config_json(self, model):
         f = self._config_file(model)

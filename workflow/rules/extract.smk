@@ -58,7 +58,7 @@ rule extract_model:
     params:
         model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
         steps=lambda wc: [str(s) for s in MODEL_STEPS[wc.model]],
-        settings=as_json(EXTRACT_SETTINGS.to_dict()),
+        settings=json.dumps(EXTRACT_SETTINGS.to_dict()),
     threads: EXTRACT_SETTINGS.threads
     resources:
         mem_mb=extract_resources("mem_mb"),
@@ -112,7 +112,7 @@ rule extract_checkpoint:
         model=one_of(MEASURED_PER_CHECKPOINT),
         step=r"\d+",
     params:
-        settings=as_json(EXTRACT_SETTINGS.to_dict()),
+        settings=json.dumps(EXTRACT_SETTINGS.to_dict()),
     threads: EXTRACT_SETTINGS.threads
     resources:
         mem_mb=extract_resources("mem_mb"),

@@ -8,7 +8,7 @@ rule fit:
         params=expand(fit_params("{{model}}", "{q}"), q=config["fit"]["quantities"]),
         table=fit_table("{model}"),
     params:
-        settings=as_json(config["fit"]),
+        settings=json.dumps(config["fit"]),
         outdir=lambda wc, output: os.path.dirname(output.params[0]),
     resources:
         mem_mb=1500,

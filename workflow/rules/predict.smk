@@ -17,7 +17,7 @@ rule evaluate:
         heldout=report(f"{RESULTS}/predict/lomo_heldout_curves.png", category="Prediction",
                        caption="../report/heldout_curves.rst"),
     params:
-        settings=as_json(madyn_params.predict_settings(config)),
+        settings=json.dumps(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.pred),
     resources:
         mem_mb=2000,
@@ -42,7 +42,7 @@ rule predict_example:
                       caption="../report/prediction.rst"),
     params:
         ex=config["predict"].get("example", {}),
-        settings=as_json(madyn_params.predict_settings(config)),
+        settings=json.dumps(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.curves),
     resources:
         mem_mb=2000,
@@ -67,8 +67,8 @@ rule forecast:
         figure=report(f"{RESULTS}/forecast/backtest.png", category="Forecast",
                       caption="../report/forecast.rst"),
     params:
-        settings=as_json(config.get("forecast", {})),
-        fit=as_json(config["fit"]),
+        settings=json.dumps(config.get("forecast", {})),
+        fit=json.dumps(config["fit"]),
     resources:
         mem_mb=1500,
     log:

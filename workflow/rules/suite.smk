@@ -34,8 +34,8 @@ rule train:
         model=one_of(TRAINED),
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
-        spec=lambda wc: as_json(madyn_params.model_spec(SUITE_CFG, wc.model).__dict__),
-        train=lambda wc: as_json(madyn_params.train_spec(SUITE_CFG, wc.model).__dict__),
+        spec=lambda wc: json.dumps(madyn_params.model_spec(SUITE_CFG, wc.model).__dict__),
+        train=lambda wc: json.dumps(madyn_params.train_spec(SUITE_CFG, wc.model).__dict__),
         corpus=lambda wc, input: os.path.dirname(input[0]),
     threads: SUITE_CFG.get("threads", 1)
     resources:

@@ -15,13 +15,15 @@ from madyn.io import atomic_path, write_json
 from madyn.settings import FitSettings, ForecastSettings
 
 
-def _curves(paths: list[str], quantity: str) -> dict:
-    """model -> (steps, depths, L x S values) of ``quantity`` from series Parquets."""
-    out = {}
-    for p in paths:
-        s = pd.read_parquet(p)
-        out[str(s["model"].iloc[0])] = forecast.layer_curves(s, quantity)
-    return out
+def _read(paths: list[str]) -> dict[str, pd.DataFrame]:
+    """model -> its series table, each Parquet read once."""
+    frames = [pd.read_parquet(p) for p in paths]
+    return {str(s["model"].iloc[0]): s for s in frames}
+
+
+def _curves(series: dict[str, pd.DataFrame], quantity: str) -> dict:
+    """model -> (steps, depths, L x S values) of ``quantity``."""
+    return {m: forecast.layer_curves(s, quantity) for m, s in series.items()}
 
 
 def _example(curves: dict, table: pd.DataFrame, level: float) -> tuple:
@@ -61,9 +63,9 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
         print(f"madyn forecast: skipped: {reason}", file=sys.stderr)
         return {"skipped": reason}
     t0 = time.monotonic()
-    tables, curves = [], {}
+    tables, curves, series = [], {}, _read(series_paths)
     for q in s.quantities:
-        curves[q] = _curves(series_paths, q)
+        curves[q] = _curves(series, q)
         tab = forecast.backtest(curves[q], s.fractions, s.level, fit_settings)
         tables.append(tab.assign(quantity=q))
     table = pd.concat(tables, ignore_index=True)
@@ -107,12 +109,13 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
     run = pd.read_parquet(run_path)
     name = str(run["model"].iloc[0])
     rows, summary, figs = [], {}, {}
+    prior_series = {m: t for m, t in _read(prior_paths).items() if m != name}
     for q in s.quantities:
         steps_seen, depths, vals = forecast.layer_curves(run, q)
         if last_step <= steps_seen[-1]:
             raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
                                         f"last checkpoint ({int(steps_seen[-1])})")
-        prior = {m: c for m, c in _curves(prior_paths, q).items() if m != name}
+        prior = _curves(prior_series, q)
         later = sorted({float(t) for st, _, _ in prior.values() for t in st
                         if steps_seen[-1] < t <= last_step} | {float(last_step)})
         steps = np.r_[steps_seen, later]
@@ -120,11 +123,11 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
         for layer, depth in enumerate(depths):
             samples = forecast.prior_samples(list(prior.values()), float(depth), steps)
             fc = forecast.forecast_layer(steps, vals[layer], samples, s.level)
-            a = sorted(_asymptote(steps, c, fs) for c in (fc.lo, fc.mean, fc.hi))
+            fitted = [_asymptote(steps, c, fs) for c in (fc.lo, fc.mean, fc.hi)]
+            a = sorted(fitted)
             summary[q][str(layer)] = {
                 "final": dict(zip(("value", "lo", "hi"), fc.final, strict=True)),
-                "asymptote": {"value": _asymptote(steps, fc.mean, fs), "lo": a[0],
-                              "hi": a[-1]},
+                "asymptote": {"value": fitted[1], "lo": a[0], "hi": a[-1]},
                 "peak_step": dict(zip(("value", "lo", "hi"), fc.peak_step, strict=True)),
                 "peak_before_last_step": fc.peak_before_end}
             rows.append(pd.DataFrame({
