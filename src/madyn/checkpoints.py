@@ -59,6 +59,7 @@ def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.d
         check_decoder_only(config, source)
     except ArchitectureError as e:
         raise CheckpointError(str(e)) from None
+    refuse_remote_code(config, source)
     if Path(source).is_dir():  # before building anything: headers, layers, size
         tensors = check_config_matches_weights(source, config, weight_files(source))
         check_parameter_count(source, tensors)
@@ -79,6 +80,64 @@ def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.d
         where = f"{source}@{revision}" if revision else source
         raise CheckpointError(f"{where}: weights do not match the architecture: "
                               + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in bad.items()))
+    return model.to(resolve_device(device, visible_gpus())).eval()
+
+
+def refuse_remote_code(config: dict, where: str) -> None:
+    """CheckpointError when a config names ``auto_map`` (its own model code, which madyn
+    never runs)."""
+    if "auto_map" in config:
+        raise CheckpointError(f"{where}: config.json names auto_map (custom model code); "
+                              "madyn never runs a checkpoint's own code (trust_remote_code)")
+
+
+def load_pickle_model(source: str, files: list[Path], dtype: str = _DEFAULT.dtype,
+                      device: str = _DEFAULT.device):
+    """A causal LM built from ``source``'s config.json, its weights read from PyTorch
+    pickles ``files`` with ``torch.load(weights_only=True)`` only (a file that needs more
+    is refused, never unpickled in full). A state dict under ``state_dict`` or ``model``
+    (Lightning, nanoGPT) and ``_orig_mod.`` / ``model.`` prefixes are accepted; every
+    tensor must match the architecture. Returns the model in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = model_config(source)
+    try:
+        check_decoder_only(config, source)
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from None
+    refuse_remote_code(config, source)
+    config_layers(config, str(Path(source) / "config.json"))
+    state: dict = {}
+    for f in files:
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 (the unpickler refuses in many ways)
+            why = " ".join(str(e).split())[:200]
+            raise CheckpointError(f"{f}: not loadable with torch.load(weights_only=True) "
+                                  f"({why}); madyn never unpickles it in full") from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{f}: holds no state dict of tensors")
+        state.update(obj)
+    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False,
+                                             dtype=getattr(torch, dtype))
+    want = set(model.state_dict())
+    fixed = {}
+    for k, v in state.items():
+        k2 = k.removeprefix("_orig_mod.")
+        if k2 not in want and k2.removeprefix("model.") in want:
+            k2 = k2.removeprefix("model.")
+        fixed[k2] = v
+    missing, unexpected = model.load_state_dict(fixed, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())  # list or dict of names
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not match the architecture: missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model.to(resolve_device(device, visible_gpus())).eval()
 
 

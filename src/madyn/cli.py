@@ -111,7 +111,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     extract.measure_one(args.checkpoint, args.tokens, args.out, model=args.model,
                         step=args.step, settings=_extract_settings(args),
-                        revision=args.revision, marker=args.marker)
+                        revision=args.revision, marker=args.marker,
+                        allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -135,7 +136,8 @@ def _cmd_series(args: argparse.Namespace) -> int:
 
     extract.series(args.model, args.out, args.integrity, stats=args.stats,
                    released_dir=args.released, export_dir=args.export,
-                   export_config_from=args.export_config)
+                   export_config_from=args.export_config,
+                   skipped_json=args.skipped_json)
     return 0
 
 
@@ -411,6 +413,9 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--step", type=int, default=None, help="training step recorded")
     c.add_argument("--delete-download", action="store_true", default=None,
                    help="remove this hub revision from the local cache once measured")
+    c.add_argument("--allow-pickle", action="store_true",
+                   help="a local checkpoint holding only PyTorch pickles is loaded with "
+                   "torch.load(weights_only=True) (never a full unpickling)")
     _measure_args(c)
 
     c = _add(sub, "extract-model", _cmd_extract_model,
@@ -444,6 +449,9 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--export-config", default=None,
                    help="with --export: the checkpoint folder (or hub download marker) whose "
                    "config.json is exported as {export}/{model}/config.json")
+    c.add_argument("--skipped-json", default=None,
+                   help="JSON {entry: reason} of checkpoints the run source skipped, recorded "
+                   "in the integrity report")
 
     c = _add(sub, "growth", _cmd_growth, "growth of top1/median per model and layer",
              "Ratio at the last checkpoint / at the first, per layer; writes JSON (a DVC "

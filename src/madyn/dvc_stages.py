@@ -119,6 +119,8 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     suite = params_file.active(cfg)
     rel = f"{params_file.results_dir(cfg)}/source"
     link = root / rel
+    if suite["source"] == "run":
+        return _run_links(root, link, suite)
     target = (root / suite["path"]).resolve() if suite["source"] == "released" else None
     if target is not None and link.is_symlink() and link.resolve() == target:
         return None
@@ -138,6 +140,52 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     else:
         link.symlink_to(target, target_is_directory=True)
     return rel
+
+
+def _run_links(root: Path, folder: Path, suite: dict) -> str | None:
+    """A run suite's ``results/<suite>/source``: a folder of madyn's holding one link per
+    model to its run folder, so that DVC hashes each run folder as a dependency (read
+    only; DVC never caches, checks out or deletes a dependency). Only links are ever
+    replaced. Returns the path when anything changed."""
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder.relative_to(root)}: a file where madyn keeps a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    want = {m["name"]: (root / m["path"]).resolve() for m in suite["models"]}
+    changed = False
+    for entry in folder.iterdir():
+        if not entry.is_symlink():
+            raise ValueError(f"{entry.relative_to(root)}: not a link madyn made; remove it")
+        if entry.name not in want or entry.resolve() != want[entry.name]:
+            entry.unlink()
+            changed = True
+    for name, target in want.items():
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(target, target_is_directory=True)
+            changed = True
+    return str(folder.relative_to(root)) if changed else None
+
+
+RUN_MANIFEST = "run_manifest.json"
+
+
+def run_manifests(suite: dict, cache_file: Path) -> dict:
+    """Each model's :func:`madyn.runs.manifest` (what madyn reads of its run folder); the
+    sha256 of unchanged files come from ``cache_file`` (madyn's, updated)."""
+    from madyn import runs
+    from madyn.io import read_json, write_json
+
+    try:
+        cache = read_json(cache_file) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    out = {}
+    for i, m in enumerate(suite["models"]):
+        sc = runs.entry_scan(m, f"model {m['name']} (models.{i}.path)")
+        out[m["name"]] = runs.manifest(sc, cache)
+    write_json(cache_file, cache)
+    return out
 
 
 def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> list[str]:
@@ -164,6 +212,11 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
         return made
     for rel in stage_outs(root, stage, cfg["suite"]):
         out = root / rel
+        if suite["source"] == "run" and rel == f"{params_file.results_dir(cfg)}/models":
+            out.mkdir(parents=True, exist_ok=True)  # madyn's own folder, never a link
+            res = root / params_file.results_dir(cfg)
+            write_json(out / RUN_MANIFEST, run_manifests(suite, res / "run_hashes.json"))
+            continue
         if suite["source"] == "released" and rel == f"{params_file.results_dir(cfg)}/models":
             if out.is_symlink():  # the link to the released folder earlier versions made
                 out.unlink()

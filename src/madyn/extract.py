@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from madyn import sinks
-from madyn.checkpoints import check_tokens, fingerprint, load_model, weight_files
+from madyn.checkpoints import (check_tokens, fingerprint, load_model, load_pickle_model,
+                               weight_files)
 from madyn.settings import ExtractSettings
 from madyn.statistics import attn_implementation, decoder_layers, measure
 
@@ -25,13 +26,15 @@ def versions() -> dict:
 def measure_checkpoint(source: str, tokens: np.ndarray,
                        settings: ExtractSettings | dict | None = None, *,
                        revision: str | None = None, progress: bool = False,
-                       weights_fp: dict | None = None) -> tuple[pd.DataFrame, dict]:
+                       weights_fp: dict | None = None, pickles: list | None = None
+                       ) -> tuple[pd.DataFrame, dict]:
     """Load one checkpoint and measure it on ``tokens`` (N x T ids).
 
     ``settings``: dtype, device, batch size and ``extreme_tokens`` (see
     :func:`madyn.statistics.measure`); None: the defaults.
     ``weights_fp``: the weights' :func:`madyn.checkpoints.fingerprint`, when the caller has
-    it already. Returns the per-(seq, layer) table and its metadata (weights fingerprint,
+    it already. ``pickles``: load the weights from these PyTorch pickles
+    (:func:`madyn.checkpoints.load_pickle_model`, ``weights_only``) instead. Returns the per-(seq, layer) table and its metadata (weights fingerprint,
     dtype, device, shapes, library versions, seconds taken). Raises
     :class:`madyn.checkpoints.CheckpointError` or ValueError (bad tokens) naming the
     checkpoint.
@@ -40,10 +43,11 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
 
     t0 = time.monotonic()
     s = ExtractSettings.of(settings)
-    model = load_model(source, revision, s.dtype, s.device)
+    model = (load_pickle_model(source, pickles, s.dtype, s.device) if pickles
+             else load_model(source, revision, s.dtype, s.device))
     where = f"{source}@{revision}" if revision else source
     ids = check_tokens(tokens, model.config.vocab_size, f"tokens for {where}")
-    fp = weights_fp or fingerprint(weight_files(source, revision))
+    fp = weights_fp or fingerprint(pickles or weight_files(source, revision))
     df = measure(model, ids, batch_size=s.batch_size, progress=progress,
                  extreme_tokens=s.extreme_tokens)
     meta = {

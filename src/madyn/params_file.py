@@ -165,10 +165,43 @@ def validate(cfg: Any) -> dict:
         if base is not None and base not in {design_label(m) for m in suite["models"]}:
             raise ConfigError(f"suites.{sname}.base_design: {base!r} is the design of none of "
                               f"the suite's models ({', '.join(sorted(design_labels(suite)))})")
+        if suite["source"] == "run":
+            _check_run_entries(sname, suite)
     suite = active(cfg)
-    if suite["source"] != "released":  # a released folder is checked once it is scanned
+    if suite["source"] not in ("released", "run"):  # a folder is checked once scanned
         check_min_points(cfg, len(steps(suite)), f"suite {cfg['suite']}")
     return cfg
+
+
+def _check_run_entries(sname: str, suite: dict) -> None:
+    """ConfigError naming the key for a ``step_pattern`` that is not a regex with a group."""
+    import re
+
+    for i, m in enumerate(suite["models"]):
+        pat = m.get("step_pattern")
+        if pat is None:
+            continue
+        try:
+            groups = re.compile(pat).groups
+        except re.error as e:
+            raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: not a regex "
+                              f"({e})") from None
+        if groups < 1:
+            raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: needs a group "
+                              "(...) that captures the step")
+
+
+def with_run_defaults(suite: dict) -> dict:
+    """A ``run`` suite with the schema's defaults filled in: ``corpus`` and each
+    ``extract`` key (the evaluation text, sequence count and length, seed)."""
+    from madyn.settings import schema_default, section_defaults
+
+    if suite["source"] != "run":
+        return suite
+    out = dict(suite)
+    out.setdefault("corpus", schema_default("$defs.run_suite.corpus"))
+    out["extract"] = {**section_defaults("$defs.run_extract"), **suite.get("extract", {})}
+    return out
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -315,8 +348,8 @@ def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
 def steps(suite: dict) -> list[int]:
     """The checkpoint steps to analyse for every model of ``suite`` (not ``released``:
     those are whatever files the folder holds)."""
-    if suite["source"] == "released":
-        raise ValueError("a released suite's steps are read from its folder")
+    if suite["source"] in ("released", "run"):
+        raise ValueError(f"a {suite['source']} suite's steps are read from its folder")
     if suite["source"] == "local":
         t = suite["train"]
         return checkpoint_steps(t["steps"], t["log_until"], t["every"])

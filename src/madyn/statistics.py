@@ -33,7 +33,7 @@ def decoder_layers(model) -> list:
     """
     import torch
 
-    n = model.config.num_hidden_layers
+    n = config_value(model, ("num_hidden_layers", "n_layer"))
     found = [
         (name, mod) for name, mod in model.named_modules()
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and n > 0
@@ -45,6 +45,25 @@ def decoder_layers(model) -> list:
         raise ValueError(f"expected exactly one stack of {n} decoder layers, found {names}; "
                          "is this a decoder-only transformer?")
     return list(found[0][1])
+
+
+def config_value(model, keys: tuple[str, ...]) -> int:
+    """A size from the model's ``config`` (a transformers config, or a nanoGPT-style
+    ``GPTConfig`` with ``n_layer``/``n_embd``): the first of ``keys`` it has; 0 if none."""
+    cfg = getattr(model, "config", None)
+    for k in keys:
+        v = getattr(cfg, k, None)
+        if isinstance(v, int):
+            return v
+    return 0
+
+
+def _is_hf(model) -> bool:
+    """A transformers model (runs as ``base_model(input_ids=...)``), not a hand-written one
+    (nanoGPT style: ``model(ids)``)."""
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
 
 
 def _io_dims(mod) -> tuple[int, int] | None:
@@ -343,7 +362,9 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
     """Statistics of every decoder layer for every sequence of ``tokens`` (N x T ids).
 
     Runs the model's body (``model.base_model``), not the LM head: logits are never
-    needed, and for Pythia they are the largest tensor of the forward pass.
+    needed, and for Pythia they are the largest tensor of the forward pass. A model that
+    is not a transformers model (nanoGPT style, sizes in ``config.n_layer``/``n_embd``)
+    runs as ``model(ids)`` (``extreme_tokens`` must then be off).
     ``extreme_tokens``: measure ``sink_mass`` too, from each layer's own fused attention
     (:mod:`madyn.sinks`: one widened SDPA call, no T x T matrix); off: ``sink_mass`` is
     NaN and the model runs as loaded.
@@ -356,13 +377,14 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
     device = next(model.parameters()).device
     coll = _Collector(on_cpu=device.type == "cpu")
     handles = []
-    hidden = model.config.hidden_size
+    hidden = config_value(model, ("hidden_size", "n_embd", "d_model"))
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(coll.layer_hook(i)))
         act = mlp_activation(layer, hidden)
         if act is not None:
             handles.append(act.register_forward_hook(coll.mlp_hook(i)))
-    body = model.base_model  # the decoder stack without the LM head: no logits needed
+    hf = _is_hf(model)
+    body = model.base_model if hf else model  # HF: the decoder stack without the LM head
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     starts = range(0, len(ids), batch_size)
     watch = (sinks.watching(model, layers, coll.sink) if extreme_tokens
@@ -372,7 +394,10 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
             for s in _maybe_tqdm(starts, progress):
                 batch = ids[s:s + batch_size]
                 coll.batch_shape = tuple(batch.shape)
-                body(input_ids=batch.to(device), use_cache=False)
+                if hf:
+                    body(input_ids=batch.to(device), use_cache=False)
+                else:
+                    body(batch.to(device))
                 coll.drain()
                 if extreme_tokens and s == 0:
                     _check_sinks_found(coll, len(layers))

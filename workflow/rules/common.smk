@@ -12,6 +12,7 @@ from madyn import params_file as madyn_params
 from madyn import io as madyn_io
 from madyn import released as madyn_released
 from madyn import resources as madyn_resources
+from madyn import runs as madyn_runs
 from madyn.settings import ExtractSettings
 from madyn.training import checkpoint_dir, train_cost
 
@@ -21,7 +22,7 @@ except madyn_params.ConfigError as err:
     sys.exit(f"madyn: {err}")
 
 SUITE = config["suite"]
-SUITE_CFG = madyn_params.active(config)
+SUITE_CFG = madyn_params.with_run_defaults(madyn_params.active(config))
 MODELS = madyn_params.model_names(SUITE_CFG)
 RESULTS = madyn_params.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
@@ -37,8 +38,9 @@ ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: t
 def design_args(model):
     """madyn config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""
-    record = {"label": madyn_params.design_labels(SUITE_CFG)[model],
-              **madyn_params.known_recipe(SUITE_CFG, model)}
+    recipe = (SRC.recipe(model) if hasattr(SRC, "recipe")
+              else madyn_params.known_recipe(SUITE_CFG, model))
+    record = {"label": madyn_params.design_labels(SUITE_CFG)[model], **recipe}
     return ["--design-json", json.dumps(record)]
 
 
@@ -225,12 +227,103 @@ class ReleasedSource:
             spec, madyn_params.model_entry(SUITE_CFG, model)["vocab_size"])
 
 
-SOURCES = {"local": LocalSource, "hub": HubSource, "released": ReleasedSource}
+class RunSource(MeasuredSource):
+    """A researcher's own run (``source: run``): each model entry's folder of checkpoints
+    (found by layout at planning, :mod:`madyn.runs`; a checkpoint that appears later is
+    measured by the next run), one measuring job per checkpoint; or a live monitor's
+    folder, whose tables are the series' inputs as they are. Skipped entries are named in
+    the log and recorded in integrity/<model>.json."""
+
+    trains = False
+    measure_jobs = "run"
+
+    def __init__(self):
+        self.scans = {}
+        for i, m in enumerate(SUITE_CFG["models"]):
+            where = f"model {m['name']} (suites.{SUITE}.models.{i}.path)"
+            try:
+                sc = madyn_runs.entry_scan(m, where)
+                madyn_params.check_min_points(config, len(sc.steps), f"{where}: {sc.folder}")
+            except (madyn_runs.RunError, madyn_params.ConfigError) as err:
+                sys.exit(f"madyn: {err}")
+            for name, why in sc.skipped.items():
+                print(f"madyn: [{m['name']}] skipped {sc.folder / name}: {why}",
+                      file=sys.stderr)
+            self.scans[m["name"]] = sc
+
+    def _entry(self, model):
+        return madyn_params.model_entry(SUITE_CFG, model)
+
+    def steps(self, model):
+        return self.scans[model].steps
+
+    def measured(self, model):
+        """Are the model's checkpoints measured here (not read from a monitor folder)?"""
+        return not self.scans[model].live
+
+    def series_inputs(self, model):
+        sc = self.scans[model]
+        if sc.live:
+            return [str(sc.live[s]) for s in sc.steps]
+        return [stats_path(model, s) for s in sc.steps]
+
+    def checkpoint(self, model, step):
+        return str(self.scans[model].checkpoints[int(step)])
+
+    def checkpoint_files(self, model, step):
+        """What a measuring job reads: config.json and the weight files."""
+        d = self.scans[model].checkpoints[int(step)]
+        return [str(d / "config.json")] + [str(f) for f in madyn_runs.weight_files(
+            d, bool(self._entry(model).get("allow_pickle")))]
+
+    def tokens(self, model):
+        return self._entry(model).get("tokens") or \
+            f"{RESULTS}/eval/tokens_{self.tokenizer(model)}.npy"
+
+    def tokenizer(self, model):
+        return f"run-{model}"
+
+    def tokenizer_arg(self, tokenizer):
+        """The tokenizer folder: the entry's, else the first checkpoint's own (the first,
+        so that checkpoints added later leave the evaluation batch as it is)."""
+        model = tokenizer.removeprefix("run-")
+        sc = self.scans[model]
+        first = sc.folder if sc.live else sc.checkpoints[min(sc.checkpoints)]
+        return self._entry(model).get("tokenizer") or str(first)
+
+    def corpus_manifest(self):
+        return f"{RESULTS}/corpus/heldout_manifest.json"
+
+    def config_inputs(self, model):
+        return [str(self.scans[model].last() / "config.json")]
+
+    def config_args(self, model):
+        return [str(self.scans[model].last())]
+
+    def export_config(self, model):
+        return str(self.scans[model].last())
+
+    def config_json(self, model):
+        try:
+            return madyn_io.read_json(self.scans[model].last() / "config.json")
+        except (OSError, ValueError) as err:
+            sys.exit(f"madyn: {err}")
+
+    def recipe(self, model):
+        return madyn_runs.recipe(self.scans[model], self._entry(model))
+
+    def skipped_args(self, model):
+        return ["--skipped-json", json.dumps(self.scans[model].skipped)]
+
+
+SOURCES = {"local": LocalSource, "hub": HubSource, "released": ReleasedSource,
+           "run": RunSource}
 SRC = SOURCES[SUITE_CFG["source"]]()
 MODEL_STEPS = {m: SRC.steps(m) for m in MODELS}
 MEASURED_PER_MODEL = MODELS if SRC.measure_jobs == "model" else []
 MEASURED_PER_CHECKPOINT = MODELS if SRC.measure_jobs == "checkpoint" else []
 TRAINED = MODELS if SRC.trains else []
+MEASURED_RUN = [m for m in MODELS if SRC.measure_jobs == "run" and SRC.measured(m)]
 
 
 # ---------------------------------------------------------------- resources of a job
@@ -265,7 +358,7 @@ def suite_outputs():
     """Trained models, the training summary (empty for a suite that trains nothing, so
     that every source has the DVC suite stage's metric) and a hub suite's held-out files
     (the corpus of the suite stage's outs)."""
-    hub = [SRC.corpus_manifest()] if SUITE_CFG["source"] == "hub" else []
+    hub = [SRC.corpus_manifest()] if SUITE_CFG["source"] in ("hub", "run") else []
     return [model_manifest(m) for m in TRAINED] + [f"{RESULTS}/metrics/train.json"] + hub
 
 

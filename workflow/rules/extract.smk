@@ -129,6 +129,39 @@ rule extract_checkpoint:
         "--settings-json {params.settings:q} --threads {threads:q} 2> {log:q}"
 
 
+rule extract_run:
+    # one checkpoint of a researcher's run folder (source: run), read in place; a table
+    # already measured from the same weights and tokens is kept
+    input:
+        tokens=lambda wc: SRC.tokens(wc.model),
+        checkpoint=lambda wc: SRC.checkpoint_files(wc.model, wc.step),
+    output:
+        update(f"{RESULTS}/stats/{{model}}/step{{step}}.parquet"),
+    wildcard_constraints:
+        model=one_of(MEASURED_RUN),
+        step=r"\d+",
+    params:
+        checkpoint=lambda wc: SRC.checkpoint(wc.model, wc.step),
+        pickle=lambda wc: (["--allow-pickle"]
+                           if madyn_params.model_entry(SUITE_CFG, wc.model).get("allow_pickle")
+                           else []),
+        settings=json.dumps(EXTRACT_SETTINGS.to_dict()),
+    threads: EXTRACT_SETTINGS.threads
+    resources:
+        mem_mb=extract_resources("mem_mb"),
+        gpu=extract_resources("gpu"),
+        gpu_mem_mb=extract_resources("gpu_mem_mb"),
+        runtime=extract_resources("runtime"),
+    log:
+        f"{RESULTS}/logs/extract/{{model}}_step{{step}}.log",
+    conda:
+        ENV
+    shell:
+        "madyn extract {params.checkpoint:q} --tokens {input.tokens:q} --out {output:q} "
+        "--model {wildcards.model:q} --step {wildcards.step:q} {params.pickle:q} "
+        "--settings-json {params.settings:q} --threads {threads:q} 2> {log:q}"
+
+
 rule series:
     input:
         lambda wc: SRC.series_inputs(wc.model),
@@ -140,6 +173,7 @@ rule series:
                                   else ["--released", SRC.root]),
         export=lambda wc: (["--export", f"{RESULTS}/released", "--export-config",
                             SRC.export_config(wc.model)] if SRC.measure_jobs else []),
+        skipped=lambda wc: SRC.skipped_args(wc.model) if hasattr(SRC, "skipped_args") else [],
     resources:
         mem_mb=2000,
     log:
@@ -148,6 +182,7 @@ rule series:
         ENV
     shell:
         "madyn series --model {wildcards.model:q} {params.source:q} {params.export:q} "
+        "{params.skipped:q} "
         "--out {output.series:q} --integrity {output.integrity:q} 2> {log:q}"
 
 

@@ -66,6 +66,7 @@ class Checkpoint:
     expected_sha256: str | None = None  # sha256 of model.safetensors per the manifest
     repo: str | None = None  # a hub snapshot's repo id and revision, for the metadata
     revision: str | None = None
+    pickles: tuple[Path, ...] = ()  # weight pickles to load (torch.load weights_only)
 
 
 def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
@@ -134,14 +135,14 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
     with ExitStack() as held:
         dev = None  # claimed at the first checkpoint to measure (one GPU of several)
         for i, ck in enumerate(checkpoints, 1):
-            fp = fingerprint(weight_files(ck.source))
+            fp = fingerprint(list(ck.pickles) or weight_files(ck.source))
             _verify(ck, fp)
             if _is_current(ck.out, fp, tokens_sha, s.dtype, s.extreme_tokens):
                 kept += 1
                 continue
             dev = dev or held.enter_context(claimed_device(s.device, say=progress))
             df, meta = measure_checkpoint(ck.source, tokens, replace(s, device=dev),
-                                          weights_fp=fp)
+                                          weights_fp=fp, pickles=list(ck.pickles))
             meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
             if ck.repo:
                 meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
@@ -217,7 +218,7 @@ def settings_from_args(settings_json: str | None, **given) -> ExtractSettings:
 
 def measure_one(checkpoint: str | None, tokens_path: str, out: str, *, model: str | None,
                 step: int | None, settings: ExtractSettings, revision: str | None = None,
-                marker: str | None = None) -> None:
+                marker: str | None = None, allow_pickle: bool = False) -> None:
     """``madyn extract``: measure one checkpoint into ``out``. From a download ``marker``
     (:func:`download`); or a hub repo id ``checkpoint`` at ``revision`` (downloaded to a
     temporary marker, measured, removed from the cache after with
@@ -238,7 +239,14 @@ def measure_one(checkpoint: str | None, tokens_path: str, out: str, *, model: st
             download(checkpoint, revision, tmp_marker)
             measure_download(tmp_marker, tokens_path, out, model, step, settings)
         return
-    measure([Checkpoint(checkpoint, step, Path(out))], tokens_path, model, settings)
+    pickles: tuple[Path, ...] = ()
+    if Path(checkpoint).is_dir():  # a local folder: checked as the run source checks it
+        from madyn.runs import check_checkpoint
+
+        files = check_checkpoint(Path(checkpoint), allow_pickle)
+        pickles = tuple(f for f in files if f.suffix != ".safetensors")
+    measure([Checkpoint(checkpoint, step, Path(out), pickles=pickles)], tokens_path, model,
+            settings)
 
 
 def export_config(source: str) -> dict:
@@ -256,7 +264,8 @@ def export_config(source: str) -> dict:
 
 def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None = None,
            released_dir: str | None = None, export_dir: str | None = None,
-           export_config_from: str | None = None) -> tuple[pd.DataFrame, dict]:
+           export_config_from: str | None = None, skipped_json: str | None = None
+           ) -> tuple[pd.DataFrame, dict]:
     """One model's series table and integrity report, from its per-checkpoint tables
     (``stats``) or from a folder in the study's released layout (``released_dir``: bad
     files are skipped, named, and recorded with their reason). ``export_dir``: also write
@@ -278,6 +287,10 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
             df, meta = read_stats(f)
             tables[int(meta["step"])], metas[int(meta["step"])] = df, meta
     frame, report = build_series(tables, metas, model)
+    if skipped_json:  # what the run source skipped in the run's folder
+        import json
+
+        skipped = {**skipped, **json.loads(skipped_json)}
     report["skipped_files"] = {str(k): v for k, v in skipped.items()}
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -1,0 +1,65 @@
+"""A tiny GPT-NeoX trained with the real Hugging Face ``Trainer`` on the CPU (the test
+corpus), optionally with madyn's monitor callback: the run folder the ``run`` source and
+the monitor tests analyse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SEQ_LEN = 32
+
+
+def tiny_config(vocab_size: int, dropout: float = 0.0):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=128,
+                         max_position_embeddings=64, hidden_dropout=dropout,
+                         attention_dropout=dropout, tie_word_embeddings=False)
+
+
+def probe_tokens(corpus_dir: Path, n: int = 4) -> np.ndarray:
+    held = np.load(corpus_dir / "heldout.npy")
+    return held[: n * SEQ_LEN].reshape(n, SEQ_LEN).astype(np.int64)
+
+
+def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25,
+          monitor: bool = True, dropout: float = 0.0, every: int = 25,
+          save: bool = True):
+    """Train for ``steps`` optimizer steps; checkpoints every ``save_steps`` (with the
+    tokenizer); with ``monitor``, madyn's callback writes ``out/madyn-monitor``. Returns
+    the trained model."""
+    import torch
+    from torch.utils.data import Dataset
+    from transformers import (GPTNeoXForCausalLM, PreTrainedTokenizerFast, Trainer,
+                              TrainingArguments, default_data_collator)
+
+    from madyn.monitor import MadynCallback
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(corpus_dir / "tokenizer"))
+    ids = np.load(corpus_dir / "train.npy").astype(np.int64)
+
+    class Windows(Dataset):
+        def __len__(self):
+            return len(ids) // SEQ_LEN
+
+        def __getitem__(self, i):
+            x = torch.as_tensor(ids[i * SEQ_LEN:(i + 1) * SEQ_LEN])
+            return {"input_ids": x, "labels": x}
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(tiny_config(len(tok), dropout))
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8,
+        learning_rate=3e-3, warmup_steps=10, adam_epsilon=1e-8, logging_steps=25,
+        save_strategy="steps" if save else "no", save_steps=save_steps, report_to=[],
+        use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    callbacks = [MadynCallback(probe_tokens(corpus_dir), log_until=16, every=every)] \
+        if monitor else []
+    trainer = Trainer(model=model, args=args, train_dataset=Windows(),
+                      processing_class=tok, data_collator=default_data_collator,
+                      callbacks=callbacks)
+    trainer.train()
+    return model
