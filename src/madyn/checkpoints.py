@@ -93,52 +93,45 @@ def refuse_remote_code(config: dict, where: str) -> None:
 
 def load_pickle_model(source: str, files: list[Path], dtype: str = _DEFAULT.dtype,
                       device: str = _DEFAULT.device):
-    """A causal LM built from ``source``'s config.json, its weights read from PyTorch
-    pickles ``files`` with ``torch.load(weights_only=True)`` only (a file that needs more
-    is refused, never unpickled in full). A state dict under ``state_dict`` or ``model``
-    (Lightning, nanoGPT) and ``_orig_mod.`` / ``model.`` prefixes are accepted; every
-    tensor must match the architecture. Returns the model in eval mode."""
+    """A causal LM from ``source``'s config.json and weights read from PyTorch pickles
+    ``files`` with ``torch.load(weights_only=True)`` only (a file that needs more is
+    refused, never unpickled in full). A state dict under ``state_dict`` or ``model``
+    (Lightning, nanoGPT) is accepted, ``_orig_mod.`` (torch.compile) and a common
+    ``model.`` prefix stripped. The tensors are written to a temporary safetensors copy
+    beside the config and loaded by :func:`load_model`, with every check it makes."""
+    import shutil
+    import tempfile
+
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from safetensors.torch import save_file
 
     config = model_config(source)
-    try:
-        check_decoder_only(config, source)
-    except ArchitectureError as e:
-        raise CheckpointError(str(e)) from None
     refuse_remote_code(config, source)
-    config_layers(config, str(Path(source) / "config.json"))
     state: dict = {}
     for f in files:
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 (the unpickler refuses in many ways)
-            why = " ".join(str(e).split())[:200]
+        except Exception as e:  # noqa: BLE001 (the restricted unpickler refuses in many ways)
+            why = " ".join(str(e).split())[:160]
             raise CheckpointError(f"{f}: not loadable with torch.load(weights_only=True) "
                                   f"({why}); madyn never unpickles it in full") from None
         for key in ("state_dict", "model"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
-        if not isinstance(obj, dict):
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor)
+                                                for v in obj.values()):
             raise CheckpointError(f"{f}: holds no state dict of tensors")
-        state.update(obj)
-    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False,
-                                             dtype=getattr(torch, dtype))
-    want = set(model.state_dict())
-    fixed = {}
-    for k, v in state.items():
-        k2 = k.removeprefix("_orig_mod.")
-        if k2 not in want and k2.removeprefix("model.") in want:
-            k2 = k2.removeprefix("model.")
-        fixed[k2] = v
-    missing, unexpected = model.load_state_dict(fixed, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or ())  # list or dict of names
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not match the architecture: missing "
-                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    return model.to(resolve_device(device, visible_gpus())).eval()
+        state.update({k.removeprefix("_orig_mod."): v for k, v in obj.items()})
+    if state and all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    with tempfile.TemporaryDirectory(prefix="madyn-pickle-") as tmp:
+        shutil.copy(Path(source) / "config.json", Path(tmp) / "config.json")
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
+                  str(Path(tmp) / "model.safetensors"))
+        try:
+            return load_model(tmp, dtype=dtype, device=device)
+        except CheckpointError as e:
+            raise CheckpointError(str(e).replace(tmp, source)) from None
 
 
 def check_tokens(tokens: np.ndarray, vocab_size: int, where: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from madyn.runs import MONITOR_FILE
+from madyn.runs import MONITOR_DIR, MONITOR_FILE
 
 LOG_UNTIL = 64  # the default schedule: 0 and powers of two up to here ...
 EVERY = 100  # ... then every this many steps
@@ -172,7 +172,7 @@ class MadynCallback(_callback_base()):
         recipe = {"optimizer": "adamw" if "adamw" in optim else optim,
                   "lr": float(args.learning_rate), "eps": float(args.adam_epsilon),
                   **self.kw.pop("recipe", {})}
-        out = self.out_dir or Path(args.output_dir) / "madyn-monitor"
+        out = self.out_dir or Path(args.output_dir) / MONITOR_DIR
         self.monitor = Monitor(model, self.probe, out, recipe=recipe, **self.kw)
         self.monitor(state.global_step, model)
 

@@ -29,6 +29,7 @@ from madyn.checkpoints import (CheckpointError, check_config_matches_weights, co
 LAYOUTS = (r"checkpoint-(\d+)", r"step(\d+)", r"step-(\d+)", r"global_step(\d+)",
            r"iter_(\d+)")
 MONITOR_FILE = "madyn_monitor.json"  # a folder written by madyn.monitor
+MONITOR_DIR = "madyn-monitor"  # the HF callback's folder inside the Trainer's output_dir
 PICKLES = ("pytorch_model.bin", "*.pt", "*.ckpt", "*.pth")
 # the weight pickles of a checkpoint (a Trainer also writes optimizer.pt, rng_state.pth,
 # training_args.bin: never opened)
@@ -258,14 +259,16 @@ def _scan_live(out: RunScan) -> RunScan:
 # ------------------------------------------------------------------- recipe and manifest
 def recipe(scan_: RunScan, entry: dict) -> dict:
     """The training recipe (optimizer, lr, eps) of a run: what the monitor recorded
-    (``madyn_monitor.json``), else the peak ``learning_rate`` of the last checkpoint's
-    ``trainer_state.json`` log; the entry's keys over both."""
+    (``madyn_monitor.json``, in a monitor folder or the run's ``madyn-monitor``), else the
+    largest ``learning_rate`` logged in the last checkpoint's ``trainer_state.json`` (the
+    peak when logged often enough); the entry's keys over both."""
     from madyn.io import read_json
 
     found: dict = {}
+    monitor = scan_.folder / (MONITOR_FILE if scan_.live else f"{MONITOR_DIR}/{MONITOR_FILE}")
     try:
-        if scan_.live:
-            found = dict(read_json(scan_.folder / MONITOR_FILE).get("recipe") or {})
+        if monitor.is_file():
+            found = dict(read_json(monitor).get("recipe") or {})
         else:
             state = read_json(scan_.last() / "trainer_state.json")
             lrs = [r["learning_rate"] for r in state.get("log_history", [])

@@ -1,0 +1,255 @@
+"""The ``run`` source on real folders: layouts and steps found, what is skipped (with its
+reason, recorded), and each bad input of issue 26 refused with one line or a recorded
+skip, never a traceback, never a silent measurement, nothing half-written. Checkpoints are
+real tiny ones (the session's trained model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from madyn import runs
+from madyn.checkpoints import CheckpointError
+from tests.test_hostile_inputs import _lying_length, _truncate, refused
+
+
+def madyn(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "madyn.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tokens(tmp_path, corpus_dir) -> Path:
+    p = tmp_path / "tokens.npy"
+    np.save(p, np.load(corpus_dir / "heldout.npy")[:64].reshape(2, 32).astype(np.int64))
+    return p
+
+
+def _ckpt(tiny_model_dir: Path, dst: Path, step: int = 4) -> Path:
+    shutil.copytree(tiny_model_dir / f"step{step}", dst)
+    return dst
+
+
+@pytest.fixture
+def run_dir(tiny_model_dir, tmp_path) -> Path:
+    """A Trainer-style run folder: checkpoint-<N>/ for three real steps, plus the stray
+    entries a Trainer output_dir holds."""
+    d = tmp_path / "run"
+    d.mkdir()
+    for s in (1, 4, 10):
+        _ckpt(tiny_model_dir, d / f"checkpoint-{s}", s)
+    (d / "runs").mkdir()  # TensorBoard logs
+    (d / "README.md").write_text("my run\n")
+    return d
+
+
+# ----------------------------------------------------------------- layouts and steps
+@pytest.mark.parametrize("name,step", [("checkpoint-12", 12), ("step300", 300),
+                                       ("step-0042", 42), ("global_step7", 7),
+                                       ("iter_0001000", 1000), ("ckpt-5", None),
+                                       ("step12-tokens5B", None)])
+def test_layouts_name_their_step(name, step):
+    assert runs.step_of(name) == step
+
+
+def test_step_pattern_names_other_layouts():
+    assert runs.step_of("ep3-it250", r"ep\d+-it(\d+)") == 250
+
+
+def test_scan_finds_checkpoints_and_records_stray_entries(run_dir):
+    sc = runs.scan(run_dir)
+    assert sc.steps == [1, 4, 10]
+    assert set(sc.skipped) == {"runs", "README.md"}
+    assert "no step in its name" in sc.skipped["README.md"]
+
+
+def test_trainer_state_global_step_wins_over_the_name(run_dir):
+    (run_dir / "checkpoint-10" / "trainer_state.json").write_text(
+        json.dumps({"global_step": 11, "log_history": []}))
+    assert runs.scan(run_dir).steps == [1, 4, 11]
+
+
+def test_two_folders_for_one_step_are_both_skipped(run_dir, tiny_model_dir):
+    _ckpt(tiny_model_dir, run_dir / "step-4", 4)
+    sc = runs.scan(run_dir)
+    assert sc.steps == [1, 10]
+    assert "also checkpoint-4" in sc.skipped["step-4"]
+    assert "also step-4" in sc.skipped["checkpoint-4"]
+
+
+def test_checkpoint_being_written_is_skipped_then_picked_up(run_dir, tiny_model_dir):
+    new = _ckpt(tiny_model_dir, run_dir / "checkpoint-12", 12)
+    cfg = (new / "config.json").read_bytes()
+    (new / "config.json").unlink()
+    sc = runs.scan(run_dir)
+    assert 12 not in sc.steps and "no config.json" in sc.skipped["checkpoint-12"]
+    weights = (new / "model.safetensors").read_bytes()
+    (new / "config.json").write_bytes(cfg)
+    (new / "model.safetensors").write_bytes(weights[:len(weights) // 3])  # still writing
+    assert "truncated" in runs.scan(run_dir).skipped["checkpoint-12"]
+    (new / "model.safetensors").write_bytes(weights)
+    assert runs.scan(run_dir).steps == [1, 4, 10, 12]
+
+
+def test_model_with_no_usable_checkpoint_stops_naming_model_and_folder(tmp_path):
+    d = tmp_path / "empty-run"
+    d.mkdir()
+    (d / "checkpoint-5").mkdir()
+    with pytest.raises(runs.RunError, match=r"model m1: no usable checkpoint in .*empty-run"):
+        runs.scan(d, where="model m1")
+
+
+def test_symlink_loop_is_one_line(tmp_path, run_dir):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(runs.RunError, match="symbolic links"):
+        runs.scan(loop, where="model m1")
+    (run_dir / "checkpoint-99").symlink_to(run_dir / "checkpoint-99")  # a loop inside
+    sc = runs.scan(run_dir)
+    assert "symbolic links" in sc.skipped["checkpoint-99"] and sc.steps == [1, 4, 10]
+
+
+# ------------------------------------------------------------------ bad checkpoints
+def _missing_shard(c: Path) -> None:
+    (c / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                        "b": "model-00002-of-00002.safetensors"}}))
+
+
+BAD = {  # case -> (how to break checkpoint-4, what its recorded reason / one line says)
+    "missing_shard": (_missing_shard, ["model.safetensors.index.json",
+                                       "model-00001-of-00002.safetensors", "not in the folder"]),
+    "truncated": (lambda c: _truncate(c / "model.safetensors"), ["truncated"]),
+    "length_lies": (lambda c: _lying_length(c / "model.safetensors"),
+                    ["header length field says"]),
+    "encoder_decoder": (lambda c: _edit_config(c, is_encoder_decoder=True),
+                        ["not a decoder-only model"]),
+    "bert": (lambda c: _edit_config(c, model_type="bert", architectures=["BertModel"]),
+             ["not a decoder-only model"]),
+    "auto_map": (lambda c: _edit_config(c, auto_map={"AutoModelForCausalLM": "x.Evil"}),
+                 ["auto_map", "trust_remote_code"]),
+    "dcp": (lambda c: _dcp(c), ["distributed (DCP)", "dcp_to_torch_save"]),
+    "mp_rank": (lambda c: (c / "mp_rank_00_model_states.pt").write_bytes(b"x"),
+                ["mp_rank", "convert_neox_to_hf.py"]),
+}
+
+
+def _edit_config(c: Path, **changes) -> None:
+    cfg = json.loads((c / "config.json").read_text())
+    cfg.update(changes)
+    (c / "config.json").write_text(json.dumps(cfg))
+
+
+def _dcp(c: Path) -> None:
+    for f in c.iterdir():
+        f.unlink()
+    (c / ".metadata").write_bytes(b"not opened")
+    (c / "__0_0.distcp").write_bytes(b"not opened")
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoint_is_a_recorded_skip_and_a_one_line_refusal(case, run_dir, tokens,
+                                                                   tmp_path):
+    breaks, needles = BAD[case]
+    breaks(run_dir / "checkpoint-4")
+    sc = runs.scan(run_dir)
+    assert sc.steps == [1, 10]
+    for n in needles:
+        assert n in sc.skipped["checkpoint-4"], sc.skipped["checkpoint-4"]
+    out = tmp_path / "s.parquet"
+    refused(madyn("extract", run_dir / "checkpoint-4", "--tokens", tokens, "--out", out,
+                  "--device", "cpu"), *needles)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------- pickles
+CANARY_PICKLE = b"""cos
+system
+(S'touch {canary}'
+tR."""
+
+
+def _pickle_only(c: Path, payload: bytes | None = None) -> None:
+    """checkpoint ``c`` with its weights as a PyTorch pickle only (a real state dict, or a
+    pickle whose unpickling would run a command)."""
+    import torch
+    from safetensors.torch import load_file
+
+    w = c / "model.safetensors"
+    if payload is None:
+        torch.save(load_file(w), c / "pytorch_model.bin")
+    else:
+        (c / "pytorch_model.bin").write_bytes(payload)
+    w.unlink()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_pickle_that_runs_code_never_runs(allow, run_dir, tokens, tmp_path):
+    canary = tmp_path / "canary"
+    payload = CANARY_PICKLE.replace(b"{canary}", str(canary).encode())
+    _pickle_only(run_dir / "checkpoint-4", payload)
+    # a Trainer folder's own pickles are never opened either
+    (run_dir / "checkpoint-10" / "optimizer.pt").write_bytes(payload)
+    (run_dir / "checkpoint-10" / "rng_state.pth").write_bytes(payload)
+    sc = runs.scan(run_dir, allow_pickle=allow)
+    args = ["--allow-pickle"] if allow else []
+    out = tmp_path / "s.parquet"
+    r = madyn("extract", run_dir / "checkpoint-4", "--tokens", tokens, "--out", out,
+              "--device", "cpu", *args)
+    if allow:  # accepted by the scan, refused by torch.load(weights_only=True)
+        assert 4 in sc.steps
+        refused(r, "pytorch_model.bin", "weights_only=True", "never unpickles it")
+    else:
+        assert "allow_pickle" in sc.skipped["checkpoint-4"]
+        refused(r, "only PyTorch pickles", "allow_pickle")
+    assert not out.exists()
+    r10 = madyn("extract", run_dir / "checkpoint-10", "--tokens", tokens, "--out",
+               tmp_path / "s10.parquet", "--device", "cpu", *args)
+    assert r10.returncode == 0, r10.stderr
+    assert not canary.exists()
+
+
+def test_pickle_weights_with_allow_pickle_measure_as_safetensors(run_dir, tokens, tmp_path):
+    from madyn.stats_table import read_stats
+
+    ref = tmp_path / "ref.parquet"
+    assert madyn("extract", run_dir / "checkpoint-4", "--tokens", tokens, "--out", ref,
+                 "--device", "cpu").returncode == 0
+    _pickle_only(run_dir / "checkpoint-4")
+    out = tmp_path / "p.parquet"
+    r = madyn("extract", run_dir / "checkpoint-4", "--tokens", tokens, "--out", out,
+              "--device", "cpu", "--allow-pickle")
+    assert r.returncode == 0, r.stderr
+    (a, _), (b, meta) = read_stats(ref), read_stats(out)
+    assert list(meta["weights"]["shards"]) == ["pytorch_model.bin"]
+    np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=1e-6)
+
+
+def test_manifest_names_weights_with_sizes_and_sha256(run_dir):
+    sc = runs.scan(run_dir)
+    cache: dict = {}
+    m = runs.manifest(sc, cache)
+    assert set(m["files"]) == {f"checkpoint-{s}/{f}" for s in (1, 4, 10)
+                               for f in ("config.json", "model.safetensors")}
+    assert len(cache) == 6 and "README.md" in m["skipped"]
+    entry = m["files"]["checkpoint-4/model.safetensors"]
+    assert entry["size"] == (run_dir / "checkpoint-4/model.safetensors").stat().st_size
+    with open(run_dir / "checkpoint-4/model.safetensors", "r+b") as f:  # one byte changed
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x01")
+    assert runs.manifest(sc, cache)["files"]["checkpoint-4/model.safetensors"] != entry
+
+
+def test_distributed_refusal_opens_nothing(tmp_path):
+    d = tmp_path / "step-100"
+    d.mkdir()
+    (d / ".metadata").write_text("")
+    with pytest.raises(CheckpointError, match="dcp_to_torch_save"):
+        runs.refuse_distributed(d)
