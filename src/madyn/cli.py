@@ -124,6 +124,14 @@ def _cmd_extract_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract_run(args: argparse.Namespace) -> int:
+    from madyn.stages import extract
+
+    cks = extract.run_checkpoints(args.checkpoints, args.steps, args.outs, args.allow_pickle)
+    extract.measure(cks, args.tokens, args.model, _extract_settings(args))
+    return 0
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
@@ -428,6 +436,20 @@ def _extract_parsers(sub) -> None:
     c.add_argument("--outs", nargs="+", required=True, help="one .parquet per step")
     _measure_args(c)
 
+    c = _add(sub, "extract-run", _cmd_extract_run,
+             "measure the checkpoints of a run folder (source: run) in one process",
+             "Measure each --checkpoints folder (a Hugging Face checkpoint a trainer wrote) "
+             "at the matching --steps into the matching --outs file, skipping tables already "
+             "measured from the same weights and tokens; each folder is checked first "
+             "(safetensors headers, shards, config; pickles only with --allow-pickle, loaded "
+             "with torch.load(weights_only=True)).")
+    c.add_argument("--checkpoints", nargs="+", required=True)
+    c.add_argument("--steps", type=int, nargs="+", required=True)
+    c.add_argument("--outs", nargs="+", required=True, help="one .parquet per checkpoint")
+    c.add_argument("--allow-pickle", action="store_true",
+                   help="load checkpoints holding only PyTorch pickles (weights_only)")
+    _measure_args(c)
+
     c = _add(sub, "download", _cmd_download, "download one hub revision (weights, config)",
              "Download REPO at --revision into the hub cache (safetensors and JSON only) and "
              "write a marker with the snapshot folder and the weights' sha256.")
@@ -624,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
 FILE_OUTS = {
     "heldout-manifest": ("out",), "train": ("timing_out",), "train-summary": ("out",),
     "eval-tokens": ("out",), "extract": ("out",), "extract-model": ("outs",),
+    "extract-run": ("outs",),
     "download": ("out",), "series": ("out", "integrity"), "growth": ("out",),
     "plot-series": ("out_series", "out_first_last"), "config-json": ("out",),
     "fit": ("out",), "plot-fit": ("out_examples", "out_quality"),

@@ -83,6 +83,23 @@ def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
             for s, o in zip(steps, outs, strict=True)]
 
 
+def run_checkpoints(folders: list[str], steps: list[int], outs: list[str],
+                    allow_pickle: bool = False) -> list[Checkpoint]:
+    """The checkpoints of a run folder (source: run), each checked first
+    (:func:`madyn.runs.check_checkpoint`); ``folders``, ``steps`` and ``outs`` pair up."""
+    from madyn.runs import check_checkpoint
+
+    if not len(folders) == len(steps) == len(outs):
+        raise ValueError(f"{len(folders)} checkpoints, {len(steps)} steps and {len(outs)} "
+                         "output paths: give one of each per checkpoint")
+    out = []
+    for d, s, o in zip(folders, steps, outs, strict=True):
+        files = check_checkpoint(Path(d), allow_pickle)
+        pickles = tuple(f for f in files if f.suffix != ".safetensors")
+        out.append(Checkpoint(d, s, Path(o), pickles=pickles))
+    return out
+
+
 def _verify(ck: Checkpoint, fp: dict) -> None:
     """The weights on disk must be the ones training recorded."""
     if ck.expected_sha256 is None:

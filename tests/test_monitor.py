@@ -1,0 +1,247 @@
+"""Live monitoring (:mod:`madyn.monitor`) with the real HF ``Trainer`` and a hand-written
+nanoGPT-style loop on the CPU: training is bit-identical with and without it, the live
+tables equal ``madyn extract`` on the checkpoint saved at the same step, and a ``run``
+suite over the Trainer's output folder runs through Snakemake to the report (a checkpoint
+added afterwards is the only one measured by the next run)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from madyn.monitor import Monitor, due
+from madyn.scratch_project import copy_workflow
+from madyn.stats_table import STAT_COLUMNS, read_stats
+from tests.helpers import ROOT
+from tests.trainer_run import probe_tokens, train
+
+pytest.importorskip("accelerate")  # the HF Trainer needs it
+
+
+def test_schedule_is_log_spaced_then_every_k():
+    assert [s for s in range(0, 301) if due(s, 16, 100)] == [0, 1, 2, 4, 8, 16, 100, 200,
+                                                              300]
+
+
+# --------------------------------------------------------------- a hand-written loop
+@dataclass
+class GPTConfig:
+    vocab_size: int = 300
+    n_layer: int = 2
+    n_embd: int = 32
+    n_head: int = 2
+    block_size: int = 32
+    dropout: float = 0.1
+
+
+def _nanogpt(cfg: GPTConfig):
+    """nanoGPT's structure (transformer.h, c_fc/gelu/c_proj), tiny."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d = cfg.n_embd
+            self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.mlp = nn.ModuleDict({"c_fc": nn.Linear(d, 4 * d), "gelu": nn.GELU(),
+                                      "c_proj": nn.Linear(4 * d, d)})
+            self.drop = nn.Dropout(cfg.dropout)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+            q, k, v = (z.view(b, t, cfg.n_head, -1).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=cfg.dropout if self.training else 0)
+            x = x + self.drop(self.c_proj(y.transpose(1, 2).reshape(b, t, d)))
+            m = self.mlp
+            return x + self.drop(m["c_proj"](m["gelu"](m["c_fc"](self.ln_2(x)))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = cfg
+            self.transformer = nn.ModuleDict({
+                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                "wpe": nn.Embedding(cfg.block_size, cfg.n_embd),
+                "drop": nn.Dropout(cfg.dropout),
+                "h": nn.ModuleList(Block() for _ in range(cfg.n_layer)),
+                "ln_f": nn.LayerNorm(cfg.n_embd)})
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+
+        def forward(self, idx, targets=None):
+            pos = torch.arange(idx.shape[1])
+            x = self.transformer["drop"](self.transformer["wte"](idx)
+                                         + self.transformer["wpe"](pos))
+            for block in self.transformer["h"]:
+                x = block(x)
+            logits = self.lm_head(self.transformer["ln_f"](x))
+            if targets is None:
+                return logits, None
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)),
+                                           targets.view(-1))
+
+    return GPT()
+
+
+def _hand_loop(corpus_dir: Path, out: Path | None, steps: int = 20):
+    import torch
+
+    torch.manual_seed(0)
+    model = _nanogpt(GPTConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.as_tensor(np.load(corpus_dir / "train.npy").astype(np.int64))
+    mon = Monitor(model, probe_tokens(corpus_dir), out, log_until=4, every=10) if out else None
+    model.train()
+    for step in range(steps + 1):
+        if mon:
+            mon(step)  # after `step` updates
+        if step == steps:
+            break
+        starts = torch.randint(0, len(ids) - 33, (4,))
+        x = torch.stack([ids[s:s + 32] for s in starts])
+        y = torch.stack([ids[s + 1:s + 33] for s in starts])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def test_hand_written_loop_is_bit_identical_and_recorded(corpus_dir, tmp_path):
+    import torch
+
+    plain = _hand_loop(corpus_dir, None)
+    watched = _hand_loop(corpus_dir, tmp_path / "mon")
+    for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    assert watched.training  # train mode restored
+    files = sorted(int(p.stem[4:]) for p in (tmp_path / "mon").glob("step*.parquet"))
+    assert files == [0, 1, 2, 4, 10, 20]
+    df, meta = read_stats(tmp_path / "mon" / "step20.parquet")
+    assert list(df.columns) == ["seq", "layer", *STAT_COLUMNS]
+    assert sorted(df["layer"].unique()) == [0, 1]  # transformer.h, found by structure
+    assert df["mlp_active_token"].between(0, 1).all() and df["sink_mass"].isna().all()
+    assert meta["step"] == 20 and meta["live"]
+
+
+# ------------------------------------------------------------------- the HF Trainer
+def test_trainer_is_bit_identical_with_and_without_the_callback(corpus_dir, tmp_path):
+    import torch
+
+    plain = train(corpus_dir, tmp_path / "a", steps=30, monitor=False, dropout=0.1,
+                  save=False)
+    watched = train(corpus_dir, tmp_path / "b", steps=30, monitor=True, dropout=0.1,
+                    every=5, save=False)
+    assert len(list((tmp_path / "b" / "madyn-monitor").glob("step*.parquet"))) == 12
+    for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+
+
+@pytest.fixture(scope="module")
+def trainer_run(corpus_dir, tmp_path_factory):
+    """A real Trainer run (160 steps, a checkpoint every 20, the callback every 20) whose
+    last checkpoint is held back, to be added later."""
+    out = tmp_path_factory.mktemp("trainer") / "out"
+    train(corpus_dir, out, steps=160, save_steps=20, every=20)
+    held = out.parent / "held"
+    held.mkdir()
+    shutil.move(out / "checkpoint-160", held / "checkpoint-160")
+    return out
+
+
+def _madyn(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "madyn.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("step", [20, 140])
+def test_live_statistics_equal_extract_on_the_saved_checkpoint(trainer_run, step, tmp_path):
+    mon = trainer_run / "madyn-monitor"
+    out = tmp_path / "x.parquet"
+    r = _madyn("extract", trainer_run / f"checkpoint-{step}", "--tokens",
+               mon / "probe_tokens.npy", "--out", out, "--step", step, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    (post, _), (live, meta) = read_stats(out), read_stats(mon / f"step{step}.parquet")
+    assert list(live.columns) == list(post.columns) and meta["step"] == step
+    np.testing.assert_allclose(live.to_numpy(float), post.to_numpy(float), rtol=1e-5)
+
+
+def _run_project(tmp_path: Path, run: Path) -> Path:
+    proj = copy_workflow(ROOT, tmp_path)
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["suites"]["mine"] = {"source": "run", "models": [
+        {"name": "trainer", "path": str(run)},
+        {"name": "live", "path": str(run / "madyn-monitor")}]}
+    cfg["suite"] = "mine"
+    cfg["predict"].pop("example", None)
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return proj
+
+
+def _snakemake(proj: Path, *args) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=proj,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def test_run_suite_over_a_trainer_folder_runs_to_the_report(trainer_run, tmp_path):
+    from madyn.io import read_json
+
+    proj = _run_project(tmp_path, trainer_run)
+    _snakemake(proj)
+    res = proj / "results/mine"
+    assert (res / "report/peak_heatmaps.png").exists()
+    assert (res / "metrics/forecast.json").exists()
+    stats = res / "stats/trainer"
+    assert sorted(int(p.stem[4:]) for p in stats.glob("*.parquet")) == list(range(20, 141, 20))
+    series = pd.read_parquet(res / "series/live.parquet")
+    assert sorted(series["step"].unique())[:5] == [0, 1, 2, 4, 8]  # read as recorded
+    integ = read_json(res / "integrity/trainer.json")
+    assert integ["skipped_files"] == {"madyn-monitor": "no step in its name (not a "
+                                                        "checkpoint)"}
+    design = read_json(res / "configs/trainer.json")["madyn_design"]
+    assert design["optimizer"] == "adamw" and design["lr"] == 3e-3  # the monitor's record
+    # the evaluation batch: held-out text through the checkpoint's own tokenizer
+    assert np.load(res / "eval/tokens_run-trainer.npy").shape == (10, 128)
+
+    # a checkpoint that appears later is the only one measured by the next run
+    before = {p.name: p.stat().st_mtime_ns for p in stats.glob("*.parquet")}
+    shutil.move(trainer_run.parent / "held" / "checkpoint-160", trainer_run / "checkpoint-160")
+    _snakemake(proj, "extract_all")
+    log = (res / "logs/extract/trainer.log").read_text()
+    assert "measured 1 checkpoints, kept 7 up to date" in log, log
+    after = {p.name: p.stat().st_mtime_ns for p in stats.glob("*.parquet")}
+    assert set(after) - set(before) == {"step160.parquet"}
+    assert all(after[k] == v for k, v in before.items())
+    assert read_json(res / "integrity/trainer.json")["n_checkpoints"] == 8
+
+
+def test_dvclive_logs_each_layers_ratio(corpus_dir, tmp_path, monkeypatch):
+    dvclive = pytest.importorskip("dvclive")
+    monkeypatch.chdir(tmp_path)
+    import transformers
+
+    model = transformers.GPTNeoXForCausalLM(
+        __import__("tests.trainer_run", fromlist=["x"]).tiny_config(300))
+    with dvclive.Live(str(tmp_path / "dvclive"), save_dvc_exp=False) as live:
+        mon = Monitor(model, probe_tokens(corpus_dir), tmp_path / "mon", live=live)
+        mon(0)
+        mon(1)
+    tsv = tmp_path / "dvclive/plots/metrics/madyn/layer1/ratio.tsv"
+    rows = pd.read_csv(tsv, sep="\t")
+    assert list(rows["step"]) == [0, 1] and (rows["ratio"] > 1).all()
