@@ -32,26 +32,34 @@ with open({record!r}, "a") as f:
 """
 
 
+# a rule starts a line: `rule name:`, or `rule:` with a `name:` (rules made in a loop)
+_RULE_START = re.compile(r"\n(?=[ ]*rule(?: \w+)?:)")
+
+
+def _rule_blocks() -> dict[str, str]:
+    """rule name (a loop's rule: its name's literal part) -> its text, for every rule."""
+    out = {}
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for block in _RULE_START.split(smk.read_text()):
+            m = re.match(r"\s*rule (\w+):", block) or \
+                re.match(r'\s*rule:\s*name:\s*f?"(\w+)', block)
+            if m:
+                out[m[1]] = block
+    return out
+
+
 def _shell_rules() -> set[str]:
     """Every rule of the workflow that has a ``shell:`` command."""
-    rules = set()
-    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        for block in re.split(r"\n(?=rule \w+:)", smk.read_text()):
-            m = re.match(r"rule (\w+):", block)
-            if m and "\n    shell:" in block:
-                rules.add(m[1])
-    return rules
+    return {r for r, block in _rule_blocks().items() if re.search(r"\n\s+shell:", block)}
 
 
 def _shell_templates() -> dict[str, str]:
     """rule name -> its shell command template (the concatenated string literals)."""
     out = {}
-    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        for block in re.split(r"\n(?=rule \w+:)", smk.read_text()):
-            m = re.match(r"rule (\w+):", block)
-            if m and "\n    shell:" in block:
-                body = block.split("\n    shell:", 1)[1]
-                out[m[1]] = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+    for rule, block in _rule_blocks().items():
+        parts = re.split(r"\n\s+shell:", block, maxsplit=1)
+        if len(parts) == 2:
+            out[rule] = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', parts[1]))
     return out
 
 
@@ -128,8 +136,8 @@ def _hub_entry(base: dict) -> dict:
                        {"name": "p2", "repo": "org/model-b"}]}
 
 
-@pytest.mark.parametrize("source", ["local", "hub", "released"])
-def test_hostile_values_never_run_in_any_shell_command(tmp_path, source):
+@pytest.mark.parametrize("source", ["local", "hub", "released", "run"])
+def test_hostile_values_never_run_in_any_shell_command(tmp_path, source, request):
     canary = tmp_path / "CANARY"
     hostile = HOSTILE.format(canary=canary)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -141,6 +149,17 @@ def test_hostile_values_never_run_in_any_shell_command(tmp_path, source):
         _hub_cache(tmp_path / "hub", ["org/model-a", "org/model-b"])
         env["HF_HUB_CACHE"] = str(tmp_path / "hub")
         proj = _project(tmp_path, "hubsuite", _hub_entry(base))
+    elif source == "run":  # a run folder whose path is hostile, real tiny checkpoints
+        import shutil
+
+        tiny = request.getfixturevalue("tiny_model_dir")
+        folder = tmp_path / hostile
+        folder.mkdir(parents=True)
+        for d in tiny.glob("step*"):
+            shutil.copytree(d, folder / f"checkpoint-{d.name[4:]}")
+        expected = None
+        proj = _project(tmp_path, "mine", {"source": "run", "models": [
+            {"name": "r.a", "path": str(folder)}, {"name": "r-b", "path": str(folder)}]})
     else:
         folder = tmp_path / hostile
         _released_folder(folder, {"m.a": 2, "m-b": 3})
@@ -152,7 +171,9 @@ def test_hostile_values_never_run_in_any_shell_command(tmp_path, source):
     planned = {rule for rule, _ in commands}
     want = {"local": {"corpus", "train", "train_summary", "eval_tokens", "extract_model"},
             "hub": {"corpus_manifest", "eval_tokens", "download", "extract_checkpoint"},
-            "released": set()}[source] | {
+            "released": set(),
+            "run": {"corpus_manifest", "eval_tokens", "extract_run_0_r_a",
+                    "extract_run_1_r_b"}}[source] | {
         "series", "plot_series", "growth", "fit", "plot_fit", "fit_summary", "model_config",
         "features", "evaluate", "predict_example", "report_figures", "effects"}
     assert want <= planned, want - planned

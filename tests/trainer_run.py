@@ -33,8 +33,13 @@ def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25
     the trained model."""
     import torch
     from torch.utils.data import Dataset
-    from transformers import (GPTNeoXForCausalLM, PreTrainedTokenizerFast, Trainer,
-                              TrainingArguments, default_data_collator)
+    from transformers import (
+        GPTNeoXForCausalLM,
+        PreTrainedTokenizerFast,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from madyn.monitor import MadynCallback
 

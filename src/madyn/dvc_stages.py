@@ -68,7 +68,7 @@ def import_closure(root: Path, files: list[Path], leaves: tuple[Path, ...] = ()
 STAGE_CODE = {
     "source": (None, ("dvc_stages",)),
     "suite": ("suite.smk", ("stages/suite", "dvc_stages")),
-    "extract": ("extract.smk", ("stages/extract", "dvc_stages")),
+    "extract": (("extract.smk", "extract_run.smk"), ("stages/extract", "dvc_stages")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
     "predict": ("predict.smk", ("stages/predict", "stages/forecast")),
@@ -240,8 +240,9 @@ def stage_code_deps(root: Path, stage: str) -> list[str]:
     """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
     rules, modules = STAGE_CODE[stage]
     cli = root / "src/madyn/cli.py"
-    files = [cli] if rules is None else [root / "Snakefile", root / "workflow/rules/common.smk",
-                                          root / "workflow/rules" / rules, cli]
+    rules = (rules,) if isinstance(rules, str) else rules or ()
+    files = [cli] + ([root / "Snakefile", root / "workflow/rules/common.smk"] if rules else [])
+    files += [root / "workflow/rules" / r for r in rules]
     files += [root / "src/madyn" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=(cli,))
     deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.params_file

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from madyn import sinks
-from madyn.checkpoints import (check_tokens, fingerprint, load_model, load_pickle_model,
-                               weight_files)
+from madyn.checkpoints import check_tokens, fingerprint, load_model, load_pickle_model, weight_files
 from madyn.settings import ExtractSettings
 from madyn.statistics import attn_implementation, decoder_layers, measure
 
@@ -34,8 +33,9 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     :func:`madyn.statistics.measure`); None: the defaults.
     ``weights_fp``: the weights' :func:`madyn.checkpoints.fingerprint`, when the caller has
     it already. ``pickles``: load the weights from these PyTorch pickles
-    (:func:`madyn.checkpoints.load_pickle_model`, ``weights_only``) instead. Returns the per-(seq, layer) table and its metadata (weights fingerprint,
-    dtype, device, shapes, library versions, seconds taken). Raises
+    (:func:`madyn.checkpoints.load_pickle_model`, ``weights_only``) instead. Returns
+    the per-(seq, layer) table and its metadata (weights fingerprint, dtype, device,
+    shapes, library versions, seconds taken). Raises
     :class:`madyn.checkpoints.CheckpointError` or ValueError (bad tokens) naming the
     checkpoint.
     """

@@ -23,8 +23,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from madyn.checkpoints import (CheckpointError, check_config_matches_weights, config_layers,
-                               safetensors_header)
+from madyn.checkpoints import (
+    CheckpointError,
+    check_config_matches_weights,
+    config_layers,
+)
 
 LAYOUTS = (r"checkpoint-(\d+)", r"step(\d+)", r"step-(\d+)", r"global_step(\d+)",
            r"iter_(\d+)")
