@@ -89,8 +89,8 @@ def _nanogpt(cfg: GPTConfig):
             logits = self.lm_head(self.transformer["ln_f"](x))
             if targets is None:
                 return logits, None
-            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)),
-                                           targets.view(-1))
+            return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                           targets.reshape(-1))
 
     return GPT()
 
@@ -245,3 +245,44 @@ def test_dvclive_logs_each_layers_ratio(corpus_dir, tmp_path, monkeypatch):
     tsv = tmp_path / "dvclive/plots/metrics/madyn/layer1/ratio.tsv"
     rows = pd.read_csv(tsv, sep="\t")
     assert list(rows["step"]) == [0, 1] and (rows["ratio"] > 1).all()
+
+
+def test_lightning_callback_is_bit_identical_and_records(corpus_dir, tmp_path):
+    pytest.importorskip("lightning")
+    import lightning as L
+    import torch
+
+    from madyn.monitor_lightning import MadynLightningCallback
+
+    ids = torch.as_tensor(np.load(corpus_dir / "train.npy").astype(np.int64))
+    data = [ids[i * 32:(i + 1) * 32] for i in range(64)]
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = _nanogpt(GPTConfig())
+
+        def training_step(self, batch, _):
+            return self.model(batch[:, :-1], batch[:, 1:])[1]
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    def fit(callbacks):
+        L.seed_everything(0, verbose=False)
+        mod = Module()
+        L.Trainer(max_steps=12, accelerator="cpu", logger=False, callbacks=callbacks,
+                  enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False).fit(
+            mod, torch.utils.data.DataLoader(data, batch_size=4, shuffle=True))
+        return mod
+
+    plain = fit([])
+    watched = fit([MadynLightningCallback(probe_tokens(corpus_dir), tmp_path / "mon",
+                                          log_until=4, every=10)])
+    for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    steps = sorted(int(p.stem[4:]) for p in (tmp_path / "mon").glob("step*.parquet"))
+    assert steps == [0, 1, 2, 4, 10]
