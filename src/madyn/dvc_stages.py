@@ -110,8 +110,9 @@ def released_manifest(folder: Path, models: list[str]) -> dict:
 
 def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     """Make ``results/<suite>/source``, a dependency of the DVC suite stage, exist: for a
-    released suite a link to its released folder (DVC hashes a dependency through it and
-    never writes it), for any other source an empty folder. Only a link or an empty folder
+    released suite a link to its released folder, for a run suite a link to the folder
+    holding its run folders (:func:`run_folder`) (DVC hashes a dependency through it and
+    never writes, caches or deletes it), for any other source an empty folder. Only a link or an empty folder
     is ever replaced. Returns the path when made (relative to ``root``)."""
     from madyn import params_file
 
@@ -119,9 +120,8 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     suite = params_file.active(cfg)
     rel = f"{params_file.results_dir(cfg)}/source"
     link = root / rel
-    if suite["source"] == "run":
-        return _run_links(root, link, suite)
-    target = (root / suite["path"]).resolve() if suite["source"] == "released" else None
+    target = ((root / suite["path"]).resolve() if suite["source"] == "released"
+              else run_folder(root, suite) if suite["source"] == "run" else None)
     if target is not None and link.is_symlink() and link.resolve() == target:
         return None
     if target is None and link.is_dir() and not link.is_symlink():
@@ -142,29 +142,18 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     return rel
 
 
-def _run_links(root: Path, folder: Path, suite: dict) -> str | None:
-    """A run suite's ``results/<suite>/source``: a folder of madyn's holding one link per
-    model to its run folder, so that DVC hashes each run folder as a dependency (read
-    only; DVC never caches, checks out or deletes a dependency). Only links are ever
-    replaced. Returns the path when anything changed."""
-    if folder.is_symlink():
-        folder.unlink()
-    elif folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder.relative_to(root)}: a file where madyn keeps a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    want = {m["name"]: (root / m["path"]).resolve() for m in suite["models"]}
-    changed = False
-    for entry in folder.iterdir():
-        if not entry.is_symlink():
-            raise ValueError(f"{entry.relative_to(root)}: not a link madyn made; remove it")
-        if entry.name not in want or entry.resolve() != want[entry.name]:
-            entry.unlink()
-            changed = True
-    for name, target in want.items():
-        if not (folder / name).is_symlink():
-            (folder / name).symlink_to(target, target_is_directory=True)
-            changed = True
-    return str(folder.relative_to(root)) if changed else None
+def run_folder(root: Path, suite: dict) -> Path:
+    """The one folder holding every run folder of a run suite (their common folder: a
+    Trainer's output_dir holds its madyn-monitor folder); ValueError when they share none
+    but ``/``."""
+    import os
+
+    paths = [str((root / m["path"]).resolve()) for m in suite["models"]]
+    common = Path(os.path.commonpath(paths))
+    if common == Path(common.anchor):
+        raise ValueError(f"the run suite's folders ({', '.join(paths)}) share no folder but "
+                         f"{common}: under DVC, put them under one folder")
+    return common
 
 
 RUN_MANIFEST = "run_manifest.json"
