@@ -286,3 +286,40 @@ def test_lightning_callback_is_bit_identical_and_records(corpus_dir, tmp_path):
         assert torch.equal(a, b), k
     steps = sorted(int(p.stem[4:]) for p in (tmp_path / "mon").glob("step*.parquet"))
     assert steps == [0, 1, 2, 4, 10]
+
+
+@pytest.mark.slow
+def test_run_suite_under_dvc_reads_the_folder_and_never_writes_it(trainer_run, tmp_path):
+    """`dvc repro` over the Trainer folder runs to the report; the folder is a dependency
+    through madyn's link (never an output, nothing written into it); a checkpoint added
+    afterwards reruns the stages and is the only one measured."""
+    from madyn.io import read_json
+
+    def dvc(*args):
+        r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=proj, text=True,
+                           capture_output=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    if (trainer_run / "checkpoint-160").exists():  # added by an earlier test: held back
+        shutil.move(trainer_run / "checkpoint-160", trainer_run.parent / "held")
+    listing = lambda: sorted(str(p.relative_to(trainer_run)) for p in trainer_run.rglob("*"))  # noqa: E731
+    before = listing()
+    proj = _run_project(tmp_path, trainer_run)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "i"]):
+        if cmd[1] == "add":
+            dvc("init", "-q")
+        subprocess.run(cmd, cwd=proj, check=True, capture_output=True)
+    out = dvc("repro")
+    assert "Running stage 'report'" in out
+    res = proj / "results/mine"
+    assert (res / "source").resolve() == trainer_run.resolve()
+    manifest = read_json(res / "models/run_manifest.json")
+    assert "checkpoint-140/model.safetensors" in manifest["trainer"]["files"]
+    assert listing() == before  # DVC wrote nothing into the user's folder
+    shutil.move(trainer_run.parent / "held" / "checkpoint-160", trainer_run / "checkpoint-160")
+    assert "results/mine/source" in dvc("status")
+    out = dvc("repro")
+    assert "Running stage 'extract'" in out
+    assert "measured 1 checkpoints, kept" in (res / "logs/extract/trainer.log").read_text()
+    assert "Data and pipelines are up to date" in dvc("repro")

@@ -253,3 +253,33 @@ def test_distributed_refusal_opens_nothing(tmp_path):
     (d / ".metadata").write_text("")
     with pytest.raises(CheckpointError, match="dcp_to_torch_save"):
         runs.refuse_distributed(d)
+
+
+def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):
+    """`madyn dvc-outs source/suite` for a run suite: results/<suite>/source links to the
+    run folder (a DVC dependency, never an out), models/ is madyn's folder with the
+    manifest; nothing is written into the run folder."""
+    import yaml
+
+    from madyn.dvc_stages import ensure_stage_outs
+    from madyn.io import read_json
+    from madyn.scratch_project import copy_workflow
+    from tests.helpers import ROOT
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    copy_workflow(ROOT, proj)
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["suites"]["mine"] = {"source": "run", "models": [{"name": "a", "path": str(run_dir)}]}
+    cfg["suite"] = "mine"
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg))
+    listing = sorted(map(str, run_dir.rglob("*")))
+    ensure_stage_outs(proj, "source")
+    ensure_stage_outs(proj, "suite")
+    assert (proj / "results/mine/source").resolve() == run_dir.resolve()
+    models = proj / "results/mine/models"
+    assert not models.is_symlink()
+    m = read_json(models / "run_manifest.json")["a"]
+    assert sorted(m["files"]) == sorted(f"checkpoint-{s}/{f}" for s in (1, 4, 10)
+                                        for f in ("config.json", "model.safetensors"))
+    assert sorted(map(str, run_dir.rglob("*"))) == listing
