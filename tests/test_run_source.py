@@ -283,3 +283,22 @@ def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):
     assert sorted(m["files"]) == sorted(f"checkpoint-{s}/{f}" for s in (1, 4, 10)
                                         for f in ("config.json", "model.safetensors"))
     assert sorted(map(str, run_dir.rglob("*"))) == listing
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({"name": "a"}, "suites.mine.models.0"),
+    ({"name": "a", "path": "x", "step_pattern": "step-\\d+"}, "needs a group"),
+    ({"name": "a", "path": "x", "step_pattern": "step-(\\d+"}, "not a regex"),
+    ({"name": "a", "path": "x", "allow_pickle": "yes"}, "allow_pickle"),
+])
+def test_bad_run_entries_are_refused_naming_the_key(entry, needle):
+    import yaml
+
+    from madyn import params_file
+    from tests.helpers import ROOT
+
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg["suites"]["mine"] = {"source": "run", "models": [entry]}
+    cfg["suite"] = "mine"
+    with pytest.raises(params_file.ConfigError, match=needle):
+        params_file.validate(cfg)

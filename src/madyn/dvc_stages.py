@@ -112,8 +112,8 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     """Make ``results/<suite>/source``, a dependency of the DVC suite stage, exist: for a
     released suite a link to its released folder, for a run suite a link to the folder
     holding its run folders (:func:`run_folder`) (DVC hashes a dependency through it and
-    never writes, caches or deletes it), for any other source an empty folder. Only a link or an empty folder
-    is ever replaced. Returns the path when made (relative to ``root``)."""
+    never writes, caches or deletes it), for any other source an empty folder. Only a link
+    or an empty folder is ever replaced. Returns the path when made (relative to ``root``)."""
     from madyn import params_file
 
     cfg = params_file.load(str(root / params))

@@ -161,13 +161,16 @@ class MadynCallback(_callback_base()):
     start of training (the recipe from ``TrainingArguments``: optimizer, learning rate,
     Adam epsilon), measuring at step 0 and after every optimizer step on the schedule.
     Keyword arguments go to :class:`Monitor`; ``probe``: N x T token ids; ``out``: the
-    folder (default ``<output_dir>/madyn-monitor``)."""
+    folder (default ``<output_dir>/madyn-monitor``). Under distributed training only the
+    main process measures."""
 
     def __init__(self, probe, out: str | Path | None = None, **monitor_kw) -> None:
         self.probe, self.out_dir, self.kw = probe, out, monitor_kw
         self.monitor: Monitor | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kw):
+        if not state.is_world_process_zero:  # one process records (distributed training)
+            return
         optim = str(getattr(args.optim, "value", args.optim))
         recipe = {"optimizer": "adamw" if "adamw" in optim else optim,
                   "lr": float(args.learning_rate), "eps": float(args.adam_epsilon),

@@ -27,6 +27,8 @@ class MadynLightningCallback(Callback):
         return getattr(pl_module, "model", pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # one process records (distributed training)
+            return
         self.monitor = Monitor(self._model(pl_module), self.probe, self.out, **self.kw)
         self.monitor(trainer.global_step)
 
