@@ -26,6 +26,7 @@ from pathlib import Path
 from madyn.checkpoints import (
     CheckpointError,
     check_config_matches_weights,
+    check_weight_files,
     config_layers,
 )
 
@@ -148,12 +149,12 @@ def safetensors_files(folder: Path) -> list[Path]:
                 for v in wmap.values()):
             raise CheckpointError(f"{idx}: no weight_map of tensor -> shard file names")
         shards = sorted(set(wmap.values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
+        missing = [s for s in shards if not os.path.lexists(folder / s)]
         if missing:
             raise CheckpointError(f"{idx}: names shard(s) {missing} that are not in the "
                                   "folder (missing, or still being written)")
-        return [folder / s for s in shards]
-    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+        return check_weight_files([folder / s for s in shards])
+    return check_weight_files(sorted(folder.glob("*.safetensors")))
 
 
 def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
@@ -174,7 +175,7 @@ def check_checkpoint(folder: Path, allow_pickle: bool = False) -> list[Path]:
     from madyn.checkpoints import model_config
 
     refuse_distributed(folder)
-    if not (folder / "config.json").is_file():
+    if not os.path.lexists(folder / "config.json"):  # anything else: read_json names it
         raise CheckpointError(f"{folder}: no config.json (incomplete: still being written?)")
     cfg = model_config(str(folder))
     where = folder / "config.json"
