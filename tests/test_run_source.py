@@ -302,3 +302,28 @@ def test_bad_run_entries_are_refused_naming_the_key(entry, needle):
     cfg["suite"] = "mine"
     with pytest.raises(params_file.ConfigError, match=needle):
         params_file.validate(cfg)
+
+
+def test_checkpoint_that_fails_to_load_is_skipped_and_recorded(run_dir, tokens, tmp_path):
+    """A checkpoint that passes the checks made at planning but fails to load (a tensor
+    missing from its weights): the run's measuring job names it, goes on, and the series
+    records it as skipped with the reason."""
+    from safetensors.torch import load_file, save_file
+
+    from madyn.io import read_json
+
+    w = run_dir / "checkpoint-4" / "model.safetensors"
+    tensors = load_file(w)
+    del tensors[next(k for k in tensors if k.endswith("final_layer_norm.weight"))]
+    save_file(tensors, w)
+    outs = [tmp_path / f"s{s}.parquet" for s in (1, 4, 10)]
+    r = madyn("extract-run", "--checkpoints", *(run_dir / f"checkpoint-{s}" for s in (1, 4, 10)),
+              "--steps", 1, 4, 10, "--outs", *outs, "--tokens", tokens, "--model", "m",
+              "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "skipped step 4" in r.stderr and "final_layer_norm" in r.stderr
+    r = madyn("series", "--model", "m", "--stats", *outs, "--out", tmp_path / "series.parquet",
+              "--integrity", tmp_path / "integrity.json")
+    assert r.returncode == 0, r.stderr
+    integ = read_json(tmp_path / "integrity.json")
+    assert integ["n_checkpoints"] == 2 and "missing" in integ["skipped_files"]["step 4"]

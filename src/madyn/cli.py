@@ -128,7 +128,7 @@ def _cmd_extract_run(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
     cks = extract.run_checkpoints(args.checkpoints, args.steps, args.outs, args.allow_pickle)
-    extract.measure(cks, args.tokens, args.model, _extract_settings(args))
+    extract.measure(cks, args.tokens, args.model, _extract_settings(args), skip_bad=True)
     return 0
 
 

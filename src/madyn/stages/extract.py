@@ -132,7 +132,8 @@ def _is_current(out: Path, fp: dict, tokens_sha: str, dtype: str,
 
 def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
             settings: ExtractSettings | dict | None = None, *,
-            progress: Callable[[str], None] = _say) -> dict[str, int]:
+            progress: Callable[[str], None] = _say, skip_bad: bool = False
+            ) -> dict[str, int]:
     """Measure every checkpoint whose table is missing or stale, one process for all.
 
     ``settings``: how (None: the defaults). With ``extreme_tokens`` the attention-sink
@@ -141,14 +142,18 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
 
     Each table is written atomically as soon as its checkpoint is measured, so a killed
     job loses only the checkpoint in flight; a table that already holds the same weights
-    measured on the same tokens is kept. Returns counts: measured, kept.
+    measured on the same tokens is kept. ``skip_bad`` (a run folder): a checkpoint that
+    fails to load is named and its table is a record of the reason (no rows; metadata
+    ``skipped``), which :func:`series` reports as skipped; it is tried again whenever
+    the job runs again.
+    Returns counts: measured, kept, skipped.
     """
     from madyn.checkpoints import fingerprint, weight_files
 
     s = ExtractSettings.of(settings)
     tokens = load_tokens(tokens_path)
     tokens_sha = sha256_file(tokens_path)
-    t0, done, kept = time.monotonic(), 0, 0
+    t0, done, kept, skipped = time.monotonic(), 0, 0, 0
     with ExitStack() as held:
         dev = None  # claimed at the first checkpoint to measure (one GPU of several)
         for i, ck in enumerate(checkpoints, 1):
@@ -158,8 +163,18 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
                 kept += 1
                 continue
             dev = dev or held.enter_context(claimed_device(s.device, say=progress))
-            df, meta = measure_checkpoint(ck.source, tokens, replace(s, device=dev),
-                                          weights_fp=fp, pickles=list(ck.pickles))
+            try:
+                df, meta = measure_checkpoint(ck.source, tokens, replace(s, device=dev),
+                                              weights_fp=fp, pickles=list(ck.pickles))
+            except (CheckpointError, ValueError) as e:
+                if not skip_bad:
+                    raise
+                why = " ".join(str(e).split())
+                progress(f"[{model}] skipped step {ck.step} ({ck.source}): {why}")
+                write_stats(pd.DataFrame(columns=["seq", "layer"]),
+                            {"model": model, "step": ck.step, "skipped": why}, ck.out)
+                skipped += 1
+                continue
             meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)
             if ck.repo:
                 meta.update(source=ck.repo, revision=ck.revision, snapshot=ck.source)
@@ -169,9 +184,10 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
             progress(f"[{model}] step {ck.step} ({i}/{len(checkpoints)}): last-layer "
                      f"top1/median {last:.1f}, {meta['seconds']:.2f}s "
                      f"({time.monotonic() - t0:.0f}s elapsed)")
-    progress(f"[{model}] measured {done} checkpoints, kept {kept} up to date "
-             f"({time.monotonic() - t0:.1f}s)")
-    return {"measured": done, "kept": kept}
+    progress(f"[{model}] measured {done} checkpoints, kept {kept} up to date"
+             + (f", skipped {skipped}" if skipped else "")
+             + f" ({time.monotonic() - t0:.1f}s)")
+    return {"measured": done, "kept": kept, "skipped": skipped}
 
 
 def _earlier_fetch(out: str, marker: dict) -> dict:
@@ -302,7 +318,13 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
         tables, metas, skipped = {}, {}, {}
         for f in stats or []:
             df, meta = read_stats(f)
+            if meta.get("skipped"):  # a run checkpoint that failed to load: its reason
+                skipped[f"step {meta['step']}"] = meta["skipped"]
+                continue
             tables[int(meta["step"])], metas[int(meta["step"])] = df, meta
+    if not tables:
+        raise ValueError(f"model {model}: no checkpoint could be measured ("
+                         + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) + ")")
     frame, report = build_series(tables, metas, model)
     if skipped_json:  # what the run source skipped in the run's folder
         import json
