@@ -186,8 +186,8 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
     and an edited, added or deleted exp2 file changes the manifest, so the stages that
     read it rerun; a run suite's is madyn's folder holding :data:`RUN_MANIFEST` (what
     madyn reads of each run folder, :func:`run_manifests`). Stage ``source`` makes the
-    suite stage's ``source`` dependency (:func:`ensure_source_link`) and its own out ``source.json``. Returns the paths made
-    (relative to ``root``)."""
+    suite stage's ``source`` dependency (:func:`ensure_source_link`) and its own out
+    ``source.json``. Returns the paths made (relative to ``root``)."""
     from madyn import params_file
     from madyn.io import write_json
 
