@@ -231,8 +231,8 @@ class RunSource(MeasuredSource):
     """A researcher's own run (``source: run``): each model entry's folder of checkpoints
     (found by layout at planning, :mod:`madyn.runs`; a checkpoint that appears later is
     measured by the next run), one measuring job per model (extract_run.smk); or a live
-    monitor's folder, whose tables are the series' inputs as they are. Skipped entries are named in
-    the log and recorded in integrity/<model>.json."""
+    monitor's folder, whose tables are the series' inputs as they are. Skipped entries
+    are named in the log and recorded in integrity/<model>.json."""
 
     trains = False
     measure_jobs = "run"
