@@ -77,13 +77,13 @@ class Monitor:
                  batch_size: int | None = None, config: dict | None = None,
                  recipe: dict | None = None, live=None) -> None:
         from madyn.checkpoints import check_tokens
-        from madyn.statistics import _is_hf, config_value
+        from madyn.statistics import config_value, is_transformers_model
 
         self.model, self.out = model, Path(out)
         vocab = config_value(model, ("vocab_size",))
         self.probe = check_tokens(np.asarray(probe), vocab or np.iinfo(np.int64).max,
                                   "monitor probe")
-        self.hf = _is_hf(model)
+        self.hf = is_transformers_model(model)
         self.extreme_tokens = self.hf if extreme_tokens is None else extreme_tokens
         self.batch_size = batch_size or len(self.probe)
         self.log_until, self.every, self.live = log_until, every, live

@@ -58,7 +58,7 @@ def config_value(model, keys: tuple[str, ...]) -> int:
     return 0
 
 
-def _is_hf(model) -> bool:
+def is_transformers_model(model) -> bool:
     """A transformers model (runs as ``base_model(input_ids=...)``), not a hand-written one
     (nanoGPT style: ``model(ids)``)."""
     from transformers import PreTrainedModel
@@ -383,7 +383,7 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
         act = mlp_activation(layer, hidden)
         if act is not None:
             handles.append(act.register_forward_hook(coll.mlp_hook(i)))
-    hf = _is_hf(model)
+    hf = is_transformers_model(model)
     body = model.base_model if hf else model  # HF: the decoder stack without the LM head
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     starts = range(0, len(ids), batch_size)
