@@ -271,6 +271,24 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_headline(args: argparse.Namespace) -> int:
+    from madyn.headline import count
+    from madyn.stages import report
+
+    metrics = report.headline(**_pick(args, "growth", "fit", "predict", "forecast",
+                                      "interventions", "out"))
+    _say(f"headline: {count(metrics)} metrics -> {args.out}")
+    return 0
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from madyn.stages import report
+
+    table = report.curves(args.series, args.out)
+    _say(f"curves: {table['curve'].nunique()} layer curves -> {args.out}")
+    return 0
+
+
 def _cmd_effects(args: argparse.Namespace) -> int:
     from madyn.stages import effects
 
@@ -576,6 +594,18 @@ def _report_parsers(sub) -> None:
     c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
     c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
     c.add_argument("--out-dir", required=True)
+
+    c = _add(sub, "headline", _cmd_headline, "the headline metrics (about 30 numbers)",
+             "Read the detailed summaries (metrics/growth.json, fit.json, predict.json, "
+             "forecast.json, interventions.json) and write the few numbers compared between "
+             "experiments (DVC's metrics): growth, fit R², curve-space prediction, forecast.")
+    _outs(c, "--growth", "--fit", "--predict", "--forecast", "--interventions", "--out")
+
+    c = _add(sub, "curves", _cmd_curves, "the per-layer top1/median curves as a tidy CSV",
+             "One row per (model, layer, step) of the measured top1/median (flagged "
+             "checkpoints left out): the data `dvc plots` draws and `dvc plots diff` compares.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
+    c.add_argument("--out", required=True)
 
     c = _add(sub, "effects", _cmd_effects, "each design against the base design (bootstrap "
              "over seeds) and the kurtosis-cos_sim association",
