@@ -7,7 +7,7 @@ SUITE ?=
 CONFIG = $(if $(SUITE),--config suite=$(SUITE))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run smoke test lint docs
+.PHONY: install run compare smoke test lint docs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -46,6 +46,9 @@ else
 	snakemake --cores $(CORES) $(CONFIG); \
 	printf 'phase times (wall, --cores $(CORES)):\n'"$$times"'  %-12s %5d s\n' total $$(( $$(date +%s) - start ))
 endif
+
+compare: install        ## dvc exp show: the headline metrics and the params a researcher changes
+	madyn compare $(if $(ONLY_CHANGED),--only-changed)
 
 smoke: install          ## the whole pipeline on the two-model smoke suite
 	snakemake --cores $(CORES) --config suite=smoke

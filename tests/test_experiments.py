@@ -18,7 +18,7 @@ import yaml
 
 from madyn import headline
 from tests.helpers import ROOT
-from tests.test_workflow import SNAKEMAKE, _dvc, _run, smoke_copy, smoke_run  # noqa: F401
+from tests.test_workflow import BIN, SNAKEMAKE, _dvc, _run, smoke_copy, smoke_run  # noqa: F401 (fixtures)
 
 MAX_METRICS = 32     # "at most about 30 numbers"
 MAX_COLUMNS = 120    # `dvc exp show` with a couple of experiments
@@ -107,9 +107,16 @@ def test_smoke_headline_curves_and_columns(smoke_run):  # noqa: F811 (the shared
     curves = pd.read_csv(proj / "results/smoke/report/curves.csv")
     assert list(curves.columns) == ["model", "layer", "curve", "depth", "step", "ratio"]
     assert curves["curve"].nunique() == 2 + 3  # every layer of s2-w32-h2 and s3-w48-h4
-    header = next(csv.reader(io.StringIO(_dvc(proj, "exp", "show", "--csv").stdout)))
-    assert len(header) <= MAX_COLUMNS, len(header)
-    assert "growth.ratio_mid_mean" in header and "fit.alpha" in header
+    default = next(csv.reader(io.StringIO(_dvc(proj, "exp", "show", "--csv").stdout)))
+    # the metrics columns are the headline's alone: no per-model detail, no wall times
+    assert not [c for c in default if c.startswith(("per_model", "lomo", "curve_lomo",
+                                                        "models.", "wall_s", "sum_s"))]
+    r = _run([str(BIN / "madyn"), "compare", "--csv"], proj)
+    assert r.returncode == 0, r.stderr[-2000:]
+    header = next(csv.reader(io.StringIO(r.stdout)))
+    assert len(header) <= MAX_COLUMNS < len(default), (len(header), len(default))
+    assert {"growth.ratio_mid_mean", "fit.alpha", "suites.smoke.train.lr"} <= set(header)
+    assert not [c for c in header if c.startswith(("src/", "results/", "suites.embedded"))]
 
 
 # ------------------------------------------------------------------------ a queued sweep
@@ -139,7 +146,7 @@ def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
     _dvc(proj, "queue", "start", "-j", "1")
     status = _wait_for_queue(proj)
     assert status.count("Success") == 3, status
-    shown = _dvc(proj, "exp", "show", "--csv").stdout
+    shown = _run([str(BIN / "madyn"), "compare", "--csv"], proj).stdout
     rows = list(csv.DictReader(io.StringIO(shown)))
     assert len(rows[0]) <= MAX_COLUMNS, len(rows[0])
     exps = {r["Experiment"]: r for r in rows if r["Experiment"]}
@@ -147,7 +154,7 @@ def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
     assert {exps[f"lr-{lr}"]["suites.smoke.train.lr"] for lr in lrs} == set(lrs)
     growth = {float(r["growth.ratio_mid_mean"]) for r in exps.values()}
     assert len(growth) == 3  # each lr grew the massive activations differently
-    changed = _dvc(proj, "exp", "show", "--csv", "--only-changed").stdout
+    changed = _run([str(BIN / "madyn"), "compare", "--csv", "--only-changed"], proj).stdout
     assert len(next(csv.reader(io.StringIO(changed)))) < len(rows[0])
     diff = json.loads(_dvc(proj, "plots", "diff", *(f"lr-{lr}" for lr in lrs),
                            "--json").stdout)
@@ -164,8 +171,8 @@ def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
 @pytest.mark.slow
 def test_push_then_pull_in_another_clone(smoke_copy, tmp_path):  # noqa: F811
     """Snakemake alone, then `dvc commit`: DVC is up to date. Clone A (the finished smoke
-    project) pushes to a folder remote; clone B, a git clone of A, pulls and has every result: `dvc status` clean and Snakemake has nothing
-    to do, with nothing recomputed."""
+    project) pushes to a folder remote; clone B, a git clone of A, pulls and has every
+    result: `dvc status` clean and Snakemake has nothing to do, nothing recomputed."""
     a = smoke_copy
     # first, Snakemake alone (a changed predictor param), then `dvc commit` records it
     cfg = yaml.safe_load((a / "params.yaml").read_text())

@@ -289,6 +289,18 @@ def _cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from madyn import params_file
+    from madyn.dvc_stages import compare_drop
+
+    suite = params_file.load(args.params)["suite"]
+    flags = [f"--{f.replace('_', '-')}" for f in ("only_changed", "csv", "md")
+             if getattr(args, f)]
+    return subprocess.call(["dvc", "exp", "show", "--drop", compare_drop(suite), *flags])
+
+
 def _cmd_effects(args: argparse.Namespace) -> int:
     from madyn.stages import effects
 
@@ -600,6 +612,18 @@ def _report_parsers(sub) -> None:
              "forecast.json, interventions.json) and write the few numbers compared between "
              "experiments (DVC's metrics): growth, fit R², curve-space prediction, forecast.")
     _outs(c, "--growth", "--fit", "--predict", "--forecast", "--interventions", "--out")
+
+    c = _add(sub, "compare", _cmd_compare, "dvc exp show: headline metrics and the params "
+             "a researcher changes",
+             "Run `dvc exp show` without the dependency columns (code and data hashes) and "
+             "without the params of the suites that are not active (DVC shows the whole "
+             "params.yaml): the headline metrics and the active suite's and phases' params.")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--only-changed", action="store_true",
+                   help="only the columns that differ between the rows (dvc's option)")
+    fmt = c.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV (dvc's option)")
+    fmt.add_argument("--md", action="store_true", help="Markdown table (dvc's option)")
 
     c = _add(sub, "curves", _cmd_curves, "the per-layer top1/median curves as a tidy CSV",
              "One row per (model, layer, step) of the measured top1/median (flagged "

@@ -182,6 +182,16 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
     return made
 
 
+def compare_drop(suite: str) -> str:
+    """The ``dvc exp show --drop`` pattern of ``madyn compare``: every dependency column
+    (code and data files: their hashes) and the params of suites other than ``suite``
+    (DVC shows the whole params.yaml), so that the headline metrics and the params a
+    researcher changes remain."""
+    import re
+
+    return rf"(src|workflow|results)/|Snakefile$|suites\.(?!{re.escape(suite)}\.)"
+
+
 def stage_code_deps(root: Path, stage: str) -> list[str]:
     """The code a DVC stage runs, as paths relative to ``root`` (what dvc.yaml lists)."""
     rules, modules = STAGE_CODE[stage]
