@@ -157,7 +157,7 @@ def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
     changed = _run([str(BIN / "madyn"), "compare", "--csv", "--only-changed"], proj).stdout
     assert len(next(csv.reader(io.StringIO(changed)))) < len(rows[0])
     diff = json.loads(_dvc(proj, "plots", "diff", *(f"lr-{lr}" for lr in lrs),
-                           "--json").stdout)
+                           "--json").stdout)["data"]
     curves = next(v for k, v in diff.items() if k.endswith("report/curves.csv"))
     values = curves[0]["content"]["data"]["values"]
     by_rev = pd.DataFrame(values).astype({"ratio": float, "step": int})
