@@ -78,6 +78,15 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain_stale(args: argparse.Namespace) -> int:
+    from madyn.dvc_stages import stale_trained_models
+
+    for rel in stale_trained_models(Path.cwd(), args.params):
+        _say(f"madyn retrain-stale: {rel} was trained with another recipe: removed, so "
+             "that Snakemake retrains it")
+    return 0
+
+
 def _cmd_dvc_outs(args: argparse.Namespace) -> int:
     from madyn.dvc_stages import ensure_stage_outs
 
@@ -378,6 +387,14 @@ def _suite_parsers(sub) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--budget-min", type=float, default=None,
                    help="flag the wall time against this budget (minutes)")
+
+    c = _add(sub, "retrain-stale", _cmd_retrain_stale,
+             "before the DVC suite stage: mark models trained with another recipe for "
+             "retraining",
+             "Remove the training manifest of every model of the active suite whose recorded "
+             "recipe differs from params.yaml's, so that Snakemake retrains it even without "
+             "its own metadata (a queued DVC experiment, a fresh clone).")
+    c.add_argument("--params", default="params.yaml")
 
     c = _add(sub, "dvc-outs", _cmd_dvc_outs, "make a DVC stage's outs exist for any source",
              "Run by the DVC suite and extract stages after their Snakemake target: makes "

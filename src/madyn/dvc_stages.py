@@ -182,6 +182,37 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
     return made
 
 
+def stale_trained_models(root: Path, params: str = "params.yaml") -> list[str]:
+    """Remove the training manifest of every model of the active suite that was trained
+    with another recipe than params.yaml's now (its manifest's ``train`` differs from
+    :func:`madyn.params_file.train_spec`). DVC reruns the suite stage when a training
+    param changes, but Snakemake without its metadata (a queued experiment's workspace, a
+    fresh clone) sees the checkpoints exist and keeps them; without the manifest (the
+    training job's completion marker, madyn's own file) it retrains exactly those models,
+    and the extract phase remeasures their new weights. Returns the manifests removed
+    (relative to ``root``)."""
+    import json
+
+    from madyn import params_file
+    from madyn.io import read_json
+
+    cfg = params_file.load(str(root / params))
+    suite = params_file.active(cfg)
+    if suite["source"] != "local":
+        return []
+    removed = []
+    for name in params_file.model_names(suite):
+        rel = f"{params_file.results_dir(cfg)}/models/{name}/manifest.json"
+        manifest = root / rel
+        if not manifest.is_file():
+            continue
+        want = json.loads(json.dumps(params_file.train_spec(suite, name).__dict__))
+        if read_json(manifest).get("train") != want:
+            manifest.unlink()
+            removed.append(rel)
+    return removed
+
+
 def compare_drop(suite: str) -> str:
     """The ``dvc exp show --drop`` pattern of ``madyn compare``: every dependency column
     (code and data files: their hashes) and the params of suites other than ``suite``
