@@ -7,7 +7,7 @@ SUITE ?=
 CONFIG = $(if $(SUITE),--config suite=$(SUITE))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run compare smoke test lint docs
+.PHONY: install run compare pull smoke test lint docs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -49,6 +49,11 @@ endif
 
 compare: install        ## dvc exp show: the headline metrics and the params a researcher changes
 	madyn compare $(if $(ONLY_CHANGED),--only-changed)
+
+pull: install           ## every result from the DVC remote, nothing recomputed (dvc status clean, snakemake -n: nothing to do)
+	dvc pull
+	madyn dvc-outs source
+	snakemake --cores 1 --touch
 
 smoke: install          ## the whole pipeline on the two-model smoke suite
 	snakemake --cores $(CORES) --config suite=smoke
