@@ -18,8 +18,7 @@ import yaml
 
 from madyn import headline
 from tests.helpers import ROOT
-from tests.test_workflow import (  # noqa: F401 (fixtures)
-    BIN, DVC, ENV, SNAKEMAKE, _dvc, _run, smoke_copy, smoke_run)
+from tests.test_workflow import BIN, DVC, ENV, SNAKEMAKE, _dvc, _run, smoke_copy, smoke_run  # noqa: F401 (fixtures)
 
 MAX_METRICS = 32     # "at most about 30 numbers"
 MAX_COLUMNS = 120    # `dvc exp show` with a couple of experiments
