@@ -7,11 +7,8 @@ import json
 import pytest
 import yaml
 
-from madyn.dvc_stages import STAGE_CODE, stage_code_deps
+from madyn.dvc_stages import CODE_PREFIXES, STAGE_CODE, rewrite_code_deps, stage_code_deps
 from tests.helpers import ROOT
-
-CODE_PREFIXES = ("src/", "workflow/rules/", "Snakefile")
-
 
 def _dvc_stages() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -25,6 +22,16 @@ def test_every_dvc_stage_is_known():
 def test_stage_code_deps_equal_import_closure(stage):
     listed = sorted(d for d in _dvc_stages()[stage]["deps"] if d.startswith(CODE_PREFIXES))
     assert listed == stage_code_deps(ROOT, stage)
+
+
+def test_rewrite_code_deps_keeps_the_committed_file():
+    """`python -m madyn.dvc_stages --write` regenerates exactly the committed dvc.yaml (its
+    other deps, comments and layout kept); a stale list is brought up to date."""
+    text = (ROOT / "dvc.yaml").read_text()
+    assert rewrite_code_deps(text, ROOT) == text
+    stale = text.replace("      - src/madyn/fit.py\n", "", 1).replace(
+        "      - Snakefile\n", "      - Snakefile\n      - src/madyn/nothing.py\n", 1)
+    assert stale != text and rewrite_code_deps(stale, ROOT) == text
 
 
 def test_closure_follows_imports_inside_functions(tmp_path):

@@ -372,7 +372,7 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     res = rel / "results/study"
     smoke_growth = _smoke_growth(proj)
     assert read_json(res / "metrics/growth.json") == smoke_growth
-    assert read_json(res / "metrics/train.json")["models"] == {}  # nothing trained
+    assert read_json(res / "timing/train.json")["models"] == {}  # nothing trained
     assert _stages_run(_dvc(rel, "repro").stdout) == set()
     # layer 0's top1 at the last step x1.1: its ratio there too
     model = "s2-w32-h2"

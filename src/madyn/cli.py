@@ -78,6 +78,15 @@ def _cmd_train_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain_stale(args: argparse.Namespace) -> int:
+    from madyn.dvc_stages import stale_trained_models
+
+    for rel in stale_trained_models(Path.cwd(), args.params):
+        _say(f"madyn retrain-stale: {rel} was trained with another recipe: removed, so "
+             "that Snakemake retrains it")
+    return 0
+
+
 def _cmd_dvc_outs(args: argparse.Namespace) -> int:
     from madyn.dvc_stages import ensure_stage_outs
 
@@ -281,6 +290,36 @@ def _cmd_report_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_headline(args: argparse.Namespace) -> int:
+    from madyn.headline import count
+    from madyn.stages import report
+
+    metrics = report.headline(**_pick(args, "growth", "fit", "predict", "forecast",
+                                      "interventions", "out"))
+    _say(f"headline: {count(metrics)} metrics -> {args.out}")
+    return 0
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from madyn.stages import report
+
+    table = report.curves(args.series, args.out)
+    _say(f"curves: {table['curve'].nunique()} layer curves -> {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from madyn import params_file
+    from madyn.dvc_stages import compare_drop
+
+    suite = params_file.load(args.params)["suite"]
+    flags = [f"--{f.replace('_', '-')}" for f in ("only_changed", "csv", "md")
+             if getattr(args, f)]
+    return subprocess.call(["dvc", "exp", "show", "--drop", compare_drop(suite), *flags])
+
+
 def _cmd_effects(args: argparse.Namespace) -> int:
     from madyn.stages import effects
 
@@ -358,6 +397,14 @@ def _suite_parsers(sub) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--budget-min", type=float, default=None,
                    help="flag the wall time against this budget (minutes)")
+
+    c = _add(sub, "retrain-stale", _cmd_retrain_stale,
+             "before the DVC suite stage: mark models trained with another recipe for "
+             "retraining",
+             "Remove the training manifest of every model of the active suite whose recorded "
+             "recipe differs from params.yaml's, so that Snakemake retrains it even without "
+             "its own metadata (a queued DVC experiment, a fresh clone).")
+    c.add_argument("--params", default="params.yaml")
 
     c = _add(sub, "dvc-outs", _cmd_dvc_outs, "make a DVC stage's outs exist for any source",
              "Run by the DVC suite and extract stages after their Snakemake target: makes "
@@ -606,6 +653,30 @@ def _report_parsers(sub) -> None:
     c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
     c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
     c.add_argument("--out-dir", required=True)
+
+    c = _add(sub, "headline", _cmd_headline, "the headline metrics (about 30 numbers)",
+             "Read the detailed summaries (metrics/growth.json, fit.json, predict.json, "
+             "forecast.json, interventions.json) and write the few numbers compared between "
+             "experiments (DVC's metrics): growth, fit R², curve-space prediction, forecast.")
+    _outs(c, "--growth", "--fit", "--predict", "--forecast", "--interventions", "--out")
+
+    c = _add(sub, "compare", _cmd_compare, "dvc exp show: headline metrics and the params "
+             "a researcher changes",
+             "Run `dvc exp show` without the dependency columns (code and data hashes) and "
+             "without the params of the suites that are not active (DVC shows the whole "
+             "params.yaml): the headline metrics and the active suite's and phases' params.")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--only-changed", action="store_true",
+                   help="only the columns that differ between the rows (dvc's option)")
+    fmt = c.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV (dvc's option)")
+    fmt.add_argument("--md", action="store_true", help="Markdown table (dvc's option)")
+
+    c = _add(sub, "curves", _cmd_curves, "the per-layer top1/median curves as a tidy CSV",
+             "One row per (model, layer, step) of the measured top1/median (flagged "
+             "checkpoints left out): the data `dvc plots` draws and `dvc plots diff` compares.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
+    c.add_argument("--out", required=True)
 
     c = _add(sub, "effects", _cmd_effects, "each design against the base design (bootstrap "
              "over seeds) and the kurtosis-cos_sim association",

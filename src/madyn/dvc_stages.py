@@ -4,6 +4,7 @@ closure of what it runs, which dvc.yaml lists and tests/test_dvc_deps.py checks)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,6 @@ import yaml
 def _imports(path: Path) -> set[str]:
     """``madyn.*`` modules a file imports (module level and inside functions)."""
     import ast
-    import re
 
     text = path.read_text()
     if path.suffix == ".smk" or path.name == "Snakefile":  # Snakemake files: import lines
@@ -217,13 +217,53 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
             write_json(out / RELEASED_MANIFEST,
                        released_manifest(folder, params_file.model_names(suite)))
             continue
+        if out.suffix:  # a file (metrics/growth.json): its phase's Snakemake target writes it
+            continue
         if not out.exists():
-            if out.suffix:
-                raise ValueError(f"dvc.yaml: stage {stage}: out {rel} is missing and is "
-                                 "not a folder")
             out.mkdir(parents=True)
             made.append(rel)
     return made
+
+
+def stale_trained_models(root: Path, params: str = "params.yaml") -> list[str]:
+    """Remove the training manifest of every model of the active suite that was trained
+    with another recipe than params.yaml's now (its manifest's ``train`` differs from
+    :func:`madyn.params_file.train_spec`). DVC reruns the suite stage when a training
+    param changes, but Snakemake without its metadata (a queued experiment's workspace, a
+    fresh clone) sees the checkpoints exist and keeps them; without the manifest (the
+    training job's completion marker, madyn's own file) it retrains exactly those models,
+    and the extract phase remeasures their new weights. Returns the manifests removed
+    (relative to ``root``)."""
+    import json
+
+    from madyn import params_file
+    from madyn.io import read_json
+
+    cfg = params_file.load(str(root / params))
+    suite = params_file.active(cfg)
+    if suite["source"] != "local":
+        return []
+    removed = []
+    for name in params_file.model_names(suite):
+        rel = f"{params_file.results_dir(cfg)}/models/{name}/manifest.json"
+        manifest = root / rel
+        if not manifest.is_file():
+            continue
+        want = json.loads(json.dumps(params_file.train_spec(suite, name).__dict__))
+        if read_json(manifest).get("train") != want:
+            manifest.unlink()
+            removed.append(rel)
+    return removed
+
+
+def compare_drop(suite: str) -> str:
+    """The ``dvc exp show --drop`` pattern of ``madyn compare``: every dependency column
+    (code and data files: their hashes) and the params of suites other than ``suite``
+    (DVC shows the whole params.yaml), so that the headline metrics and the params a
+    researcher changes remain."""
+    import re
+
+    return rf"(src|workflow|results)/|Snakefile$|suites\.(?!{re.escape(suite)}\.)"
 
 
 def stage_code_deps(root: Path, stage: str) -> list[str]:
@@ -239,6 +279,38 @@ def stage_code_deps(root: Path, stage: str) -> list[str]:
     return sorted(str(p) for p in deps)
 
 
-if __name__ == "__main__":  # print each stage's code deps: python -m madyn.dvc_stages
+CODE_PREFIXES = ("src/", "workflow/rules/", "Snakefile")
+
+
+def rewrite_code_deps(text: str, root: Path) -> str:
+    """dvc.yaml's text with each stage's code deps replaced by :func:`stage_code_deps`.
+
+    Other deps (data folders, templates), comments and layout stay as they are; the code
+    deps follow a stage's other deps, sorted.
+    """
+    out: list[str] = []
+    stage, in_deps = None, False
+    for line in text.splitlines():
+        head = re.match(r"^  ([A-Za-z_]+):", line)
+        if head:
+            stage, in_deps = head.group(1), False
+        item = re.match(r"^      - ([^\s:#]+)", line)
+        if in_deps and item and item.group(1).startswith(CODE_PREFIXES):
+            continue
+        if in_deps and not item and not line.lstrip().startswith("#"):
+            out += [f"      - {d}" for d in stage_code_deps(root, stage)]
+            in_deps = False
+        if stage in STAGE_CODE and line == "    deps:":
+            in_deps = True
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # python -m madyn.dvc_stages [--write]: each stage's code deps
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        dvc_yaml = Path.cwd() / "dvc.yaml"
+        dvc_yaml.write_text(rewrite_code_deps(dvc_yaml.read_text(), Path.cwd()))
     for name in STAGE_CODE:
         print(f"{name}:", *stage_code_deps(Path.cwd(), name), sep="\n  - ")

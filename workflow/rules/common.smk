@@ -359,7 +359,7 @@ def suite_outputs():
     that every source has the DVC suite stage's metric) and a hub suite's held-out files
     (the corpus of the suite stage's outs)."""
     hub = [SRC.corpus_manifest()] if SUITE_CFG["source"] in ("hub", "run") else []
-    return [model_manifest(m) for m in TRAINED] + [f"{RESULTS}/metrics/train.json"] + hub
+    return [model_manifest(m) for m in TRAINED] + [f"{RESULTS}/timing/train.json"] + hub
 
 
 # The phase targets name every per-model output, not only what the summaries read: a file
@@ -402,5 +402,11 @@ def effects_outputs():
     return out
 
 
+# The headline metrics: what DVC shows and diffs (results/<suite>/metrics/headline.json,
+# committed to git); the other files in metrics/ are the detailed summaries they come from.
+HEADLINE = f"{RESULTS}/metrics/headline.json"
+
+
 def report_outputs():
-    return [f"{RESULTS}/report/peak_heatmaps.png", f"{RESULTS}/metrics/interventions.json"]
+    return [f"{RESULTS}/report/peak_heatmaps.png", f"{RESULTS}/metrics/interventions.json",
+            HEADLINE, f"{RESULTS}/report/curves.csv"]

@@ -51,3 +51,41 @@ rule effects:
         "madyn effects --series {input.series:q} --fits {input.fits:q} "
         "--design {params.designs:q} {params.base:q} --out-json {output.json:q} "
         "--out-csv {output.csv:q} {params.png:q} 2> {log:q}"
+
+
+rule headline:
+    # the few numbers compared between experiments (DVC's metrics, committed to git)
+    input:
+        growth=f"{RESULTS}/metrics/growth.json",
+        fit=f"{RESULTS}/metrics/fit.json",
+        predict=f"{RESULTS}/metrics/predict.json",
+        forecast=f"{RESULTS}/metrics/forecast.json",
+        interventions=f"{RESULTS}/metrics/interventions.json",
+    output:
+        HEADLINE,
+    resources:
+        mem_mb=500,
+    log:
+        f"{RESULTS}/logs/headline.log",
+    conda:
+        ENV
+    shell:
+        "madyn headline --growth {input.growth:q} --fit {input.fit:q} "
+        "--predict {input.predict:q} --forecast {input.forecast:q} "
+        "--interventions {input.interventions:q} --out {output:q} 2> {log:q}"
+
+
+rule curves:
+    # the per-layer top1/median curves as data: `dvc plots diff` compares experiments
+    input:
+        [series_path(m) for m in MODELS],
+    output:
+        f"{RESULTS}/report/curves.csv",
+    resources:
+        mem_mb=1000,
+    log:
+        f"{RESULTS}/logs/curves.log",
+    conda:
+        ENV
+    shell:
+        "madyn curves --series {input:q} --out {output:q} 2> {log:q}"

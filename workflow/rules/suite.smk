@@ -56,7 +56,7 @@ rule train_summary:
     input:
         expand(rules.train.output.timing, model=TRAINED),
     output:
-        f"{RESULTS}/metrics/train.json",
+        f"{RESULTS}/timing/train.json",
     resources:
         mem_mb=1000,
     log:

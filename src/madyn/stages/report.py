@@ -50,3 +50,28 @@ def figures(series_paths: list[str], config_paths: dict[str, str],
     plots.plot_final_vs_params(layers, out / "final_vs_params.png")
     plots.plot_kurtosis(series, out / "kurtosis.png")
     return layers
+
+
+def headline(growth: str, fit: str, predict: str, forecast: str, interventions: str,
+             out: str) -> dict:
+    """Write the headline metrics (:func:`madyn.headline.headline`) of the detailed
+    summaries at these paths to ``out`` (JSON); returns them."""
+    from madyn.headline import headline as make
+    from madyn.io import write_json
+
+    metrics = make(read_json(growth), read_json(fit), read_json(predict),
+                   read_json(forecast), read_json(interventions))
+    write_json(out, metrics)
+    return metrics
+
+
+def curves(series_paths: list[str], out: str) -> pd.DataFrame:
+    """Write the measured per-layer top1/median curves of these series (tidy CSV, the
+    data of ``dvc plots``: :func:`madyn.headline.curves_table`) to ``out``."""
+    from madyn.headline import curves_table
+
+    table = curves_table([pd.read_parquet(f) for f in series_paths])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
