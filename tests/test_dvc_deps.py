@@ -10,6 +10,7 @@ import yaml
 from madyn.dvc_stages import CODE_PREFIXES, STAGE_CODE, rewrite_code_deps, stage_code_deps
 from tests.helpers import ROOT
 
+
 def _dvc_stages() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
