@@ -34,12 +34,23 @@ def _say(msg: str) -> None:
 
 
 def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
-                seq_len: int, seed: int, revision: str | None = None) -> np.ndarray:
+                seq_len: int, seed: int, revision: str | None = None,
+                bos: bool | None = None) -> np.ndarray:
     """Write the fixed evaluation batch (N x T int64 ids, ``.npy``) cut from the held-out
-    corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id)."""
+    corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id);
+    for a synthetic corpus, drawn from its process (``bos`` overrides its BOS setting)."""
     from madyn.corpus import encode_with, eval_windows, heldout_texts
 
-    ids = encode_with(tokenizer, heldout_texts(read_json(corpus_manifest)), revision)
+    manifest = read_json(corpus_manifest)
+    if manifest.get("source") == "synthetic":
+        from madyn import synthetic
+
+        tokens = synthetic.eval_batch(synthetic.spec_of(manifest, bos), n_seqs, seq_len, seed)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, tokens)
+        _say(f"eval tokens: {tokens.shape[0]} x {tokens.shape[1]} synthetic -> {out}")
+        return tokens
+    ids = encode_with(tokenizer, heldout_texts(manifest), revision)
     tokens = eval_windows(ids, n_seqs, seq_len, seed)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, tokens)
