@@ -27,7 +27,8 @@ from madyn import synthetic
 def build(args, vocab_size: int):
     import transformers
 
-    common = dict(vocab_size=vocab_size, tie_word_embeddings=False)
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=False,
+                  initializer_range=args.init_std)
     if args.family == "gpt2":
         cfg = transformers.GPT2Config(n_embd=args.width, n_layer=args.layers, n_head=args.heads,
                                       n_positions=args.seq_len, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -38,7 +39,10 @@ def build(args, vocab_size: int):
                                        num_attention_heads=args.heads,
                                        num_key_value_heads=args.heads,
                                        intermediate_size=4 * args.width,
-                                       max_position_embeddings=args.seq_len, **common)
+                                       max_position_embeddings=args.seq_len,
+                                       rope_parameters={"rope_type": "default",
+                                                        "rope_theta": args.rope_theta},
+                                       **common)
         cls = transformers.LlamaForCausalLM
     cfg._attn_implementation = "eager"
     return cls(cfg)
@@ -152,6 +156,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--rope-theta", type=float, default=10000.0)
+    p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--beta2", type=float, default=0.99)

@@ -52,6 +52,7 @@ class ModelSpec:
     rotary_pct: float = 0.25
     family: str = "neox"
     parallel_residual: bool = True
+    rope_theta: float = 10000.0  # rotary base (llama, qwen3, olmo2); huge: nearly no rotation
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -142,7 +143,7 @@ def config_kwargs(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int) -
     return {"model_type": model_type, **common, "hidden_act": "silu",
             "num_key_value_heads": spec.heads, "head_dim": spec.width // spec.heads,
             "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+            "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta}}
 
 
 def model_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
@@ -170,6 +171,15 @@ def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
             "norm": "post" if spec.family == "olmo2" else "pre",
             "qk_norm": spec.family in ("qwen3", "olmo2"),
             "optimizer": train.optimizer, "optimizer_params": opt, "seed": train.seed}
+
+
+def spec_record(spec: ModelSpec) -> dict:
+    """``spec`` as plain values, ``rope_theta`` left out at its default (so that suites
+    that never set it keep their records and Snakemake parameters)."""
+    d = dict(spec.__dict__)
+    if d["rope_theta"] == 10000.0:
+        del d["rope_theta"]
+    return d
 
 
 def train_record(train: TrainSpec) -> dict:
@@ -357,7 +367,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     loss_every = max(1, len(losses) // 200)  # about 200 points of the training loss
     manifest = {
         "model": spec.name,
-        "architecture": spec.__dict__,
+        "architecture": spec_record(spec),
         "n_params": n_params,
         "train": train_record(train),
         "design": design,

@@ -13,7 +13,7 @@ from madyn import io as madyn_io
 from madyn import released as madyn_released
 from madyn import resources as madyn_resources
 from madyn.settings import ExtractSettings
-from madyn.training import checkpoint_dir, train_cost, train_record
+from madyn.training import checkpoint_dir, spec_record, train_cost, train_record
 
 try:
     madyn_params.validate(config)

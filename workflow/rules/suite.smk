@@ -56,7 +56,7 @@ rule train:
         model=one_of(TRAINED),
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
-        spec=lambda wc: json.dumps(madyn_params.model_spec(SUITE_CFG, wc.model).__dict__),
+        spec=lambda wc: json.dumps(spec_record(madyn_params.model_spec(SUITE_CFG, wc.model))),
         train=lambda wc: json.dumps(
             train_record(madyn_params.train_spec(SUITE_CFG, wc.model))),
         corpus=lambda wc, input: os.path.dirname(input[0]),

@@ -283,6 +283,11 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
         tables = released.read_model(files, warn=_say)
         skipped = tables.skipped
         metas: dict[int, dict] = {s: {} for s in tables}
+        extremes = released.read_extremes(released.extremes_path(released_dir, model))
+        for step in tables:
+            if step in extremes:
+                tables[step] = tables[step].merge(extremes[step], on=["seq", "layer"],
+                                                  how="left")
     else:
         tables, metas, skipped = {}, {}, {}
         for f in stats or []:
@@ -296,6 +301,7 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
     if export_dir:
         for step, df in tables.items():
             released.write_exp2(df, released.exp2_path(export_dir, model, step))
+        released.write_extremes(tables, released.extremes_path(export_dir, model))
         if cfg is not None:
             write_json(Path(export_dir) / model / "config.json", cfg)
     _say(f"[{model}] series of {len(tables)} checkpoints, {len(report['flagged'])} flagged, "
