@@ -63,6 +63,25 @@ def _cmd_synthetic_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_reference(args: argparse.Namespace) -> int:
+    from madyn import params_file
+    from madyn.reference import make_reference
+
+    cfg = params_file.load(args.params)
+    if args.suite not in cfg["suites"]:
+        raise SystemExit(f"madyn make-reference: --suite: no suite {args.suite!r} in "
+                         f"{args.params}")
+    results = args.results or f"{params_file.results_dir({**cfg, 'suite': args.suite})}"
+    try:
+        m = make_reference(results, args.out, args.suite, cfg["suites"][args.suite],
+                           remake=f"snakemake --cores 2 --config suite={args.suite}")
+    except ValueError as e:
+        raise SystemExit(f"madyn make-reference: {e}") from None
+    _say(f"reference {args.out}: {len(m['models'])} models, {m['size_bytes'] / 1e6:.2f} MB, "
+         f"trained in {m['training']['wall_minutes']} min wall")
+    return 0
+
+
 def _cmd_heldout_manifest(args: argparse.Namespace) -> int:
     from madyn.stages import suite
 
@@ -336,6 +355,16 @@ def _suite_parsers(sub) -> None:
              "batches and the evaluation batch are drawn from them.")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--spec-json", required=True, help="the synthetic corpus's parameters")
+
+    c = _add(sub, "make-reference", _cmd_make_reference,
+             "commit a local suite's statistics as a released-layout reference",
+             "Copies results/<suite>/released (exp2 files, config.json, extremes.csv) to OUT "
+             "with a manifest (recipe, corpus, versions, hardware, training minutes); a "
+             "`released` suite over OUT reads it back without training.")
+    c.add_argument("--suite", required=True, help="the local suite (a key of suites)")
+    c.add_argument("--out", required=True, help="e.g. data/reference/<suite>")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--results", default=None, help="default: results/<suite>")
 
     c = _add(sub, "heldout-manifest", _cmd_heldout_manifest,
              "the held-out corpus file list (hub suites)")
