@@ -139,8 +139,8 @@ class LocalSource(MeasuredSource):
 
     def config_json(self, model):
         spec = madyn_params.model_spec(SUITE_CFG, model)
-        return madyn_resources.model_config_dict(spec,
-                                                 madyn_params.vocab_size(SUITE_CFG["corpus"]))
+        return madyn_resources.model_config_dict(
+            spec, madyn_params.vocab_size(SUITE_CFG["corpus"]), SUITE_CFG["train"]["seq_len"])
 
     def export_config(self, model):
         """Where the released export's config.json comes from: the last checkpoint."""
