@@ -44,7 +44,7 @@ def effects(res: Path) -> None:
     if not p.exists():
         return
     t = pd.read_csv(p)
-    keep = t[t["quantity"].isin(["first_token_share", "max_first_peak_ratio",
+    keep = t[t["quantity"].isin(["first_token_share", "max_first_peak_ratio", "max_sink_mass",
                                  "final_sink_mass", "final_ratio", "final_kurtosis"])]
     print("\n| design | quantity | base | design | ratio [95% interval] |")
     print("|---|---|---|---|---|")

@@ -38,6 +38,9 @@ QUANTITIES: dict[str, tuple[str, str, str]] = {
                           "first-token massive activation (madyn.kinds) at the last "
                           "unflagged checkpoint (NaN where kinds are unknown)",
                           "fraction (0-1)"),
+    "max_sink_mass": ("series", "attention mass on position 0, the largest over layers "
+                      "(sinks form in one layer, which a median hides), at the last "
+                      "unflagged checkpoint", "fraction (0-1)"),
     "max_first_peak_ratio": ("series", "largest entry at position 0 over the median |h|, "
                              "the largest over layers, at the last unflagged checkpoint",
                              "dimensionless"),
@@ -109,6 +112,9 @@ def model_quantities(series: pd.DataFrame, fits: pd.DataFrame) -> dict[str, floa
     for name, stat in _SERIES_STATS.items():
         out[name] = _median_finite(last.loc[last["statistic"] == stat, "mean"])
     out["first_token_share"] = first_token_share(last)
+    sink = last.loc[last["statistic"] == "sink_mass", "mean"].to_numpy(dtype=float)
+    sink = sink[np.isfinite(sink)]
+    out["max_sink_mass"] = float(sink.max()) if len(sink) else math.nan
     peak = last.loc[last["statistic"] == "first_peak_ratio", "mean"].to_numpy(dtype=float)
     peak = peak[np.isfinite(peak)]
     out["max_first_peak_ratio"] = float(peak.max()) if len(peak) else math.nan
