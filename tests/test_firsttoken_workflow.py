@@ -36,7 +36,7 @@ def test_synthetic_suite_then_reference_round_trip(tmp_path):
                                           for m in cfg["suites"]["ft"]["models"]]}
     cfg["fit"]["n_starts"] = 1
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg))
-    r = _snakemake(proj, "--cores", "2", "--config", "suite=ft", "extract_all")
+    r = _snakemake(proj, "suite_all", "extract_all", "--cores", "2", "--config", "suite=ft")
     assert r.returncode == 0, r.stderr[-3000:]
     res = proj / "results" / "ft"
     bos = read_json(res / "corpus" / "manifest.json")["bos_id"]
@@ -48,7 +48,7 @@ def test_synthetic_suite_then_reference_round_trip(tmp_path):
 
     r = _run(["madyn", "make-reference", "--suite", "ft", "--out", "data/reference/ft"], proj)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _snakemake(proj, "--cores", "2", "--config", "suite=ft-ref", "extract_all")
+    r = _snakemake(proj, "extract_all", "--cores", "2", "--config", "suite=ft-ref")
     assert r.returncode == 0, r.stderr[-3000:]
     back = read_json(proj / "results" / "ft-ref" / "metrics" / "growth.json")
     for m in ("base-s0", "nobos-s0"):
