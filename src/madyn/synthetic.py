@@ -68,7 +68,8 @@ def transition_matrix(spec: SyntheticSpec) -> np.ndarray:
     """The bigram chain's transition matrix, ``vocab x vocab``, rows summing to 1.
 
     Each row is a Dirichlet(alpha) draw over non-triggers scaled to ``1 - trigger_mass``
-    and a Dirichlet(alpha) draw over triggers scaled to ``trigger_mass``.
+    and a Dirichlet(max(alpha, 1)) draw over triggers scaled to ``trigger_mass`` (so that
+    every trigger occurs, not one per row).
     """
     rng = np.random.default_rng([spec.seed, 7919])
     v, k = spec.vocab, spec.n_triggers
