@@ -123,4 +123,5 @@ def test_planning_config_counts_every_family_exactly(family):
 
     spec = ModelSpec("x", 3, 64, 4, family=family)
     real = getattr(transformers, FAMILIES[family])(model_config(spec, 300, 32, 0))
-    assert n_params(model_config_dict(spec, 300)) == sum(p.numel() for p in real.parameters())
+    assert n_params(model_config_dict(spec, 300, 32)) == sum(p.numel()
+                                                             for p in real.parameters())

@@ -233,7 +233,7 @@ def test_family_configs_are_the_trainers():
     seen = {f: design(_config(f)) for f in FAMILIES}
     assert {f: (a["norm"], a["qk_norm"]) for f, a in seen.items()} == {
         "neox": ("pre", False), "llama": ("pre", False), "qwen3": ("pre", True),
-        "olmo2": ("post", True)}
+        "olmo2": ("post", True), "gpt2": ("pre", False)}
 
 
 def test_cli_predict_says_when_the_design_is_not_used(tmp_path):

@@ -56,6 +56,32 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synthetic_corpus(args: argparse.Namespace) -> int:
+    from madyn.stages import suite
+
+    suite.synthetic_corpus(args.out, args.spec_json)
+    return 0
+
+
+def _cmd_make_reference(args: argparse.Namespace) -> int:
+    from madyn import params_file
+    from madyn.reference import make_reference
+
+    cfg = params_file.load(args.params)
+    if args.suite not in cfg["suites"]:
+        raise SystemExit(f"madyn make-reference: --suite: no suite {args.suite!r} in "
+                         f"{args.params}")
+    results = args.results or f"{params_file.results_dir({**cfg, 'suite': args.suite})}"
+    try:
+        m = make_reference(results, args.out, args.suite, cfg["suites"][args.suite],
+                           remake=f"snakemake --cores 2 --config suite={args.suite}")
+    except ValueError as e:
+        raise SystemExit(f"madyn make-reference: {e}") from None
+    _say(f"reference {args.out}: {len(m['models'])} models, {m['size_bytes'] / 1e6:.2f} MB, "
+         f"trained in {m['training']['wall_minutes']} min wall")
+    return 0
+
+
 def _cmd_heldout_manifest(args: argparse.Namespace) -> int:
     from madyn.stages import suite
 
@@ -101,7 +127,8 @@ def _cmd_eval_tokens(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
     extract.eval_tokens(args.corpus_manifest, args.tokenizer, args.out, n_seqs=args.n_seqs,
-                        seq_len=args.seq_len, seed=args.seed, revision=args.revision)
+                        seq_len=args.seq_len, seed=args.seed, revision=args.revision,
+                        bos=args.bos)
     return 0
 
 
@@ -370,6 +397,24 @@ def _suite_parsers(sub) -> None:
     c.add_argument("--vocab-size", type=int, required=True)
     c.add_argument("--root", default=None, help="source tree (default: this Python's stdlib)")
 
+    c = _add(sub, "synthetic-corpus", _cmd_synthetic_corpus,
+             "write a synthetic corpus's manifest and word-level tokenizer",
+             "Bigram-Backcopy or a plain bigram chain (madyn.synthetic): the parameters (a "
+             "suite's `corpus` in params.yaml, as JSON) go into manifest.json; training "
+             "batches and the evaluation batch are drawn from them.")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--spec-json", required=True, help="the synthetic corpus's parameters")
+
+    c = _add(sub, "make-reference", _cmd_make_reference,
+             "commit a local suite's statistics as a released-layout reference",
+             "Copies results/<suite>/released (exp2 files, config.json, extremes.csv) to OUT "
+             "with a manifest (recipe, corpus, versions, hardware, training minutes); a "
+             "`released` suite over OUT reads it back without training.")
+    c.add_argument("--suite", required=True, help="the local suite (a key of suites)")
+    c.add_argument("--out", required=True, help="e.g. data/reference/<suite>")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--results", default=None, help="default: results/<suite>")
+
     c = _add(sub, "heldout-manifest", _cmd_heldout_manifest,
              "the held-out corpus file list (hub suites)")
     c.add_argument("--out", required=True)
@@ -448,6 +493,8 @@ def _extract_parsers(sub) -> None:
              "with TOKENIZER; writes an N x T .npy.")
     c.add_argument("--corpus-manifest", required=True)
     c.add_argument("--tokenizer", required=True, help="local tokenizer dir or hub repo id")
+    c.add_argument("--no-bos", dest="bos", action="store_false", default=None,
+                   help="synthetic corpora: sequences without the BOS token")
     c.add_argument("--revision", default=None)
     c.add_argument("--n-seqs", type=_positive_int, required=True)
     c.add_argument("--seq-len", type=_positive_int, required=True)

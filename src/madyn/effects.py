@@ -34,6 +34,16 @@ QUANTITIES: dict[str, tuple[str, str, str]] = {
     "final_cos_sim": ("series", "mean off-diagonal token cosine similarity at the last "
                       "unflagged checkpoint (signal propagation; 1 = rank collapse)",
                       "dimensionless"),
+    "first_token_share": ("series", "share of layers whose largest activation is a "
+                          "first-token massive activation (madyn.kinds) at the last "
+                          "unflagged checkpoint (NaN where kinds are unknown)",
+                          "fraction (0-1)"),
+    "max_sink_mass": ("series", "attention mass on position 0, the largest over layers "
+                      "(sinks form in one layer, which a median hides), at the last "
+                      "unflagged checkpoint", "fraction (0-1)"),
+    "max_first_peak_ratio": ("series", "largest entry at position 0 over the median |h|, "
+                             "the largest over layers, at the last unflagged checkpoint",
+                             "dimensionless"),
 }
 
 _FIT_COLUMNS = ("model", "quantity", "layer", "is_winner", "success", "final_value",
@@ -101,7 +111,24 @@ def model_quantities(series: pd.DataFrame, fits: pd.DataFrame) -> dict[str, floa
     last = last_unflagged(series)
     for name, stat in _SERIES_STATS.items():
         out[name] = _median_finite(last.loc[last["statistic"] == stat, "mean"])
+    out["first_token_share"] = first_token_share(last)
+    sink = last.loc[last["statistic"] == "sink_mass", "mean"].to_numpy(dtype=float)
+    sink = sink[np.isfinite(sink)]
+    out["max_sink_mass"] = float(sink.max()) if len(sink) else math.nan
+    peak = last.loc[last["statistic"] == "first_peak_ratio", "mean"].to_numpy(dtype=float)
+    peak = peak[np.isfinite(peak)]
+    out["max_first_peak_ratio"] = float(peak.max()) if len(peak) else math.nan
     return {q: out[q] for q in QUANTITIES}
+
+
+def first_token_share(last: pd.DataFrame) -> float:
+    """Share of layers of kind ``first_token`` in one checkpoint's series rows (NaN when
+    the series has no kinds or they are all unknown)."""
+    if "kind" not in last.columns:
+        return math.nan
+    kinds = last.drop_duplicates("layer")["kind"]
+    kinds = kinds[kinds != "unknown"]
+    return float((kinds == "first_token").mean()) if len(kinds) else math.nan
 
 
 def _cell_rng(seed: int, design: str, quantity: str) -> np.random.Generator:

@@ -282,7 +282,7 @@ def model_names(suite: dict) -> list[str]:
 # model-entry keys that override the suite's train recipe (several seeds of one design
 # point are several model entries)
 TRAIN_OVERRIDES = ("lr", "eps", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
-                   "seed")
+                   "seed", "bos")
 
 
 def design_label(entry: dict) -> str:
@@ -343,6 +343,17 @@ def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
         m = model_entry(suite, name)
         t.update({k: m[k] for k in TRAIN_OVERRIDES if k in m})
     return TrainSpec(**t)
+
+
+def is_synthetic(suite: dict) -> bool:
+    """Whether a suite trains on a synthetic corpus (its ``corpus`` has a ``kind``)."""
+    return "kind" in suite.get("corpus", {})
+
+
+def vocab_size(corpus: dict) -> int:
+    """Embedding rows of a suite's models: the text corpus's ``vocab_size``, or a
+    synthetic corpus's ``vocab`` plus its (always reserved) BOS token."""
+    return corpus["vocab"] + 1 if "kind" in corpus else corpus["vocab_size"]
 
 
 def steps(suite: dict) -> list[int]:

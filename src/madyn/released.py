@@ -181,6 +181,60 @@ def write_exp2(df: pd.DataFrame, path: str | Path) -> None:
         tmp.write_text(repr(from_table(df).tolist()) + "\n")
 
 
+# madyn's own addition beside the study's layout: per (step, seq, layer) where the top1 entry
+# sits and the extreme-token statistics, so a released suite can classify its layers
+EXTREMES = "extremes.csv"
+EXTREME_COLUMNS = ["top1_token", "top1_channel", "first_norm_ratio", "first_peak_ratio",
+                   "ratio_excl_token", "channel_share", "sink_mass"]
+
+
+def extremes_path(root: str | Path, model: str) -> Path:
+    """``{root}/{model}/extremes.csv`` (madyn's sidecar; the study's files have none)."""
+    return Path(root) / model / EXTREMES
+
+
+def write_extremes(tables: dict[int, pd.DataFrame], path: str | Path) -> None:
+    """Write the :data:`EXTREME_COLUMNS` present in the tables (step -> seq x layer table)
+    as one CSV (step, seq, layer, ...; 5 significant digits), atomically."""
+    from madyn.io import atomic_path
+
+    parts = []
+    for step, df in sorted(tables.items()):
+        cols = [c for c in EXTREME_COLUMNS if c in df.columns]
+        if {"top1_token", "top1_channel"} <= set(cols):
+            parts.append(df[["seq", "layer", *cols]].assign(step=int(step)))
+    if not parts:
+        return
+    out = pd.concat(parts, ignore_index=True)
+    out = out[["step", "seq", "layer", *[c for c in EXTREME_COLUMNS if c in out.columns]]]
+    for c in ("step", "seq", "layer", "top1_token", "top1_channel"):
+        out[c] = out[c].astype(int)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.5g")
+
+
+def read_extremes(path: str | Path) -> dict[int, pd.DataFrame]:
+    """A sidecar written by :func:`write_extremes`: step -> table (seq, layer, columns);
+    {} when there is none. Only numeric columns of :data:`EXTREME_COLUMNS` are kept;
+    anything else is refused with MalformedStats naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        df = pd.read_csv(p)
+    except (OSError, ValueError) as e:
+        raise MalformedStats(f"{p}: not a readable CSV ({e})") from None
+    need = {"step", "seq", "layer", "top1_token", "top1_channel"}
+    if not need <= set(df.columns):
+        raise MalformedStats(f"{p}: lacks columns {sorted(need - set(df.columns))}")
+    keep = ["step", "seq", "layer", *[c for c in EXTREME_COLUMNS if c in df.columns]]
+    df = df[keep]
+    if not all(pd.api.types.is_numeric_dtype(df[c]) for c in keep):
+        raise MalformedStats(f"{p}: non-numeric values")
+    return {int(s): g.drop(columns="step").reset_index(drop=True)
+            for s, g in df.groupby("step")}
+
+
 def scan(root: str | Path) -> dict[str, dict[int, Path]]:
     """Models and steps of a released folder: model -> step -> file path."""
     out: dict[str, dict[int, Path]] = {}

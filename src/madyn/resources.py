@@ -24,14 +24,15 @@ LOAD_BYTES_PER_S = 2e8  # reading weights from disk into memory
 UNKNOWN_PARAMS = 12_000_000_000  # no config at planning time: assume the largest Pythia
 
 
-def model_config_dict(spec, vocab_size: int) -> dict:
+def model_config_dict(spec, vocab_size: int, seq_len: int = 2048) -> dict:
     """The config.json of a madyn-trained model of any family (as ``suite.model_config``
     builds it), without importing transformers: what :func:`n_params` and the feature
-    table read."""
+    table read. ``seq_len``: the training context (the size of gpt2's learned position
+    table; the rotary families hold no parameters for it)."""
     from madyn.training import FAMILIES, config_kwargs
 
     return {"architectures": [FAMILIES[spec.family]],
-            **config_kwargs(spec, vocab_size, 2048, 0)}
+            **config_kwargs(spec, vocab_size, seq_len, 0)}
 
 
 def cached_hub_config(repo: str) -> dict | None:

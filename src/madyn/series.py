@@ -1,7 +1,10 @@
 """Per-model time series (step x layer x statistic) and checkpoint integrity.
 
 The series table is tidy: one row per (step, layer, statistic) with ``mean``, ``std``
-and ``sem`` over sequences, plus ``n`` (sequences with finite values). Two ratios:
+and ``sem`` over sequences, plus ``n`` (sequences with finite values), and the layer's
+classification at that step (:mod:`madyn.kinds`: ``kind`` in first_token / feature / none
+/ unknown, ``kind_position``, ``kind_channel``, ``position_share``,
+``channel_agreement``), repeated on each of its rows. Two ratios:
 
 - ``ratio``: the mean over sequences of per-sequence top1/median (what the fits use: it
   matches the study, which fits the ratio series of per-sequence ratios averaged);
@@ -15,6 +18,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from madyn.kinds import classify
 from madyn.stats_table import STAT_COLUMNS
 
 SERIES_STATS = [c for c in STAT_COLUMNS if c not in ("top1_token", "top1_channel")]
@@ -35,6 +39,7 @@ def checkpoint_series(stats: pd.DataFrame, step: int) -> pd.DataFrame:
                         "std": np.nan, "n": stats.groupby("layer").size().to_numpy(),
                         "sem": np.nan})
     out = pd.concat([out, rom], ignore_index=True)
+    out = out.merge(classify(stats), on="layer", how="left")
     out.insert(0, "step", int(step))
     return out
 
@@ -141,7 +146,29 @@ def growth_summary(series_by_model: dict[str, pd.DataFrame], statistic: str = "r
             "growth_per_layer": g.round(3).tolist(),
             "growth_middle_mean": round(float(g[middle].mean()), 3),
             "growth_from_min_per_layer": (last / wide.min()).round(3).tolist(),
+            **final_kinds(series),
         }
+    return out
+
+
+def final_kinds(series: pd.DataFrame) -> dict:
+    """The classification of each layer at the last unflagged checkpoint
+    (:mod:`madyn.kinds`): ``kind_per_layer``, ``position_per_layer``,
+    ``channel_per_layer`` and, where measured, ``ratio_excl_token_per_layer`` and
+    ``sink_mass_per_layer`` (means over sequences); empty for a series without kinds."""
+    if "kind" not in series.columns:
+        return {}
+    d = series[~series["flagged"]]
+    last = d[d["step"] == d["step"].max()]
+    per_layer = last.drop_duplicates("layer").sort_values("layer")
+    out = {"kind_per_layer": per_layer["kind"].tolist(),
+           "position_per_layer": per_layer["kind_position"].astype(int).tolist(),
+           "channel_per_layer": per_layer["kind_channel"].astype(int).tolist()}
+    for stat in ("ratio_excl_token", "sink_mass"):
+        v = last[last["statistic"] == stat].sort_values("layer")["mean"]
+        if len(v) and v.notna().any():
+            out[f"{stat}_per_layer"] = [None if not np.isfinite(x) else round(float(x), 3)
+                                        for x in v]
     return out
 
 
@@ -150,7 +177,8 @@ def layer_summary(series_by_model: dict[str, pd.DataFrame], n_params: dict[str, 
     """One row per (model, layer) for cross-model figures, from the observed series
     (flagged checkpoints left out): ``rel_depth`` = (layer + 1) / L, ``n_params``,
     ``peak_step`` / ``peak_ratio`` (step and value of the largest mean top1/median over
-    training), ``final_ratio`` (at the last checkpoint), ``final_kurtosis``."""
+    training), ``final_ratio`` (at the last checkpoint), ``final_kurtosis``, ``final_kind``
+    (:mod:`madyn.kinds` at the last checkpoint; ``unknown`` without kinds)."""
     rows = []
     for model, series in series_by_model.items():
         d = series[~series["flagged"]]
@@ -167,6 +195,15 @@ def layer_summary(series_by_model: dict[str, pd.DataFrame], n_params: dict[str, 
                          "peak_step": int(col.idxmax()), "peak_ratio": float(col.max()),
                          "final_ratio": float(col.iloc[-1]),
                          "final_kurtosis": (float(kurt[layer].dropna().iloc[-1])
-                                            if layer in kurt else np.nan)})
+                                            if layer in kurt else np.nan),
+                         "final_kind": _kind_at(d, int(layer), int(col.index[-1]))})
     return pd.DataFrame(rows).sort_values(["n_params", "model", "layer"],
                                           ignore_index=True)
+
+
+def _kind_at(series: pd.DataFrame, layer: int, step: int) -> str:
+    """A layer's kind at ``step`` (``unknown`` for a series without kinds)."""
+    if "kind" not in series.columns:
+        return "unknown"
+    k = series.loc[(series["layer"] == layer) & (series["step"] == step), "kind"]
+    return str(k.iloc[0]) if len(k) else "unknown"

@@ -137,6 +137,12 @@ def layer_stats(h, to_numpy: bool = True) -> dict:
         "first_norm_ratio": norms[:, 0] / norms.median(dim=1).values,
         "first_peak_ratio": a[:, :d].amax(1) / median,
     }
+    tok_max, tok_arg = at.max(dim=2)  # B x T: each token's largest |h| and its channel
+    top_tok = out["top1_token"]
+    others = tok_max.scatter(1, top_tok[:, None], 0.0)  # the top1 token left out
+    out["ratio_excl_token"] = others.amax(1) / median if t > 1 else torch.full_like(median,
+                                                                                    float("nan"))
+    out["channel_share"] = (tok_arg == out["top1_channel"][:, None]).float().mean(1)
     if not to_numpy:
         return out
     return {k: v.double().cpu().numpy() for k, v in out.items()}
@@ -241,6 +247,12 @@ def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int, norms: np.ndarray) -
     median = _lower_medians(flat)
     top = _top3(flat, token_max)
     f64 = np.float64
+    top_tok, top_ch = idx // d, idx % d
+    rows = np.arange(b)
+    others = token_max.copy()
+    others[rows, top_tok] = 0.0  # the top1 token left out
+    excl = others.max(axis=1).astype(f64) / median if t > 1 else np.full(b, np.nan)
+    share = (np.argmax(a, axis=2) == top_ch[:, None]).mean(axis=1)
     return {
         "top1": top[:, 0].astype(f64), "top2": top[:, 1].astype(f64),
         "top3": top[:, 2].astype(f64), "median": median.astype(f64),
@@ -251,6 +263,7 @@ def _cpu_finish(a: np.ndarray, usum_sq: np.ndarray, t: int, norms: np.ndarray) -
         "nonfinite": nonfinite.astype(f64),
         "first_norm_ratio": norms[:, 0].astype(f64) / norm_median,
         "first_peak_ratio": first_peak.astype(f64) / median,
+        "ratio_excl_token": excl, "channel_share": share.astype(f64),
     }
 
 

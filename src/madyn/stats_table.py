@@ -33,6 +33,14 @@ Extreme-token metrics (position 0, where attention sinks and massive activations
 - ``first_peak_ratio``: max_j |h_0j| / ``median`` (position 0's largest entry against the
   median |h| of all T x D entries): large when a massive activation sits at the first
   token, not when a feature outlier is present at every token (see ``mmr``).
+- ``ratio_excl_token``: the ratio with the top1 token left out: the largest |h| at any
+  other token over ``median``. Near ``ratio`` when the outlier is a feature dimension
+  (large at many tokens); well below it when one token holds it (a massive activation).
+- ``channel_share``: the fraction of tokens whose largest |h| lies in ``top1_channel``:
+  near 1 for a feature outlier (the same channel at every token), near 1/D at init.
+
+:mod:`madyn.kinds` classifies each (layer, checkpoint) from these columns over the
+evaluation sequences: ``first_token``, ``feature`` or ``none``.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ import pandas as pd
 
 STAT_COLUMNS = ["top1", "top2", "top3", "median", "ratio", "top1_token", "top1_channel",
                 "kurtosis", "mmr", "cos_sim", "mlp_active_token", "mlp_active_seq",
-                "nonfinite", "sink_mass", "first_norm_ratio", "first_peak_ratio"]
+                "nonfinite", "sink_mass", "first_norm_ratio", "first_peak_ratio",
+                "ratio_excl_token", "channel_share"]
 
 
 

@@ -28,8 +28,10 @@ FAMILIES = {
     "llama": "LlamaForCausalLM",  # pre-RMSNorm, SwiGLU MLP
     "qwen3": "Qwen3ForCausalLM",  # Llama plus QK-norm (RMSNorm of q and k per head)
     "olmo2": "Olmo2ForCausalLM",  # RMSNorm after each sub-block (not before), plus QK-norm
+    "gpt2": "GPT2LMHeadModel",  # learned absolute positions, pre-LayerNorm, GeLU MLP, biases
 }
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class ModelSpec:
 
     ``family``: a key of :data:`FAMILIES`; ``parallel_residual`` applies to ``neox`` only
     (True = Pythia: attention and MLP read the same input; False = sequential).
-    ``rotary_pct``: fraction of each head rotated (neox only; the other families rotate all).
+    ``rotary_pct``: fraction of each head rotated (neox only; gpt2 has learned absolute
+    positions instead, the other families rotate all).
     """
 
     name: str
@@ -49,6 +52,7 @@ class ModelSpec:
     rotary_pct: float = 0.25
     family: str = "neox"
     parallel_residual: bool = True
+    rope_theta: float = 10000.0  # rotary base (llama, qwen3, olmo2); huge: nearly no rotation
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -78,6 +82,8 @@ class TrainSpec:
     optimizer: str = "adamw"  # adamw (lr, beta1, beta2, eps, weight_decay) or sgd
     eps: float = 1e-8  # AdamW's epsilon
     momentum: float = 0.9  # SGD's (heavy-ball) momentum
+    bos: bool | None = None  # synthetic corpora: a BOS token at position 0 (None: the corpus's)
+    schedule: str = "cosine"  # cosine (to min_lr_ratio * lr) or constant, after the warmup
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +91,9 @@ class TrainSpec:
                              f"{', '.join(OPTIMIZERS)}")
         if not self.eps > 0:
             raise ValueError(f"train.eps: {self.eps} must be > 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule: {self.schedule!r} is not one of "
+                             f"{', '.join(SCHEDULES)}")
 
 
 def checkpoint_steps(steps: int, log_until: int, every: int) -> list[int]:
@@ -119,6 +128,13 @@ def config_kwargs(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int) -
               "intermediate_size": spec.ff_mult * spec.width,
               "max_position_embeddings": seq_len, "tie_word_embeddings": False,
               "attention_dropout": 0.0, "bos_token_id": eot_id, "eos_token_id": eot_id}
+    if spec.family == "gpt2":
+        return {"model_type": "gpt2", "vocab_size": vocab_size, "n_embd": spec.width,
+                "n_layer": spec.layers, "n_head": spec.heads,
+                "n_inner": spec.ff_mult * spec.width, "n_positions": seq_len,
+                "activation_function": "gelu_new", "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                "attn_pdrop": 0.0, "tie_word_embeddings": False, "bos_token_id": eot_id,
+                "eos_token_id": eot_id}
     if spec.family == "neox":
         return {"model_type": "gpt_neox", **common, "hidden_act": "gelu",
                 "rotary_pct": spec.rotary_pct, "use_parallel_residual": spec.parallel_residual,
@@ -127,7 +143,7 @@ def config_kwargs(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int) -
     return {"model_type": model_type, **common, "hidden_act": "silu",
             "num_key_value_heads": spec.heads, "head_dim": spec.width // spec.heads,
             "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+            "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta}}
 
 
 def model_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
@@ -136,7 +152,8 @@ def model_config(spec: ModelSpec, vocab_size: int, seq_len: int, eot_id: int):
 
     kw = config_kwargs(spec, vocab_size, seq_len, eot_id)
     cls = {"gpt_neox": transformers.GPTNeoXConfig, "llama": transformers.LlamaConfig,
-           "qwen3": transformers.Qwen3Config, "olmo2": transformers.Olmo2Config}
+           "qwen3": transformers.Qwen3Config, "olmo2": transformers.Olmo2Config,
+           "gpt2": transformers.GPT2Config}
     config = cls[kw.pop("model_type")](**kw)
     config.architectures = [FAMILIES[spec.family]]
     return config
@@ -154,6 +171,27 @@ def design_record(spec: ModelSpec, train: TrainSpec) -> dict:
             "norm": "post" if spec.family == "olmo2" else "pre",
             "qk_norm": spec.family in ("qwen3", "olmo2"),
             "optimizer": train.optimizer, "optimizer_params": opt, "seed": train.seed}
+
+
+def spec_record(spec: ModelSpec) -> dict:
+    """``spec`` as plain values, ``rope_theta`` left out at its default (so that suites
+    that never set it keep their records and Snakemake parameters)."""
+    d = dict(spec.__dict__)
+    if d["rope_theta"] == 10000.0:
+        del d["rope_theta"]
+    return d
+
+
+def train_record(train: TrainSpec) -> dict:
+    """``train`` as plain values, leaving out the synthetic-corpus fields at their defaults
+    (``bos`` None, ``schedule`` cosine), so that suites that never set them keep the
+    records (and Snakemake parameters) they had before these fields existed."""
+    d = dict(train.__dict__)
+    if d["bos"] is None:
+        del d["bos"]
+    if d["schedule"] == "cosine":
+        del d["schedule"]
+    return d
 
 
 def recipe(design: dict) -> dict:
@@ -192,9 +230,12 @@ def train_cost(spec: ModelSpec) -> int:
 
 
 def lr_at(step: int, t: TrainSpec) -> float:
-    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr`` (``schedule: constant``:
+    the peak lr after the warmup)."""
     if step < t.warmup:
         return t.lr * (step + 1) / t.warmup
+    if t.schedule == "constant":
+        return t.lr
     frac = (step - t.warmup) / max(1, t.steps - t.warmup)
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
@@ -235,6 +276,27 @@ def _remove_stale_checkpoints(out_dir: Path) -> None:
             shutil.rmtree(d)
 
 
+def _batch_source(corpus_dir: Path, train: TrainSpec):
+    """A function rng -> the next training batch (B x T int64): random windows of the text
+    corpus's ``train.npy``, or fresh sequences of a synthetic corpus (its manifest's
+    parameters; ``train.bos`` overrides its BOS token), drawn in order from the seed."""
+    manifest = read_json(corpus_dir / "manifest.json")
+    if manifest.get("source") == "synthetic":
+        from madyn import synthetic
+
+        spec = synthetic.spec_of(manifest, bos=train.bos)
+        stream = synthetic.batches(spec, train.batch_size, train.seq_len, seed=train.seed)
+        return lambda rng: next(stream)
+    data = np.load(corpus_dir / "train.npy", mmap_mode="r")
+    if data.size <= train.seq_len:
+        raise ValueError(f"corpus too small for seq_len {train.seq_len}")
+
+    def windows(rng) -> np.ndarray:
+        starts = rng.integers(0, data.size - train.seq_len, size=train.batch_size)
+        return np.stack([data[s:s + train.seq_len] for s in starts]).astype(np.int64)
+    return windows
+
+
 def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
                 out_dir: str | Path, threads: int = 1) -> dict:
     """Train ``spec`` from scratch and write ``out_dir/step{N}/`` checkpoints.
@@ -268,9 +330,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
 
     tok_dir = corpus_dir / "tokenizer"
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    data = np.load(corpus_dir / "train.npy", mmap_mode="r")
-    if data.size <= train.seq_len:
-        raise ValueError(f"corpus too small for seq_len {train.seq_len}")
+    next_batch = _batch_source(corpus_dir, train)
     config = model_config(spec, len(tok), train.seq_len, tok.eos_token_id)
     model = getattr(transformers, FAMILIES[spec.family])(config)
     model.train()
@@ -292,9 +352,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
             _save_checkpoint(model, tok_dir, checkpoint_dir(out_dir, step), meta)
         if step == train.steps:
             break
-        starts = rng.integers(0, data.size - train.seq_len, size=train.batch_size)
-        batch = np.stack([data[s:s + train.seq_len] for s in starts]).astype(np.int64)
-        x = torch.from_numpy(batch)  # B x T token ids; HF shifts labels internally
+        x = torch.from_numpy(next_batch(rng))  # B x T ids; HF shifts labels internally
         for g in opt.param_groups:
             g["lr"] = lr_at(step, train)
         loss = model(input_ids=x, labels=x).loss
@@ -309,9 +367,9 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
     loss_every = max(1, len(losses) // 200)  # about 200 points of the training loss
     manifest = {
         "model": spec.name,
-        "architecture": spec.__dict__,
+        "architecture": spec_record(spec),
         "n_params": n_params,
-        "train": train.__dict__,
+        "train": train_record(train),
         "design": design,
         "threads": threads,
         "steps": schedule,

@@ -14,7 +14,7 @@ from madyn import released as madyn_released
 from madyn import resources as madyn_resources
 from madyn import runs as madyn_runs
 from madyn.settings import ExtractSettings
-from madyn.training import checkpoint_dir, train_cost
+from madyn.training import checkpoint_dir, spec_record, train_cost, train_record
 
 try:
     madyn_params.validate(config)
@@ -27,6 +27,7 @@ MODELS = madyn_params.model_names(SUITE_CFG)
 RESULTS = madyn_params.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
 FEATURES = madyn_params.feature_table(config)
+SYNTHETIC = madyn_params.is_synthetic(SUITE_CFG)  # a synthetic corpus (madyn.synthetic)
 NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 
@@ -121,7 +122,10 @@ class LocalSource(MeasuredSource):
     measure_jobs = "model"
 
     def tokenizer(self, model):
-        return "corpus"
+        """``corpus``, or ``corpus-nobos`` for a model trained without a synthetic
+        corpus's BOS token (its evaluation batch has none either)."""
+        bos = madyn_params.train_spec(SUITE_CFG, model).bos
+        return "corpus-nobos" if SYNTHETIC and bos is False else "corpus"
 
     def tokenizer_arg(self, tokenizer):
         return f"{RESULTS}/corpus/tokenizer"
@@ -137,7 +141,8 @@ class LocalSource(MeasuredSource):
 
     def config_json(self, model):
         spec = madyn_params.model_spec(SUITE_CFG, model)
-        return madyn_resources.model_config_dict(spec, SUITE_CFG["corpus"]["vocab_size"])
+        return madyn_resources.model_config_dict(
+            spec, madyn_params.vocab_size(SUITE_CFG["corpus"]), SUITE_CFG["train"]["seq_len"])
 
     def export_config(self, model):
         """Where the released export's config.json comes from: the last checkpoint."""

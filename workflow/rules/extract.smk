@@ -30,6 +30,7 @@ rule eval_tokens:
         n_seqs=EXTRACT.get("n_seqs"),
         seq_len=EXTRACT.get("seq_len"),
         seed=EXTRACT.get("seed"),
+        bos=lambda wc: ["--no-bos"] if wc.tokenizer == "corpus-nobos" else [],
     resources:
         mem_mb=2000,
     log:
@@ -39,14 +40,14 @@ rule eval_tokens:
     shell:
         "madyn eval-tokens --corpus-manifest {input:q} --tokenizer {params.tok:q} "
         "--n-seqs {params.n_seqs:q} --seq-len {params.seq_len:q} --seed {params.seed:q} "
-        "--out {output:q} 2> {log:q}"
+        "{params.bos:q} --out {output:q} 2> {log:q}"
 
 
 rule extract_model:
     # every checkpoint of one trained model in one process; a table already measured
     # from the same weights and tokens is kept (update: Snakemake does not delete them)
     input:
-        tokens=f"{RESULTS}/eval/tokens_corpus.npy",
+        tokens=lambda wc: f"{RESULTS}/eval/tokens_{SRC.tokenizer(wc.model)}.npy",
         manifest=model_manifest("{model}"),
         weights=lambda wc: [f"{RESULTS}/models/{wc.model}/step{s}/model.safetensors"
                             for s in MODEL_STEPS[wc.model]],

@@ -2,24 +2,46 @@
 # train (local) ask for these outputs; hub and released suites have nothing to train.
 
 
-rule corpus:
-    output:
-        manifest=f"{RESULTS}/corpus/manifest.json",
-        train=f"{RESULTS}/corpus/train.npy",
-        heldout=f"{RESULTS}/corpus/heldout.npy",
-    params:
-        corpus=SUITE_CFG.get("corpus", {}),
-        outdir=lambda wc, output: os.path.dirname(output.manifest),
-    resources:
-        mem_mb=2000,
-    log:
-        f"{RESULTS}/logs/corpus.log",
-    conda:
-        ENV
-    shell:
-        "madyn corpus --out {params.outdir:q} --max-mb {params.corpus[max_mb]:q} "
-        "--heldout-fraction {params.corpus[heldout_fraction]:q} "
-        "--vocab-size {params.corpus[vocab_size]:q} 2> {log:q}"
+if SYNTHETIC:
+
+    rule corpus:
+        # a synthetic corpus (madyn.synthetic): its parameters and a word-level tokenizer;
+        # training batches and the evaluation batch are drawn from the parameters
+        output:
+            manifest=f"{RESULTS}/corpus/manifest.json",
+        params:
+            spec=json.dumps(SUITE_CFG.get("corpus", {})),
+            outdir=lambda wc, output: os.path.dirname(output.manifest),
+        resources:
+            mem_mb=1000,
+        log:
+            f"{RESULTS}/logs/corpus.log",
+        conda:
+            ENV
+        shell:
+            "madyn synthetic-corpus --out {params.outdir:q} --spec-json {params.spec:q} "
+            "2> {log:q}"
+
+else:
+
+    rule corpus:
+        output:
+            manifest=f"{RESULTS}/corpus/manifest.json",
+            train=f"{RESULTS}/corpus/train.npy",
+            heldout=f"{RESULTS}/corpus/heldout.npy",
+        params:
+            corpus=SUITE_CFG.get("corpus", {}),
+            outdir=lambda wc, output: os.path.dirname(output.manifest),
+        resources:
+            mem_mb=2000,
+        log:
+            f"{RESULTS}/logs/corpus.log",
+        conda:
+            ENV
+        shell:
+            "madyn corpus --out {params.outdir:q} --max-mb {params.corpus[max_mb]:q} "
+            "--heldout-fraction {params.corpus[heldout_fraction]:q} "
+            "--vocab-size {params.corpus[vocab_size]:q} 2> {log:q}"
 
 
 rule train:
@@ -34,8 +56,9 @@ rule train:
         model=one_of(TRAINED),
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
-        spec=lambda wc: json.dumps(madyn_params.model_spec(SUITE_CFG, wc.model).__dict__),
-        train=lambda wc: json.dumps(madyn_params.train_spec(SUITE_CFG, wc.model).__dict__),
+        spec=lambda wc: json.dumps(spec_record(madyn_params.model_spec(SUITE_CFG, wc.model))),
+        train=lambda wc: json.dumps(
+            train_record(madyn_params.train_spec(SUITE_CFG, wc.model))),
         corpus=lambda wc, input: os.path.dirname(input[0]),
     threads: SUITE_CFG.get("threads", 1)
     resources:

@@ -34,12 +34,23 @@ def _say(msg: str) -> None:
 
 
 def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
-                seq_len: int, seed: int, revision: str | None = None) -> np.ndarray:
+                seq_len: int, seed: int, revision: str | None = None,
+                bos: bool | None = None) -> np.ndarray:
     """Write the fixed evaluation batch (N x T int64 ids, ``.npy``) cut from the held-out
-    corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id)."""
+    corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id);
+    for a synthetic corpus, drawn from its process (``bos`` overrides its BOS setting)."""
     from madyn.corpus import encode_with, eval_windows, heldout_texts
 
-    ids = encode_with(tokenizer, heldout_texts(read_json(corpus_manifest)), revision)
+    manifest = read_json(corpus_manifest)
+    if manifest.get("source") == "synthetic":
+        from madyn import synthetic
+
+        tokens = synthetic.eval_batch(synthetic.spec_of(manifest, bos), n_seqs, seq_len, seed)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, tokens)
+        _say(f"eval tokens: {tokens.shape[0]} x {tokens.shape[1]} synthetic -> {out}")
+        return tokens
+    ids = encode_with(tokenizer, heldout_texts(manifest), revision)
     tokens = eval_windows(ids, n_seqs, seq_len, seed)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, tokens)
@@ -314,6 +325,11 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
         tables = released.read_model(files, warn=_say)
         skipped = tables.skipped
         metas: dict[int, dict] = {s: {} for s in tables}
+        extremes = released.read_extremes(released.extremes_path(released_dir, model))
+        for step in tables:
+            if step in extremes:
+                tables[step] = tables[step].merge(extremes[step], on=["seq", "layer"],
+                                                  how="left")
     else:
         tables, metas, skipped = {}, {}, {}
         for f in stats or []:
@@ -337,6 +353,7 @@ def series(model: str, out: str, integrity_out: str, *, stats: list[str] | None 
     if export_dir:
         for step, df in tables.items():
             released.write_exp2(df, released.exp2_path(export_dir, model, step))
+        released.write_extremes(tables, released.extremes_path(export_dir, model))
         if cfg is not None:
             write_json(Path(export_dir) / model / "config.json", cfg)
     _say(f"[{model}] series of {len(tables)} checkpoints, {len(report['flagged'])} flagged, "

@@ -60,6 +60,20 @@ def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,
     return m
 
 
+def synthetic_corpus(out: str, spec_json: str) -> dict:
+    """Write a synthetic corpus (manifest and tokenizer) under ``out``."""
+    from madyn import synthetic
+
+    try:
+        spec = synthetic.SyntheticSpec(**json.loads(spec_json))
+    except TypeError as e:
+        raise SystemExit(f"madyn synthetic-corpus: --spec-json: {e}") from None
+    m = synthetic.build_corpus(out, spec)
+    _say(f"synthetic corpus: {spec.kind}, vocab {spec.vocab}, triggers {m['triggers']}, "
+         f"bos {spec.bos}, matrix sha256 {m['matrix_sha256'][:12]}")
+    return m
+
+
 def heldout_manifest(out: str, max_mb: float, heldout_fraction: float) -> None:
     """The held-out file list only (hub suites: evaluation text, no tokenizer training)."""
     from madyn.corpus import collect_files, stdlib_root
