@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # of DVC. Phase times: printed and kept in results/<suite>/logs/phase_times.tsv.
 STAGES = source suite extract fit features predict report
 PHASES = suite_all extract_all fit_all features_all predict_all report_all
-EXTRA_SUITES ?=
+EXTRA_SUITES ?= firsttoken-reference
 ACTIVE = $(shell sed -n 's/^suite: *\([A-Za-z0-9_.-]*\).*/\1/p' params.yaml)
 
 run: install            ## the embedded suite (params.yaml's `suite`) through DVC, phase by phase, timed

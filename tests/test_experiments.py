@@ -69,6 +69,10 @@ def test_sections_summarise_the_detailed_summaries():
     assert headline.forecast_section({"ratio": {}}) == {}
     h = headline.headline(growth, {"n_failed": 0}, {}, {}, {})
     assert h == {"suite": {"n_models": 2, "n_layers": 6}, "growth": g, "fit": {"n_failed": 0}}
+    growth["a"]["kind_per_layer"] = ["none", "first_token", "first_token", "feature"]
+    growth["b"]["kind_per_layer"] = ["feature", "unknown"]  # unknown: in neither count
+    assert headline.kinds_section(growth) == {"first_token_share": 0.4, "feature_share": 0.4}
+    assert headline.headline(growth, {}, {}, {}, {})["kinds"]["first_token_share"] == 0.4
 
 
 def test_committed_headline_is_read_by_a_fresh_clone(tmp_path):

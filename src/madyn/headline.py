@@ -5,9 +5,8 @@ and the plots; wall times stay in ``results/<suite>/timing``.
 
 Each section is one function of the detailed summary it reads, returning a flat
 ``{name: number}``; a number the summary lacks (a suite too small for a backtest, a
-predictor not run) is left out rather than written as null. A new section (the share of
-layers by class of largest entry, for instance) is one more function and one more entry
-in :func:`headline`."""
+predictor not run) is left out rather than written as null. A new section is one more
+function and one more entry in :func:`headline`."""
 
 from __future__ import annotations
 
@@ -73,6 +72,21 @@ def growth_section(growth: dict) -> dict:
                    "final_ratio_mid_mean": sum(finals) / len(finals)})
 
 
+KINDS = ("first_token", "feature")  # madyn.kinds' classes of a layer's largest entry
+
+
+def kinds_section(growth: dict) -> dict:
+    """Share of layers (over every model) whose largest entry at the last checkpoint is a
+    first-token massive activation or a feature outlier (:mod:`madyn.kinds`); layers of
+    unknown kind (a released file without positions) count in neither numerator nor
+    denominator. Empty when no model has kinds. ``growth``: metrics/growth.json."""
+    kinds = [k for g in growth.values() for k in g.get("kind_per_layer", [])
+             if k != "unknown"]
+    if not kinds:
+        return {}
+    return _clean({f"{k}_share": sum(x == k for x in kinds) / len(kinds) for k in KINDS})
+
+
 def fit_section(fit: dict) -> dict:
     """Fit R² over every layer of every model: the study's family (best of its exponential
     variants) and the AICc winner, mean per quantity and minimum for top1/median; the
@@ -132,6 +146,7 @@ def headline(growth: dict, fit: dict, predict: dict, forecast: dict,
     sections = {
         "suite": {"n_models": len(growth), "n_layers": n_layers},
         "growth": growth_section(growth),
+        "kinds": kinds_section(growth),
         "fit": fit_section(fit),
         "predict": predict_section(predict),
         "forecast": forecast_section(forecast),
