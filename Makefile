@@ -20,24 +20,37 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # `make run` drives `dvc repro` one stage at a time (each stage calls Snakemake), so that
 # afterwards `dvc status` is clean and a second `dvc repro` runs nothing; the DVC stages use
 # every core (`snakemake --cores all`). SUITE=name runs that suite with plain Snakemake
-# instead (DVC follows params.yaml's `suite`). EXTRA_SUITES: suites run after the DVC
-# pipeline with plain Snakemake (e.g. a released reference suite); their results stay out
-# of DVC. Phase times: printed and kept in results/<suite>/logs/phase_times.tsv.
+# instead (DVC follows params.yaml's `suite`). EXTRA_SUITES: suites run with plain Snakemake
+# beside the DVC pipeline (the committed first-token reference by default; their results
+# stay out of DVC), at the lowest CPU priority so that they use only the cores the
+# pipeline leaves idle; their output goes to results/<suite>/logs/make_run.log. Phase
+# times: printed and kept in results/<suite>/logs/phase_times.tsv.
 STAGES = source suite extract fit features predict report
 PHASES = suite_all extract_all fit_all features_all predict_all report_all
 EXTRA_SUITES ?= firsttoken-reference
 ACTIVE = $(shell sed -n 's/^suite: *\([A-Za-z0-9_.-]*\).*/\1/p' params.yaml)
 
-run: install            ## the embedded suite (params.yaml's `suite`) through DVC, phase by phase, timed
+run: install            ## the embedded suite through DVC, and the first-token reference beside it, timed
 ifeq ($(SUITE),)
-	@set -e; start=$$(date +%s); times=""; \
+	@set -e; start=$$(date +%s); times=""; trap 'kill $$(jobs -p) 2>/dev/null || true' EXIT; \
+	mkdir -p results/$(ACTIVE)/logs; status=results/$(ACTIVE)/logs/extra_suites.tsv; : > $$status; \
+	( for x in $(EXTRA_SUITES); do t=$$(date +%s); mkdir -p results/$$x/logs; \
+	    if nice -n 19 snakemake --cores $(CORES) --config suite=$$x > results/$$x/logs/make_run.log 2>&1; \
+	    then rc=0; else rc=$$?; fi; \
+	    printf '%s\t%d\t%d\n' $$x $$rc $$(( $$(date +%s) - t )) >> $$status; done ) & \
 	for s in $(STAGES); do t=$$(date +%s); dvc repro --single-item $$s; \
 	  times="$$times$$(printf '%s\t%d' $$s $$(( $$(date +%s) - t )))\n"; done; \
-	for x in $(EXTRA_SUITES); do t=$$(date +%s); snakemake --cores $(CORES) --config suite=$$x; \
-	  times="$$times$$(printf '%s\t%d' suite=$$x $$(( $$(date +%s) - t )))\n"; done; \
+	t=$$(date +%s); wait; \
+	times="$$times$$(printf 'wait\t%d' $$(( $$(date +%s) - t )))\n"; \
+	while IFS="$$(printf '\t')" read -r x rc secs; do \
+	  times="$$times$$(printf 'suite=%s\t%d' $$x $$secs)\n"; \
+	  if [ "$$rc" != 0 ]; then tail -n 20 results/$$x/logs/make_run.log; \
+	    echo "make run: suite $$x failed (exit $$rc): results/$$x/logs/make_run.log" >&2; exit 1; fi; \
+	done < $$status; \
 	times="$$times$$(printf 'total\t%d' $$(( $$(date +%s) - start )))\n"; \
-	mkdir -p results/$(ACTIVE)/logs; printf 'phase\twall_s\n'"$$times" > results/$(ACTIVE)/logs/phase_times.tsv; \
-	printf 'phase times (wall s; DVC stages use every core):\n'; printf "$$times" | sed 's/^/  /'; \
+	printf 'phase\twall_s\n'"$$times" > results/$(ACTIVE)/logs/phase_times.tsv; \
+	printf 'phase times (wall s; DVC stages use every core; extra suites beside them):\n'; \
+	printf "$$times" | sed 's/^/  /'; \
 	dvc status
 else
 	@set -e; start=$$(date +%s); times=""; \
