@@ -89,7 +89,9 @@ def trend(res: Path, prefix: str = "base-") -> None:
 
 
 def main() -> None:
-    res = Path(sys.argv[1] if len(sys.argv) > 1 else "results/firsttoken")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/firsttoken_summary.py results/<suite>")
+    res = Path(sys.argv[1])
     per_model(res)
     effects(res)
     fits_and_predictors(res)

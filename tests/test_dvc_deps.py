@@ -93,3 +93,33 @@ def test_dvc_outs_of_a_released_suite(tmp_path):
         ensure_stage_outs(proj, "source")
     with pytest.raises(ValueError, match="no stage 'nope'"):
         ensure_stage_outs(proj, "nope")
+
+
+def test_retrain_stale_keeps_models_trained_with_the_current_recipe(tmp_path):
+    """`madyn retrain-stale` removes the manifest of a model trained with another recipe only:
+    a manifest that training itself writes for params.yaml's recipe (its ``train`` record
+    leaves fields at their defaults out) is kept. Before the fix every model counted as
+    stale, so each run of the suite stage retrained the whole suite (and overwrote a
+    tampered checkpoint instead of refusing to measure it)."""
+    from madyn import params_file
+    from madyn.dvc_stages import stale_trained_models
+    from madyn.io import write_json
+    from madyn.scratch_project import copy_workflow
+    from madyn.training import train_record
+
+    copy_workflow(ROOT, tmp_path)
+    cfg = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    cfg["suite"] = "smoke"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    suite = params_file.active(params_file.load(str(tmp_path / "params.yaml")))
+    (current, other) = params_file.model_names(suite)
+    for name in (current, other):
+        train = train_record(params_file.train_spec(suite, name))
+        if name == other:
+            train["lr"] = train["lr"] * 2  # trained with another lr than params.yaml's
+        manifest = tmp_path / f"results/smoke/models/{name}/manifest.json"
+        manifest.parent.mkdir(parents=True)
+        write_json(manifest, {"train": train})
+    assert stale_trained_models(tmp_path) == [f"results/smoke/models/{other}/manifest.json"]
+    assert (tmp_path / f"results/smoke/models/{current}/manifest.json").is_file()
+    assert stale_trained_models(tmp_path) == []

@@ -238,6 +238,7 @@ def stale_trained_models(root: Path, params: str = "params.yaml") -> list[str]:
 
     from madyn import params_file
     from madyn.io import read_json
+    from madyn.training import train_record
 
     cfg = params_file.load(str(root / params))
     suite = params_file.active(cfg)
@@ -249,7 +250,7 @@ def stale_trained_models(root: Path, params: str = "params.yaml") -> list[str]:
         manifest = root / rel
         if not manifest.is_file():
             continue
-        want = json.loads(json.dumps(params_file.train_spec(suite, name).__dict__))
+        want = json.loads(json.dumps(train_record(params_file.train_spec(suite, name))))
         if read_json(manifest).get("train") != want:
             manifest.unlink()
             removed.append(rel)
