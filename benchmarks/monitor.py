@@ -30,7 +30,7 @@ def train(spec, tspec, corpus: Path, probe: np.ndarray | None, out: Path | None
     from transformers import AutoTokenizer
 
     from madyn.monitor import Monitor
-    from madyn.training import FAMILIES, lr_at, make_optimizer, model_config
+    from madyn.training import FAMILIES, make_optimizer, model_config, update
 
     torch.manual_seed(tspec.seed)
     tok = AutoTokenizer.from_pretrained(str(corpus / "tokenizer"))
@@ -50,13 +50,7 @@ def train(spec, tspec, corpus: Path, probe: np.ndarray | None, out: Path | None
         starts = rng.integers(0, data.size - tspec.seq_len, size=tspec.batch_size)
         x = torch.from_numpy(np.stack([data[s:s + tspec.seq_len] for s in starts])
                              .astype(np.int64))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, tspec)
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, x, step, tspec)  # the trainer's own update step
     wall = time.perf_counter() - t0
     probes = len(list(out.glob("step*.parquet"))) if out is not None else 0
     return wall, (mon.seconds if mon else 0.0), probes

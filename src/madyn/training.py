@@ -229,6 +229,21 @@ def train_cost(spec: ModelSpec) -> int:
     return spec.layers * (spec.width + 64)
 
 
+def update(model, opt, x, step: int, train: TrainSpec):
+    """One optimizer update on the B x T token ids ``x`` at ``step`` (the lr from
+    :func:`lr_at`, gradients clipped to norm 1); returns the loss (a 0-d tensor)."""
+    import torch
+
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, train)
+    loss = model(input_ids=x, labels=x).loss  # HF shifts the labels internally
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 def lr_at(step: int, t: TrainSpec) -> float:
     """Linear warmup then cosine decay to ``min_lr_ratio * lr`` (``schedule: constant``:
     the peak lr after the warmup)."""
@@ -353,14 +368,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
         if step == train.steps:
             break
         x = torch.from_numpy(next_batch(rng))  # B x T ids; HF shifts labels internally
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, train)
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss_val = float(loss.detach())
+        loss_val = float(update(model, opt, x, step, train).detach())
         losses.append(loss_val)
         progress.update(step + 1, loss_val)
     progress.update(train.steps, loss_val, force=True)
