@@ -119,6 +119,15 @@ def test_backtest_cli_writes_metrics_table_and_figure(tmp_path):
     assert "backtest of 4 models" in r.stderr
 
 
+def test_backtest_in_processes_gives_the_serial_rows():
+    rng = np.random.default_rng(5)
+    curves = {f"m{i}": (STEPS, np.array([0.25, 0.75]), _curves(rng, 2)) for i in range(4)}
+    serial = forecast.backtest(curves, (0.25, 0.5))
+    parallel = forecast.backtest(curves, (0.25, 0.5), workers=3)
+    assert len(serial) == 4 * 2 * 2 * 4  # models x layers x fractions x methods
+    pd.testing.assert_frame_equal(parallel, serial)
+
+
 def test_backtest_of_two_models_is_a_recorded_skip(tmp_path):
     rng = np.random.default_rng(5)
     paths = _models(tmp_path, 2, rng)

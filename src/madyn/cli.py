@@ -300,7 +300,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if not (args.out_json and args.out_csv and args.out_png):
         raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
     summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
-                                fit)
+                                fit, workers=args.threads)
     for line in forecast.backtest_lines(summary, s.quantities):
         _say(line)
     return 0
@@ -691,6 +691,8 @@ def _predict_parsers(sub) -> None:
     c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
     c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
                    "baseline, asymptotes), as JSON")
+    c.add_argument("--threads", type=_positive_int, default=1,
+                   help="processes the backtest's models are spread over")
 
 
 def _report_parsers(sub) -> None:

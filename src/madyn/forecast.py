@@ -195,51 +195,70 @@ def _early_fit(steps: np.ndarray, values: np.ndarray, settings) -> np.ndarray | 
         return get(best.hypothesis).func(steps, *best.popt)
 
 
+def _backtest_model(model: str, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    fractions: tuple[float, ...], level: float, fit_settings) -> list[dict]:
+    """:func:`backtest`'s rows for one model, the other models as the prior."""
+    rows = []
+    steps, depths, vals = curves[model]
+    others = [c for m, c in curves.items() if m != model]
+    for layer, depth in enumerate(depths):
+        truth = vals[layer]
+        if not (np.isfinite(truth).all() and (truth > 0).all()):
+            continue
+        samples = prior_samples(others, float(depth), steps)
+        true_peak = float(steps[int(np.argmax(truth))])
+        for frac in fractions:
+            k = observed_upto(steps, frac * steps[-1])
+            try:
+                fc = forecast_layer(steps, truth[:k], samples, level)
+            except ForecastError:
+                continue
+            prior_mean = fc.prior_mean
+            early = _early_fit(steps, truth[:k], fit_settings)
+            preds = {"forecast": fc.mean, "prior": prior_mean,
+                     "last_value": np.r_[truth[:k], np.full(len(steps) - k, truth[k - 1])],
+                     "early_fit": early}
+            for method, pred in preds.items():
+                row = {"model": model, "layer": layer, "fraction": frac,
+                       "observed": k, "method": method}
+                if pred is None or not np.isfinite(pred[k:]).all():
+                    rows.append({**row, "final_rel_err": math.nan})
+                    continue
+                peak = float(steps[int(np.argmax(np.r_[truth[:k], pred[k:]]))])
+                row.update(
+                    final_rel_err=abs(pred[-1] - truth[-1]) / truth[-1],
+                    peak_log10_err=abs(math.log10(1 + peak) - math.log10(1 + true_peak)),
+                    r2_unseen=_r2(truth[k:], pred[k:]))
+                if method == "forecast":
+                    row["covered"] = bool(fc.final[1] <= truth[-1] <= fc.final[2])
+                elif method == "prior":
+                    row["covered"] = bool(fc.prior_lo[-1] <= truth[-1] <= fc.prior_hi[-1])
+                rows.append(row)
+    return rows
+
+
 def backtest(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
              fractions: tuple[float, ...] = (0.1, 0.25, 0.5), level: float = 0.9,
-             fit_settings=None) -> pd.DataFrame:
+             fit_settings=None, workers: int = 1) -> pd.DataFrame:
     """Truncate every model's every layer at each fraction of its last step and forecast
     the rest, with the other models as the prior. ``curves``: model -> (steps, depths,
     L x S values). One row per (model, layer, fraction, method): the final value's
     relative error, the peak step's log10 error, R2 on the unseen part, and (forecast,
-    prior) whether the interval covers the true final value."""
-    rows = []
-    for model, (steps, depths, vals) in curves.items():
-        others = [c for m, c in curves.items() if m != model]
-        for layer, depth in enumerate(depths):
-            truth = vals[layer]
-            if not (np.isfinite(truth).all() and (truth > 0).all()):
-                continue
-            samples = prior_samples(others, float(depth), steps)
-            true_peak = float(steps[int(np.argmax(truth))])
-            for frac in fractions:
-                k = observed_upto(steps, frac * steps[-1])
-                try:
-                    fc = forecast_layer(steps, truth[:k], samples, level)
-                except ForecastError:
-                    continue
-                prior_mean = fc.prior_mean
-                early = _early_fit(steps, truth[:k], fit_settings)
-                preds = {"forecast": fc.mean, "prior": prior_mean,
-                         "last_value": np.r_[truth[:k], np.full(len(steps) - k, truth[k - 1])],
-                         "early_fit": early}
-                for method, pred in preds.items():
-                    row = {"model": model, "layer": layer, "fraction": frac,
-                           "observed": k, "method": method}
-                    if pred is None or not np.isfinite(pred[k:]).all():
-                        rows.append({**row, "final_rel_err": math.nan})
-                        continue
-                    peak = float(steps[int(np.argmax(np.r_[truth[:k], pred[k:]]))])
-                    row.update(
-                        final_rel_err=abs(pred[-1] - truth[-1]) / truth[-1],
-                        peak_log10_err=abs(math.log10(1 + peak) - math.log10(1 + true_peak)),
-                        r2_unseen=_r2(truth[k:], pred[k:]))
-                    if method == "forecast":
-                        row["covered"] = bool(fc.final[1] <= truth[-1] <= fc.final[2])
-                    elif method == "prior":
-                        row["covered"] = bool(fc.prior_lo[-1] <= truth[-1] <= fc.prior_hi[-1])
-                    rows.append(row)
-    return pd.DataFrame(rows)
+    prior) whether the interval covers the true final value. ``workers`` > 1 backtests
+    the models in that many processes (the same rows, in the same order)."""
+    models = list(curves)
+    args = (curves, tuple(fractions), level, fit_settings)
+    if workers > 1 and len(models) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(models))) as pool:
+            per_model = list(pool.map(partial(_backtest_model, curves=curves,
+                                              fractions=args[1], level=level,
+                                              fit_settings=fit_settings), models))
+    else:
+        per_model = [_backtest_model(m, *args) for m in models]
+    return pd.DataFrame([row for rows in per_model for row in rows])
 
 
 def backtest_summary(table: pd.DataFrame) -> dict:

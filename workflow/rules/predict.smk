@@ -69,6 +69,7 @@ rule forecast:
     params:
         settings=json.dumps(config.get("forecast", {})),
         fit=json.dumps(config["fit"]),
+    threads: min(workflow.cores, len(MODELS))  # the backtest's models in parallel
     resources:
         mem_mb=1500,
     log:
@@ -78,4 +79,5 @@ rule forecast:
     shell:
         "madyn forecast --series {input:q} --out-json {output.metrics:q} "
         "--out-csv {output.table:q} --out-png {output.figure:q} "
-        "--settings-json {params.settings:q} --fit-settings-json {params.fit:q} 2> {log:q}"
+        "--settings-json {params.settings:q} --fit-settings-json {params.fit:q} "
+        "--threads {threads:q} 2> {log:q}"

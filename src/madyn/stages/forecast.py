@@ -45,10 +45,11 @@ def _example(curves: dict, table: pd.DataFrame, level: float) -> tuple:
 
 def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
              settings: ForecastSettings | None = None,
-             fit_settings: FitSettings | None = None) -> dict:
+             fit_settings: FitSettings | None = None, workers: int = 1) -> dict:
     """Truncate every model of a complete suite at each of ``settings.fractions`` and
-    forecast the rest (:func:`madyn.forecast.backtest`); write the table (CSV), the summary
-    per quantity (JSON metrics) and a figure. Prints the backtest's cost."""
+    forecast the rest (:func:`madyn.forecast.backtest`, the models in ``workers``
+    processes); write the table (CSV), the summary per quantity (JSON metrics) and a
+    figure. Prints the backtest's cost."""
     s = settings or ForecastSettings()
     if len(series_paths) < forecast.MIN_PRIOR_MODELS + 1:  # a recorded skip, every out made
         reason = (f"{len(series_paths)} model(s): a backtest needs at least "
@@ -66,7 +67,7 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
     tables, curves, series = [], {}, _read(series_paths)
     for q in s.quantities:
         curves[q] = _curves(series, q)
-        tab = forecast.backtest(curves[q], s.fractions, s.level, fit_settings)
+        tab = forecast.backtest(curves[q], s.fractions, s.level, fit_settings, workers)
         tables.append(tab.assign(quantity=q))
     table = pd.concat(tables, ignore_index=True)
     if table.empty:
