@@ -4,6 +4,8 @@ read back by a released suite with its kinds."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import yaml
@@ -54,3 +56,19 @@ def test_synthetic_suite_then_reference_round_trip(tmp_path):
     for m in ("base-s0", "nobos-s0"):
         assert back[m]["kind_per_layer"] == growth[m]["kind_per_layer"]
         assert back[m]["last"] == growth[m]["last"]
+
+
+def test_committed_reference_records_its_backtest_skip(tmp_path):
+    """`backtest: false` (the first-token reference, to keep `make run` within 10 minutes):
+    the forecast rule writes its outs saying why, and forecasts nothing."""
+    proj = copy_workflow(ROOT, tmp_path)
+    shutil.copytree(ROOT / "data" / "reference" / "firsttoken",
+                    proj / "data" / "reference" / "firsttoken")
+    target = "results/firsttoken-reference/metrics/forecast.json"
+    r = _snakemake(proj, target, "--cores", "2", "--config", "suite=firsttoken-reference")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_json(proj / target)["skipped"] == (
+        "suites.firsttoken-reference.backtest is false")
+    res = proj / "results" / "firsttoken-reference"
+    assert (res / "forecast" / "backtest.csv").read_text().startswith("model,layer")
+    assert (res / "forecast" / "backtest.png").stat().st_size > 0

@@ -300,7 +300,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if not (args.out_json and args.out_csv and args.out_png):
         raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
     summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
-                                fit, workers=args.threads)
+                                fit, workers=args.threads, skip=args.skip)
     for line in forecast.backtest_lines(summary, s.quantities):
         _say(line)
     return 0
@@ -693,6 +693,8 @@ def _predict_parsers(sub) -> None:
                    "baseline, asymptotes), as JSON")
     c.add_argument("--threads", type=_positive_int, default=1,
                    help="processes the backtest's models are spread over")
+    c.add_argument("--skip", metavar="REASON", help="record that this suite has no backtest, "
+                   "and why (the outs say so; nothing is forecast)")
 
 
 def _report_parsers(sub) -> None:

@@ -39,9 +39,10 @@ def _node(section: str) -> dict:
 
 def schema_default(key: str) -> Any:
     """The schema's ``default`` of ``section.key`` (e.g. ``"fit.alpha"``,
-    ``"$defs.extract.dtype"``); KeyError if none."""
+    ``"$defs.extract.dtype"``, ``"$defs.backtest"``); KeyError if none."""
     section, _, name = key.rpartition(".")
-    prop = _node(section).get(name)
+    defs = section == "$defs"  # a definition's own default ("$defs.backtest")
+    prop = params_schema()["$defs"].get(name) if defs else _node(section).get(name)
     if prop is None or "default" not in prop:
         raise KeyError(f"params schema: {key!r} has no default")
     return prop["default"]

@@ -395,6 +395,15 @@ def predict_outputs():
 BASE_DESIGN = SUITE_CFG.get("base_design")
 
 
+def backtest_skip() -> list[str]:
+    """The forecast rule's ``--skip REASON`` when the suite turns its backtest off."""
+    from madyn.settings import schema_default
+
+    if SUITE_CFG.get("backtest", schema_default("$defs.backtest")):
+        return []
+    return ["--skip", f"suites.{config['suite']}.backtest is false"]
+
+
 def effects_outputs():
     """The effects rule's outputs: the figure only when the suite has a base design."""
     out = {"json": f"{RESULTS}/metrics/interventions.json",

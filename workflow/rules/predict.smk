@@ -69,7 +69,9 @@ rule forecast:
     params:
         settings=json.dumps(config.get("forecast", {})),
         fit=json.dumps(config["fit"]),
-    threads: min(workflow.cores, len(MODELS))  # the backtest's models in parallel
+        skip=backtest_skip(),
+    # the backtest's models in parallel (Snakemake caps threads at --cores)
+    threads: 1 if backtest_skip() else min(8, len(MODELS))
     resources:
         mem_mb=1500,
     log:
@@ -80,4 +82,4 @@ rule forecast:
         "madyn forecast --series {input:q} --out-json {output.metrics:q} "
         "--out-csv {output.table:q} --out-png {output.figure:q} "
         "--settings-json {params.settings:q} --fit-settings-json {params.fit:q} "
-        "--threads {threads:q} 2> {log:q}"
+        "--threads {threads:q} {params.skip:q} 2> {log:q}"

@@ -45,15 +45,19 @@ def _example(curves: dict, table: pd.DataFrame, level: float) -> tuple:
 
 def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
              settings: ForecastSettings | None = None,
-             fit_settings: FitSettings | None = None, workers: int = 1) -> dict:
+             fit_settings: FitSettings | None = None, workers: int = 1,
+             skip: str | None = None) -> dict:
     """Truncate every model of a complete suite at each of ``settings.fractions`` and
     forecast the rest (:func:`madyn.forecast.backtest`, the models in ``workers``
     processes); write the table (CSV), the summary per quantity (JSON metrics) and a
-    figure. Prints the backtest's cost."""
+    figure. Prints the backtest's cost. ``skip``: the reason the suite has no backtest
+    (its outs record it, as for a suite too small for one)."""
     s = settings or ForecastSettings()
-    if len(series_paths) < forecast.MIN_PRIOR_MODELS + 1:  # a recorded skip, every out made
-        reason = (f"{len(series_paths)} model(s): a backtest needs at least "
-                  f"{forecast.MIN_PRIOR_MODELS + 1}")
+    if skip is None and len(series_paths) < forecast.MIN_PRIOR_MODELS + 1:
+        skip = (f"{len(series_paths)} model(s): a backtest needs at least "
+                f"{forecast.MIN_PRIOR_MODELS + 1}")
+    if skip is not None:  # a recorded skip, every out made
+        reason = skip
         from madyn.plots_forecast import plot_skipped
 
         with atomic_path(out_csv) as tmp:
