@@ -187,6 +187,17 @@ def test_lodo_reported_and_design_beats_mean_curve():
     assert "is lomo" in evaluate(one_each, None, FAST)["lodo"]["skipped"]
 
 
+def test_evaluation_in_processes_gives_the_serial_results():
+    fit, series, configs = _designed()
+    table = build_feature_table(fit, configs, "original", "ratio")
+    serial, serial_tables = evaluate(table, series, FAST, return_extras=True)
+    parallel, parallel_tables = evaluate(table, series, FAST, return_extras=True, workers=2)
+    assert parallel == serial
+    assert serial["lomo"]["best_model_type"] and serial["lodo"]["n_designs"] == 4
+    for name, frame in serial_tables.items():
+        pd.testing.assert_frame_equal(parallel_tables[name], frame)
+
+
 def test_predict_takes_a_design():
     fit, _, configs = _designed()
     table = build_feature_table(fit, configs, "original", "ratio")

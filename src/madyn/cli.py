@@ -256,7 +256,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     m = predict.evaluate(args.features, args.series,
                          PredictSettings.from_dict(_json_arg(args.settings_json)), args.out,
-                         args.out_dir)
+                         args.out_dir, workers=args.threads)
     lomo = m.get("lomo", {}).get("mean_r2", {})
     _say("LOMO mean R^2 per model type: "
          + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None))
@@ -636,6 +636,8 @@ def _predict_parsers(sub) -> None:
     c.add_argument("--settings-json", help="PredictSettings as JSON (params.yaml: predict)")
     c.add_argument("--out", required=True, help="metrics JSON")
     c.add_argument("--out-dir", required=True, help="predictions, OLS summary, figures")
+    c.add_argument("--threads", type=_positive_int, default=1,
+                   help="processes the held-out models (and designs) are spread over")
 
     c = _add(
         sub, "predict", _cmd_predict,

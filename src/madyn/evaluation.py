@@ -69,9 +69,22 @@ from madyn.regressors import (
 from madyn.settings import PredictSettings
 
 
-def study_protocol(table: pd.DataFrame, s: PredictSettings) -> tuple[dict, pd.DataFrame]:
+def _select_and_predict(job: tuple[str, str], d: pd.DataFrame, X: np.ndarray,
+                        tr: np.ndarray, te: np.ndarray, s: PredictSettings
+                        ) -> tuple[dict, float, np.ndarray]:
+    """:func:`study_protocol`'s work for one (target, model type): the CV-selected
+    params, their CV MSE, and the test rows' predictions."""
+    tgt, kind = job
+    y = d[tgt].to_numpy(float)
+    params, cv_mse = cv_select(kind, s, X[tr], y[tr])
+    return params, cv_mse, fit_predict(kind, s, X[tr], y[tr], X[te], **params)
+
+
+def study_protocol(table: pd.DataFrame, s: PredictSettings, workers: int = 1
+                   ) -> tuple[dict, pd.DataFrame]:
     """Random 80/20 row split, CV model selection on the 80 %, test metrics; and the test
-    predictions (model, layer, target, model_type, y_true, y_pred)."""
+    predictions (model, layer, target, model_type, y_true, y_pred). ``workers`` > 1: the
+    (target, model type) pairs in that many processes (the same results)."""
     from sklearn.model_selection import train_test_split
 
     d = usable_rows(table)
@@ -86,13 +99,19 @@ def study_protocol(table: pd.DataFrame, s: PredictSettings) -> tuple[dict, pd.Da
     out: dict[str, Any] = {"n_train": len(tr), "n_test": len(te),
                            "test_models": sorted(d.loc[te, "model"].unique().tolist()),
                            "per_target": {}}
+    from functools import partial
+
+    from madyn.parallel import map_ordered
+
+    jobs = [(tgt, kind) for tgt in target_columns(d) for kind in MODEL_TYPES]
+    fitted = dict(zip(jobs, map_ordered(partial(_select_and_predict, d=d, X=X, tr=tr, te=te,
+                                                s=s), jobs, workers), strict=True))
     preds = []
     for tgt in target_columns(d):
         y = d[tgt].to_numpy(float)
         res = {}
         for kind in MODEL_TYPES:
-            params, cv_mse = cv_select(kind, s, X[tr], y[tr])
-            p = fit_predict(kind, s, X[tr], y[tr], X[te], **params)
+            params, cv_mse, p = fitted[tgt, kind]
             res[kind] = {**regression_metrics(y[te], p), "cv_mse": cv_mse,
                          "params": {k: v for k, v in params.items()}}
             preds.append(pd.DataFrame({"model": d.loc[te, "model"].to_numpy(),
@@ -113,26 +132,38 @@ def _mean_r2(per_target: dict) -> dict[str, float]:
 
 
 def lomo_predictions(table: pd.DataFrame, s: PredictSettings,
-                     kinds: tuple[str, ...] = MODEL_TYPES, group: str = "model"
-                     ) -> pd.DataFrame:
+                     kinds: tuple[str, ...] = MODEL_TYPES, group: str = "model",
+                     workers: int = 1) -> pd.DataFrame:
     """Leave-one-group-out predictions of every target (``group`` "model": one model held
     out at a time; "design": all seeds of one design): columns model, layer, target,
-    model_type, y_true, y_pred (sorted by group, model, layer)."""
+    model_type, y_true, y_pred (sorted by group, model, layer). ``workers`` > 1: the
+    groups in that many processes (the same rows)."""
+    from functools import partial
+
+    from madyn.parallel import map_ordered
+
     d = usable_rows(table)
+    held_out = partial(_held_out_predictions, d=d, s=s, kinds=kinds, group=group)
+    out = map_ordered(held_out, sorted(set(d[group])), workers)
+    return pd.concat([f for frames in out for f in frames], ignore_index=True)
+
+
+def _held_out_predictions(g, d: pd.DataFrame, s: PredictSettings, kinds: tuple[str, ...],
+                          group: str) -> list[pd.DataFrame]:
+    """:func:`lomo_predictions`' frames for the held-out group ``g``."""
     X = feature_matrix(d, feature_columns(d))
     groups = d[group].to_numpy()
+    te, tr = groups == g, groups != g
     out = []
-    for g in sorted(set(groups)):
-        te, tr = groups == g, groups != g
-        for tgt in target_columns(d):
-            y = d[tgt].to_numpy(float)
-            for kind in kinds:
-                p = fit_predict(kind, s, X[tr], y[tr], X[te])
-                out.append(pd.DataFrame({"model": d.loc[te, "model"].to_numpy(),
-                                         "layer": d.loc[te, "layer"].to_numpy(),
-                                         "target": tgt, "model_type": kind,
-                                         "y_true": y[te], "y_pred": p}))
-    return pd.concat(out, ignore_index=True)
+    for tgt in target_columns(d):
+        y = d[tgt].to_numpy(float)
+        for kind in kinds:
+            p = fit_predict(kind, s, X[tr], y[tr], X[te])
+            out.append(pd.DataFrame({"model": d.loc[te, "model"].to_numpy(),
+                                     "layer": d.loc[te, "layer"].to_numpy(),
+                                     "target": tgt, "model_type": kind,
+                                     "y_true": y[te], "y_pred": p}))
+    return out
 
 
 def lomo_metrics(preds: pd.DataFrame) -> dict:
@@ -240,13 +271,14 @@ def _summarise_models(per_model: dict) -> dict:
 
 
 def evaluate(table: pd.DataFrame, series: pd.DataFrame | None,
-             settings: PredictSettings | dict | None = None, return_extras: bool = False
-             ) -> dict | tuple[dict, dict[str, pd.DataFrame]]:
+             settings: PredictSettings | dict | None = None, return_extras: bool = False,
+             workers: int = 1) -> dict | tuple[dict, dict[str, pd.DataFrame]]:
     """All evaluations of the predictors on a feature table (see the module docstring).
 
     ``series``: observed values (model, step, layer, quantity, value, flagged); None skips
     curve LOMO. Returns the JSON-serialisable metrics (NaN -> None); with ``return_extras``
     also the prediction tables ``study_predictions``, ``lomo_predictions``, ``lomo_curves``.
+    ``workers``: processes the held-out groups are spread over (the same results).
     """
     s = PredictSettings.of(settings)
     check_table(table, s.parametrisation, s.quantity)
@@ -262,13 +294,13 @@ def evaluate(table: pd.DataFrame, series: pd.DataFrame | None,
         "model_types": list(MODEL_TYPES), "settings": dataclasses.asdict(s),
     }
     extras: dict[str, pd.DataFrame] = {}
-    metrics["study_protocol"], extras["study_predictions"] = study_protocol(table, s)
+    metrics["study_protocol"], extras["study_predictions"] = study_protocol(table, s, workers)
     if n_models < 2:
         reason = f"leave-one-model-out needs >= 2 models with usable rows, found {n_models}"
         metrics["lomo"] = {"skipped": reason}
         metrics["curve_lomo"] = {"skipped": reason}
     else:
-        preds = lomo_predictions(table, s)
+        preds = lomo_predictions(table, s, workers=workers)
         extras["lomo_predictions"] = preds
         metrics["lomo"] = lomo_metrics(preds)
         kinds = sorted({metrics["lomo"]["best_model_type"], "xgb"})
@@ -277,13 +309,13 @@ def evaluate(table: pd.DataFrame, series: pd.DataFrame | None,
         else:
             metrics["curve_lomo"], extras["lomo_curves"] = curve_lomo(
                 table, series, preds, kinds, s)
-    metrics["lodo"], metrics["curve_lodo"] = leave_one_design_out(table, series, s)
+    metrics["lodo"], metrics["curve_lodo"] = leave_one_design_out(table, series, s, workers)
     metrics = json.loads(json.dumps(jsonable(metrics), allow_nan=False))
     return (metrics, extras) if return_extras else metrics
 
 
 def leave_one_design_out(table: pd.DataFrame, series: pd.DataFrame | None,
-                         s: PredictSettings) -> tuple[dict, dict]:
+                         s: PredictSettings, workers: int = 1) -> tuple[dict, dict]:
     """Leave-one-design-out (every seed of a design held out together; the honest test of
     the design features when a suite repeats designs over seeds): parameter metrics, and
     curve-space scores of the best model type and xgb against the ``mean_curve`` baseline
@@ -295,7 +327,7 @@ def leave_one_design_out(table: pd.DataFrame, series: pd.DataFrame | None,
         why = (f"needs >= 2 designs, found {n_designs}" if n_designs < 2 else
                "every model is its own design: leave-one-design-out is lomo")
         return {"skipped": why}, {"skipped": why}
-    preds = lomo_predictions(table, s, group="design")
+    preds = lomo_predictions(table, s, group="design", workers=workers)
     out = {"n_designs": n_designs, "designs": sorted(d["design"].unique().tolist()),
            **lomo_metrics(preds)}
     if series is None:

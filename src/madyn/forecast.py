@@ -246,18 +246,13 @@ def backtest(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     relative error, the peak step's log10 error, R2 on the unseen part, and (forecast,
     prior) whether the interval covers the true final value. ``workers`` > 1 backtests
     the models in that many processes (the same rows, in the same order)."""
-    models = list(curves)
-    args = (curves, tuple(fractions), level, fit_settings)
-    if workers > 1 and len(models) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
+    from functools import partial
 
-        with ProcessPoolExecutor(max_workers=min(workers, len(models))) as pool:
-            per_model = list(pool.map(partial(_backtest_model, curves=curves,
-                                              fractions=args[1], level=level,
-                                              fit_settings=fit_settings), models))
-    else:
-        per_model = [_backtest_model(m, *args) for m in models]
+    from madyn.parallel import map_ordered
+
+    one = partial(_backtest_model, curves=curves, fractions=tuple(fractions), level=level,
+                  fit_settings=fit_settings)
+    per_model = map_ordered(one, list(curves), workers)
     return pd.DataFrame([row for rows in per_model for row in rows])
 
 

@@ -19,6 +19,8 @@ rule evaluate:
     params:
         settings=json.dumps(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.pred),
+    # the held-out models in parallel (Snakemake caps threads at --cores)
+    threads: min(8, len(MODELS))
     resources:
         mem_mb=2000,
     log:
@@ -28,7 +30,7 @@ rule evaluate:
     shell:
         "madyn evaluate --features {input.features:q} --series {input.series:q} "
         "--settings-json {params.settings:q} --out {output.metrics:q} "
-        "--out-dir {params.outdir:q} 2> {log:q}"
+        "--out-dir {params.outdir:q} --threads {threads:q} 2> {log:q}"
 
 
 rule predict_example:

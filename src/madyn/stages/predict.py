@@ -212,15 +212,17 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def evaluate(feature_table_path: str, series_paths: list[str],
              settings: PredictSettings | None, out_metrics: str, out_dir: str,
-             figures: bool = True) -> dict:
-    """Evaluate the predictors and write: the metrics JSON ``out_metrics``; in ``out_dir``
+             figures: bool = True, workers: int = 1) -> dict:
+    """Evaluate the predictors (the held-out groups in ``workers`` processes) and write:
+    the metrics JSON ``out_metrics``; in ``out_dir``
     ``ols_summary.txt``, ``study_predictions.csv``, ``lomo_predictions.csv``,
     ``lomo_curves.csv``, ``feature_importance.csv`` and (``figures``) the PNG figures of
     :mod:`madyn.plots_predict`. Returns the metrics."""
     s = settings or PredictSettings()
     table = read_feature_table(feature_table_path)
     series = _read_series(series_paths) if series_paths else None
-    metrics, extras = evaluate_table(table, series, s, return_extras=True)
+    metrics, extras = evaluate_table(table, series, s, return_extras=True,
+                                     workers=workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "ols_summary.txt") as tmp:
