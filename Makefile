@@ -1,7 +1,5 @@
 # Two commands from a fresh clone:  `make run` (main job)  and  `make test` (tests).
 # Both create .venv first if needed: torch (CPU wheel) first, then madyn and its tools.
-# --no-compile: Python compiles a module when first imported, not all of them at install
-# (torch, then the rest: 57 s -> 30 s on 2 cores, 2026-12-01).
 VENV  ?= .venv
 CORES ?= 2
 TORCH ?= torch==2.13.0
@@ -15,8 +13,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q --no-compile '$(TORCH)'
-	$(VENV)/bin/pip install -q --no-compile -c constraints.txt -e '.[dev,slurm,docs]'
+	$(VENV)/bin/pip install -q '$(TORCH)'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,slurm,docs]'
 	touch $@
 
 # `make run` drives `dvc repro` one stage at a time (each stage calls Snakemake), so that
