@@ -116,6 +116,20 @@ def test_second_run_does_nothing(smoke_run):
     assert "up to date" in _dvc(proj, "status").stdout
 
 
+def test_compare_from_an_inactive_venv(smoke_run):
+    """`madyn compare` finds the dvc installed beside it (PATH without the venv): the
+    headline metrics and the active suite's params, not the other suites' or the deps."""
+    proj, _ = smoke_run
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "madyn.cli", "compare", "--csv"], cwd=proj,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split(",")
+    assert "growth.ratio_mid_mean" in header and "suites.smoke.train.lr" in header
+    assert not [c for c in header if c.startswith(("suites.embedded", "src/", "results/"))]
+    assert len(header) < 100
+
+
 def test_predictor_param_reruns_only_predict_onward(smoke_copy):
     proj = smoke_copy
     cfg = yaml.safe_load((proj / "params.yaml").read_text())

@@ -344,7 +344,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     suite = params_file.load(args.params)["suite"]
     flags = [f"--{f.replace('_', '-')}" for f in ("only_changed", "csv", "md")
              if getattr(args, f)]
-    return subprocess.call(["dvc", "exp", "show", "--drop", compare_drop(suite), *flags])
+    return subprocess.call([_tool("dvc"), "exp", "show", "--drop", compare_drop(suite),
+                            *flags])
+
+
+def _tool(name: str) -> str:
+    """A console script installed beside this Python (``.venv/bin/dvc`` when madyn runs
+    from an inactive venv), else ``name`` as found on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else (shutil.which(name) or name)
 
 
 def _cmd_effects(args: argparse.Namespace) -> int:
