@@ -174,8 +174,6 @@ def weight_files(source: str, revision: str | None = None) -> list[Path]:
     device is refused naming it, see :func:`check_weight_files`)."""
     from huggingface_hub import try_to_load_from_cache
 
-    from madyn.io import read_json
-
     _require_folder(source)
     local = Path(source)
     if local.is_dir():
@@ -186,14 +184,7 @@ def weight_files(source: str, revision: str | None = None) -> list[Path]:
         return Path(p) if isinstance(p, str) else None
 
     idx = cached("model.safetensors.index.json")
-    if idx:
-        index = read_json(idx)
-        wmap = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
-            raise CheckpointError(f"{idx}: no weight_map of tensor -> file names")
-        names = sorted(set(wmap.values()))
-    else:
-        names = ["model.safetensors"]
+    names = shard_names(idx) if idx else ["model.safetensors"]
     files = [cached(n) for n in names]
     if any(f is None for f in files):
         raise FileNotFoundError(f"{source}@{revision}: weights not in the hub cache")
@@ -205,6 +196,20 @@ SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # bytes; the safetensors library's own b
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
                "F8_E5M2": 1}
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard file names a ``model.safetensors.index.json`` maps its tensors to (each a
+    plain name in the index's folder); CheckpointError naming the index otherwise."""
+    from madyn.io import read_json
+
+    data = read_json(index)
+    wmap = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(
+            isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
+            for v in wmap.values()):
+        raise CheckpointError(f"{index}: no weight_map of tensor -> shard file names")
+    return sorted(set(wmap.values()))
 
 
 def check_weight_files(files: list[Path]) -> list[Path]:

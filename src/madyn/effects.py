@@ -77,6 +77,13 @@ def _median_finite(values) -> float:
     return float(np.median(v)) if len(v) else math.nan
 
 
+def _max_finite(values) -> float:
+    """Largest finite entry of ``values``; NaN if there are none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.max()) if len(v) else math.nan
+
+
 def last_unflagged(series: pd.DataFrame) -> pd.DataFrame:
     """Rows of ``series`` (one model's tidy series) at its last unflagged step; empty if
     every step is flagged."""
@@ -112,12 +119,9 @@ def model_quantities(series: pd.DataFrame, fits: pd.DataFrame) -> dict[str, floa
     for name, stat in _SERIES_STATS.items():
         out[name] = _median_finite(last.loc[last["statistic"] == stat, "mean"])
     out["first_token_share"] = first_token_share(last)
-    sink = last.loc[last["statistic"] == "sink_mass", "mean"].to_numpy(dtype=float)
-    sink = sink[np.isfinite(sink)]
-    out["max_sink_mass"] = float(sink.max()) if len(sink) else math.nan
-    peak = last.loc[last["statistic"] == "first_peak_ratio", "mean"].to_numpy(dtype=float)
-    peak = peak[np.isfinite(peak)]
-    out["max_first_peak_ratio"] = float(peak.max()) if len(peak) else math.nan
+    out["max_sink_mass"] = _max_finite(last.loc[last["statistic"] == "sink_mass", "mean"])
+    out["max_first_peak_ratio"] = _max_finite(
+        last.loc[last["statistic"] == "first_peak_ratio", "mean"])
     return {q: out[q] for q in QUANTITIES}
 
 

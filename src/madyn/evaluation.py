@@ -143,16 +143,17 @@ def lomo_predictions(table: pd.DataFrame, s: PredictSettings,
     from madyn.parallel import map_ordered
 
     d = usable_rows(table)
-    held_out = partial(_held_out_predictions, d=d, s=s, kinds=kinds, group=group)
-    out = map_ordered(held_out, sorted(set(d[group])), workers)
+    groups = d[group].to_numpy()
+    held_out = partial(_held_out_predictions, d=d, X=feature_matrix(d, feature_columns(d)),
+                       groups=groups, s=s, kinds=kinds)
+    out = map_ordered(held_out, sorted(set(groups)), workers)
     return pd.concat([f for frames in out for f in frames], ignore_index=True)
 
 
-def _held_out_predictions(g, d: pd.DataFrame, s: PredictSettings, kinds: tuple[str, ...],
-                          group: str) -> list[pd.DataFrame]:
-    """:func:`lomo_predictions`' frames for the held-out group ``g``."""
-    X = feature_matrix(d, feature_columns(d))
-    groups = d[group].to_numpy()
+def _held_out_predictions(g, d: pd.DataFrame, X: np.ndarray, groups: np.ndarray,
+                          s: PredictSettings, kinds: tuple[str, ...]) -> list[pd.DataFrame]:
+    """:func:`lomo_predictions`' frames for the held-out group ``g`` (``X``: the rows'
+    features, ``groups``: each row's group)."""
     te, tr = groups == g, groups != g
     out = []
     for tgt in target_columns(d):

@@ -62,9 +62,8 @@ def growth_section(growth: dict) -> dict:
     mids = [g["growth_middle_mean"] for g in growth.values()]
     finals = []
     for g in growth.values():
-        last = g["last"]
-        finals.append(sum(last[i] for i in middle_layers(len(last))) / len(
-            middle_layers(len(last))))
+        mid = middle_layers(len(g["last"]))
+        finals.append(sum(g["last"][i] for i in mid) / len(mid))
     if not mids:
         return {}
     return _clean({"ratio_mid_mean": sum(mids) / len(mids), "ratio_mid_min": min(mids),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from madyn.checkpoints import (
     check_config_matches_weights,
     check_weight_files,
     config_layers,
+    refuse_remote_code,
+    shard_names,
 )
 
 LAYOUTS = (r"checkpoint-(\d+)", r"step(\d+)", r"step-(\d+)", r"global_step(\d+)",
@@ -77,8 +80,6 @@ def _real_dir(path: Path, where: str) -> Path:
         st = os.stat(path)
     except OSError as e:
         raise RunError(f"{where}: {path}: {e.strerror or e}") from None
-    import stat
-
     if not stat.S_ISDIR(st.st_mode):
         raise RunError(f"{where}: {path} is not a folder")
     return path
@@ -138,17 +139,9 @@ def pickle_files(folder: Path) -> list[Path]:
 def safetensors_files(folder: Path) -> list[Path]:
     """The safetensors weight files of a checkpoint: the shards its
     ``model.safetensors.index.json`` names (each must exist), else every ``*.safetensors``."""
-    from madyn.io import read_json
-
     idx = folder / "model.safetensors.index.json"
     if idx.exists():
-        index = read_json(idx)
-        wmap = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(wmap, dict) or not wmap or not all(
-                isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
-                for v in wmap.values()):
-            raise CheckpointError(f"{idx}: no weight_map of tensor -> shard file names")
-        shards = sorted(set(wmap.values()))
+        shards = shard_names(idx)
         missing = [s for s in shards if not os.path.lexists(folder / s)]
         if missing:
             raise CheckpointError(f"{idx}: names shard(s) {missing} that are not in the "
@@ -179,9 +172,7 @@ def check_checkpoint(folder: Path, allow_pickle: bool = False) -> list[Path]:
         raise CheckpointError(f"{folder}: no config.json (incomplete: still being written?)")
     cfg = model_config(str(folder))
     where = folder / "config.json"
-    if "auto_map" in cfg:
-        raise CheckpointError(f"{where}: names auto_map (custom model code); madyn never "
-                              "runs a checkpoint's own code (trust_remote_code)")
+    refuse_remote_code(cfg, str(folder))
     try:
         check_decoder_only(cfg, str(where))
     except ArchitectureError as e:
@@ -225,7 +216,8 @@ def scan(folder: str | Path, *, step_pattern: str | None = None,
             out.skipped[entry.name] = str(e).split(": ", 1)[1]
             continue
         if entry.name.startswith("checkpoint-"):
-            step = _trainer_step(entry) if _trainer_step(entry) is not None else step
+            trainer = _trainer_step(entry)
+            step = step if trainer is None else trainer
         found.setdefault(step, []).append(entry)
     for step, dirs in sorted(found.items()):
         if len(dirs) > 1:
@@ -295,10 +287,8 @@ def manifest(scan_: RunScan, cache: dict | None = None) -> dict:
 
     cache = {} if cache is None else cache
     files: list[Path] = list(scan_.live.values())
-    for d in scan_.checkpoints.values():
-        files += [d / "config.json", *safetensors_files(d)]
-        if not safetensors_files(d):
-            files += pickle_files(d)
+    for d in scan_.checkpoints.values():  # scanned: pickles only where they are allowed
+        files += [d / "config.json", *weight_files(d, allow_pickle=True)]
     out = {}
     for f in sorted(files):
         st = f.stat()

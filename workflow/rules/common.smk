@@ -401,7 +401,10 @@ def backtest_skip() -> list[str]:
 
     if SUITE_CFG.get("backtest", schema_default("$defs.backtest")):
         return []
-    return ["--skip", f"suites.{config['suite']}.backtest is false"]
+    return ["--skip", f"suites.{SUITE}.backtest is false"]
+
+
+BACKTEST_SKIP = backtest_skip()
 
 
 def effects_outputs():

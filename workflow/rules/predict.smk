@@ -71,9 +71,9 @@ rule forecast:
     params:
         settings=json.dumps(config.get("forecast", {})),
         fit=json.dumps(config["fit"]),
-        skip=backtest_skip(),
+        skip=BACKTEST_SKIP,
     # the backtest's models in parallel (Snakemake caps threads at --cores)
-    threads: 1 if backtest_skip() else min(8, len(MODELS))
+    threads: 1 if BACKTEST_SKIP else min(8, len(MODELS))
     resources:
         mem_mb=1500,
     log:

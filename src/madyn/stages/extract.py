@@ -283,14 +283,9 @@ def measure_one(checkpoint: str | None, tokens_path: str, out: str, *, model: st
             download(checkpoint, revision, tmp_marker)
             measure_download(tmp_marker, tokens_path, out, model, step, settings)
         return
-    pickles: tuple[Path, ...] = ()
-    if Path(checkpoint).is_dir():  # a local folder: checked as the run source checks it
-        from madyn.runs import check_checkpoint
-
-        files = check_checkpoint(Path(checkpoint), allow_pickle)
-        pickles = tuple(f for f in files if f.suffix != ".safetensors")
-    measure([Checkpoint(checkpoint, step, Path(out), pickles=pickles)], tokens_path, model,
-            settings)
+    cks = (run_checkpoints([checkpoint], [step], [out], allow_pickle)  # checked as a run's
+           if Path(checkpoint).is_dir() else [Checkpoint(checkpoint, step, Path(out))])
+    measure(cks, tokens_path, model, settings)
 
 
 def export_config(source: str) -> dict:
