@@ -1,7 +1,7 @@
 """Per-checkpoint cost of measuring a trained model's checkpoints, three ways, side by side.
 
   bare        load each checkpoint and run the body's forward pass, no statistics: the floor;
-  in-process  madyn's way for local suites (`madyn extract-model`): one process measures
+  in-process  madyn's way for local suites (`madyn step extract-model`): one process measures
               every checkpoint (load, weights check, statistics, atomic Parquet write);
   per-process the way before: one `madyn extract` process per checkpoint (Python, torch
               and transformers start-up paid each time).
@@ -26,7 +26,7 @@ import numpy as np
 def bare(model_dir: Path, steps: list[int], tokens: np.ndarray) -> float:
     import torch
 
-    from madyn.checkpoints import load_model
+    from madyn.measure.checkpoints import load_model
 
     t0 = time.perf_counter()
     for s in steps:

@@ -9,9 +9,9 @@ its peak memory:
 
   bare   the model body's forward pass (decoder stack, no LM head), no hooks: the floor;
   model  the plain forward pass as usually called, model(input_ids), logits included;
-  default     madyn.statistics.measure as every user runs it (extreme_tokens on): hooks
+  default     madyn.measure.statistics.measure as every user runs it (extreme_tokens on): hooks
          reduce each layer's output in place, and each layer's sink mass comes from its own
-         fused attention (madyn.sinks: the SDPA kernel's log-sum-exp, no T x T matrix);
+         fused attention (madyn.measure.sinks: the SDPA kernel's log-sum-exp, no T x T matrix);
   stats-only  the same with extreme_tokens off (sink_mass NaN);
   naive  the full LM forward with output_hidden_states=True, then a full sort of each
          layer's |h| (and, note, its last entry is the post-final-LayerNorm state).
@@ -19,8 +19,9 @@ its peak memory:
 Targets: the default pass / bare body forward <= 1.25 in time and <= 1.5 in peak memory on
 the CPU (Pythia-70m shape, float32; the stats-only pass <= 1.10), and <= 1.20 in time on CUDA
 (Pythia-1b shape, bf16 weights). ``--breakdown`` also times each part of
-the device-side statistics (:func:`madyn.statistics.layer_stats`) on one layer's output, B x T x D
-at the shape's width, against one layer's share of the bare forward: where a GPU pass spends.
+the device-side statistics (:func:`madyn.measure.statistics.layer_stats`) on one layer's
+output, B x T x D at the shape's width, against one layer's share of the bare forward:
+where a GPU pass spends.
 
 Run: python benchmarks/extract.py [--device cpu|cuda --shape pythia-70m|pythia-1b
      --dtype float32|bfloat16|float16 --seq-len 2048 --n-seqs 10 --repeats 3 --breakdown]
@@ -67,13 +68,13 @@ def full(model, ids):
 
 
 def stats(model, ids):
-    from madyn.statistics import measure
+    from madyn.measure.statistics import measure
 
     measure(model, ids.cpu().numpy(), batch_size=len(ids), extreme_tokens=False)
 
 
 def stats_sinks(model, ids):
-    from madyn.statistics import measure
+    from madyn.measure.statistics import measure
 
     measure(model, ids.cpu().numpy(), batch_size=len(ids), extreme_tokens=True)
 
@@ -147,13 +148,13 @@ def _timed(fn, device: str) -> float:
 
 
 def breakdown(args, per_layer_forward: float) -> None:
-    """Time each part of :func:`madyn.statistics.layer_stats` on one layer's output.
+    """Time each part of :func:`madyn.measure.statistics.layer_stats` on one layer's output.
 
     h: n_seqs x seq_len x width in the weights' dtype, with one massive channel at token 0.
     Prints each part's seconds and its share of one layer's bare forward (the body forward
     divided by the number of layers).
     """
-    from madyn.statistics import layer_stats
+    from madyn.measure.statistics import layer_stats
 
     _, width, _, _ = SHAPES[args.shape]
     g = torch.Generator().manual_seed(1)

@@ -1,6 +1,6 @@
 """Recipe sweep for first-token massive activations in Hugging Face classes (issue 23).
 
-Trains one variant per process on the synthetic Bigram-Backcopy corpus (madyn.synthetic),
+Trains one variant per process on the synthetic Bigram-Backcopy corpus (madyn.train.synthetic),
 one torch thread, for a wall-clock budget, and measures every ``--eval-every`` steps on a
 fixed evaluation batch: per layer top1/median of |h|, the share of sequences whose largest
 entry sits at position 0, the channel, the ratio with position 0 excluded, and the attention
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from madyn import synthetic
+from madyn.train import synthetic
 
 
 def build(args, vocab_size: int):

@@ -2,7 +2,7 @@
 
     python benchmarks/firsttoken_summary.py results/firsttoken-reference
 
-Per model at its last checkpoint: per layer top1/median, the kind (madyn.kinds), top1
+Per model at its last checkpoint: per layer top1/median, the kind (madyn.measure.kinds), top1
 position and channel, the ratio with the top1 token left out, the attention mass on position
 0; the effect table's rows for the extreme-token quantities; the AICc winners; the curve
 predictors against the mean curve; and the growth trend of the largest position-0 entry of

@@ -17,8 +17,8 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from madyn.fit import fit_series
-from madyn.hypotheses import get
+from madyn.curves.fit import fit_series
+from madyn.curves.hypotheses import get
 from madyn.settings import FitSettings
 
 LAYERS = {"14m": 6, "31m": 6, "70m": 12, "160m": 24, "410m": 16, "1b": 24, "1.4b": 32,

@@ -1,10 +1,10 @@
-"""Cost of live monitoring (madyn.monitor) as a fraction of training wall time, measured
+"""Cost of live monitoring (madyn.measure.monitor) as a fraction of training wall time, measured
 side by side in one run.
 
 Trains one embedded-suite model with the embedded recipe (params.yaml: suites.embedded,
 model l4-w64-h4 by default: AdamW, batch 8 x 128 tokens, 2000 steps, warmup and cosine
 decay, gradient clipping) twice in this process, in a hand-written loop: without the
-monitor, then with a :class:`madyn.monitor.Monitor` at its default schedule (0, 1, 2, 4, ...
+monitor, then with a :class:`madyn.measure.monitor.Monitor` at its default schedule (0, 1, 2, 4, ...
 64, then every 100 steps) on the embedded evaluation batch (10 x 128 held-out tokens).
 Prints both wall times, the monitor's own time (the probes, summed) and the overhead both
 ways: monitor time / training time, and the wall-time difference / the plain run's.
@@ -29,8 +29,8 @@ def train(spec, tspec, corpus: Path, probe: np.ndarray | None, out: Path | None
     import transformers
     from transformers import AutoTokenizer
 
-    from madyn.monitor import Monitor
-    from madyn.training import FAMILIES, make_optimizer, model_config, update
+    from madyn.measure.monitor import Monitor
+    from madyn.train.training import FAMILIES, make_optimizer, model_config, update
 
     torch.manual_seed(tspec.seed)
     tok = AutoTokenizer.from_pretrained(str(corpus / "tokenizer"))
@@ -61,9 +61,9 @@ def main() -> None:
 
     import torch
 
-    from madyn import params_file
-    from madyn.corpus import build_corpus, eval_windows
-    from madyn.monitor import EVERY, LOG_UNTIL
+    from madyn.measure.monitor import EVERY, LOG_UNTIL
+    from madyn.train.corpus import build_corpus, eval_windows
+    from madyn.workflow import params_file
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="l4-w64-h4")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from madyn import params_file
-from madyn.checkpoints import load_model
-from madyn.series import middle_layers
-from madyn.statistics import measure
-from madyn.training import TrainSpec, train_model
+from madyn.measure.checkpoints import load_model
+from madyn.measure.series import middle_layers
+from madyn.measure.statistics import measure
+from madyn.train.training import TrainSpec, train_model
+from madyn.workflow import params_file
 
 
 def run_variant(model: str, suite: dict, results: Path, variant: dict, work: Path) -> str:

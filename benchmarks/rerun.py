@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from madyn.scratch_project import copy_workflow
+from madyn.workflow.scratch_project import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

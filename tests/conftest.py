@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from madyn.corpus import build_corpus
+from madyn.train.corpus import build_corpus
 from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 
@@ -20,7 +20,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(corpus_dir, tmp_path_factory) -> Path:
-    from madyn.training import train_model
+    from madyn.train.training import train_model
 
     out = tmp_path_factory.mktemp("tiny")
     train_model(TINY_MODEL, TINY_TRAIN, corpus_dir, out, threads=1)

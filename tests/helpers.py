@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn import hypotheses
-from madyn.training import ModelSpec, TrainSpec, checkpoint_steps, model_config
+from madyn.curves import hypotheses
+from madyn.train.training import ModelSpec, TrainSpec, checkpoint_steps, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def synthetic_fit_table(fail: tuple[str, int] | None = ("l8-w64-h8", 7)
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A fit table (original + reparam rows per layer) and observed series (with flags)."""
     orig, rep = hypotheses.get("original"), hypotheses.get("reparam")
-    from madyn.hypotheses import original_to_reparam
+    from madyn.curves.hypotheses import original_to_reparam
 
     rng = np.random.default_rng(0)
     rows, series = [], []

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from madyn.cli import main
-from madyn.features import build_feature_table, write_feature_table
-from madyn.training import ModelSpec
+from madyn.cli.main import main
+from madyn.predict.features import build_feature_table, write_feature_table
+from madyn.train.training import ModelSpec
 from tests.helpers import SYNTHETIC_SUITE, neox_config, synthetic_fit_table
 
 SETTINGS = json.dumps({"parametrisation": "original", "predict_model": "mean", "n_boot": 2})

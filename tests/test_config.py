@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from madyn import params_file
+from madyn.workflow import params_file
 from tests.helpers import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -124,7 +124,7 @@ def test_neox_only_keys_refused_for_other_families(key, value):
 def test_design_defaults_are_stated_once():
     """The schema's defaults of the design keys are the dataclasses' defaults."""
     from madyn.settings import params_schema
-    from madyn.training import FAMILIES, OPTIMIZERS, ModelSpec, TrainSpec
+    from madyn.train.training import FAMILIES, OPTIMIZERS, ModelSpec, TrainSpec
 
     defs = params_schema()["$defs"]
     model = defs["local_suite"]["properties"]["models"]["items"]["properties"]

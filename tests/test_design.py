@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from madyn.checkpoints import load_model
-from madyn.statistics import decoder_layers, measure
-from madyn.training import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
+from madyn.measure.checkpoints import load_model
+from madyn.measure.statistics import decoder_layers, measure
+from madyn.train.training import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
 from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 SHORT = dataclasses.replace(TINY_TRAIN, steps=4, log_until=2, every=4)
@@ -118,8 +118,8 @@ def test_planning_config_counts_every_family_exactly(family):
     """resources.model_config_dict (no transformers) gives the real parameter count."""
     import transformers
 
-    from madyn.resources import model_config_dict, n_params
-    from madyn.training import model_config
+    from madyn.train.training import model_config
+    from madyn.workflow.resources import model_config_dict, n_params
 
     spec = ModelSpec("x", 3, 64, 4, family=family)
     real = getattr(transformers, FAMILIES[family])(model_config(spec, 300, 32, 0))

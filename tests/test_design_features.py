@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import params_file as madyn_params
 from madyn.architecture import DESIGN_KEY, design
-from madyn.evaluation import evaluate, lomo_predictions
-from madyn.features import (
+from madyn.predict.evaluation import evaluate, lomo_predictions
+from madyn.predict.features import (
     DESIGN_FEATURES,
     FEATURE_COLUMNS,
     SGD_LOG_EPS,
@@ -26,10 +25,11 @@ from madyn.features import (
     feature_columns,
     write_feature_table,
 )
-from madyn.prediction import predict_architecture
-from madyn.regressors import fit_predict
+from madyn.predict.prediction import predict_architecture
+from madyn.predict.regressors import fit_predict
 from madyn.settings import PredictSettings
-from madyn.training import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
+from madyn.train.training import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
+from madyn.workflow import params_file as madyn_params
 from tests.helpers import STEPS, TINY_MODEL, TINY_TRAIN, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=40, rf_n_estimators=20, n_boot=4, cv_folds=3,
@@ -70,7 +70,7 @@ def test_config_json_records_the_checkpoints_own_recipe(corpus_dir, tmp_path):
     train_model(TINY_MODEL, train, corpus_dir, tmp_path / "m", threads=1)
     out = tmp_path / "config.json"
     stated = json.dumps({"label": "sgd-design", "optimizer": "adamw", "lr": 1.0})
-    subprocess.run([sys.executable, "-m", "madyn.cli", "config-json",
+    subprocess.run([sys.executable, "-m", "madyn.cli", "step", "config-json",
                     str(checkpoint_dir(tmp_path / "m", 2)), "--design-json", stated,
                     "--out", str(out)], check=True)
     cfg = json.loads(out.read_text())

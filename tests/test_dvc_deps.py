@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from madyn.dvc_stages import CODE_PREFIXES, STAGE_CODE, rewrite_code_deps, stage_code_deps
+from madyn.workflow.dvc_stages import CODE_PREFIXES, STAGE_CODE, rewrite_code_deps, stage_code_deps
 from tests.helpers import ROOT
 
 
@@ -26,18 +26,18 @@ def test_stage_code_deps_equal_import_closure(stage):
 
 
 def test_rewrite_code_deps_keeps_the_committed_file():
-    """`python -m madyn.dvc_stages --write` regenerates exactly the committed dvc.yaml (its
+    """`python -m madyn.workflow.dvc_stages --write` regenerates exactly the committed dvc.yaml (its
     other deps, comments and layout kept); a stale list is brought up to date."""
     text = (ROOT / "dvc.yaml").read_text()
     assert rewrite_code_deps(text, ROOT) == text
-    stale = text.replace("      - src/madyn/fit.py\n", "", 1).replace(
+    stale = text.replace("      - src/madyn/curves/fit.py\n", "", 1).replace(
         "      - Snakefile\n", "      - Snakefile\n      - src/madyn/nothing.py\n", 1)
     assert stale != text and rewrite_code_deps(stale, ROOT) == text
 
 
 def test_closure_follows_imports_inside_functions(tmp_path):
     """A stage importing a module lazily (inside a function) depends on it too."""
-    from madyn.dvc_stages import import_closure
+    from madyn.workflow.dvc_stages import import_closure
 
     src = tmp_path / "src/madyn"
     src.mkdir(parents=True)
@@ -50,13 +50,13 @@ def test_closure_follows_imports_inside_functions(tmp_path):
 
 
 def test_dvc_outs_of_a_released_suite(tmp_path):
-    """`madyn dvc-outs`: a released suite's source is a link to its data, its models folder
+    """`madyn step dvc-outs`: a released suite's source is a link to its data, its models folder
     is madyn's own, holding the manifest of the files madyn reads (a user's other files
     left out), its other outs exist empty; a link an earlier version made in the models
     folder's place is replaced (the user's files stay), a non-empty source folder refused."""
-    from madyn.dvc_stages import ensure_stage_outs
-    from madyn.released import exp2_path
-    from madyn.scratch_project import copy_workflow
+    from madyn.measure.released import exp2_path
+    from madyn.workflow.dvc_stages import ensure_stage_outs
+    from madyn.workflow.scratch_project import copy_workflow
 
     data = tmp_path / "data"
     exp2_path(data, "m", 0).parent.mkdir(parents=True)
@@ -96,16 +96,16 @@ def test_dvc_outs_of_a_released_suite(tmp_path):
 
 
 def test_retrain_stale_keeps_models_trained_with_the_current_recipe(tmp_path):
-    """`madyn retrain-stale` removes the manifest of a model trained with another recipe only:
+    """`madyn step retrain-stale` removes the manifest of a model trained with another recipe only:
     a manifest that training itself writes for params.yaml's recipe (its ``train`` record
     leaves fields at their defaults out) is kept. Before the fix every model counted as
     stale, so each run of the suite stage retrained the whole suite (and overwrote a
     tampered checkpoint instead of refusing to measure it)."""
-    from madyn import params_file
-    from madyn.dvc_stages import stale_trained_models
     from madyn.io import write_json
-    from madyn.scratch_project import copy_workflow
-    from madyn.training import train_record
+    from madyn.train.training import train_record
+    from madyn.workflow import params_file
+    from madyn.workflow.dvc_stages import stale_trained_models
+    from madyn.workflow.scratch_project import copy_workflow
 
     copy_workflow(ROOT, tmp_path)
     cfg = yaml.safe_load((tmp_path / "params.yaml").read_text())

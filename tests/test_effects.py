@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn.effects import (
+from madyn.io import read_json
+from madyn.predict.effects import (
     QUANTITIES,
     TABLE_COLUMNS,
     effect_table,
@@ -18,7 +19,6 @@ from madyn.effects import (
     kurtosis_cos_association,
     model_quantities,
 )
-from madyn.io import read_json
 
 # ----------------------------------------------------------------------------- effect table
 
@@ -122,11 +122,11 @@ def test_effects_json_is_strict_json():
 @pytest.fixture(scope="module")
 def tiny_series_fits(tiny_model_dir, corpus_dir):
     """The tiny trained model measured at every checkpoint, its series and a small fit."""
-    from madyn.corpus import eval_windows
-    from madyn.extract import measure_checkpoint
-    from madyn.fit import fit_model
-    from madyn.series import build_series, fit_input
+    from madyn.curves.fit import fit_model
+    from madyn.measure.extract import measure_checkpoint
+    from madyn.measure.series import build_series, fit_input
     from madyn.settings import FitSettings
+    from madyn.train.corpus import eval_windows
 
     tokens = eval_windows(np.load(corpus_dir / "heldout.npy"), 3, 32, seed=0)
     steps = read_json(tiny_model_dir / "manifest.json")["steps"]
@@ -272,7 +272,7 @@ def _suite_files(tmp_path, series: pd.DataFrame, fits: pd.DataFrame) -> tuple[li
 
 
 def test_cli_end_to_end(tiny_series_fits, tmp_path, capsys):
-    from madyn.cli import main
+    from madyn.cli.main import main
 
     _, series, fits = tiny_series_fits
     ser, fit, designs = _suite_files(tmp_path, series, fits)
@@ -300,7 +300,7 @@ def test_cli_end_to_end(tiny_series_fits, tmp_path, capsys):
 
 
 def test_cli_without_base_writes_only_the_association(tiny_series_fits, tmp_path):
-    from madyn.cli import main
+    from madyn.cli.main import main
 
     _, series, fits = tiny_series_fits
     ser, _, _ = _suite_files(tmp_path, series, fits)
@@ -315,7 +315,7 @@ def test_cli_without_base_writes_only_the_association(tiny_series_fits, tmp_path
 
 
 def test_cli_bad_design_item_exits_2_naming_it(tiny_series_fits, tmp_path, capsys):
-    from madyn.cli import main
+    from madyn.cli.main import main
 
     _, series, fits = tiny_series_fits
     ser, fit, designs = _suite_files(tmp_path, series, fits)

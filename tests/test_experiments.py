@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from madyn import headline
+from madyn.report import headline
 from tests.helpers import ROOT
 from tests.test_workflow import BIN, DVC, ENV, SNAKEMAKE, _dvc, _run, smoke_copy, smoke_run  # noqa: F401 (fixtures)
 
@@ -161,7 +161,7 @@ def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
     assert {exps[f"lr-{lr}"]["suites.smoke.train.lr"] for lr in lrs} == set(lrs)
     growth = {float(r["growth.ratio_mid_mean"]) for r in exps.values()}
     # each lr trained the models anew (a queued experiment has no Snakemake metadata:
-    # `madyn retrain-stale` makes it retrain) and grew the massive activations differently
+    # `madyn step retrain-stale` makes it retrain) and grew the massive activations differently
     assert len(growth) == 3, growth
     changed = _run([str(BIN / "madyn"), "compare", "--csv", "--only-changed"], proj).stdout
     assert len(next(csv.reader(io.StringIO(changed)))) < len(rows[0])

@@ -6,14 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from madyn.checkpoints import load_model
 from madyn.io import read_json
-from madyn.statistics import _Collector, attention_stats, decoder_layers, layer_stats, measure
-from madyn.stats_table import read_stats
+from madyn.measure.checkpoints import load_model
+from madyn.measure.statistics import (
+    _Collector,
+    attention_stats,
+    decoder_layers,
+    layer_stats,
+    measure,
+)
+from madyn.measure.stats_table import read_stats
 
 
 def _tokens(corpus_dir, n=3, t=32) -> np.ndarray:
-    from madyn.corpus import eval_windows
+    from madyn.train.corpus import eval_windows
 
     return eval_windows(np.load(corpus_dir / "heldout.npy"), n, t, seed=0)
 
@@ -39,7 +45,7 @@ def test_top_and_median_match_independent_recomputation(tiny_model_dir, corpus_d
     tokens = _tokens(corpus_dir)
     table = measure(model, tokens, batch_size=2)  # two batches: 2 + 1 sequences
     # the same batches and attention as measure's (in bf16 their rounding shows): the
-    # model's own fused attention, which madyn.sinks leaves unchanged
+    # model's own fused attention, which madyn.measure.sinks leaves unchanged
     model.set_attn_implementation("sdpa")
     raw = [np.concatenate(hs) for hs in zip(_raw_layer_outputs(model, tokens[:2]),
                                            _raw_layer_outputs(model, tokens[2:]), strict=True)]
@@ -128,7 +134,7 @@ def test_layers_found_structurally_across_architectures(kind):
 
 
 def test_extract_cli_writes_table_with_metadata(tiny_model_dir, corpus_dir, tmp_path):
-    from madyn.cli import main
+    from madyn.cli.main import main
 
     tok = tmp_path / "tokens.npy"
     np.save(tok, _tokens(corpus_dir))
@@ -149,7 +155,7 @@ def test_collector_paths_equal_reference_statistics(with_nonfinite, on_cpu):
     """measure() on the CPU finishes statistics in numpy on a worker thread; on a GPU
     they stay tensors until one copy per batch (run here on CPU tensors). Both must agree
     with layer_stats / mlp_stats."""
-    from madyn.statistics import mlp_stats
+    from madyn.measure.statistics import mlp_stats
 
     g = torch.Generator().manual_seed(1)
     coll = _Collector(on_cpu=on_cpu)
@@ -170,7 +176,7 @@ def test_collector_paths_equal_reference_statistics(with_nonfinite, on_cpu):
                 want.setdefault((layer, key), []).append(v)
             coll.layer_hook(layer)(None, None, (h.clone(),))
             coll.mlp_hook(layer)(None, None, act)
-            coll.sink(layer, probs[:, :, 1:, 0].mean(dim=(1, 2)))  # as madyn.sinks gives it
+            coll.sink(layer, probs[:, :, 1:, 0].mean(dim=(1, 2)))  # as madyn.measure.sinks gives it
         coll.drain()
     coll.close()
     assert {"sink_mass", "first_norm_ratio", "first_peak_ratio"} <= {k for _, k in want}
@@ -295,7 +301,7 @@ def _rows_cases(n: int) -> np.ndarray:
     """Rows of length n: Gaussian |h|, heavy-tailed, few distinct values (ties at the
     median), constant, and one whose sampled positions hold its largest values (the sample
     brackets the wrong place; the exact fallback must answer)."""
-    from madyn.statistics import MEDIAN_SAMPLE
+    from madyn.measure.statistics import MEDIAN_SAMPLE
 
     rng = np.random.default_rng(3)
     gauss = np.abs(rng.standard_normal(n))
@@ -309,7 +315,7 @@ def _rows_cases(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [101, 300_001, 1_048_576])
 def test_lower_medians_are_exact(n):
-    from madyn.statistics import _lower_medians
+    from madyn.measure.statistics import _lower_medians
 
     rows = _rows_cases(n)
     want = np.sort(rows, axis=1)[:, (n - 1) // 2]
@@ -320,7 +326,7 @@ def test_lower_medians_are_exact(n):
 
 @pytest.mark.parametrize(("t", "d"), [(2, 8), (64, 32), (2048, 512)])
 def test_top3_is_exact(t, d):
-    from madyn.statistics import _top3
+    from madyn.measure.statistics import _top3
 
     rows = _rows_cases(t * d)
     rows[0, 5:8] = 50.0  # the top 3 in one token, tied

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from madyn.cli import main
-from madyn.statistics import mlp_activation
+from madyn.cli.main import main
+from madyn.measure.statistics import mlp_activation
 
 
 def _extract(ckpt, tokens, out, *extra) -> int:
@@ -22,7 +22,7 @@ def _extract(ckpt, tokens, out, *extra) -> int:
 
 @pytest.fixture
 def tokens(tmp_path, corpus_dir):
-    from madyn.corpus import eval_windows
+    from madyn.train.corpus import eval_windows
 
     p = tmp_path / "tokens.npy"
     np.save(p, eval_windows(np.load(corpus_dir / "heldout.npy"), 2, 16, seed=0))
@@ -127,7 +127,7 @@ def test_mlp_activation_found_by_shape_not_name():
 def test_no_extreme_tokens_flag_and_the_table_goes_stale(tiny_model_dir, tokens, tmp_path):
     """--no-extreme-tokens leaves sink_mass NaN; the next run with the metrics on measures
     again (a table measured with the other setting is not kept)."""
-    from madyn.stats_table import read_stats
+    from madyn.measure.stats_table import read_stats
 
     ckpt, out = tiny_model_dir / "step0", tmp_path / "s.parquet"
     assert _extract(ckpt, tokens, out, "--no-extreme-tokens") == 0

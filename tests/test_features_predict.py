@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import hypotheses
 from madyn.architecture import ArchitectureError, architecture
-from madyn.evaluation import evaluate
-from madyn.features import (
+from madyn.curves import hypotheses
+from madyn.predict.evaluation import evaluate
+from madyn.predict.features import (
     FEATURE_COLUMNS,
     SchemaError,
     build_feature_table,
@@ -25,11 +25,11 @@ from madyn.features import (
     read_feature_table,
     write_feature_table,
 )
-from madyn.prediction import predict_architecture
+from madyn.predict.prediction import predict_architecture
 from madyn.settings import PredictSettings
 from madyn.stages import features as features_stage
 from madyn.stages import predict as predict_stage
-from madyn.training import ModelSpec, model_config
+from madyn.train.training import ModelSpec, model_config
 from tests.helpers import STEPS, SYNTHETIC_SUITE, neox_config, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=60, rf_n_estimators=25, n_boot=6, cv_folds=3,

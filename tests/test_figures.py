@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from madyn import plots, plots_effects, plots_fit, plots_predict
-from madyn.figures import save_figure
+from madyn.report import plots_effects, plots_fit, plots_predict
+from madyn.report import plots_series as plots
+from madyn.report.figures import save_figure
 
 
 def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):

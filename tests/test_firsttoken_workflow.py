@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from madyn.io import read_json
-from madyn.scratch_project import copy_workflow
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 from tests.test_workflow import _run, _snakemake
 

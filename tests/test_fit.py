@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import hypotheses as H
-from madyn.fit import TABLE_COLUMNS, fit_model, fit_series
+from madyn.curves import hypotheses as H
+from madyn.curves.fit import TABLE_COLUMNS, fit_model, fit_series
 from madyn.settings import FitSettings
 from madyn.stages.fit import run as run_fit
 
@@ -290,9 +290,9 @@ def test_fit_model_table_and_released_layout():
 
 
 def test_run_fit_writes_outputs(tmp_path):
-    from madyn import released as rel
     from madyn.io import read_json
-    from madyn.series import build_series
+    from madyn.measure import released as rel
+    from madyn.measure.series import build_series
 
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000]
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Forecasting a run from its first steps (madyn.forecast, `madyn forecast`): known answers
+"""Forecasting a run from its first steps (madyn.predict.forecast, `madyn forecast`): known answers
 on curves drawn from known parameters, the prior's effect, the backtest and bad input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import forecast
+from madyn.predict import forecast
 
 STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, *range(125, 2001, 125)], float)
 

@@ -1,7 +1,7 @@
 """One GPU per measuring job on a multi-GPU box: real processes, real lock files.
 
 Snakemake's ``--resources gpu=N`` bounds how many measuring jobs run at once but does not
-say which GPU each gets; before ``madyn.gpus`` every job measured on ``cuda`` (GPU 0).
+say which GPU each gets; before ``madyn.measure.gpus`` every job measured on ``cuda`` (GPU 0).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from madyn.gpus import claimed_device
+from madyn.measure.gpus import claimed_device
 
 HOLD = """
 import json, sys, time
 from pathlib import Path
-from madyn.gpus import claimed_device
+from madyn.measure.gpus import claimed_device
 lock_dir, n, hold, out = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 with claimed_device("cuda", n_gpus=n, lock_dir=lock_dir, poll_s=0.05) as dev:
     t0 = time.time()

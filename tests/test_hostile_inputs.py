@@ -47,7 +47,7 @@ def refused(r: subprocess.CompletedProcess, *needles: str) -> str:
 
 @pytest.fixture
 def tokens(tmp_path, corpus_dir) -> Path:
-    from madyn.corpus import eval_windows
+    from madyn.train.corpus import eval_windows
 
     p = tmp_path / "tokens.npy"
     np.save(p, eval_windows(np.load(corpus_dir / "heldout.npy"), 2, 16, seed=0))
@@ -80,7 +80,7 @@ def _intact(d: Path) -> None:
 
 def test_config_json_out_on_a_folder_is_refused_and_kept(ckpt, tmp_path):
     d = _user_folder(tmp_path)
-    refused(madyn("config-json", ckpt, "--out", d), "--out", str(d), "is a folder")
+    refused(madyn("step", "config-json", ckpt, "--out", d), "--out", str(d), "is a folder")
     _intact(d)
 
 
@@ -97,7 +97,7 @@ def test_growth_out_on_a_folder_is_refused_and_kept(tmp_path):
 
     pd.DataFrame({"statistic": ["ratio"] * 2, "step": [0, 10], "layer": [0, 0],
                   "mean": [1.0, 2.0]}).to_parquet(series)
-    refused(madyn("growth", series, "--out", d), "--out", str(d), "is a folder")
+    refused(madyn("step", "growth", series, "--out", d), "--out", str(d), "is a folder")
     _intact(d)
 
 
@@ -150,7 +150,7 @@ def test_stale_temporary_lookalikes_of_the_user_survive(tmp_path):
 
 def test_extract_model_refuses_one_out_for_two_steps(tiny_model_dir, tokens, tmp_path):
     out = tmp_path / "s.parquet"
-    refused(madyn("extract-model", tiny_model_dir, "--steps", 0, 4, "--outs", out, out,
+    refused(madyn("step", "extract-model", tiny_model_dir, "--steps", 0, 4, "--outs", out, out,
                   "--tokens", tokens, "--device", "cpu"), "--outs", str(out), "given twice")
     assert not out.exists()
 
@@ -244,11 +244,11 @@ def test_extract_refuses_a_hostile_checkpoint(case, ckpt, tokens, tmp_path):
 
 @pytest.mark.parametrize("case", ["config_dev_zero", "config_fifo", "config_not_json"])
 def test_config_json_refuses_a_hostile_config(case, ckpt, tmp_path):
-    """``madyn config-json`` (the workflow's model_config job) reads config.json safely."""
+    """``madyn step config-json`` (the workflow's model_config job) reads config.json safely."""
     breaks, needles = HOSTILE[case]
     breaks(ckpt)
     out = tmp_path / "config.json"
-    refused(madyn("config-json", ckpt, "--out", out, timeout=60, memory=True), *needles)
+    refused(madyn("step", "config-json", ckpt, "--out", out, timeout=60, memory=True), *needles)
     assert not out.exists()
 
 
@@ -274,7 +274,7 @@ def test_cached_hub_config_refuses_a_huge_file(tmp_path):
     (tmp_path / "hub" / "models--o--m" / "refs").mkdir()
     (tmp_path / "hub" / "models--o--m" / "refs" / "main").write_text("a" * 40)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", "from madyn.resources import "
+    r = subprocess.run([sys.executable, "-c", "from madyn.workflow.resources import "
                         "cached_hub_config as c; c('o/m')"], capture_output=True, text=True,
                        timeout=60, env=env, preexec_fn=_limit_memory)
     assert r.returncode != 0
@@ -287,8 +287,8 @@ def test_checks_before_building_pass_every_family(kind, tmp_path):
     (tied and untied embeddings, OPT's decoder prefix, grouped-query attention)."""
     import transformers as tf
 
-    from madyn.checkpoints import load_model
-    from madyn.statistics import decoder_layers
+    from madyn.measure.checkpoints import load_model
+    from madyn.measure.statistics import decoder_layers
 
     common = {"vocab_size": 64}
     model = {

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from madyn import released
-from madyn.checkpoints import fingerprint
 from madyn.io import read_json
-from madyn.series import build_series, integrity
-from madyn.statistics import measure
-from madyn.stats_table import read_stats
+from madyn.measure import released
+from madyn.measure.checkpoints import fingerprint
+from madyn.measure.series import build_series, integrity
+from madyn.measure.statistics import measure
+from madyn.measure.stats_table import read_stats
 
 
 def publish_to_hub_cache(src: Path, cache: Path, repo_id: str, revision: str) -> str:
@@ -42,7 +42,7 @@ def test_hub_path_with_revision_offline(tiny_model_dir, corpus_dir, tmp_path):
     cache = tmp_path / "hub"
     for s in (steps[1], steps[-1]):
         publish_to_hub_cache(tiny_model_dir / f"step{s}", cache, "madyn-test/tiny", f"step{s}")
-    from madyn.corpus import eval_windows
+    from madyn.train.corpus import eval_windows
 
     tokens = tmp_path / "tokens.npy"
     np.save(tokens, eval_windows(np.load(corpus_dir / "heldout.npy"), 2, 16, seed=1))
@@ -59,7 +59,7 @@ def test_hub_path_with_revision_offline(tiny_model_dir, corpus_dir, tmp_path):
     # the same weights as the local checkpoint: same fingerprint, same statistics
     local_sha = read_json(tiny_model_dir / "manifest.json")["weights_sha256"][str(last)]
     assert meta["weights"]["shards"]["model.safetensors"] == local_sha
-    from madyn.checkpoints import load_model
+    from madyn.measure.checkpoints import load_model
 
     local = measure(load_model(str(tiny_model_dir / f"step{last}"), device="cpu"),
                     np.load(tokens))
@@ -137,7 +137,7 @@ def test_delete_download_spares_a_revision_the_user_had_cached(loopback_hub, cor
     for step in (4, 0):
         marker = tmp_path / f"step{step}.json"
         for _ in range(2 if step == 0 else 1):  # a rerun download finds its own files
-            r = _madyn(["download", "madyn-test/tiny", "--revision", f"step{step}",
+            r = _madyn(["step", "download", "madyn-test/tiny", "--revision", f"step{step}",
                         "--out", marker], env)
             assert r.returncode == 0, r.stderr
         r = _madyn(["extract", "--marker", marker, "--tokens", tokens, "--out",
@@ -219,7 +219,7 @@ def test_identical_weights_flagged_and_kept_out(tiny_model_dir, tmp_path):
     assert series.loc[series["step"] == steps[2], "flagged"].all()
     assert not series.loc[series["step"] != steps[2], "flagged"].any()
     assert report["identical_groups"] == [sorted([steps[2], steps[-1]])]
-    from madyn.series import fit_input
+    from madyn.measure.series import fit_input
 
     fi = fit_input(series)
     assert set(fi["quantity"]) == {"ratio", "top1", "median"}
@@ -243,7 +243,7 @@ def test_deleting_a_revision_spares_files_a_running_download_shares(tiny_model_d
     """While revision B downloads, deleting measured revision A must not take the blobs A
     shares with B (config.json, tokenizer: the hub stores identical files once), even
     before B's snapshot links them; A's weights go."""
-    from madyn.hub import delete_cached_revision
+    from madyn.measure.hub import delete_cached_revision
 
     cache = tmp_path / "hub"
     a = publish_to_hub_cache(tiny_model_dir / "step0", cache, "madyn-test/tiny", "step0")

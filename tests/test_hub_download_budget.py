@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from madyn.extract import measure_checkpoint
 from madyn.io import read_json
-from madyn.scratch_project import copy_workflow
-from madyn.stats_table import STAT_COLUMNS, read_stats
+from madyn.measure.extract import measure_checkpoint
+from madyn.measure.stats_table import STAT_COLUMNS, read_stats
+from madyn.workflow.scratch_project import copy_workflow
 from tests.fake_hub import FakeHub
 from tests.helpers import ROOT
 
@@ -116,7 +116,7 @@ def _run(hub: FakeHub, tmp: Path, steps: list[int], extract: dict,
     env = _env(hub, home)
     # the model's config.json, fetched first (as the feature table does): the plan reads
     # its parameter count from the cache, so the windows fit the real revision size
-    r = subprocess.run([sys.executable, "-m", "madyn.cli", "config-json", REPO, "--out",
+    r = subprocess.run([sys.executable, "-m", "madyn.cli", "step", "config-json", REPO, "--out",
                         str(tmp / "config.json")], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The classification of a layer's largest activation (madyn.kinds), on constructed
+"""The classification of a layer's largest activation (madyn.measure.kinds), on constructed
 activations where the answer is known, measured by the real statistics code."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from madyn.kinds import classify
-from madyn.statistics import _cpu_finish, layer_stats
+from madyn.measure.kinds import classify
+from madyn.measure.statistics import _cpu_finish, layer_stats
 
 
 def _table(h: torch.Tensor, cpu: bool) -> pd.DataFrame:

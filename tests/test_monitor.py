@@ -1,4 +1,4 @@
-"""Live monitoring (:mod:`madyn.monitor`) with the real HF ``Trainer`` and a hand-written
+"""Live monitoring (:mod:`madyn.measure.monitor`) with the real HF ``Trainer`` and a hand-written
 nanoGPT-style loop on the CPU: training is bit-identical with and without it, the live
 tables equal ``madyn extract`` on the checkpoint saved at the same step, and a ``run``
 suite over the Trainer's output folder runs through Snakemake to the report (a checkpoint
@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from madyn.monitor import Monitor, due
-from madyn.scratch_project import copy_workflow
-from madyn.stats_table import STAT_COLUMNS, read_stats
+from madyn.measure.monitor import Monitor, due
+from madyn.measure.stats_table import STAT_COLUMNS, read_stats
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 from tests.trainer_run import probe_tokens, train
 
@@ -253,7 +253,7 @@ def test_lightning_callback_is_bit_identical_and_records(corpus_dir, tmp_path):
     import lightning as L
     import torch
 
-    from madyn.monitor_lightning import MadynLightningCallback
+    from madyn.measure.monitor_lightning import MadynLightningCallback
 
     ids = torch.as_tensor(np.load(corpus_dir / "train.npy").astype(np.int64))
     data = [ids[i * 32:(i + 1) * 32] for i in range(64)]

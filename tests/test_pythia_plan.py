@@ -12,8 +12,8 @@ import sys
 import pytest
 import yaml
 
-from madyn.resources import download_windows, extract_plan, peak_disk_gb
-from madyn.scratch_project import copy_workflow
+from madyn.workflow.resources import download_windows, extract_plan, peak_disk_gb
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 
 # The nine Pythia shapes (layers, width, heads, vocab), as in their config.json files.

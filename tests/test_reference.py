@@ -1,4 +1,4 @@
-"""The released export's extremes sidecar and the committed reference (madyn.reference)."""
+"""The released export's extremes sidecar and the committed reference (madyn.workflow.reference)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn import released, synthetic
 from madyn.io import read_json, write_json
-from madyn.reference import make_reference
+from madyn.measure import released
 from madyn.stages.extract import series
+from madyn.train import synthetic
+from madyn.workflow.reference import make_reference
 
 
 def _tables(first_token: bool, steps=(0, 10, 20), n_seq=4, n_layers=2) -> dict:
@@ -114,7 +115,7 @@ def test_make_reference_refuses_a_foreign_folder(tmp_path):
 
 def test_feature_table_frame_has_kind_columns():
     """The per-layer growth summary carries the final kinds."""
-    from madyn.series import build_series, growth_summary
+    from madyn.measure.series import build_series, growth_summary
 
     tables = _tables(True)
     frame, _ = build_series(tables, {s: {} for s in tables}, "m")

@@ -9,8 +9,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from madyn import released
-from madyn.released import MalformedStats
+from madyn.measure import released
+from madyn.measure.released import MalformedStats
 
 
 def _arr(n_seqs: int = 3, n_layers: int = 4, seed: int = 0) -> np.ndarray:

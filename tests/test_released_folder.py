@@ -10,7 +10,8 @@ import re
 import pytest
 import yaml
 
-from madyn import params_file, released
+from madyn.measure import released
+from madyn.workflow import params_file
 from tests.helpers import ROOT
 
 STEPS = (0, 1, 2, 4, 8, 16, 32)
@@ -39,7 +40,7 @@ def _cfg(path, entries=({"name": "m_a"}, {"name": "m_b"})) -> dict:
 
 
 def test_a_complete_folder_passes_and_its_files_are_returned(tmp_path):
-    files = released.check_folder(_cfg(_folder(tmp_path)))
+    files = params_file.check_released_folder(_cfg(_folder(tmp_path)))
     assert sorted(files) == ["m_a", "m_b"]
     assert sorted(files["m_a"]) == list(STEPS)
     assert files["m_b"][4] == released.exp2_path(tmp_path, "m_b", 4)
@@ -50,7 +51,7 @@ def test_a_path_that_is_not_a_folder(tmp_path):
     for path in (tmp_path / "absent", tmp_path / "file"):
         with pytest.raises(params_file.ConfigError,
                            match=f"^suites.study.path: {re.escape(str(path))} is not a folder$"):
-            released.check_folder(_cfg(path))
+            params_file.check_released_folder(_cfg(path))
 
 
 def test_a_model_without_exp2_files(tmp_path):
@@ -59,7 +60,7 @@ def test_a_model_without_exp2_files(tmp_path):
     released.exp2_path(tmp_path, "m_b", 0).with_name("notes.txt").write_text("x")
     with pytest.raises(params_file.ConfigError,
                        match=r"^suites.study.models: no exp2 files for \['m_b'\] under "):
-        released.check_folder(_cfg(tmp_path))
+        params_file.check_released_folder(_cfg(tmp_path))
 
 
 def test_a_model_without_an_architecture(tmp_path):
@@ -67,10 +68,10 @@ def test_a_model_without_an_architecture(tmp_path):
     released.config_file(tmp_path, "m_b").unlink()
     with pytest.raises(params_file.ConfigError, match=r"^suites.study.models.1: m_b has no "
                        r".*m_b/config.json: give its architecture in the suite entry"):
-        released.check_folder(_cfg(tmp_path))
+        params_file.check_released_folder(_cfg(tmp_path))
     # the suite entry may state it instead of a config.json
     arch = {"name": "m_b", "layers": 2, "width": 32, "heads": 2, "vocab_size": 300}
-    assert "m_b" in released.check_folder(_cfg(tmp_path, ({"name": "m_a"}, arch)))
+    assert "m_b" in params_file.check_released_folder(_cfg(tmp_path, ({"name": "m_a"}, arch)))
 
 
 def test_a_model_with_fewer_checkpoints_than_min_points(tmp_path):
@@ -80,6 +81,6 @@ def test_a_model_with_fewer_checkpoints_than_min_points(tmp_path):
     assert cfg["fit"]["min_points"] == 6
     with pytest.raises(params_file.ConfigError, match=r"^fit.min_points: 6 exceeds the 5 "
                        r"checkpoints of .*/m_b/stats$"):
-        released.check_folder(cfg)
+        params_file.check_released_folder(cfg)
     cfg["fit"]["min_points"] = 5
-    released.check_folder(cfg)
+    params_file.check_released_folder(cfg)

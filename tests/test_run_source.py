@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from madyn import runs
-from madyn.checkpoints import CheckpointError
+from madyn.measure import runs
+from madyn.measure.checkpoints import CheckpointError
 from tests.test_hostile_inputs import _lying_length, _truncate, refused
 
 
@@ -217,7 +217,7 @@ def test_pickle_that_runs_code_never_runs(allow, run_dir, tokens, tmp_path):
 
 
 def test_pickle_weights_with_allow_pickle_measure_as_safetensors(run_dir, tokens, tmp_path):
-    from madyn.stats_table import read_stats
+    from madyn.measure.stats_table import read_stats
 
     ref = tmp_path / "ref.parquet"
     assert madyn("extract", run_dir / "checkpoint-4", "--tokens", tokens, "--out", ref,
@@ -256,14 +256,14 @@ def test_distributed_refusal_opens_nothing(tmp_path):
 
 
 def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):
-    """`madyn dvc-outs source/suite` for a run suite: results/<suite>/source links to the
+    """`madyn step dvc-outs source/suite` for a run suite: results/<suite>/source links to the
     run folder (a DVC dependency, never an out), models/ is madyn's folder with the
     manifest; nothing is written into the run folder."""
     import yaml
 
-    from madyn.dvc_stages import ensure_stage_outs
     from madyn.io import read_json
-    from madyn.scratch_project import copy_workflow
+    from madyn.workflow.dvc_stages import ensure_stage_outs
+    from madyn.workflow.scratch_project import copy_workflow
     from tests.helpers import ROOT
 
     proj = tmp_path / "proj"
@@ -294,7 +294,7 @@ def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):
 def test_bad_run_entries_are_refused_naming_the_key(entry, needle):
     import yaml
 
-    from madyn import params_file
+    from madyn.workflow import params_file
     from tests.helpers import ROOT
 
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -317,12 +317,14 @@ def test_checkpoint_that_fails_to_load_is_skipped_and_recorded(run_dir, tokens, 
     del tensors[next(k for k in tensors if k.endswith("final_layer_norm.weight"))]
     save_file(tensors, w)
     outs = [tmp_path / f"s{s}.parquet" for s in (1, 4, 10)]
-    r = madyn("extract-run", "--checkpoints", *(run_dir / f"checkpoint-{s}" for s in (1, 4, 10)),
+    r = madyn("step", "extract-run", "--checkpoints",
+              *(run_dir / f"checkpoint-{s}" for s in (1, 4, 10)),
               "--steps", 1, 4, 10, "--outs", *outs, "--tokens", tokens, "--model", "m",
               "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "skipped step 4" in r.stderr and "final_layer_norm" in r.stderr
-    r = madyn("series", "--model", "m", "--stats", *outs, "--out", tmp_path / "series.parquet",
+    r = madyn("step", "series", "--model", "m", "--stats", *outs, "--out",
+              tmp_path / "series.parquet",
               "--integrity", tmp_path / "integrity.json")
     assert r.returncode == 0, r.stderr
     integ = read_json(tmp_path / "integrity.json")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from madyn import hypotheses, params_file
-from madyn.features import transforms_for
+from madyn.curves import hypotheses
+from madyn.predict.features import transforms_for
 from madyn.settings import (
     ExtractSettings,
     FitSettings,
@@ -21,6 +21,7 @@ from madyn.settings import (
     section_defaults,
 )
 from madyn.stages.report import loss_table
+from madyn.workflow import params_file
 from tests.helpers import ROOT
 
 
@@ -125,7 +126,7 @@ def test_results_paths_are_defined_once():
     hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in _code_files()
             for n, line in enumerate(f.read_text().splitlines(), 1)
             if _RESULTS_LITERAL.search(line) and not line.lstrip().startswith("#")]
-    assert len(hits) == 1 and hits[0].startswith("src/madyn/params_file.py:"), hits
+    assert len(hits) == 1 and hits[0].startswith("src/madyn/workflow/params_file.py:"), hits
     assert "RESULTS = madyn_params.results_dir(config)" in \
         (ROOT / "workflow/rules/common.smk").read_text()
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from madyn import params_file
-from madyn.scratch_project import copy_workflow
+from madyn.workflow import params_file
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 
 HOSTILE = "rel $(touch {canary}) `touch {canary}` ; touch {canary} 'q\" &"

@@ -1,4 +1,4 @@
-"""Sink mass from the fused attention (madyn.sinks) equals eager attention's
+"""Sink mass from the fused attention (madyn.measure.sinks) equals eager attention's
 probabilities, for every family madyn trains or loads: GPT-NeoX, Llama (grouped-query),
 Qwen3 (QK-norm, grouped-query, sliding-window layers), OLMo2, GPT-2 and OPT."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers as tf
 
-from madyn import sinks
-from madyn.statistics import attention_stats, measure
+from madyn.measure import sinks
+from madyn.measure.statistics import attention_stats, measure
 
 COMMON = {"vocab_size": 64, "max_position_embeddings": 32, "initializer_range": 0.3}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from madyn.scratch_project import copy_workflow
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slurm

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from madyn.io import read_json, sha256_file
-from madyn.training import checkpoint_steps, train_model, training_summary
+from madyn.train.training import checkpoint_steps, train_model, training_summary
 from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 

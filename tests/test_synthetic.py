@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from madyn import synthetic
 from madyn.io import read_json
-from madyn.synthetic import SyntheticSpec
+from madyn.train import synthetic
+from madyn.train.synthetic import SyntheticSpec
 
 
 def test_backcopy_rule_bos_and_determinism():
@@ -73,8 +73,8 @@ def test_train_gpt2_on_synthetic_corpus_and_reload(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from madyn.statistics import measure
-    from madyn.training import ModelSpec, TrainSpec, train_model
+    from madyn.measure.statistics import measure
+    from madyn.train.training import ModelSpec, TrainSpec, train_model
 
     synthetic.build_corpus(tmp_path / "corpus", SyntheticSpec(vocab=16, n_triggers=2))
     spec = ModelSpec(name="g", layers=2, width=16, heads=2, family="gpt2")

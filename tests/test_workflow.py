@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from madyn.io import read_json
-from madyn.scratch_project import copy_workflow
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
@@ -224,7 +224,7 @@ def _job_counts(text: str, first_only: bool = True) -> dict[str, int]:
 def test_kill_midway_then_rerun_measures_only_missing(smoke_copy):
     """A model is measured in one process that writes each checkpoint's table as soon as
     it is done: killed midway, the written tables stay and the rerun measures the rest."""
-    from madyn.stats_table import read_stats
+    from madyn.measure.stats_table import read_stats
 
     proj = smoke_copy
     model = "s3-w48-h4"
@@ -374,7 +374,7 @@ def test_released_suite_under_dvc(smoke_run, tmp_path):
     """`dvc repro` with a released suite active: the released folder is a read-only DVC
     dependency (the suite stage's, through madyn's link), so an edited or deleted exp2 file
     reruns the suite stage, whose changed manifest reruns extract and what follows."""
-    from madyn.released import read_exp2, to_table, write_exp2
+    from madyn.measure.released import read_exp2, to_table, write_exp2
 
     proj, _ = smoke_run
     (tmp_path / "rel").mkdir()
@@ -435,7 +435,7 @@ def test_user_files_in_released_folder_survive_dvc(smoke_run, tmp_path):
     point, survive `dvc repro`, `dvc exp run`, `dvc exp apply`, `dvc checkout --force` and
     `dvc gc -w`; DVC versions madyn's manifest of the files madyn reads, so an edited exp2
     file still reruns the extract stage onward."""
-    from madyn.released import read_exp2, to_table, write_exp2
+    from madyn.measure.released import read_exp2, to_table, write_exp2
 
     proj, _ = smoke_run
     (tmp_path / "rel").mkdir()

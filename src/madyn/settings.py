@@ -91,7 +91,7 @@ _PREDICT = {**section_defaults("predict"), **section_defaults("features")}
 class FitSettings:
     """Settings of the fitting phase (params.yaml: ``fit``; defaults: the schema's).
 
-    hypotheses: names in :data:`madyn.hypotheses.REGISTRY`; quantities: series fitted per
+    hypotheses: names in :data:`madyn.curves.hypotheses.REGISTRY`; quantities: series fitted per
     layer; n_starts: variable-projection starts refined by TRF per hypothesis (a hypothesis
     warm-started from a related optimum, ``Hypothesis.warm_from``, gets ``n_starts_warm`` grid
     starts plus that one); alpha: weight of the regularised variants' penalty; min_points:
@@ -121,7 +121,7 @@ class FitSettings:
 class PredictSettings:
     """Settings of the prediction phase: params.yaml's ``predict`` (less ``example``) plus
     the feature table's ``parametrisation`` and ``quantity`` (``features``), as
-    :func:`madyn.params_file.predict_settings` returns them; defaults: the schema's."""
+    :func:`madyn.workflow.params_file.predict_settings` returns them; defaults: the schema's."""
 
     seed: int = _PREDICT["seed"]
     test_fraction: float = _PREDICT["test_fraction"]
@@ -176,9 +176,9 @@ def resolve_device(device: str, n_gpus: int) -> str:
     """The device a measuring job runs on: ``auto`` is ``cuda`` when ``n_gpus`` > 0 (CUDA
     devices visible), else ``cpu``; any other device (``cpu``, ``cuda``, ``cuda:K``,
     ``mps``) as it is. The one resolution of ``auto``: the job's resources
-    (:func:`madyn.resources.uses_cuda`, counting GPUs without torch), the GPU a job claims
-    (:func:`madyn.gpus.claimed_device`) and the device a model is loaded on
-    (:func:`madyn.checkpoints.load_model`) all call it."""
+    (:func:`madyn.workflow.resources.uses_cuda`, counting GPUs without torch), the GPU a job claims
+    (:func:`madyn.measure.gpus.claimed_device`) and the device a model is loaded on
+    (:func:`madyn.measure.checkpoints.load_model`) all call it."""
     if device == "auto":
         return "cuda" if n_gpus > 0 else "cpu"
     return device

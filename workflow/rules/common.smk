@@ -8,13 +8,13 @@ import re
 import sys
 from pathlib import Path
 
-from madyn import params_file as madyn_params
+from madyn.workflow import params_file as madyn_params
 from madyn import io as madyn_io
-from madyn import released as madyn_released
-from madyn import resources as madyn_resources
-from madyn import runs as madyn_runs
+from madyn.measure import released as madyn_released
+from madyn.workflow import resources as madyn_resources
+from madyn.measure import runs as madyn_runs
 from madyn.settings import ExtractSettings
-from madyn.training import checkpoint_dir, spec_record, train_cost, train_record
+from madyn.train.training import checkpoint_dir, spec_record, train_cost, train_record
 
 try:
     madyn_params.validate(config)
@@ -27,7 +27,7 @@ MODELS = madyn_params.model_names(SUITE_CFG)
 RESULTS = madyn_params.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
 FEATURES = madyn_params.feature_table(config)
-SYNTHETIC = madyn_params.is_synthetic(SUITE_CFG)  # a synthetic corpus (madyn.synthetic)
+SYNTHETIC = madyn_params.is_synthetic(SUITE_CFG)  # a synthetic corpus (madyn.train.synthetic)
 NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 
@@ -37,7 +37,7 @@ ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: t
 
 
 def design_args(model):
-    """madyn config-json's --design-json: the model's design label and the recipe its suite
+    """madyn step config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""
     recipe = (SRC.recipe(model) if hasattr(SRC, "recipe")
               else madyn_params.known_recipe(SUITE_CFG, model))
@@ -198,7 +198,7 @@ class ReleasedSource:
     def __init__(self):
         self.root = SUITE_CFG["path"]
         try:
-            self.files = madyn_released.check_folder(config)
+            self.files = madyn_params.check_released_folder(config)
         except madyn_params.ConfigError as err:
             sys.exit(f"madyn: {err}")
 
@@ -234,7 +234,7 @@ class ReleasedSource:
 
 class RunSource(MeasuredSource):
     """A researcher's own run (``source: run``): each model entry's folder of checkpoints
-    (found by layout at planning, :mod:`madyn.runs`; a checkpoint that appears later is
+    (found by layout at planning, :mod:`madyn.measure.runs`; a checkpoint that appears later is
     measured by the next run), one measuring job per model (extract_run.smk); or a live
     monitor's folder, whose tables are the series' inputs as they are. Skipped entries
     are named in the log and recorded in integrity/<model>.json."""

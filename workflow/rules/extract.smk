@@ -16,7 +16,7 @@ rule corpus_manifest:
     conda:
         ENV
     shell:
-        "madyn heldout-manifest --out {output:q} --max-mb {params.corpus[max_mb]:q} "
+        "madyn step heldout-manifest --out {output:q} --max-mb {params.corpus[max_mb]:q} "
         "--heldout-fraction {params.corpus[heldout_fraction]:q} 2> {log:q}"
 
 
@@ -38,7 +38,7 @@ rule eval_tokens:
     conda:
         ENV
     shell:
-        "madyn eval-tokens --corpus-manifest {input:q} --tokenizer {params.tok:q} "
+        "madyn step eval-tokens --corpus-manifest {input:q} --tokenizer {params.tok:q} "
         "--n-seqs {params.n_seqs:q} --seq-len {params.seq_len:q} --seed {params.seed:q} "
         "{params.bos:q} --out {output:q} 2> {log:q}"
 
@@ -71,7 +71,7 @@ rule extract_model:
     conda:
         ENV
     shell:
-        "madyn extract-model {params.model_dir:q} --steps {params.steps:q} --outs {output:q} "
+        "madyn step extract-model {params.model_dir:q} --steps {params.steps:q} --outs {output:q} "
         "--tokens {input.tokens:q} --model {wildcards.model:q} "
         "--settings-json {params.settings:q} "
         "--threads {threads:q} 2> {log:q}"
@@ -99,7 +99,7 @@ rule download:
     conda:
         ENV
     shell:
-        "madyn download {params.repo:q} --revision step{wildcards.step:q} --out {output:q} "
+        "madyn step download {params.repo:q} --revision step{wildcards.step:q} --out {output:q} "
         "2> {log:q}"
 
 
@@ -149,7 +149,7 @@ rule series:
     conda:
         ENV
     shell:
-        "madyn series --model {wildcards.model:q} {params.source:q} {params.export:q} "
+        "madyn step series --model {wildcards.model:q} {params.source:q} {params.export:q} "
         "{params.skipped:q} "
         "--out {output.series:q} --integrity {output.integrity:q} 2> {log:q}"
 
@@ -169,7 +169,7 @@ rule plot_series:
     conda:
         ENV
     shell:
-        "madyn plot-series --series {input:q} --out-series {output.series:q} "
+        "madyn step plot-series --series {input:q} --out-series {output.series:q} "
         "--out-first-last {output.first_last:q} 2> {log:q}"
 
 
@@ -185,4 +185,4 @@ rule growth:
     conda:
         ENV
     shell:
-        "madyn growth {input:q} --out {output:q} 2> {log:q}"
+        "madyn step growth {input:q} --out {output:q} 2> {log:q}"

@@ -36,7 +36,7 @@ for _i, _run_model in enumerate(MEASURED_RUN):
         conda:
             ENV
         shell:
-            "madyn extract-run --checkpoints {params.checkpoints:q} --steps {params.steps:q} "
+            "madyn step extract-run --checkpoints {params.checkpoints:q} --steps {params.steps:q} "
             "--outs {output:q} --tokens {input.tokens:q} --model {params.model:q} "
             "{params.pickle:q} --settings-json {params.settings:q} --threads {threads:q} "
             "2> {log:q}"

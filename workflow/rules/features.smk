@@ -18,7 +18,7 @@ rule model_config:
     conda:
         ENV
     shell:
-        "madyn config-json {params.src:q} {params.design:q} --out {output:q} 2> {log:q}"
+        "madyn step config-json {params.src:q} {params.design:q} --out {output:q} 2> {log:q}"
 
 
 rule features:
@@ -39,6 +39,6 @@ rule features:
     conda:
         ENV
     shell:
-        "madyn features --fits {input.fits:q} --config {params.configs:q} "
+        "madyn step features --fits {input.fits:q} --config {params.configs:q} "
         "--parametrisation {params.p:q} --quantity {params.q:q} --out {output.parquet:q} "
         "--out-csv {output.csv:q} 2> {log:q}"

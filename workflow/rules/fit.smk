@@ -37,7 +37,7 @@ rule plot_fit:
     conda:
         ENV
     shell:
-        "madyn plot-fit --series {input.series:q} --fits {input.fits:q} "
+        "madyn step plot-fit --series {input.series:q} --fits {input.fits:q} "
         "--out-examples {output.examples:q} --out-quality {output.quality:q} 2> {log:q}"
 
 
@@ -54,5 +54,5 @@ rule fit_summary:
     conda:
         ENV
     shell:
-        "madyn fit-summary {input:q} --out-table {output.table:q} --out {output.metrics:q} "
+        "madyn step fit-summary {input:q} --out-table {output.table:q} --out {output.metrics:q} "
         "2> {log:q}"

@@ -28,7 +28,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "madyn evaluate --features {input.features:q} --series {input.series:q} "
+        "madyn step evaluate --features {input.features:q} --series {input.series:q} "
         "--settings-json {params.settings:q} --out {output.metrics:q} "
         "--out-dir {params.outdir:q} --threads {threads:q} 2> {log:q}"
 

@@ -25,7 +25,7 @@ rule report_figures:
     conda:
         ENV
     shell:
-        "madyn report-figures --series {input.series:q} --config {params.configs:q} "
+        "madyn step report-figures --series {input.series:q} --config {params.configs:q} "
         "--manifests {input.manifests:q} --out-dir {params.outdir:q} 2> {log:q}"
 
 
@@ -70,7 +70,7 @@ rule headline:
     conda:
         ENV
     shell:
-        "madyn headline --growth {input.growth:q} --fit {input.fit:q} "
+        "madyn step headline --growth {input.growth:q} --fit {input.fit:q} "
         "--predict {input.predict:q} --forecast {input.forecast:q} "
         "--interventions {input.interventions:q} --out {output:q} 2> {log:q}"
 
@@ -88,4 +88,4 @@ rule curves:
     conda:
         ENV
     shell:
-        "madyn curves --series {input:q} --out {output:q} 2> {log:q}"
+        "madyn step curves --series {input:q} --out {output:q} 2> {log:q}"

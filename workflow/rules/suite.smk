@@ -5,7 +5,7 @@
 if SYNTHETIC:
 
     rule corpus:
-        # a synthetic corpus (madyn.synthetic): its parameters and a word-level tokenizer;
+        # a synthetic corpus (madyn.train.synthetic): its parameters and a word-level tokenizer;
         # training batches and the evaluation batch are drawn from the parameters
         output:
             manifest=f"{RESULTS}/corpus/manifest.json",
@@ -19,7 +19,7 @@ if SYNTHETIC:
         conda:
             ENV
         shell:
-            "madyn synthetic-corpus --out {params.outdir:q} --spec-json {params.spec:q} "
+            "madyn step synthetic-corpus --out {params.outdir:q} --spec-json {params.spec:q} "
             "2> {log:q}"
 
 else:
@@ -39,7 +39,7 @@ else:
         conda:
             ENV
         shell:
-            "madyn corpus --out {params.outdir:q} --max-mb {params.corpus[max_mb]:q} "
+            "madyn step corpus --out {params.outdir:q} --max-mb {params.corpus[max_mb]:q} "
             "--heldout-fraction {params.corpus[heldout_fraction]:q} "
             "--vocab-size {params.corpus[vocab_size]:q} 2> {log:q}"
 
@@ -70,7 +70,7 @@ rule train:
     conda:
         ENV
     shell:
-        "madyn train --spec-json {params.spec:q} --train-json {params.train:q} "
+        "madyn step train --spec-json {params.spec:q} --train-json {params.train:q} "
         "--corpus {params.corpus:q} --out {params.outdir:q} --threads {threads:q} "
         "--timing-out {output.timing:q} 2> {log:q}"
 
@@ -87,4 +87,4 @@ rule train_summary:
     conda:
         ENV
     shell:
-        "madyn train-summary {input:q} --out {output:q} 2> {log:q}; cat {log:q}"
+        "madyn step train-summary {input:q} --out {output:q} 2> {log:q}; cat {log:q}"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from madyn.effects import (
+from madyn.io import atomic_path, jsonable, write_json
+from madyn.predict.effects import (
     QUANTITIES,
     TABLE_COLUMNS,
     effect_table,
@@ -14,7 +15,6 @@ from madyn.effects import (
     kurtosis_cos_association,
     model_quantities,
 )
-from madyn.io import atomic_path, jsonable, write_json
 
 
 def _by_stem(paths: list[str], what: str) -> dict[str, str]:
@@ -37,9 +37,9 @@ def run(series_paths: list[str], fit_paths: list[str], designs: dict[str, str],
         base: str | None, out_json: str, out_csv: str, out_png: str | None,
         n_boot: int, seed: int) -> dict:
     """Read the series and fit Parquet files (model name = file stem), write the effect
-    summary JSON, the effect table CSV (:data:`madyn.effects.TABLE_COLUMNS`) and the
+    summary JSON, the effect table CSV (:data:`madyn.predict.effects.TABLE_COLUMNS`) and the
     forest figure PNG, each atomically; returns the JSON object (that of
-    :func:`madyn.effects.effects_json` plus ``per_model``: model -> quantity -> value).
+    :func:`madyn.predict.effects.effects_json` plus ``per_model``: model -> quantity -> value).
 
     ``designs``: model -> design label, for every model given. ``base`` None (a suite
     without a base design): only the kurtosis-cos_sim association is computed; the JSON
@@ -73,7 +73,7 @@ def run(series_paths: list[str], fit_paths: list[str], designs: dict[str, str],
     write_json(out_json, out)
     _write_csv(table, out_csv)
     if out_png:
-        from madyn.plots_effects import plot_effects
+        from madyn.report.plots_effects import plot_effects
 
         plot_effects(table, out_png, base=base)
     return out

@@ -1,9 +1,9 @@
 """Phase 2, measuring: the evaluation batch, per-checkpoint statistics, per-model series.
 
 Owns the phase's file I/O. The workflow (``workflow/rules/extract.smk``) passes every path;
-the science is in :mod:`madyn.extract` (one checkpoint), :mod:`madyn.hub` (downloads),
-:mod:`madyn.series` and :mod:`madyn.released` (the study's released layout); how checkpoints
-are measured is :class:`madyn.settings.ExtractSettings`.
+the science is in :mod:`madyn.measure.extract` (one checkpoint), :mod:`madyn.measure.hub`
+(downloads), :mod:`madyn.measure.series` and :mod:`madyn.measure.released` (the study's
+released layout); how checkpoints are measured is :class:`madyn.settings.ExtractSettings`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn import released
-from madyn.checkpoints import CheckpointError
-from madyn.extract import measure_checkpoint
-from madyn.gpus import claimed_device
-from madyn.hub import delete_cached_revision, download_revision
 from madyn.io import atomic_path, read_json, sha256_file, write_json
-from madyn.series import build_series, growth_summary
+from madyn.measure import released
+from madyn.measure.checkpoints import CheckpointError
+from madyn.measure.extract import measure_checkpoint
+from madyn.measure.gpus import claimed_device
+from madyn.measure.hub import delete_cached_revision, download_revision
+from madyn.measure.series import build_series, growth_summary
+from madyn.measure.stats_table import read_stats, write_stats
 from madyn.settings import ExtractSettings
-from madyn.stats_table import read_stats, write_stats
 
 
 def _say(msg: str) -> None:
@@ -39,11 +39,11 @@ def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
     """Write the fixed evaluation batch (N x T int64 ids, ``.npy``) cut from the held-out
     corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id);
     for a synthetic corpus, drawn from its process (``bos`` overrides its BOS setting)."""
-    from madyn.corpus import encode_with, eval_windows, heldout_texts
+    from madyn.train.corpus import encode_with, eval_windows, heldout_texts
 
     manifest = read_json(corpus_manifest)
     if manifest.get("source") == "synthetic":
-        from madyn import synthetic
+        from madyn.train import synthetic
 
         tokens = synthetic.eval_batch(synthetic.spec_of(manifest, bos), n_seqs, seq_len, seed)
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
@@ -82,9 +82,9 @@ class Checkpoint:
 
 def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
                         ) -> list[Checkpoint]:
-    """The checkpoints of a model trained by madyn (``model_dir``, as ``madyn train``
+    """The checkpoints of a model trained by madyn (``model_dir``, as ``madyn step train``
     writes it), with the weights sha256 its manifest records; ``outs`` pairs with steps."""
-    from madyn.training import checkpoint_dir
+    from madyn.train.training import checkpoint_dir
 
     if len(steps) != len(outs):
         raise ValueError(f"{len(steps)} steps but {len(outs)} output paths")
@@ -97,8 +97,8 @@ def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
 def run_checkpoints(folders: list[str], steps: list[int], outs: list[str],
                     allow_pickle: bool = False) -> list[Checkpoint]:
     """The checkpoints of a run folder (source: run), each checked first
-    (:func:`madyn.runs.check_checkpoint`); ``folders``, ``steps`` and ``outs`` pair up."""
-    from madyn.runs import check_checkpoint
+    (:func:`madyn.measure.runs.check_checkpoint`); ``folders``, ``steps`` and ``outs`` pair up."""
+    from madyn.measure.runs import check_checkpoint
 
     if not len(folders) == len(steps) == len(outs):
         raise ValueError(f"{len(folders)} checkpoints, {len(steps)} steps and {len(outs)} "
@@ -148,7 +148,7 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
     """Measure every checkpoint whose table is missing or stale, one process for all.
 
     ``settings``: how (None: the defaults). With ``extreme_tokens`` the attention-sink
-    metric is measured too (see :func:`madyn.statistics.measure`); a table measured with
+    metric is measured too (see :func:`madyn.measure.statistics.measure`); a table measured with
     the other setting, or in another dtype, is stale.
 
     Each table is written atomically as soon as its checkpoint is measured, so a killed
@@ -159,7 +159,7 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
     the job runs again.
     Returns counts: measured, kept, skipped.
     """
-    from madyn.checkpoints import fingerprint, weight_files
+    from madyn.measure.checkpoints import fingerprint, weight_files
 
     s = ExtractSettings.of(settings)
     tokens = load_tokens(tokens_path)
@@ -369,8 +369,8 @@ def growth(series_paths: list[str], out: str) -> dict:
 
 def plot_series(series_path: str, out_series: str, out_first_last: str) -> None:
     """The figures of one model's series."""
-    from madyn.plots import plot_first_last
-    from madyn.plots import plot_series as plot
+    from madyn.report.plots_series import plot_first_last
+    from madyn.report.plots_series import plot_series as plot
 
     frame = pd.read_parquet(series_path)
     plot(frame, out_series)

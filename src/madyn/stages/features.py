@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from madyn.features import build_feature_table, write_feature_table
 from madyn.io import read_json, write_json
+from madyn.predict.features import build_feature_table, write_feature_table
 from madyn.settings import PredictSettings
 
 
@@ -34,9 +34,9 @@ def config_json(out: str, source: str | None = None, revision: str | None = None
     a madyn checkpoint's own record of its recipe, is kept under
     :data:`madyn.architecture.DESIGN_KEY`. ValueError when neither source nor arch is
     given."""
-    from madyn import training
     from madyn.architecture import DESIGN_KEY
-    from madyn.checkpoints import model_config
+    from madyn.measure.checkpoints import model_config
+    from madyn.train import training
 
     if arch is not None:  # a released model without config.json: its suite entry
         spec = {k: v for k, v in arch.items() if k in training.ModelSpec.__dataclass_fields__}

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from madyn.fit import fit_model, fit_summary
+from madyn.curves.fit import fit_model, fit_summary
 from madyn.io import atomic_path, write_json
-from madyn.series import fit_input
+from madyn.measure.series import fit_input
 from madyn.settings import FitSettings
 
 
 def run(series_path: str, params_dir: str, out_table: str,
         settings: FitSettings | None = None) -> pd.DataFrame:
-    """Fit one model's series Parquet (from :func:`madyn.series.build_series`); write
+    """Fit one model's series Parquet (from :func:`madyn.measure.series.build_series`); write
     ``{params_dir}/layer_fit_params_{quantity}.json`` per quantity and the tidy fit table
     Parquet ``out_table``, each atomically. Returns the table."""
     s = settings or FitSettings()
@@ -30,7 +30,7 @@ def run(series_path: str, params_dir: str, out_table: str,
 
 def plot(series_path: str, fits_path: str, out_examples: str, out_quality: str) -> None:
     """Example-fit and fit-quality figures (PNG) of one model."""
-    from madyn.plots_fit import plot_example_fits, plot_fit_quality
+    from madyn.report.plots_fit import plot_example_fits, plot_fit_quality
 
     table = pd.read_parquet(fits_path)
     data = fit_input(pd.read_parquet(series_path), tuple(table["quantity"].unique()))
@@ -40,7 +40,7 @@ def plot(series_path: str, fits_path: str, out_examples: str, out_quality: str) 
 
 def summarise(fit_paths: list[str], out_table: str, out_metrics: str) -> dict:
     """Concatenate the per-model fit tables into ``out_table`` (Parquet) and write the fit
-    metrics (:func:`madyn.fit.fit_summary`) to ``out_metrics`` (JSON); returns them."""
+    metrics (:func:`madyn.curves.fit.fit_summary`) to ``out_metrics`` (JSON); returns them."""
     table = pd.concat([pd.read_parquet(f) for f in fit_paths], ignore_index=True)
     with atomic_path(out_table) as tmp:
         table.to_parquet(tmp, index=False)
@@ -50,7 +50,7 @@ def summarise(fit_paths: list[str], out_table: str, out_metrics: str) -> dict:
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """One line per model of the fit metrics (what ``madyn fit-summary`` prints): the
+    """One line per model of the fit metrics (what ``madyn step fit-summary`` prints): the
     ratio fits' mean best R^2 and the winning hypotheses."""
     lines = []
     for m, q in summary["per_model"].items():

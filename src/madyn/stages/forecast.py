@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn import forecast
 from madyn.io import atomic_path, write_json
+from madyn.predict import forecast
 from madyn.settings import FitSettings, ForecastSettings
 
 
@@ -48,7 +48,7 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
              fit_settings: FitSettings | None = None, workers: int = 1,
              skip: str | None = None) -> dict:
     """Truncate every model of a complete suite at each of ``settings.fractions`` and
-    forecast the rest (:func:`madyn.forecast.backtest`, the models in ``workers``
+    forecast the rest (:func:`madyn.predict.forecast.backtest`, the models in ``workers``
     processes); write the table (CSV), the summary per quantity (JSON metrics) and a
     figure. Prints the backtest's cost. ``skip``: the reason the suite has no backtest
     (its outs record it, as for a suite too small for one)."""
@@ -58,7 +58,7 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
                 f"{forecast.MIN_PRIOR_MODELS + 1}")
     if skip is not None:  # a recorded skip, every out made
         reason = skip
-        from madyn.plots_forecast import plot_skipped
+        from madyn.report.plots_forecast import plot_skipped
 
         with atomic_path(out_csv) as tmp:
             pd.DataFrame(columns=["model", "layer", "fraction", "method"]).to_csv(tmp,
@@ -81,7 +81,7 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
     summary["level"] = s.level
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    from madyn.plots_forecast import plot_backtest
+    from madyn.report.plots_forecast import plot_backtest
 
     q0 = s.quantities[0]
     plot_backtest(_example(curves[q0], table[table["quantity"] == q0], s.level),
@@ -95,7 +95,7 @@ def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
 
 def _asymptote(steps: np.ndarray, curve: np.ndarray, fit_settings: FitSettings) -> float:
     """The asymptote of the AICc winner fitted to a curve (NaN when no fit succeeds)."""
-    from madyn.fit import fit_series, select
+    from madyn.curves.fit import fit_series, select
 
     best = select(fit_series(steps, curve, fit_settings))
     return float(best.asymptote) if best is not None else float("nan")
@@ -145,7 +145,7 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
     out = Path(out_dir)
     with atomic_path(out / "curves.csv") as tmp:
         pd.concat(rows, ignore_index=True).to_csv(tmp, index=False)
-    from madyn.plots_forecast import plot_run
+    from madyn.report.plots_forecast import plot_run
 
     plot_run(figs, out / "forecast.png")
     write_json(out / "summary.json", {"model": name,

@@ -20,11 +20,11 @@ from madyn.architecture import (
     check_shape,
     is_architecture,
 )
-from madyn.evaluation import evaluate as evaluate_table
-from madyn.evaluation import feature_importance, ols_summaries, showcase_model
-from madyn.features import read_feature_table
 from madyn.io import atomic_path, read_json, write_json
-from madyn.prediction import predict_architecture
+from madyn.predict.evaluation import evaluate as evaluate_table
+from madyn.predict.evaluation import feature_importance, ols_summaries, showcase_model
+from madyn.predict.features import read_feature_table
+from madyn.predict.prediction import predict_architecture
 from madyn.settings import PredictSettings
 
 SHAPE_BOUNDS = (f"layers 1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH} with heads dividing "
@@ -72,7 +72,7 @@ def config_from_shape(layers: int, width: int, heads: int, ff_mult: int | None =
     family = family or "neox"
     if family != "neox" and (rotary_pct or not parallel_residual):
         raise InputError(f"--rotary-pct and --sequential apply to family neox, not {family}")
-    from madyn.training import ModelSpec, model_config
+    from madyn.train.training import ModelSpec, model_config
 
     spec = ModelSpec(name="query", layers=layers, width=width, heads=heads, family=family,
                      parallel_residual=parallel_residual,
@@ -142,7 +142,7 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
     input, before anything is computed."""
     import json
 
-    from madyn import params_file
+    from madyn.workflow import params_file
 
     if settings_json:
         if not features:
@@ -196,7 +196,7 @@ def default_steps(feature_table_path: str) -> list[int]:
 
 def _read_series(paths: list[str]) -> pd.DataFrame:
     """Observed series from Parquet files: fit-input form, or measured series (converted)."""
-    from madyn.series import fit_input
+    from madyn.measure.series import fit_input
 
     frames = []
     for p in paths:
@@ -217,7 +217,7 @@ def evaluate(feature_table_path: str, series_paths: list[str],
     the metrics JSON ``out_metrics``; in ``out_dir``
     ``ols_summary.txt``, ``study_predictions.csv``, ``lomo_predictions.csv``,
     ``lomo_curves.csv``, ``feature_importance.csv`` and (``figures``) the PNG figures of
-    :mod:`madyn.plots_predict`. Returns the metrics."""
+    :mod:`madyn.report.plots_predict`. Returns the metrics."""
     s = settings or PredictSettings()
     table = read_feature_table(feature_table_path)
     series = _read_series(series_paths) if series_paths else None
@@ -232,7 +232,7 @@ def evaluate(feature_table_path: str, series_paths: list[str],
     for name in ("study_predictions", "lomo_predictions", "lomo_curves"):
         _write_csv(extras.get(name, pd.DataFrame()), out / f"{name}.csv")
     if figures:
-        from madyn import plots_predict as pp
+        from madyn.report import plots_predict as pp
 
         if "lomo_predictions" in extras:
             pp.plot_pred_vs_fitted(extras["lomo_predictions"], out / "lomo_pred_vs_fitted.png")
@@ -297,7 +297,7 @@ def predict(feature_table_path: str, config: dict, steps: list[int] | None,
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(curves, out / "curves.csv")
     write_json(out / "summary.json", summary)
-    from madyn import plots_predict as pp
+    from madyn.report import plots_predict as pp
 
     pp.plot_prediction(curves, summary, out / "prediction.png")
     return summary

@@ -33,8 +33,8 @@ def figures(series_paths: list[str], config_paths: dict[str, str],
             manifest_paths: list[str], out_dir: str) -> pd.DataFrame:
     """Write ``layers.csv`` (per model and layer summary), ``loss.csv`` (training loss of
     the manifests) and the cross-model figures in ``out_dir``; returns the layer table."""
-    from madyn import plots
-    from madyn.series import layer_summary
+    from madyn.measure.series import layer_summary
+    from madyn.report import plots_series as plots
 
     series = {Path(f).stem: pd.read_parquet(f) for f in series_paths}
     n_params = {m: architecture(read_json(c))["n_params"] for m, c in config_paths.items()}
@@ -54,10 +54,10 @@ def figures(series_paths: list[str], config_paths: dict[str, str],
 
 def headline(growth: str, fit: str, predict: str, forecast: str, interventions: str,
              out: str) -> dict:
-    """Write the headline metrics (:func:`madyn.headline.headline`) of the detailed
+    """Write the headline metrics (:func:`madyn.report.headline.headline`) of the detailed
     summaries at these paths to ``out`` (JSON); returns them."""
-    from madyn.headline import headline as make
     from madyn.io import write_json
+    from madyn.report.headline import headline as make
 
     metrics = make(read_json(growth), read_json(fit), read_json(predict),
                    read_json(forecast), read_json(interventions))
@@ -67,8 +67,8 @@ def headline(growth: str, fit: str, predict: str, forecast: str, interventions: 
 
 def curves(series_paths: list[str], out: str) -> pd.DataFrame:
     """Write the measured per-layer top1/median curves of these series (tidy CSV, the
-    data of ``dvc plots``: :func:`madyn.headline.curves_table`) to ``out``."""
-    from madyn.headline import curves_table
+    data of ``dvc plots``: :func:`madyn.report.headline.curves_table`) to ``out``."""
+    from madyn.report.headline import curves_table
 
     table = curves_table([pd.read_parquet(f) for f in series_paths])
     Path(out).parent.mkdir(parents=True, exist_ok=True)

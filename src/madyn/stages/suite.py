@@ -1,6 +1,6 @@
 """Phase 1, the suite: the offline corpus and tokenizer, one training job per model, and
 the suite's training time. Owns the phase's file I/O; the science is in
-:mod:`madyn.corpus` and :mod:`madyn.training` (the trainer)."""
+:mod:`madyn.train.corpus` and :mod:`madyn.train.training` (the trainer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from madyn.io import read_json, write_json
-from madyn.training import ModelSpec, TrainSpec, train_model, training_summary
+from madyn.train.training import ModelSpec, TrainSpec, train_model, training_summary
 
 
 def _say(msg: str) -> None:
@@ -20,7 +20,7 @@ def _say(msg: str) -> None:
 def check(params: str) -> str:
     """Validate the params file ``params`` (ValueError naming what is wrong) and return a
     one-line summary of its active suite (``madyn check``)."""
-    from madyn import params_file
+    from madyn.workflow import params_file
 
     cfg = params_file.load(params)
     suite = params_file.active(cfg)
@@ -31,27 +31,27 @@ def check(params: str) -> str:
 
 def train_specs(model: str | None, params: str, spec_json: str | None = None,
                 train_json: str | None = None) -> tuple[ModelSpec, TrainSpec]:
-    """The architecture and recipe ``madyn train`` trains: from ``spec_json`` and
+    """The architecture and recipe ``madyn step train`` trains: from ``spec_json`` and
     ``train_json`` (JSON text) when given, else model ``model`` of the active suite of the
     params file ``params`` (SystemExit when that suite is not trained locally or has no such
     model)."""
     if spec_json:
         return ModelSpec(**json.loads(spec_json)), TrainSpec(**json.loads(train_json))
-    from madyn import params_file
+    from madyn.workflow import params_file
 
     cfg = params_file.load(params)
     active = params_file.active(cfg)
     if active["source"] != "local":
-        raise SystemExit(f"madyn train: suite {cfg['suite']!r} is not trained locally")
+        raise SystemExit(f"madyn step train: suite {cfg['suite']!r} is not trained locally")
     if model not in params_file.model_names(active):
-        raise SystemExit(f"madyn train: no model {model!r} in suite {cfg['suite']!r}")
+        raise SystemExit(f"madyn step train: no model {model!r} in suite {cfg['suite']!r}")
     return params_file.model_spec(active, model), params_file.train_spec(active, model)
 
 
 def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,
            root: str | None = None) -> dict:
     """Build the corpus (files, manifest, tokenizer, token files) under ``out``."""
-    from madyn.corpus import build_corpus
+    from madyn.train.corpus import build_corpus
 
     t0 = time.monotonic()
     m = build_corpus(out, max_mb, heldout_fraction, vocab_size, root)
@@ -62,12 +62,12 @@ def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,
 
 def synthetic_corpus(out: str, spec_json: str) -> dict:
     """Write a synthetic corpus (manifest and tokenizer) under ``out``."""
-    from madyn import synthetic
+    from madyn.train import synthetic
 
     try:
         spec = synthetic.SyntheticSpec(**json.loads(spec_json))
     except TypeError as e:
-        raise SystemExit(f"madyn synthetic-corpus: --spec-json: {e}") from None
+        raise SystemExit(f"madyn step synthetic-corpus: --spec-json: {e}") from None
     m = synthetic.build_corpus(out, spec)
     _say(f"synthetic corpus: {spec.kind}, vocab {spec.vocab}, triggers {m['triggers']}, "
          f"bos {spec.bos}, matrix sha256 {m['matrix_sha256'][:12]}")
@@ -76,7 +76,7 @@ def synthetic_corpus(out: str, spec_json: str) -> dict:
 
 def heldout_manifest(out: str, max_mb: float, heldout_fraction: float) -> None:
     """The held-out file list only (hub suites: evaluation text, no tokenizer training)."""
-    from madyn.corpus import collect_files, stdlib_root
+    from madyn.train.corpus import collect_files, stdlib_root
 
     files = collect_files(stdlib_root(), max_mb, heldout_fraction)
     write_json(out, {"root": str(stdlib_root()), "files": [f.__dict__ for f in files]})

@@ -1,0 +1,120 @@
+"""Predict and forecast: ``madyn predict`` (a design's per-layer curves before training)
+and ``madyn forecast`` (a run's curves from its first steps, or the backtest of a suite)."""
+
+from __future__ import annotations
+
+import argparse
+
+from madyn.cli.common import add, json_arg, pick, positive_int, say
+
+GROUP = "predict and forecast"
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from madyn.stages import predict
+
+    try:
+        q = predict.query(**pick(args, "params", "settings_json", "features", "config",
+                                  "layers", "width", "heads", "ff_mult", "rotary_pct",
+                                  "vocab_size", "family", "sequential", "optimizer", "lr",
+                                  "eps", "steps"))
+    except predict.InputError as e:
+        say(f"madyn predict: {e}")
+        return 2
+    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out)
+    if summary.get("warning"):
+        say(f"madyn predict: warning: {summary['warning']}")
+    if note := predict.design_note(q, summary):
+        say(f"madyn predict: note: {note}")
+    for line in predict.summary_lines(summary):
+        say(line)
+    say(f"-> {args.out}/curves.csv, summary.json, prediction.png")
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from madyn.settings import FitSettings, ForecastSettings
+    from madyn.stages import forecast
+
+    s = ForecastSettings.from_dict(json_arg(args.settings_json))
+    fit = FitSettings.from_dict(json_arg(args.fit_settings_json))
+    if args.run:
+        if args.last_step is None or not args.out_dir:
+            raise ValueError("--run needs --last-step and --out-dir")
+        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
+        say(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}")
+        return 0
+    if not (args.out_json and args.out_csv and args.out_png):
+        raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
+    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
+                                fit, workers=args.threads, skip=args.skip)
+    for line in forecast.backtest_lines(summary, s.quantities):
+        say(line)
+    return 0
+
+
+def register(sub) -> list[tuple[str, str]]:
+    """Add ``predict`` and ``forecast``; their (name, one-line help)."""
+    from madyn.architecture import MAX_LAYERS, MAX_WIDTH, MIN_WIDTH
+
+    c = add(
+        sub, "predict", _cmd_predict,
+        "predict an architecture's per-layer massive-activation curves",
+        "Train the predictors on every fitted (model, layer) and predict the top1/median "
+        "curve of each layer of a new architecture, with its peak step and final ratio and "
+        "bootstrap intervals. Give a Hugging Face config.json of any decoder-only model, or "
+        "--layers/--width/--heads for a Pythia-style one. Plausible shapes only: layers "
+        f"1-{MAX_LAYERS}, width {MIN_WIDTH}-{MAX_WIDTH}, heads 1-width dividing width (bad "
+        "input: a one-line error, exit code 2, nothing written).",
+        example="madyn predict --config path/to/config.json --out results/mine")
+    c.add_argument("--config", help="a Hugging Face config.json (its shape within the "
+                   "bounds below)")
+    c.add_argument("--layers", type=int, help=f"1-{MAX_LAYERS}")
+    c.add_argument("--width", type=int, help=f"{MIN_WIDTH}-{MAX_WIDTH}, divisible by heads")
+    c.add_argument("--heads", type=int, help="1-width, dividing width")
+    c.add_argument("--ff-mult", type=int, help="1-64 (default 4)")
+    c.add_argument("--rotary-pct", type=float, help="(0, 1] (default 0.25)")
+    c.add_argument("--vocab-size", type=int, default=512)
+    d = c.add_argument_group("design (used where the training models vary in it)")
+    d.add_argument("--family", choices=["neox", "llama", "qwen3", "olmo2"],
+                   help="block layout with --layers/--width/--heads (default neox)")
+    d.add_argument("--sequential", action="store_true",
+                   help="neox: sequential residual (default parallel, as Pythia)")
+    d.add_argument("--optimizer", choices=["adamw", "sgd"], help="the training optimiser")
+    d.add_argument("--lr", type=float, help="peak learning rate, in (0, 10]")
+    d.add_argument("--eps", type=float, help="Adam epsilon, in (0, 1]")
+    c.add_argument("--params", default="params.yaml", help="settings (default params.yaml)")
+    c.add_argument("--settings-json", help="PredictSettings as JSON (instead of --params)")
+    c.add_argument("--features", help="feature table (default: the active suite's; "
+                   "required with --settings-json)")
+    c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
+                   "training data's last step)")
+    c.add_argument("--out", default="prediction", help="output folder (default prediction/)")
+
+    c = add(sub, "forecast", _cmd_forecast,
+             "forecast a run from its first steps (or backtest a complete suite)",
+             "The suite's other models at the same relative depth are the prior (a Gaussian "
+             "over log curves), conditioned on the run's points so far. With --run: forecast "
+             "that series to --last-step (curves.csv, summary.json, forecast.png in "
+             "--out-dir). Without: truncate every model of --series at each fraction and "
+             "forecast the rest, against three baselines (last value, the best AICc fit on "
+             "the early points, the prior alone).",
+             example="madyn forecast --series results/embedded/series/*.parquet --run "
+             "mine.parquet --last-step 2000 --out-dir forecast/")
+    c.add_argument("--series", nargs="+", required=True, help="series Parquets: the prior's "
+                   "models (and, without --run, the models backtested)")
+    c.add_argument("--run", help="series Parquet of a run still training")
+    c.add_argument("--last-step", type=int, help="the run's planned last step")
+    c.add_argument("--out-dir", help="with --run: where the forecast goes")
+    c.add_argument("--out-json", help="backtest metrics (JSON)")
+    c.add_argument("--out-csv", help="backtest table (CSV)")
+    c.add_argument("--out-png", help="backtest figure")
+    c.add_argument("--settings-json", help="params.yaml's forecast section, as JSON")
+    c.add_argument("--fit-settings-json", help="params.yaml's fit section (early-fit "
+                   "baseline, asymptotes), as JSON")
+    c.add_argument("--threads", type=positive_int, default=1,
+                   help="processes the backtest's models are spread over")
+    c.add_argument("--skip", metavar="REASON", help="record that this suite has no backtest, "
+                   "and why (the outs say so; nothing is forecast)")
+    return [("predict", "predict a design's per-layer curves before training"),
+            ("forecast", "forecast a run from its first steps (or backtest a suite)")]

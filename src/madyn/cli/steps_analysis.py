@@ -1,0 +1,149 @@
+"""Workflow steps after measuring (``madyn step ...``, called by Snakemake): fit figures
+and summary, config.json and the feature table, the predictors' evaluation, the report's
+figures, headline and curves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from madyn.cli.common import add, json_arg, model_map, outs, pick, positive_int, say
+
+
+def _cmd_plot_fit(args: argparse.Namespace) -> int:
+    from madyn.stages import fit
+
+    fit.plot(args.series, args.fits, args.out_examples, args.out_quality)
+    return 0
+
+
+def _cmd_fit_summary(args: argparse.Namespace) -> int:
+    from madyn.stages import fit
+
+    for line in fit.summary_lines(fit.summarise(args.fits, args.out_table, args.out)):
+        say(line)
+    return 0
+
+
+def _cmd_config_json(args: argparse.Namespace) -> int:
+    from madyn.stages import features
+
+    arch = json.loads(args.arch_json) if args.arch_json else None
+    features.config_json(args.out, args.source, args.revision, arch,
+                         json_arg(args.design_json))
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from madyn.settings import PredictSettings
+    from madyn.stages import features
+
+    configs = model_map(args.config, "--config")
+    s = PredictSettings(parametrisation=args.parametrisation, quantity=args.quantity)
+    t = features.run(args.fits, configs, args.out, args.out_csv, s)
+    say(f"feature table: {len(t)} rows ({int(t['usable'].sum())} usable) -> {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from madyn.settings import PredictSettings
+    from madyn.stages import predict
+
+    m = predict.evaluate(args.features, args.series,
+                         PredictSettings.from_dict(json_arg(args.settings_json)), args.out,
+                         args.out_dir, workers=args.threads)
+    lomo = m.get("lomo", {}).get("mean_r2", {})
+    say("LOMO mean R^2 per model type: "
+         + ", ".join(f"{k} {v:.3f}" for k, v in lomo.items() if v is not None))
+    return 0
+
+
+def _cmd_report_figures(args: argparse.Namespace) -> int:
+    from madyn.stages import report
+
+    configs = model_map(args.config, "--config")
+    layers = report.figures(args.series, configs, args.manifests, args.out_dir)
+    say(f"report: {layers['model'].nunique()} models -> {args.out_dir}")
+    return 0
+
+
+def _cmd_headline(args: argparse.Namespace) -> int:
+    from madyn.report.headline import count
+    from madyn.stages import report
+
+    metrics = report.headline(**pick(args, "growth", "fit", "predict", "forecast",
+                                      "interventions", "out"))
+    say(f"headline: {count(metrics)} metrics -> {args.out}")
+    return 0
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from madyn.stages import report
+
+    table = report.curves(args.series, args.out)
+    say(f"curves: {table['curve'].nunique()} layer curves -> {args.out}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the analysis steps to the ``madyn step`` group ``sub``."""
+    from madyn.settings import schema_default, schema_enum
+
+    c = add(sub, "plot-fit", _cmd_plot_fit,
+             "example fits and fit quality figures of one model")
+    outs(c, "--series", "--fits", "--out-examples", "--out-quality")
+
+    c = add(sub, "fit-summary", _cmd_fit_summary,
+             "one tidy fit table over all models + metrics")
+    c.add_argument("fits", nargs="+", help="per-model fit tables")
+    c.add_argument("--out-table", required=True)
+    c.add_argument("--out", required=True, help="metrics JSON")
+
+
+    c = add(sub, "config-json", _cmd_config_json,
+             "a model's config.json (local checkpoint or hub)")
+    c.add_argument("source", nargs="?", help="checkpoint folder or hub repo id")
+    c.add_argument("--arch-json", help="or a GPT-NeoX architecture as JSON: name, layers, "
+                   "width, heads, vocab_size[, ff_mult, rotary_pct]")
+    c.add_argument("--revision", help="hub revision (default main)")
+    c.add_argument("--design-json", help="the model's design label and known recipe as JSON "
+                   "(label, optimizer, lr, eps), kept under madyn_design; a madyn checkpoint's "
+                   "own record of its recipe takes precedence")
+    c.add_argument("--out", required=True)
+
+    c = add(sub, "features", _cmd_features, "the consolidated (model, layer) feature table")
+    c.add_argument("--fits", nargs="+", required=True, help="fit tables (Parquet)")
+    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
+    for key in ("parametrisation", "quantity"):
+        c.add_argument(f"--{key}", default=schema_default(f"features.{key}"),
+                       choices=schema_enum(f"features.{key}"))
+    outs(c, "--out", "--out-csv")
+
+
+    c = add(sub, "evaluate", _cmd_evaluate, "train and evaluate the predictors (study "
+             "protocol, leave-one-model-out, curve space)")
+    c.add_argument("--features", required=True)
+    c.add_argument("--series", nargs="*", default=[], help="observed series (curve space)")
+    c.add_argument("--settings-json", help="PredictSettings as JSON (params.yaml: predict)")
+    c.add_argument("--out", required=True, help="metrics JSON")
+    c.add_argument("--out-dir", required=True, help="predictions, OLS summary, figures")
+    c.add_argument("--threads", type=positive_int, default=1,
+                   help="processes the held-out models (and designs) are spread over")
+
+    c = add(sub, "report-figures", _cmd_report_figures, "cross-model figures and tables")
+    c.add_argument("--series", nargs="+", required=True)
+    c.add_argument("--config", nargs="+", required=True, metavar="MODEL=CONFIG_JSON")
+    c.add_argument("--manifests", nargs="*", default=[], help="training manifests (loss)")
+    c.add_argument("--out-dir", required=True)
+
+    c = add(sub, "headline", _cmd_headline, "the headline metrics (about 30 numbers)",
+             "Read the detailed summaries (metrics/growth.json, fit.json, predict.json, "
+             "forecast.json, interventions.json) and write the few numbers compared between "
+             "experiments (DVC's metrics): growth, fit R², curve-space prediction, forecast.")
+    outs(c, "--growth", "--fit", "--predict", "--forecast", "--interventions", "--out")
+
+    c = add(sub, "curves", _cmd_curves, "the per-layer top1/median curves as a tidy CSV",
+             "One row per (model, layer, step) of the measured top1/median (flagged "
+             "checkpoints left out): the data `dvc plots` draws and `dvc plots diff` compares.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
+    c.add_argument("--out", required=True)

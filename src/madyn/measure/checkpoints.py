@@ -1,0 +1,381 @@
+"""Checkpoints madyn may measure: loading a causal LM, every check made before anything
+is built from its files (safetensors headers, configured layers and size, the evaluation
+tokens), and the weights' fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from madyn.architecture import ArchitectureError, check_decoder_only
+from madyn.measure.gpus import visible_gpus
+from madyn.settings import ExtractSettings, resolve_device
+
+_DEFAULT = ExtractSettings()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint madyn must not measure; the message names it and says why."""
+
+
+def _is_local(source: str) -> bool:
+    """A path (not a hub repo id ``owner/name``): it exists, or it looks like a path."""
+    p = Path(source)
+    return (p.exists() or source.startswith((".", "/", "~")) or p.is_absolute()
+            or source.count("/") != 1 or source.endswith(".json"))
+
+
+def _require_folder(source: str) -> None:
+    """A local checkpoint must exist (never look a path up on the hub)."""
+    if _is_local(source) and not Path(source).is_dir():
+        raise CheckpointError(f"{source}: no such checkpoint folder")
+
+
+
+def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.dtype,
+               device: str = _DEFAULT.device, attn_implementation: str | None = None):
+    """Load a causal LM from a local HF directory or a hub repo id at ``revision``.
+
+    Safetensors only, never remote code. ``dtype``: float32, float16 or bfloat16.
+    ``attn_implementation``: e.g. ``eager`` (materialises attention probabilities, which
+    ``sink_mass`` needs); None: transformers' default.
+    A checkpoint whose weight files miss a tensor of the architecture, or hold one it does
+    not have, is refused (transformers would initialise the missing one randomly).
+    Returns the model in eval mode on the resolved device
+    (:func:`madyn.settings.resolve_device`); defaults: :class:`ExtractSettings`'.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    _require_folder(source)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    config = model_config(source, revision)
+    try:
+        check_decoder_only(config, source)
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from None
+    refuse_remote_code(config, source)
+    if Path(source).is_dir():  # before building anything: headers, layers, size
+        tensors = check_config_matches_weights(source, config, weight_files(source))
+        check_parameter_count(source, tensors)
+    else:
+        config_layers(config, source)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        source,
+        revision=revision,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=False,
+        output_loading_info=True,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+    )
+    bad = {k: sorted(v) for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        where = f"{source}@{revision}" if revision else source
+        raise CheckpointError(f"{where}: weights do not match the architecture: "
+                              + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in bad.items()))
+    return model.to(resolve_device(device, visible_gpus())).eval()
+
+
+def refuse_remote_code(config: dict, where: str) -> None:
+    """CheckpointError when a config names ``auto_map`` (its own model code, which madyn
+    never runs)."""
+    if "auto_map" in config:
+        raise CheckpointError(f"{where}: config.json names auto_map (custom model code); "
+                              "madyn never runs a checkpoint's own code (trust_remote_code)")
+
+
+def load_pickle_model(source: str, files: list[Path], dtype: str = _DEFAULT.dtype,
+                      device: str = _DEFAULT.device):
+    """A causal LM from ``source``'s config.json and weights read from PyTorch pickles
+    ``files`` with ``torch.load(weights_only=True)`` only (a file that needs more is
+    refused, never unpickled in full). A state dict under ``state_dict`` or ``model``
+    (Lightning, nanoGPT) is accepted, ``_orig_mod.`` (torch.compile) and a common
+    ``model.`` prefix stripped. The tensors are written to a temporary safetensors copy
+    beside the config and loaded by :func:`load_model`, with every check it makes."""
+    import shutil
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    config = model_config(source)
+    refuse_remote_code(config, source)
+    state: dict = {}
+    for f in files:
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 (the restricted unpickler refuses in many ways)
+            why = " ".join(str(e).split())[:160]
+            raise CheckpointError(f"{f}: not loadable with torch.load(weights_only=True) "
+                                  f"({why}); madyn never unpickles it in full") from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor)
+                                                for v in obj.values()):
+            raise CheckpointError(f"{f}: holds no state dict of tensors")
+        state.update({k.removeprefix("_orig_mod."): v for k, v in obj.items()})
+    if state and all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    with tempfile.TemporaryDirectory(prefix="madyn-pickle-") as tmp:
+        shutil.copy(Path(source) / "config.json", Path(tmp) / "config.json")
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
+                  str(Path(tmp) / "model.safetensors"))
+        try:
+            return load_model(tmp, dtype=dtype, device=device)
+        except CheckpointError as e:
+            raise CheckpointError(str(e).replace(tmp, source)) from None
+
+
+def check_tokens(tokens: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
+    """The evaluation batch as int64 N x T ids, or a ValueError naming ``where``."""
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise ValueError(f"{where}: expected a non-empty N x T array of token ids, "
+                         f"got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"{where}: token ids must be integers, got {tokens.dtype}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{where}: token ids span [{lo}, {hi}], outside the model's "
+                         f"vocabulary of {vocab_size}")
+    return tokens.astype(np.int64, copy=False)
+
+
+def model_config(source: str, revision: str | None = None) -> dict:
+    """A checkpoint's ``config.json`` as a dict: a local HF directory, or a hub repo id at
+    ``revision`` (a plain JSON download; no model code is loaded). Read safely
+    (:func:`madyn.io.read_json`: a regular file of bounded size); ValueError naming it."""
+    from madyn.io import read_json
+
+    local = Path(source)
+    if local.is_dir():
+        path = local / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(source, "config.json", revision=revision))
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object (a config.json), got "
+                              f"{type(cfg).__name__}")
+    return cfg
+
+
+def weight_files(source: str, revision: str | None = None) -> list[Path]:
+    """The safetensors files of a checkpoint: a local dir, or a hub repo's revision as
+    cached by the download that loading it just made. Each is a regular file (a FIFO or a
+    device is refused naming it, see :func:`check_weight_files`)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    _require_folder(source)
+    local = Path(source)
+    if local.is_dir():
+        return check_weight_files(sorted(local.glob("*.safetensors")))
+
+    def cached(name: str) -> Path | None:
+        p = try_to_load_from_cache(source, name, revision=revision)
+        return Path(p) if isinstance(p, str) else None
+
+    idx = cached("model.safetensors.index.json")
+    names = shard_names(idx) if idx else ["model.safetensors"]
+    files = [cached(n) for n in names]
+    if any(f is None for f in files):
+        raise FileNotFoundError(f"{source}@{revision}: weights not in the hub cache")
+    return check_weight_files(files)
+
+
+# ------------------------------------------------------------ checks before building
+SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # bytes; the safetensors library's own bound
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
+               "F8_E5M2": 1}
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard file names a ``model.safetensors.index.json`` maps its tensors to (each a
+    plain name in the index's folder); CheckpointError naming the index otherwise."""
+    from madyn.io import read_json
+
+    data = read_json(index)
+    wmap = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(
+            isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
+            for v in wmap.values()):
+        raise CheckpointError(f"{index}: no weight_map of tensor -> shard file names")
+    return sorted(set(wmap.values()))
+
+
+def check_weight_files(files: list[Path]) -> list[Path]:
+    """The weight files, each refused (:class:`madyn.io.UnsafeFile`, naming it) unless a
+    regular file (a symlink to one is followed): a FIFO or /dev/zero would block or read
+    without end. Returns ``files``."""
+    import os
+    import stat
+
+    from madyn.io import open_regular
+
+    for f in files:
+        if not stat.S_ISREG(os.stat(f).st_mode):
+            open_regular(f)  # raises, naming what it is
+    return files
+
+
+def safetensors_header(path: Path) -> dict:
+    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets),
+    checked against the file before anything is built from it. CheckpointError naming the
+    file when it is truncated, its header length field lies or points past the data, the
+    header is not JSON, or a tensor's bytes do not fit its shape or the file."""
+    import json
+    import struct
+
+    from madyn.io import open_regular
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid safetensors file: {why}")
+
+    with open_regular(path) as f:
+        import os
+
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise bad(f"truncated ({size} bytes; the header length alone takes 8)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise bad(f"its header length field says {n} bytes, but only {size - 8} "
+                      "follow it (truncated, or not a safetensors file)")
+        if n > SAFETENSORS_HEADER_LIMIT:
+            raise bad(f"a header of {n} bytes (at most {SAFETENSORS_HEADER_LIMIT} allowed)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad(f"its {n}-byte header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data_len, tensors = size - 8 - n, {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        shape, offsets = (t.get("shape"), t.get("data_offsets")) if isinstance(t, dict) \
+            else (None, None)
+        if not (isinstance(shape, list) and all(_whole(d) and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(_whole(o) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name!r} has no valid shape and data offsets")
+        if offsets[1] > data_len:
+            raise bad(f"tensor {name!r} ends at byte {offsets[1]} of the data, but the file "
+                      f"holds {data_len} (truncated)")
+        item = DTYPE_SIZES.get(t.get("dtype"))
+        numel = 1
+        for d in shape:
+            numel *= d
+        if item is not None and numel * item != offsets[1] - offsets[0]:
+            raise bad(f"tensor {name!r}: {t['dtype']} {shape} takes {numel * item} bytes, "
+                      f"its data offsets span {offsets[1] - offsets[0]}")
+        tensors[name] = {"shape": shape, "numel": numel}
+    return tensors
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# config.json keys that size the model: whole numbers when present (None: unset)
+SIZE_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd",
+             "d_model", "vocab_size", "intermediate_size", "n_inner", "ffn_dim",
+             "num_attention_heads", "n_head", "num_key_value_heads", "head_dim",
+             "max_position_embeddings", "n_positions", "num_local_experts", "num_experts")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_LAYER_INDEX = re.compile(r"^(.*?)\.(\d+)\.")
+
+
+def config_layers(config: dict, where: str) -> int:
+    """The configured number of decoder layers; every size key of :data:`SIZE_KEYS` must be
+    a whole number >= 0 (layers >= 1), else CheckpointError naming ``where`` and the key."""
+    for key in SIZE_KEYS:
+        v = config.get(key)
+        if v is not None and not (_whole(v) and v >= 0):
+            raise CheckpointError(f"{where}: {key} must be a whole number, got {v!r}")
+    key = next((k for k in LAYER_KEYS if config.get(k) is not None), None)
+    if key is None or config[key] < 1:
+        raise CheckpointError(f"{where}: no number of layers >= 1 "
+                              f"({' / '.join(LAYER_KEYS)})")
+    return config[key]
+
+
+def weight_layers(tensors: dict) -> tuple[str, int]:
+    """The decoder stack in tensor names: the ``prefix.N.`` with the most distinct N, and
+    that number (("", 0) when no name has a numbered part)."""
+    stacks: dict[str, set[int]] = {}
+    for name in tensors:
+        m = _LAYER_INDEX.match(name)
+        if m:
+            stacks.setdefault(m[1], set()).add(int(m[2]))
+    if not stacks:
+        return "", 0
+    prefix = max(stacks, key=lambda k: len(stacks[k]))
+    return prefix, len(stacks[prefix])
+
+
+def check_config_matches_weights(source: str, config: dict, files: list[Path]) -> dict:
+    """Before anything is built: the weight files' headers parse (:func:`safetensors_header`)
+    and the config's number of layers equals the decoder layers the tensor names hold.
+    Returns name -> {shape, numel} of every tensor. CheckpointError naming the file."""
+    where = Path(source) / "config.json" if Path(source).is_dir() else source
+    n_layers = config_layers(config, str(where))
+    if not files:
+        raise CheckpointError(f"{source}: no .safetensors weight files")
+    tensors: dict = {}
+    for f in files:
+        tensors.update(safetensors_header(f))
+    prefix, found = weight_layers(tensors)
+    if found != n_layers:
+        raise CheckpointError(f"{where}: says {n_layers} layers, but the weight files hold "
+                              f"{found}{f' ({prefix}.N)' if prefix else ''}")
+    return tensors
+
+
+PARAM_SLACK = 2**20  # parameters a config may describe beyond twice the weights' values
+
+
+def check_parameter_count(source: str, tensors: dict) -> None:
+    """The architecture of the local checkpoint ``source``, built on the meta device (no
+    memory), must not have far more parameters than its weight files hold (``tensors``):
+    a config.json much larger than its weights is refused before transformers allocates
+    it. A smaller difference (a tensor missing) is left to :func:`load_model`, which names
+    the tensors."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    wanted = sum(p.numel() for p in model.parameters())
+    held = sum(t["numel"] for t in tensors.values())
+    if wanted > 2 * held + PARAM_SLACK:
+        where = Path(source) / "config.json" if Path(source).is_dir() else source
+        raise CheckpointError(f"{where}: describes a model of {wanted:,} parameters, but "
+                              f"the weight files hold {held:,} values")
+
+
+def fingerprint(files: list[Path]) -> dict:
+    """sha256 of each weight file and of all of them together.
+
+    Hub cache blobs are named by their sha256 already; that name is used without reading.
+    """
+    from madyn.io import sha256_file
+
+    shards = {}
+    for f in files:
+        real = f.resolve()
+        blob = real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name)
+        shards[f.name] = real.name if blob else sha256_file(real)
+    overall = hashlib.sha256("".join(shards[k] for k in sorted(shards)).encode()).hexdigest()
+    return {"sha256": overall, "shards": shards}
