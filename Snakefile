@@ -4,7 +4,7 @@
 # features_all, predict_all, report_all.
 import sys
 
-from madyn import params_file as madyn_params
+from madyn.workflow import params_file as madyn_params
 
 # Before Snakemake reads it: a params file that is huge, has a key twice or YAML aliases
 # that expand without bound is refused here (Snakemake would keep the last duplicate and
