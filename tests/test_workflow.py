@@ -62,12 +62,14 @@ def test_bad_params_fail_before_any_job(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """The smoke suite through `dvc repro` in a fresh git + DVC repository, built once and
-    shared: tests given it only read it (a test that changes the project takes
-    ``smoke_copy``), so no test depends on which ran before it."""
+    """The smoke suite through `madyn run` (what `make run` calls: `dvc repro` stage by
+    stage, no extra suite) in a fresh git + DVC repository, built once and shared: tests
+    given it only read it (a test that changes the project takes ``smoke_copy``), so no
+    test depends on which ran before it."""
     proj = copy_workflow(ROOT, tmp_path_factory.mktemp("proj"))
     _git_dvc_init(proj, tmp_path_factory.mktemp("remote"))
-    r = _dvc(proj, "repro")
+    r = _run([str(BIN / "madyn"), "run", "--cores", "2", "--extra-suites"], proj, timeout=1500)
+    assert r.returncode == 0, f"madyn run:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return proj, r
 
 
@@ -106,6 +108,29 @@ def test_dvc_repro_runs_every_phase(smoke_run):
         assert (res / f).exists(), f
     html = (res / "report.html").read_text(errors="replace")
     assert "peak_heatmaps.png" in html and "s2-w32-h2" in html
+
+
+def test_madyn_run_ends_with_its_phase_times_status_and_headline(smoke_run):
+    proj, r = smoke_run
+    times = (proj / "results/smoke/logs/phase_times.tsv").read_text().splitlines()
+    assert times[0] == "phase\twall_s"
+    assert [line.split("\t")[0] for line in times[1:]] == [
+        "source", "suite", "extract", "fit", "features", "predict", "report", "wait", "total"]
+    assert all(int(line.split("\t")[1]) >= 0 for line in times[1:])
+    tail = r.stdout[r.stdout.index("phase times"):]
+    assert "Data and pipelines are up to date" in tail  # dvc status, after the stages
+    assert "headline (results/smoke/metrics/headline.json):" in tail
+    assert "  growth: ratio_mid_mean" in tail
+
+
+def test_madyn_run_fails_naming_a_failed_extra_suite_and_its_log(smoke_copy):
+    r = _run([str(BIN / "madyn"), "run", "--cores", "1", "--extra-suites", "nosuch"],
+             smoke_copy)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == "madyn run: suite nosuch failed (exit 1): results/nosuch/logs/make_run.log"
+    assert "nosuch" in (smoke_copy / "results/nosuch/logs/make_run.log").read_text()
+    assert not (smoke_copy / "results/smoke/logs/phase_times.tsv").read_text().count("nosuch")
 
 
 def test_second_run_does_nothing(smoke_run):
