@@ -254,12 +254,12 @@ def test_live_statistics_equal_extract_on_the_saved_checkpoint(trainer_run, step
     np.testing.assert_allclose(live.to_numpy(float), post.to_numpy(float), rtol=1e-5)
 
 
-def _run_project(tmp_path: Path, run: Path) -> Path:
+def _run_project(tmp_path: Path, run: Path | None, *more: dict) -> Path:
     proj = copy_workflow(ROOT, tmp_path)
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
-    cfg["suites"]["mine"] = {"source": "run", "models": [
-        {"name": "trainer", "path": str(run)},
-        {"name": "live", "path": str(run / "madyn-monitor")}]}
+    models = [{"name": "trainer", "path": str(run)},
+              {"name": "live", "path": str(run / "madyn-monitor")}] if run else []
+    cfg["suites"]["mine"] = {"source": "run", "models": [*models, *more]}
     cfg["suite"] = "mine"
     cfg["predict"].pop("example", None)
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -303,6 +303,22 @@ def test_run_suite_over_a_trainer_folder_runs_to_the_report(trainer_run, tmp_pat
     assert set(after) - set(before) == {"step160.parquet"}
     assert all(after[k] == v for k, v in before.items())  # kept as they were
     assert read_json(res / "integrity/trainer.json")["n_checkpoints"] == 8
+
+
+def test_a_nanogpt_monitor_folder_gives_a_run_suite_its_config(corpus_dir, tmp_path):
+    """A nanoGPT-style loop's monitor folder in a run suite: the model's config.json
+    (written from GPTConfig's attributes) is what the suite's model_config job reads
+    (before, Snakemake stopped with MissingInputException in rule model_config)."""
+    from madyn.architecture import architecture
+    from madyn.io import read_json
+
+    _hand_loop(corpus_dir, tmp_path / "nano", steps=11)  # 6 tables
+    (tmp_path / "p").mkdir()
+    proj = _run_project(tmp_path / "p", None, {"name": "nano", "path": str(tmp_path / "nano")})
+    _snakemake(proj, "results/mine/configs/nano.json")
+    cfg = read_json(proj / "results/mine/configs/nano.json")
+    assert architecture(cfg)["num_hidden_layers"] == 2
+    assert cfg["madyn_design"]["optimizer"] == "adamw" and cfg["madyn_design"]["lr"] == 1e-3
 
 
 def test_dvclive_logs_each_layers_ratio(corpus_dir, tmp_path, monkeypatch):
