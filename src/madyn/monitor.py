@@ -289,7 +289,8 @@ class Monitor:
         np.save(buf, self.probe)
         self._probe_bytes = buf.getvalue()
         self.tokens_sha = hashlib.sha256(self._probe_bytes).hexdigest()
-        self.seconds = 0.0  # spent measuring, in total
+        self.seconds = 0.0  # spent measuring, in total (the figure included)
+        self.figure_seconds = 0.0  # of which drawing madyn_monitor.png
         self.failed: str | None = None  # what stopped probing
         self.last_step: int | None = None  # the last step this monitor was called at
         self.ratios: dict[int, np.ndarray] = {}  # step -> each layer's mean ratio
@@ -453,7 +454,9 @@ class Monitor:
         if self.live is not None:
             self._log_live(df, step)
         if self.figure:
+            t1 = time.perf_counter()
             self._draw()
+            self.figure_seconds += time.perf_counter() - t1
         took = time.perf_counter() - t0
         self.seconds += took
         self._say(step, took)
@@ -471,10 +474,11 @@ class Monitor:
 
     def _draw(self) -> None:
         """``madyn_monitor.png``: each layer's ratio (mean over the probe) against the
-        step, log scales; drawn with matplotlib's Agg canvas (the user's pyplot backend is
-        left alone)."""
+        step, log scales, plain tick labels and fixed margins (cheap to lay out); drawn on
+        matplotlib's Agg canvas, so the user's pyplot backend is left alone."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
         from madyn.io import atomic_path
 
@@ -484,17 +488,22 @@ class Monitor:
         fig = Figure(figsize=(6.4, 4.0), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        for layer in range(values.shape[1]):
+        for layer in range(n):
             ax.plot(steps, values[:, layer], marker="o", ms=3, lw=1.2, label=f"layer {layer}")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.set_xlabel("step")
-        ax.set_ylabel("top1 / median (mean over the probe)")
+        ax.set_ylabel("ratio top1 / median (mean over the probe)")
         ax.set_title(f"madyn monitor: {type(self.model).__name__}, last step {steps[-1]}",
                      fontsize=10)
-        if values.shape[1] <= 12:
-            ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
+        if n <= 12:
+            ax.legend(fontsize=7, ncol=2, loc="upper left")
+        fig.subplots_adjust(left=0.11, right=0.97, top=0.92, bottom=0.12)
         with atomic_path(self.out / FIGURE) as tmp:
             fig.savefig(tmp, format="png")
 
