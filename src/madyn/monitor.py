@@ -420,7 +420,7 @@ class Monitor:
             print(f"madyn monitor: stopped probing at step {step} ({why}); training goes "
                   f"on, the tables recorded so far stay in {self.out}", file=sys.stderr,
                   flush=True)
-            log.error("stopped probing at step %d: %s", step, why)
+            log.info("stopped probing at step %d: %s", step, why)  # printed above
             with contextlib.suppress(Exception):
                 from madyn.io import write_json
 
