@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from madyn.measure.monitor import Monitor, due
-from madyn.workflow.scratch_project import copy_workflow
 from madyn.measure.stats_table import STAT_COLUMNS, read_stats
+from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 from tests.trainer_run import probe_tokens, train
 
