@@ -88,6 +88,17 @@ def test_pinning_after_torch_is_imported_is_refused():
     assert out.startswith("refused madyn.kernels.pin_environment: torch is already imported")
 
 
+def test_not_strict_pinning_leaves_an_unpinned_torch_alone():
+    """What madyn.cli.main does in a process that imported torch first: no error, no
+    change (torch would ignore it; the manifest says pinned: false)."""
+    code = ("import torch, os\n"
+            "from madyn import kernels\nkernels.pin_environment(strict=False)\n"
+            "print(os.environ.get('MKL_CBWR'), torch.backends.cpu.get_cpu_capability())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(
+        ATEN_CPU_CAPABILITY="avx2"), capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["None", "AVX2"]
+
+
 @pytest.mark.parametrize("opt_out", [False, True])
 def test_pin_environment_sets_the_three_variables(opt_out):
     env = {"ATEN_CPU_CAPABILITY": "avx512", **({kernels.OPT_OUT: "1"} if opt_out else {})}

@@ -38,16 +38,20 @@ def wanted(environ: MutableMapping[str, str] | None = None) -> bool:
     return environ.get(OPT_OUT, "") != "1"
 
 
-def pin_environment(environ: MutableMapping[str, str] | None = None) -> None:
+def pin_environment(environ: MutableMapping[str, str] | None = None,
+                    strict: bool = True) -> None:
     """Set :data:`PINNED` in ``environ`` (default: this process's, inherited by its
     subprocesses), replacing other values, unless opted out.
 
-    Raises RuntimeError when torch is already imported in this process with other
-    settings: torch has chosen its kernel path and would ignore them."""
+    When torch is already imported in this process with other settings (torch has chosen
+    its kernel path and would ignore them): RuntimeError if ``strict``, else nothing is
+    changed (a manifest then records ``pinned: false``)."""
     target = os.environ if environ is None else environ
     if not wanted(target):
         return
     if environ is None and "torch" in sys.modules and not in_effect():
+        if not strict:
+            return
         raise RuntimeError("madyn.kernels.pin_environment: torch is already imported with "
                            f"other kernel settings; set {PINNED} before importing torch")
     target.update(PINNED)
