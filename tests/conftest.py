@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from madyn.train.corpus import build_corpus
-from tests.helpers import TINY_MODEL, TINY_TRAIN
+from madyn import kernels
+
+# the kernel paths madyn's own jobs run, before anything imports torch: the tests compute
+# the same floats on every x86-64 machine (madyn.kernels; a user's opt-out does not apply)
+os.environ.pop(kernels.OPT_OUT, None)
+kernels.pin_environment()
+
+from madyn.train.corpus import build_corpus  # noqa: E402
+from tests.helpers import TINY_MODEL, TINY_TRAIN  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,15 @@ TINY_TRAIN = TrainSpec(steps=12, batch_size=4, seq_len=32, lr=1e-2, warmup=2,
                        log_until=4, every=5)
 TINY_MODEL = ModelSpec(name="tiny", layers=2, width=32, heads=2)
 
+# sha256 of the tiny model's final weights (TINY_MODEL / TINY_TRAIN, 1 thread),
+# first computed with the trainer as it was before the design axes existed (GPT-NeoX,
+# AdamW with torch's default eps), re-recorded in the environment constraints.txt pins
+# (torch 2.13.0 CPU, transformers 5.24.0) and then under the pinned kernel paths
+# (madyn.kernels, which conftest sets): the same on every x86-64 machine, unlike the
+# machine's own kernels' hash (e44d6938... on an AVX-512 Xeon, fa21a421... on an AVX-512
+# EPYC). tests/test_reproducibility.py trains it under every forced instruction set.
+BEFORE_DESIGN_AXES_SHA256 = "b23377c8d5096c8c8ab8a28031d7d0980f3d9d1d13f0e31926c21ce98c2cba2b"
+
 # six models whose fits the synthetic fit table holds
 SYNTHETIC_SUITE = [ModelSpec("l2-w32-h2", 2, 32, 2), ModelSpec("l2-w64-h4", 2, 64, 4),
                    ModelSpec("l4-w64-h4", 4, 64, 4), ModelSpec("l4-w128-h4", 4, 128, 4),

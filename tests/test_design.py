@@ -15,17 +15,9 @@ from safetensors.numpy import load_file
 from madyn.measure.checkpoints import load_model
 from madyn.measure.statistics import decoder_layers, measure
 from madyn.train.training import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
-from tests.helpers import TINY_MODEL, TINY_TRAIN
+from tests.helpers import BEFORE_DESIGN_AXES_SHA256, TINY_MODEL, TINY_TRAIN
 
 SHORT = dataclasses.replace(TINY_TRAIN, steps=4, log_until=2, every=4)
-
-# sha256 of the tiny model's final weights (conftest's TINY_MODEL / TINY_TRAIN, 1 thread),
-# first computed with the trainer as it was before the design axes existed (GPT-NeoX,
-# AdamW with torch's default eps). Re-recorded in the environment constraints.txt pins
-# (torch 2.13.0 CPU, transformers 5.24.0): the packages released since the first recording
-# train differently (it was fa21a421...), while the trainer of commit 489270d and today's
-# give this same hash there. The environment is pinned so that it holds in every clone.
-BEFORE_DESIGN_AXES_SHA256 = "e44d69384d61f3b8ac98f900185c7eee4a68c115db77f8ca303f7f50f315a262"
 
 
 def _weights(model_dir, step: int) -> dict[str, np.ndarray]:
@@ -40,6 +32,7 @@ def test_default_recipe_is_unchanged(corpus_dir, tmp_path):
     explicit = dataclasses.replace(TINY_TRAIN, optimizer="adamw", eps=1e-8, momentum=0.9)
     spec = dataclasses.replace(TINY_MODEL, family="neox", parallel_residual=True)
     man = train_model(spec, explicit, corpus_dir, tmp_path, threads=1)
+    assert man["kernels"]["pinned"] is True
     assert man["weights_sha256"][str(TINY_TRAIN.steps)] == BEFORE_DESIGN_AXES_SHA256
 
 

@@ -102,6 +102,9 @@ def check_file_outs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from madyn import kernels
+
+    kernels.pin_environment(strict=False)  # before torch is imported: the same floats on every CPU
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = "madyn step " + args.name if args.command == "step" and args.step else \

@@ -7,7 +7,8 @@ the attention that each query t puts on key 0 on the way, with O(T) extra memory
 - float32 on the CPU: query, key and value gain one channel (0, 0, and 1 at key 0), so
   the kernel's extra output channel is its own softmax weight on key 0 (a saturated
   softmax gives exactly 1, as eager attention does); the first D output channels are the
-  layer's output, bit-identical (tested);
+  layer's output, bit-identical under the pinned kernels (:mod:`madyn.kernels`; tested),
+  within 4.4e-7 relative under MKL's AVX2 branch;
 - half precision on the CPU: the kernel's log-sum-exp, p = exp(q_t . k_0 * scale - lse_t)
   in float32 (an extra channel would be rounded to the half type);
 - elsewhere (CUDA): SDPA as usual, and lse with the key-0 score from one matrix product

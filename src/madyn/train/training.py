@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from madyn import kernels
 from madyn.io import atomic_path, read_json, sha256_file, write_json
 from madyn.progress import Progress
 
@@ -302,7 +303,10 @@ def train_model(spec: ModelSpec, train: TrainSpec, corpus_dir: str | Path,
     Writes ``out_dir/manifest.json`` last (the job's completion marker): the steps,
     the sha256 of each checkpoint's weights and the final training loss.
     Deterministic: same arguments and thread count give bit-identical checkpoints and
-    manifest. Returns the manifest plus ``started_unix`` and ``train_seconds`` (wall clock).
+    manifest; the same on every x86-64 machine when the kernel paths are pinned
+    (:mod:`madyn.kernels`, as madyn's entry points do before torch is imported; the
+    manifest's ``kernels`` says whether they were). Returns the manifest plus
+    ``started_unix`` and ``train_seconds`` (wall clock).
     """
     import torch
     from transformers.utils import logging as hf_logging
@@ -363,6 +367,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
         "train": train_record(train),
         "design": design,
         "threads": threads,
+        "kernels": kernels.record(),  # pinned kernel paths: the same weights on every CPU
         "steps": schedule,
         "weights_sha256": {
             str(s): sha256_file(checkpoint_dir(out_dir, s) / "model.safetensors")
