@@ -73,8 +73,8 @@ STAGE_CODE = {
     "extract": (("extract.smk", "extract_run.smk"), ("stages/extract", "workflow/dvc_stages")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
-    "predict": ("predict.smk", ("stages/predict", "stages/forecast")),
-    "report": ("report.smk", ("stages/report", "stages/effects")),
+    "predict": (("predict.smk", "run.smk"), ("stages/predict", "stages/forecast")),
+    "report": (("report.smk", "study.smk", "run.smk"), ("stages/report", "stages/effects")),
 }
 
 
