@@ -23,8 +23,9 @@ import numpy as np
 
 
 def train(spec, tspec, corpus: Path, probe: np.ndarray | None, out: Path | None
-          ) -> tuple[float, float, int]:
-    """Wall seconds of training (checkpoints not saved), the monitor's seconds, probes."""
+          ) -> tuple[float, float, float, int]:
+    """Wall seconds of training (checkpoints not saved), the monitor's seconds, of which
+    drawing its figure, probes."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -40,7 +41,8 @@ def train(spec, tspec, corpus: Path, probe: np.ndarray | None, out: Path | None
     model.train()
     opt = make_optimizer(model, tspec)
     rng = np.random.default_rng(tspec.seed)
-    mon = Monitor(model, probe, out) if probe is not None else None
+    mon = Monitor(model, probe, out, optimizer=opt, max_steps=tspec.steps) \
+        if probe is not None else None
     t0 = time.perf_counter()
     for step in range(tspec.steps + 1):
         if mon is not None:
@@ -51,9 +53,11 @@ def train(spec, tspec, corpus: Path, probe: np.ndarray | None, out: Path | None
         x = torch.from_numpy(np.stack([data[s:s + tspec.seq_len] for s in starts])
                              .astype(np.int64))
         update(model, opt, x, step, tspec)  # the trainer's own update step
+    if mon is not None:
+        mon.close()  # the last step (measured already when it is on the schedule)
     wall = time.perf_counter() - t0
     probes = len(list(out.glob("step*.parquet"))) if out is not None else 0
-    return wall, (mon.seconds if mon else 0.0), probes
+    return wall, (mon.seconds if mon else 0.0), (mon.figure_seconds if mon else 0.0), probes
 
 
 def main() -> None:
@@ -85,14 +89,17 @@ def main() -> None:
                      vocab_size=suite["corpus"]["vocab_size"])
         probe = eval_windows(np.load(corpus / "heldout.npy"), ex["n_seqs"], ex["seq_len"],
                              ex["seed"])
-        plain, _, _ = train(spec, tspec, corpus, None, None)
-        watched, mon_s, probes = train(spec, tspec, corpus, probe, Path(tmp) / "monitor")
+        plain, _, _, _ = train(spec, tspec, corpus, None, None)
+        watched, mon_s, fig_s, probes = train(spec, tspec, corpus, probe,
+                                              Path(tmp) / "monitor")
     print(f"model {args.model}, {tspec.steps} steps of {tspec.batch_size} x {tspec.seq_len} "
           f"tokens, {args.threads} thread(s); monitor schedule 0, 1, 2, ... {LOG_UNTIL}, "
           f"then every {EVERY} ({probes} probes of {probe.shape[0]} x {probe.shape[1]})")
     print(f"  training without the monitor   {plain:8.1f} s")
     print(f"  training with the monitor      {watched:8.1f} s")
     print(f"  the monitor's own time         {mon_s:8.2f} s ({mon_s / probes * 1e3:.0f} ms "
+          "per probe)")
+    print(f"    of which drawing the figure  {fig_s:8.2f} s ({fig_s / probes * 1e3:.0f} ms "
           "per probe)")
     print(f"  overhead: monitor time / training time  {mon_s / (watched - mon_s):.2%}")
     print(f"  overhead: wall difference / plain run   {(watched - plain) / plain:+.2%} "

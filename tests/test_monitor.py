@@ -6,6 +6,7 @@ added afterwards is the only one measured by the next run)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -95,61 +96,133 @@ def _nanogpt(cfg: GPTConfig):
     return GPT()
 
 
-def _hand_loop(corpus_dir: Path, out: Path | None, steps: int = 20):
+def _hand_loop(corpus_dir: Path, out: Path | None, steps: int = 20, **monitor_kw):
+    """nanoGPT's loop: ``mon(step)`` after ``step`` updates, in a ``with Monitor(...)``
+    block (its close probes the last step)."""
     import torch
 
     torch.manual_seed(0)
     model = _nanogpt(GPTConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.as_tensor(np.load(corpus_dir / "train.npy").astype(np.int64))
-    mon = Monitor(model, probe_tokens(corpus_dir), out, log_until=4, every=10) if out else None
+    mon = Monitor(model, probe_tokens(corpus_dir), out, log_until=4, every=10,
+                  optimizer=opt, max_steps=steps, **monitor_kw) if out else None
     model.train()
-    for step in range(steps + 1):
-        if mon:
-            mon(step)  # after `step` updates
-        if step == steps:
-            break
-        starts = torch.randint(0, len(ids) - 33, (4,))
-        x = torch.stack([ids[s:s + 32] for s in starts])
-        y = torch.stack([ids[s + 1:s + 33] for s in starts])
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with mon or contextlib.nullcontext():
+        for step in range(steps + 1):
+            if mon:
+                mon(step)  # after `step` updates
+            if step == steps:
+                break
+            starts = torch.randint(0, len(ids) - 33, (4,))
+            x = torch.stack([ids[s:s + 32] for s in starts])
+            y = torch.stack([ids[s + 1:s + 33] for s in starts])
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model
 
 
-def test_hand_written_loop_is_bit_identical_and_recorded(corpus_dir, tmp_path):
+def _steps(folder: Path) -> list[int]:
+    return sorted(int(p.stem[4:]) for p in folder.glob("step*.parquet"))
+
+
+def test_hand_written_loop_is_bit_identical_and_recorded(corpus_dir, tmp_path, capsys):
     import torch
 
-    plain = _hand_loop(corpus_dir, None)
-    watched = _hand_loop(corpus_dir, tmp_path / "mon")
+    from madyn.architecture import architecture
+    from madyn.io import read_json
+
+    plain = _hand_loop(corpus_dir, None, steps=23)
+    watched = _hand_loop(corpus_dir, tmp_path / "mon", steps=23, verbose=True)
     for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
                               strict=True):
         assert torch.equal(a, b), k
     assert watched.training  # train mode restored
-    files = sorted(int(p.stem[4:]) for p in (tmp_path / "mon").glob("step*.parquet"))
-    assert files == [0, 1, 2, 4, 10, 20]
+    assert _steps(tmp_path / "mon") == [0, 1, 2, 4, 10, 20, 23]  # 23: the close
     df, meta = read_stats(tmp_path / "mon" / "step20.parquet")
     assert list(df.columns) == ["seq", "layer", *STAT_COLUMNS]
     assert sorted(df["layer"].unique()) == [0, 1]  # transformer.h, found by structure
     assert df["mlp_active_token"].between(0, 1).all() and df["sink_mass"].isna().all()
     assert meta["step"] == 20 and meta["live"]
+    # the recipe from the optimizer, the planned last step, a config from GPTConfig
+    rec = read_json(tmp_path / "mon/madyn_monitor.json")
+    assert rec["recipe"] == {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.999],
+                             "eps": 1e-8, "weight_decay": 0.01}
+    assert rec["max_steps"] == 23
+    arch = architecture(read_json(tmp_path / "mon/config.json"))
+    assert (arch["num_hidden_layers"], arch["hidden_size"], arch["num_attention_heads"],
+            arch["vocab_size"]) == (2, 32, 2, 300)
+    # a line per probe, and the figure
+    lines = [ln for ln in capsys.readouterr().err.splitlines()
+             if ln.startswith("madyn monitor: step")]
+    assert [int(ln.split()[3].rstrip(":")) for ln in lines] == [0, 1, 2, 4, 10, 20, 23]
+    assert (tmp_path / "mon/madyn_monitor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------- the HF Trainer
 def test_trainer_is_bit_identical_with_and_without_the_callback(corpus_dir, tmp_path):
     import torch
 
-    plain = train(corpus_dir, tmp_path / "a", steps=20, monitor=False, dropout=0.1,
+    from madyn.io import read_json
+
+    plain = train(corpus_dir, tmp_path / "a", steps=22, monitor=False, dropout=0.1,
                   save=False)
-    watched = train(corpus_dir, tmp_path / "b", steps=20, monitor=True, dropout=0.1,
+    watched = train(corpus_dir, tmp_path / "b", steps=22, monitor=True, dropout=0.1,
                     every=5, save=False)
-    steps = sorted(int(p.stem[4:]) for p in (tmp_path / "b/madyn-monitor").glob("step*.parquet"))
-    assert steps == [0, 1, 2, 4, 5, 8, 10, 15, 16, 20]
+    mon = tmp_path / "b/madyn-monitor"
+    assert _steps(mon) == [0, 1, 2, 4, 5, 8, 10, 15, 16, 20, 22]  # 22: at the train end
     for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
                               strict=True):
         assert torch.equal(a, b), k
+    rec = read_json(mon / "madyn_monitor.json")
+    assert rec["recipe"] == {"optimizer": "adamw", "lr": 3e-3, "betas": [0.9, 0.999],
+                             "eps": 1e-8, "weight_decay": 0.0, "lr_scheduler": "linear",
+                             "warmup_steps": 10}
+    assert rec["max_steps"] == 22
+
+
+def test_a_resumed_trainer_run_repeats_no_row(corpus_dir, tmp_path, monkeypatch):
+    """Trained to step 10, then resumed from checkpoint-10 to step 20: the boundary step
+    is not measured, nor logged to DVCLive, a second time."""
+    dvclive = pytest.importorskip("dvclive")
+    from madyn.io import read_json
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    for steps, resume in ((10, False), (20, True)):
+        with dvclive.Live(str(tmp_path / "dvclive"), save_dvc_exp=False,
+                          resume=resume) as live:
+            train(corpus_dir, out, steps=steps, save_steps=10, every=5, live=live,
+                  resume=resume)
+    rows = pd.read_csv(tmp_path / "dvclive/plots/metrics/madyn/layer1/ratio.tsv", sep="\t")
+    assert list(rows["step"]) == [0, 1, 2, 4, 5, 8, 10, 15, 16, 20]
+    assert _steps(out / "madyn-monitor") == [0, 1, 2, 4, 5, 8, 10, 15, 16, 20]
+    assert read_json(out / "madyn-monitor/madyn_monitor.json")["max_steps"] == 20
+
+
+def test_a_failing_probe_never_stops_training(corpus_dir, tmp_path, capsys):
+    """The monitor's folder replaced by a file while the Trainer runs: the probe at step 4
+    fails, one line says so, probing stops, training goes on to the end, unchanged."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Clobber(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                mon = Path(args.output_dir) / "madyn-monitor"
+                shutil.rmtree(mon)
+                mon.write_text("not a folder any more")
+
+    plain = train(corpus_dir, tmp_path / "a", steps=8, monitor=False, save=False)
+    watched = train(corpus_dir, tmp_path / "b", steps=8, every=5, save=False,
+                    callbacks=(Clobber(),))
+    for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "madyn monitor" in ln]
+    assert len(said) == 1 and "step 4" in said[0] and "stopped probing" in said[0], said
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +254,12 @@ def test_live_statistics_equal_extract_on_the_saved_checkpoint(trainer_run, step
     np.testing.assert_allclose(live.to_numpy(float), post.to_numpy(float), rtol=1e-5)
 
 
-def _run_project(tmp_path: Path, run: Path) -> Path:
+def _run_project(tmp_path: Path, run: Path | None, *more: dict) -> Path:
     proj = copy_workflow(ROOT, tmp_path)
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
-    cfg["suites"]["mine"] = {"source": "run", "models": [
-        {"name": "trainer", "path": str(run)},
-        {"name": "live", "path": str(run / "madyn-monitor")}]}
+    models = [{"name": "trainer", "path": str(run)},
+              {"name": "live", "path": str(run / "madyn-monitor")}] if run else []
+    cfg["suites"]["mine"] = {"source": "run", "models": [*models, *more]}
     cfg["suite"] = "mine"
     cfg["predict"].pop("example", None)
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -232,6 +305,22 @@ def test_run_suite_over_a_trainer_folder_runs_to_the_report(trainer_run, tmp_pat
     assert read_json(res / "integrity/trainer.json")["n_checkpoints"] == 8
 
 
+def test_a_nanogpt_monitor_folder_gives_a_run_suite_its_config(corpus_dir, tmp_path):
+    """A nanoGPT-style loop's monitor folder in a run suite: the model's config.json
+    (written from GPTConfig's attributes) is what the suite's model_config job reads
+    (before, Snakemake stopped with MissingInputException in rule model_config)."""
+    from madyn.architecture import architecture
+    from madyn.io import read_json
+
+    _hand_loop(corpus_dir, tmp_path / "nano", steps=11)  # 6 tables
+    (tmp_path / "p").mkdir()
+    proj = _run_project(tmp_path / "p", None, {"name": "nano", "path": str(tmp_path / "nano")})
+    _snakemake(proj, "results/mine/configs/nano.json")
+    cfg = read_json(proj / "results/mine/configs/nano.json")
+    assert architecture(cfg)["num_hidden_layers"] == 2
+    assert cfg["madyn_design"]["optimizer"] == "adamw" and cfg["madyn_design"]["lr"] == 1e-3
+
+
 def test_dvclive_logs_each_layers_ratio(corpus_dir, tmp_path, monkeypatch):
     dvclive = pytest.importorskip("dvclive")
     monkeypatch.chdir(tmp_path)
@@ -253,6 +342,7 @@ def test_lightning_callback_is_bit_identical_and_records(corpus_dir, tmp_path):
     import lightning as L
     import torch
 
+    from madyn.io import read_json
     from madyn.measure.monitor_lightning import MadynLightningCallback
 
     ids = torch.as_tensor(np.load(corpus_dir / "train.npy").astype(np.int64))
@@ -285,8 +375,11 @@ def test_lightning_callback_is_bit_identical_and_records(corpus_dir, tmp_path):
     for (k, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items(),
                               strict=True):
         assert torch.equal(a, b), k
-    steps = sorted(int(p.stem[4:]) for p in (tmp_path / "mon").glob("step*.parquet"))
-    assert steps == [0, 1, 2, 4, 10]
+    assert _steps(tmp_path / "mon") == [0, 1, 2, 4, 10, 12]  # 12: at the train end
+    rec = read_json(tmp_path / "mon/madyn_monitor.json")
+    assert rec["recipe"] == {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.999],
+                             "eps": 1e-8, "weight_decay": 0.01}
+    assert rec["max_steps"] == 12
 
 
 @pytest.mark.slow
@@ -324,3 +417,115 @@ def test_run_suite_under_dvc_reads_the_folder_and_never_writes_it(trainer_run, t
     assert "Running stage 'extract'" in out
     assert "measured 1 checkpoints, kept" in (res / "logs/extract/trainer.log").read_text()
     assert "Data and pipelines are up to date" in dvc("repro")
+
+
+# ------------------------------------------------------------------ hostile inputs
+def _probe_and_model(corpus_dir):
+    import torch
+
+    torch.manual_seed(0)
+    return probe_tokens(corpus_dir), _nanogpt(GPTConfig())
+
+
+@pytest.mark.parametrize("kw", [{"every": 0}, {"every": 2.5}, {"batch_size": -1},
+                                {"log_until": -1}, {"every": True}])
+def test_bad_schedule_arguments_are_refused_at_construction(corpus_dir, tmp_path, kw):
+    pytest.importorskip("lightning")
+    from madyn.measure.monitor import MadynCallback
+    from madyn.measure.monitor_lightning import MadynLightningCallback
+
+    probe, model = _probe_and_model(corpus_dir)
+    name = next(iter(kw))
+    for make in (lambda: Monitor(model, probe, tmp_path / "m", **kw),
+                 lambda: MadynCallback(probe, **kw),
+                 lambda: MadynLightningCallback(probe, tmp_path / "m", **kw)):
+        with pytest.raises(ValueError, match=rf"^Monitor: {name} must be a whole number"):
+            make()
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_probe_the_model_cannot_read_is_refused_at_construction(corpus_dir, tmp_path):
+    """Longer than the model's positions (nanoGPT's block_size, a transformers model's
+    max_position_embeddings), or ids beyond its input embedding (a model whose config does
+    not say its vocabulary): one line at construction, not an IndexError at the first
+    probe."""
+    from types import SimpleNamespace
+
+    from transformers import GPTNeoXForCausalLM
+
+    from tests.trainer_run import tiny_config
+
+    probe, model = _probe_and_model(corpus_dir)
+    long = np.zeros((2, 33), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"^Monitor: probe .*33 .*block_size 32"):
+        Monitor(model, long, tmp_path / "a")
+    neox = GPTNeoXForCausalLM(tiny_config(300))
+    with pytest.raises(ValueError, match=r"^Monitor: probe .*65 .*max_position_embeddings 64"):
+        Monitor(neox, np.zeros((1, 65), dtype=np.int64), tmp_path / "b")
+    model.config = SimpleNamespace(n_layer=2, n_embd=32, n_head=2, block_size=32)
+    beyond = probe.copy()
+    beyond[0, 0] = 300
+    with pytest.raises(ValueError, match=r"^Monitor probe: token ids span .*300"):
+        Monitor(model, beyond, tmp_path / "c", config={**vars(model.config),
+                                                       "vocab_size": 300})
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_a_model_without_a_readable_config_needs_config(corpus_dir, tmp_path):
+    """No config.json can be written from the attributes: one line naming config=."""
+    from types import SimpleNamespace
+
+    probe, model = _probe_and_model(corpus_dir)
+    model.config = SimpleNamespace(n_layer=2, n_embd=32, block_size=32)  # no heads
+    with pytest.raises(ValueError, match=r"^Monitor: .*pass config="):
+        Monitor(model, probe, tmp_path / "m")
+    with pytest.raises(ValueError, match=r"^Monitor: config=.*heads"):
+        Monitor(model, probe, tmp_path / "m", config={"n_layer": 2, "n_embd": 32,
+                                                      "vocab_size": 300})
+    mon = Monitor(model, probe, tmp_path / "m", config={"n_layer": 2, "n_embd": 32,
+                                                        "n_head": 2, "vocab_size": 300})
+    mon(0)
+    assert (tmp_path / "m/config.json").is_file()
+
+
+def test_a_resumed_monitor_with_another_probe_is_refused(corpus_dir, tmp_path):
+    probe, model = _probe_and_model(corpus_dir)
+    Monitor(model, probe, tmp_path / "m")(0)
+    with pytest.raises(ValueError, match=r"^Monitor: probe: .*probe_tokens.npy"):
+        Monitor(model, probe[::-1], tmp_path / "m")
+    assert _steps(tmp_path / "m") == [0]
+
+
+def test_a_new_run_in_a_monitor_folder_of_another_run_is_refused(corpus_dir, tmp_path):
+    """A run that starts at step 0 where an earlier run's tables are: refused before it
+    trains, the earlier tables kept."""
+    probe, model = _probe_and_model(corpus_dir)
+    Monitor(model, probe, tmp_path / "m")(0)
+    before = (tmp_path / "m/step0.parquet").read_bytes()
+    again = Monitor(model, probe, tmp_path / "m")
+    with pytest.raises(ValueError, match=r"^Monitor: .*m holds the tables of an earlier run"):
+        again(0)
+    assert (tmp_path / "m/step0.parquet").read_bytes() == before
+
+
+def test_monitor_never_writes_into_a_users_folder(corpus_dir, tmp_path):
+    """A folder holding the user's own config.json, step0.parquet and a folder named like
+    madyn's temporary folders: refused, nothing in it replaced or deleted."""
+    probe, model = _probe_and_model(corpus_dir)
+    user = tmp_path / "mine"
+    (user / ".config.json.tmpabcd1234").mkdir(parents=True)
+    (user / ".config.json.tmpabcd1234/config.json").write_text("the user's")
+    (user / "config.json").write_text('{"mine": true}')
+    (user / "step0.parquet").write_bytes(b"the user's own table")
+
+    def snapshot():
+        return {str(p.relative_to(user)): p.read_bytes() if p.is_file() else None
+                for p in user.rglob("*")}
+
+    before = snapshot()
+    with pytest.raises(ValueError, match=r"^Monitor: .*mine holds .*madyn did not write"):
+        Monitor(model, probe, user)(0)
+    assert snapshot() == before
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"^Monitor: .*afile is not a folder"):
+        Monitor(model, probe, tmp_path / "afile")

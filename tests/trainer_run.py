@@ -27,10 +27,13 @@ def probe_tokens(corpus_dir: Path, n: int = 4) -> np.ndarray:
 
 def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25,
           monitor: bool = True, dropout: float = 0.0, every: int = 25,
-          save: bool = True):
+          save: bool = True, resume: bool = False, callbacks: tuple = (),
+          **monitor_kw):
     """Train for ``steps`` optimizer steps; checkpoints every ``save_steps`` (with the
-    tokenizer); with ``monitor``, madyn's callback writes ``out/madyn-monitor``. Returns
-    the trained model."""
+    tokenizer); with ``monitor``, madyn's callback writes ``out/madyn-monitor``
+    (``monitor_kw`` go to it). ``resume``: from the last checkpoint in ``out``;
+    ``callbacks``: more ``TrainerCallback`` s, run before madyn's. Returns the trained
+    model."""
     import torch
     from torch.utils.data import Dataset
     from transformers import (
@@ -61,10 +64,11 @@ def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25
         learning_rate=3e-3, warmup_steps=10, adam_epsilon=1e-8, logging_steps=25,
         save_strategy="steps" if save else "no", save_steps=save_steps, report_to=[],
         use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
-    callbacks = [MadynCallback(probe_tokens(corpus_dir), log_until=16, every=every)] \
-        if monitor else []
+    monitor_kw = {"log_until": 16, "every": every, **monitor_kw}
+    callbacks = [*callbacks, *([MadynCallback(probe_tokens(corpus_dir), **monitor_kw)]
+                               if monitor else [])]
     trainer = Trainer(model=model, args=args, train_dataset=Windows(),
                       processing_class=tok, data_collator=default_data_collator,
                       callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if resume else None)
     return model

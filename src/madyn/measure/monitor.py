@@ -2,24 +2,38 @@
 trains, on a fixed probe batch, into a folder that a ``source: run`` suite reads directly.
 
 - :class:`Monitor`: a hand-written loop (nanoGPT style): ``mon = Monitor(model, probe,
-  "out/madyn")``, then ``mon(step)`` after each optimizer step;
+  "out/madyn")``, then ``mon(step)`` after each optimizer step and ``mon.close()`` at the
+  end (or ``with Monitor(...) as mon:``);
 - :class:`MadynCallback`: a ``transformers.TrainerCallback`` for the HF ``Trainer``;
 - :mod:`madyn.measure.monitor_lightning`: a Lightning ``Callback`` (needs ``lightning``).
 
 At each step of the schedule (:func:`due`: 0, 1, 2, 4, ... ``log_until``, then every
-``every`` steps) the probe runs with the model in eval mode under ``inference_mode``;
-afterwards every module's train/eval mode and the RNG states (Python, NumPy, torch CPU and
-CUDA) are restored, so training goes on exactly as without the monitor. Each step's table
-is ``<out>/step<N>.parquet``, the schema of ``madyn extract``
-(:mod:`madyn.measure.stats_table`), written atomically; ``madyn_monitor.json`` records the
-schedule and the recipe, ``probe_tokens.npy`` the probe and ``config.json`` the
-architecture (transformers models).
+``every`` steps) and at the last training step the probe runs with the model in eval mode
+under ``inference_mode``; afterwards every module's train/eval mode and the RNG states
+(Python, NumPy, torch CPU and CUDA) are restored, so training goes on exactly as without
+the monitor. Each step's table is ``<out>/step<N>.parquet``, the schema of ``madyn
+extract`` (:mod:`madyn.measure.stats_table`), written atomically; ``madyn_monitor.json`` (madyn's
+marker of the folder) records the schedule, the recipe and the planned last step,
+``probe_tokens.npy`` the probe, ``config.json`` the architecture and
+``madyn_monitor.png`` the ratio of each layer against the step.
+
+The monitor writes only into a folder it made (or one holding its
+``madyn_monitor.json``); a folder of its own is resumed (a step already recorded is not
+measured again, a different probe is refused). Bad arguments are refused at construction
+with one line (:class:`MonitorError`); a probe that fails while training says so in one
+line and probing stops, training goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import io
+import logging
+import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +43,19 @@ from madyn.measure.runs import MONITOR_DIR, MONITOR_FILE
 
 LOG_UNTIL = 64  # the default schedule: 0 and powers of two up to here ...
 EVERY = 100  # ... then every this many steps
+MADE_BY = "madyn.measure.monitor"  # madyn_monitor.json's "made_by": the folder is the monitor's
+FIGURE = "madyn_monitor.png"  # the ratio of each layer against the step
+PROBE_FILE = "probe_tokens.npy"
+# what the monitor writes into its folder (and nothing else)
+OWN_FILES = (MONITOR_FILE, PROBE_FILE, "config.json", FIGURE)
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "block_size",
+                 "max_seq_len")
+log = logging.getLogger("madyn.measure.monitor")
+
+
+class MonitorError(ValueError):
+    """A monitor that cannot be made as asked; the one-line message names the argument or
+    the folder."""
 
 
 def due(step: int, log_until: int = LOG_UNTIL, every: int = EVERY) -> bool:
@@ -37,6 +64,21 @@ def due(step: int, log_until: int = LOG_UNTIL, every: int = EVERY) -> bool:
     if step == 0 or step % every == 0:
         return True
     return step <= log_until and step & (step - 1) == 0
+
+
+def _whole(name: str, value, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise MonitorError(f"Monitor: {name} must be a whole number >= {least}, "
+                           f"got {value!r}")
+
+
+def check_arguments(log_until=LOG_UNTIL, every=EVERY, batch_size=None, **_) -> None:
+    """:class:`MonitorError` naming the argument unless ``log_until`` >= 0, ``every`` >= 1
+    and ``batch_size`` (None: the whole probe) >= 1 are whole numbers."""
+    _whole("log_until", log_until, 0)
+    _whole("every", every, 1)
+    if batch_size is not None:
+        _whole("batch_size", batch_size, 1)
 
 
 @contextlib.contextmanager
@@ -61,62 +103,334 @@ def untouched(model):
             torch.cuda.set_rng_state_all(states[3])
 
 
+def _number(v) -> float | None:
+    try:
+        f = float(v)  # a float, or a 0-d tensor
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def recipe_from_optimizer(optimizer) -> dict:
+    """The recipe a torch optimizer (or a wrapper holding one: Accelerate's, Lightning's)
+    trains with: ``optimizer`` (its class name, lower case: 'adamw', 'sgd'), the peak
+    ``lr`` (a scheduler's ``initial_lr`` when it set one), ``betas``, ``eps`` and the
+    largest ``weight_decay`` of its parameter groups; keys it does not have are left out."""
+    import torch
+
+    opt = optimizer
+    for attr in ("optimizer", "_optimizer"):
+        inner = getattr(opt, attr, None)
+        if isinstance(inner, torch.optim.Optimizer):
+            opt = inner
+    groups = getattr(opt, "param_groups", None) or [{}]
+    g = groups[0]
+    rec: dict = {"optimizer": type(opt).__name__.lower()}
+    lr = _number(g.get("initial_lr", g.get("lr")))
+    if lr is not None:
+        rec["lr"] = lr
+    if isinstance(g.get("betas"), (tuple, list)):
+        rec["betas"] = [float(b) for b in g["betas"]]
+    if _number(g.get("eps")) is not None:
+        rec["eps"] = _number(g["eps"])
+    decays = [_number(x.get("weight_decay")) for x in groups]
+    if decays and all(d is not None for d in decays):
+        rec["weight_decay"] = max(decays)
+    return rec
+
+
+def _plain(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str)) or (
+        isinstance(v, (list, tuple)) and all(_plain(x) for x in v))
+
+
+def config_from_attributes(model) -> dict:
+    """A ``config.json`` dict for a model that is not a transformers model, from the
+    plain attributes of its ``config`` (a nanoGPT ``GPTConfig``: n_layer, n_head, n_embd,
+    block_size, vocab_size, bias, ...); ``block_size`` also as ``n_positions`` (learned
+    positions). Empty when the model has no ``config``."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        items = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    elif isinstance(cfg, dict):
+        items = dict(cfg)
+    else:
+        items = dict(getattr(cfg, "__dict__", {}))
+    out = {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in items.items()
+           if not str(k).startswith("_")}
+    out = {k: v for k, v in out.items() if _plain(v)}
+    if "block_size" in out and not any(k in out for k in POSITION_KEYS[:3]):
+        out["n_positions"] = out["block_size"]
+    return out
+
+
+def _checked_config(model, config: dict | None, hf: bool) -> dict:
+    """The architecture to write as ``config.json``: ``config``, a transformers model's
+    own, or :func:`config_from_attributes`; :class:`MonitorError` naming ``config=`` when
+    it does not describe a decoder-only model madyn can analyse."""
+    from madyn.architecture import ArchitectureError, architecture
+
+    if config is not None:
+        if not isinstance(config, dict):
+            raise MonitorError(f"Monitor: config= must be a dict (a config.json), got "
+                               f"{type(config).__name__}")
+        try:
+            architecture(config)
+        except ArchitectureError as e:
+            raise MonitorError(f"Monitor: config= does not describe the model: {e}") from None
+        return dict(config)
+    if hf:
+        return model.config.to_dict()
+    found = config_from_attributes(model)
+    try:
+        architecture(found)
+    except ArchitectureError as e:
+        raise MonitorError(
+            f"Monitor: cannot write config.json for {type(model).__name__} (not a "
+            f"transformers model) from its config attributes: {e}; pass config={{...}} "
+            "with n_layer, n_embd, n_head and vocab_size") from None
+    return found
+
+
+def _input_rows(model, hf: bool) -> int | None:
+    """Rows of the model's input (token) embedding: a transformers model's
+    ``get_input_embeddings()``, else its first ``nn.Embedding`` (nanoGPT's ``wte``)."""
+    import torch
+
+    emb = model.get_input_embeddings() if hf else next(
+        (m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    return int(emb.num_embeddings) if isinstance(emb, torch.nn.Embedding) else None
+
+
+def _checked_probe(model, probe, config: dict, hf: bool) -> np.ndarray:
+    """The probe as int64 N x T ids the model can read: ids within its vocabulary (the
+    config's ``vocab_size`` and the input embedding's rows) and T within its positions;
+    ValueError naming the probe otherwise."""
+    from madyn.architecture import _first
+    from madyn.measure.checkpoints import check_tokens
+    from madyn.measure.statistics import config_value
+
+    bounds = [v for v in (config_value(model, ("vocab_size",)),
+                          _first(config, ("vocab_size", "padded_vocab_size")),
+                          _input_rows(model, hf)) if isinstance(v, int) and v > 0]
+    tokens = check_tokens(np.asarray(probe), min(bounds, default=np.iinfo(np.int64).max),
+                          "Monitor probe")
+    found = [(k, config_value(model, (k,))) for k in POSITION_KEYS] + \
+        [(k, config.get(k)) for k in POSITION_KEYS]  # the model's own config first
+    for key, n in found:
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            if tokens.shape[1] > n:
+                raise MonitorError(f"Monitor: probe sequences of {tokens.shape[1]} tokens "
+                                   f"are longer than the model's positions ({key} {n})")
+            break
+    return tokens
+
+
+def _is_ours(folder: Path) -> bool:
+    """Does ``folder`` hold the monitor's ``madyn_monitor.json`` (its marker; an older
+    madyn's record, without ``made_by``, counts)?"""
+    from madyn.io import read_json
+
+    try:
+        rec = read_json(folder / MONITOR_FILE)
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and (rec.get("made_by") == MADE_BY or
+                                      {"log_until", "every", "model_class"} <= set(rec))
+
+
 class Monitor:
     """Records the statistics of ``model`` on ``probe`` (N x T token ids) at the steps of
-    the schedule, into ``out``.
+    the schedule and at the last step, into ``out``.
 
-    ``extreme_tokens``: also measure ``sink_mass`` (default: on for transformers models,
-    off otherwise, where it is NaN); ``batch_size``: probe sequences per forward pass;
-    ``config``: the architecture to record (default: a transformers model's own);
-    ``recipe``: {optimizer, lr, eps} to record for the feature table; ``live``: a
-    ``dvclive.Live`` to log each layer's top1/median (mean over the probe) to.
+    ``extreme_tokens``: also measure ``sink_mass`` (transformers models only; default:
+    on for them); ``batch_size``: probe sequences per forward pass (default: all);
+    ``config``: the architecture to record as ``config.json`` (default: a transformers
+    model's own, else the attributes of ``model.config``); ``optimizer``: the optimizer,
+    whose lr, betas, eps and weight decay are recorded; ``recipe``: keys to record over
+    those; ``max_steps``: the planned last step; ``live``: a ``dvclive.Live`` to log each
+    layer's top1/median/ratio (mean over the probe) to; ``verbose``: print a line per probe
+    to stderr (it always goes to the ``madyn.measure.monitor`` logger); ``figure``: keep
+    ``madyn_monitor.png`` up to date.
+
+    Refused at construction (:class:`MonitorError`, one line): a bad schedule or batch
+    size, a probe the model cannot read, a config that cannot be written, a folder madyn
+    did not make, a folder of another probe.
     """
 
     def __init__(self, model, probe, out: str | Path, *, log_until: int = LOG_UNTIL,
                  every: int = EVERY, extreme_tokens: bool | None = None,
                  batch_size: int | None = None, config: dict | None = None,
-                 recipe: dict | None = None, live=None) -> None:
-        from madyn.measure.checkpoints import check_tokens
-        from madyn.measure.statistics import config_value, is_transformers_model
+                 recipe: dict | None = None, live=None, optimizer=None,
+                 max_steps: int | None = None, verbose: bool = False,
+                 figure: bool = True) -> None:
+        from madyn.measure.statistics import is_transformers_model
 
+        check_arguments(log_until, every, batch_size)
+        if max_steps is not None:
+            _whole("max_steps", max_steps, 0)
         self.model, self.out = model, Path(out)
-        vocab = config_value(model, ("vocab_size",))
-        self.probe = check_tokens(np.asarray(probe), vocab or np.iinfo(np.int64).max,
-                                  "monitor probe")
         self.hf = is_transformers_model(model)
-        self.extreme_tokens = self.hf if extreme_tokens is None else extreme_tokens
+        if extreme_tokens and not self.hf:
+            raise MonitorError("Monitor: extreme_tokens=True needs a transformers model "
+                               f"({type(model).__name__} is not one)")
+        self.config = _checked_config(model, config, self.hf)
+        self.probe = _checked_probe(model, probe, self.config, self.hf)
+        self.extreme_tokens = self.hf if extreme_tokens is None else bool(extreme_tokens)
         self.batch_size = batch_size or len(self.probe)
         self.log_until, self.every, self.live = log_until, every, live
-        self.recipe = dict(recipe or {})
-        self.config = config if config is not None else (
-            model.config.to_dict() if self.hf else None)
-        self.seconds = 0.0  # spent measuring, in total
+        self.recipe = {**(recipe_from_optimizer(optimizer) if optimizer is not None
+                          else {}), **(recipe or {})}
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self.verbose, self.figure = verbose, figure
+        buf = io.BytesIO()
+        np.save(buf, self.probe)
+        self._probe_bytes = buf.getvalue()
+        self.tokens_sha = hashlib.sha256(self._probe_bytes).hexdigest()
+        self.seconds = 0.0  # spent measuring, in total (the figure included)
+        self.figure_seconds = 0.0  # of which drawing madyn_monitor.png
+        self.failed: str | None = None  # what stopped probing
+        self.last_step: int | None = None  # the last step this monitor was called at
+        self.ratios: dict[int, np.ndarray] = {}  # step -> each layer's mean ratio
+        self._earlier = self._claim()  # steps recorded by an earlier (resumed) run
         self._started = False
 
+    # ------------------------------------------------------------------ the folder
+    def _claim(self) -> set[int]:
+        """Check that ``out`` may be written (absent, empty, or the monitor's own folder
+        of the same probe); the steps its tables record (their ratios into
+        :attr:`ratios`)."""
+        from madyn.io import sha256_file
+        from madyn.measure.runs import step_of
+        from madyn.measure.stats_table import read_stats
+
+        out = self.out
+        if not out.exists() and not out.is_symlink():
+            return set()
+        if not out.is_dir():
+            raise MonitorError(f"Monitor: {out} is not a folder; give a folder for the "
+                               "monitor's tables")
+        if not _is_ours(out):
+            entries = sorted(p.name for p in out.iterdir())
+            if entries:
+                raise MonitorError(
+                    f"Monitor: {out} holds {entries[0]}"
+                    f"{f' (and {len(entries) - 1} more)' if len(entries) > 1 else ''}, which "
+                    f"madyn did not write (no {MONITOR_FILE}); give a new or empty folder")
+            return set()
+        shas = {self.tokens_sha}
+        if (out / PROBE_FILE).is_file():
+            try:
+                earlier = np.load(out / PROBE_FILE, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise MonitorError(f"Monitor: {out / PROBE_FILE}: unreadable ({e})") from None
+            if not np.array_equal(earlier, self.probe) or earlier.shape != self.probe.shape:
+                raise MonitorError(
+                    f"Monitor: probe: differs from the one this folder's tables were "
+                    f"measured on ({out / PROBE_FILE}); give the same probe to resume, or "
+                    "another folder")
+            shas.add(sha256_file(out / PROBE_FILE))
+        steps = set()
+        for f in sorted(out.glob("step*.parquet")):
+            step = step_of(f.stem)
+            if step is None:
+                continue
+            try:
+                df, meta = read_stats(f)
+            except Exception as e:  # a table madyn cannot read is not resumed
+                raise MonitorError(f"Monitor: {f}: unreadable ({e}); move it away to "
+                                   "resume in this folder") from None
+            if meta.get("tokens_sha256") not in shas:
+                raise MonitorError(
+                    f"Monitor: probe: {f.name} in {out} was measured on another probe "
+                    f"(tokens_sha256 {str(meta.get('tokens_sha256'))[:12]}...); give "
+                    "another folder")
+            steps.add(step)
+            self.ratios[step] = df.groupby("layer")["ratio"].mean().to_numpy()
+        return steps
+
     def _start(self) -> None:
-        from madyn.io import atomic_path, jsonable, sha256_file, write_json
+        from madyn.io import atomic_path, jsonable, read_json, write_json
 
         self.out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out / "probe_tokens.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, self.probe)
-        self.tokens_sha = sha256_file(self.out / "probe_tokens.npy")
-        if self.config is not None:
-            write_json(self.out / "config.json", jsonable(self.config))
-        write_json(self.out / MONITOR_FILE, {
-            "log_until": self.log_until, "every": self.every, "recipe": self.recipe,
+        with atomic_path(self.out / PROBE_FILE) as tmp:
+            tmp.write_bytes(self._probe_bytes)
+        write_json(self.out / "config.json", jsonable(self.config))
+        earlier: dict = {}
+        if (self.out / MONITOR_FILE).is_file():
+            with contextlib.suppress(OSError, ValueError):
+                earlier = read_json(self.out / MONITOR_FILE)
+        earlier = earlier if isinstance(earlier, dict) else {}
+        self._record = {
+            "made_by": MADE_BY, "log_until": self.log_until, "every": self.every,
+            "recipe": {**(earlier.get("recipe") or {}), **self.recipe},
+            "max_steps": self.max_steps if self.max_steps is not None
+            else earlier.get("max_steps"),
             "extreme_tokens": self.extreme_tokens, "model_class": type(self.model).__name__,
-            "n_seqs": int(self.probe.shape[0]), "seq_len": int(self.probe.shape[1])})
+            "n_seqs": int(self.probe.shape[0]), "seq_len": int(self.probe.shape[1])}
+        write_json(self.out / MONITOR_FILE, self._record)
         self._started = True
 
+    # ------------------------------------------------------------------ probing
     def __call__(self, step: int, model=None):
-        """Measure at ``step`` when it is due (else nothing); returns the table or None.
-        ``model``: the model to measure when not the one given at construction."""
+        """Measure at ``step`` when it is due and not recorded yet (else nothing); returns
+        the table or None. ``model``: the model to measure when not the one given at
+        construction. A run that starts at step 0 in a folder holding an earlier run's
+        tables is refused (:class:`MonitorError`, before anything is trained); a probe
+        that fails is said in one line on stderr and probing stops."""
+        if self.last_step is None and step == 0 and self._earlier:
+            raise MonitorError(
+                f"Monitor: {self.out} holds the tables of an earlier run (steps "
+                f"{min(self._earlier)}-{max(self._earlier)}) and this run starts at step 0; "
+                "give another folder (a resumed run starts at its checkpoint's step)")
+        self.last_step = int(step)
         if not due(step, self.log_until, self.every):
             return None
-        return self.measure(step, model)
+        return self._probe(int(step), model)
+
+    def close(self, step: int | None = None, model=None):
+        """The end of training: measure the last step (``step``, default the last one
+        the monitor was called at) unless it is recorded already; returns the table or
+        None."""
+        step = self.last_step if step is None else int(step)
+        if step is None:
+            return None
+        self.last_step = step
+        return self._probe(step, model)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:  # not after a failure of the training itself
+            self.close()
+
+    def _probe(self, step: int, model):
+        """Measure ``step`` unless it is recorded, or probing has stopped; a failure stops
+        probing with one line, never the training."""
+        if self.failed is not None or step in self.ratios:
+            return None
+        try:
+            return self.measure(step, model)
+        except Exception as e:  # the monitor must never stop the training it watches
+            why = " ".join(f"{type(e).__name__}: {e}".split())
+            self.failed = f"step {step}: {why}"
+            print(f"madyn monitor: stopped probing at step {step} ({why}); training goes "
+                  f"on, the tables recorded so far stay in {self.out}", file=sys.stderr,
+                  flush=True)
+            log.info("stopped probing at step %d: %s", step, why)  # printed above
+            with contextlib.suppress(Exception):
+                from madyn.io import write_json
+
+                if self._started and _is_ours(self.out):
+                    write_json(self.out / MONITOR_FILE, {**self._record, "failed": self.failed})
+            return None
 
     def measure(self, step: int, model=None):
-        """Measure now, whatever the schedule; writes ``step<step>.parquet``."""
+        """Measure now, whatever the schedule; writes ``step<step>.parquet`` (and the
+        figure); failures raise."""
         from madyn.measure.extract import versions
         from madyn.measure.statistics import measure
         from madyn.measure.stats_table import write_stats
@@ -136,10 +450,62 @@ class Monitor:
                 "extreme_tokens": self.extreme_tokens, "tokens_sha256": self.tokens_sha,
                 "seconds": round(time.perf_counter() - t0, 4), **versions()}
         write_stats(df, meta, self.out / f"step{int(step)}.parquet")
+        self.ratios[int(step)] = df.groupby("layer")["ratio"].mean().to_numpy()
         if self.live is not None:
             self._log_live(df, step)
-        self.seconds += time.perf_counter() - t0
+        if self.figure:
+            t1 = time.perf_counter()
+            self._draw()
+            self.figure_seconds += time.perf_counter() - t1
+        took = time.perf_counter() - t0
+        self.seconds += took
+        self._say(step, took)
         return df
+
+    def _say(self, step: int, took: float) -> None:
+        r = self.ratios[step]
+        top = int(np.nanargmax(r)) if np.isfinite(r).any() else 0
+        line = (f"madyn monitor: step {step}: ratio by layer "
+                f"{' '.join(f'{x:.3g}' for x in r)} (largest {r[top]:.3g} at layer {top}; "
+                f"{took:.2f} s)")
+        log.info(line)
+        if self.verbose:
+            print(line, file=sys.stderr, flush=True)
+
+    def _draw(self) -> None:
+        """``madyn_monitor.png``: each layer's ratio (mean over the probe) against the
+        step, log scales, plain tick labels and fixed margins (cheap to lay out); drawn on
+        matplotlib's Agg canvas, so the user's pyplot backend is left alone."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+        from madyn.io import atomic_path
+
+        n = len(self.ratios[max(self.ratios)])
+        steps = [s for s in sorted(self.ratios) if len(self.ratios[s]) == n]
+        values = np.array([self.ratios[s] for s in steps])  # steps x layers
+        fig = Figure(figsize=(6.4, 4.0), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for layer in range(n):
+            ax.plot(steps, values[:, layer], marker="o", ms=3, lw=1.2, label=f"layer {layer}")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.set_xlabel("step")
+        ax.set_ylabel("ratio top1 / median (mean over the probe)")
+        ax.set_title(f"madyn monitor: {type(self.model).__name__}, last step {steps[-1]}",
+                     fontsize=10)
+        if n <= 12:
+            ax.legend(fontsize=7, ncol=2, loc="upper left")
+        fig.subplots_adjust(left=0.11, right=0.97, top=0.92, bottom=0.12)
+        with atomic_path(self.out / FIGURE) as tmp:
+            fig.savefig(tmp, format="png")
 
     def _log_live(self, df, step: int) -> None:
         means = df.groupby("layer")[["top1", "median", "ratio"]].mean()
@@ -158,27 +524,50 @@ def _callback_base():
 
 class MadynCallback(_callback_base()):
     """HF ``Trainer`` callback: a :class:`Monitor` of the trained model, created at the
-    start of training (the recipe from ``TrainingArguments``: optimizer, learning rate,
-    Adam epsilon), measuring at step 0 and after every optimizer step on the schedule.
-    Keyword arguments go to :class:`Monitor`; ``probe``: N x T token ids; ``out``: the
-    folder (default ``<output_dir>/madyn-monitor``). Under distributed training only the
-    main process measures."""
+    start of training, measuring at the start (step 0, or the step a resumed run starts
+    at, unless recorded), after every optimizer step on the schedule, and at the end of
+    training (the last step). Recorded: the recipe from the Trainer's optimizer (lr,
+    betas, eps, weight decay) and ``TrainingArguments`` (learning-rate schedule, warmup
+    steps), and the planned last step (``max_steps``). Keyword arguments go to
+    :class:`Monitor` (checked here, at construction); ``probe``: N x T token ids;
+    ``out``: the folder (default ``<output_dir>/madyn-monitor``). Under distributed
+    training only the main process measures."""
 
     def __init__(self, probe, out: str | Path | None = None, **monitor_kw) -> None:
-        self.probe, self.out_dir, self.kw = probe, out, monitor_kw
+        check_arguments(**monitor_kw)
+        self.probe, self.out_dir, self.kw = probe, out, dict(monitor_kw)
         self.monitor: Monitor | None = None
 
-    def on_train_begin(self, args, state, control, model=None, **kw):
+    @staticmethod
+    def _recipe(args, state, optimizer) -> dict:
+        if optimizer is not None:
+            rec = recipe_from_optimizer(optimizer)
+        else:
+            optim = str(getattr(args.optim, "value", args.optim))
+            rec = {"optimizer": "adamw" if "adamw" in optim else optim,
+                   "lr": float(args.learning_rate),
+                   "betas": [float(args.adam_beta1), float(args.adam_beta2)],
+                   "eps": float(args.adam_epsilon), "weight_decay": float(args.weight_decay)}
+        rec["lr_scheduler"] = str(getattr(args.lr_scheduler_type, "value",
+                                          args.lr_scheduler_type))
+        if state.max_steps and state.max_steps > 0:
+            rec["warmup_steps"] = int(args.get_warmup_steps(state.max_steps))
+        return rec
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
         if not state.is_world_process_zero:  # one process records (distributed training)
             return
-        optim = str(getattr(args.optim, "value", args.optim))
-        recipe = {"optimizer": "adamw" if "adamw" in optim else optim,
-                  "lr": float(args.learning_rate), "eps": float(args.adam_epsilon),
-                  **self.kw.pop("recipe", {})}
+        kw_ = dict(self.kw)
+        recipe = {**self._recipe(args, state, optimizer), **kw_.pop("recipe", {})}
+        kw_.setdefault("max_steps", state.max_steps if state.max_steps > 0 else None)
         out = self.out_dir or Path(args.output_dir) / MONITOR_DIR
-        self.monitor = Monitor(model, self.probe, out, recipe=recipe, **self.kw)
+        self.monitor = Monitor(model, self.probe, out, recipe=recipe, **kw_)
         self.monitor(state.global_step, model)
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if self.monitor is not None:
             self.monitor(state.global_step, model)
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        if self.monitor is not None:
+            self.monitor.close(state.global_step, model)

@@ -1,25 +1,28 @@
 """A Lightning ``Callback`` for live monitoring (needs the ``lightning`` package: the
 ``monitor`` extra): a :class:`madyn.measure.monitor.Monitor` of the LightningModule, measuring at
-step 0 and after every optimizer step on the schedule (the step:
-``trainer.global_step``)."""
+the start, after every optimizer step on the schedule and at the end of training (the
+step: ``trainer.global_step``), with the recipe from the trainer's optimizer and its
+planned last step."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from madyn.measure.monitor import Monitor
+from madyn.measure.monitor import Monitor, check_arguments, recipe_from_optimizer
 
 
 class MadynLightningCallback(Callback):
     """``MadynLightningCallback(probe, out, **monitor_kw)``: ``probe`` N x T token ids,
-    ``out`` the folder; keyword arguments go to :class:`madyn.measure.monitor.Monitor`. The
-    module measured is ``pl_module.model`` when it has one (the usual wrapper of a
-    transformers or nanoGPT model), else ``pl_module`` itself."""
+    ``out`` the folder; keyword arguments go to :class:`madyn.measure.monitor.Monitor` (checked
+    here, at construction). The module measured is ``pl_module.model`` when it has one
+    (the usual wrapper of a transformers or nanoGPT model), else ``pl_module`` itself."""
 
     def __init__(self, probe, out: str | Path, **monitor_kw) -> None:
-        self.probe, self.out, self.kw = probe, out, monitor_kw
+        check_arguments(**monitor_kw)
+        self.probe, self.out, self.kw = probe, out, dict(monitor_kw)
         self.monitor: Monitor | None = None
 
     @staticmethod
@@ -29,9 +32,30 @@ class MadynLightningCallback(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # one process records (distributed training)
             return
-        self.monitor = Monitor(self._model(pl_module), self.probe, self.out, **self.kw)
+        kw = dict(self.kw)
+        if trainer.optimizers:
+            kw["recipe"] = {**recipe_from_optimizer(trainer.optimizers[0]),
+                            **kw.get("recipe", {})}
+        kw.setdefault("max_steps", _planned_steps(trainer))
+        self.monitor = Monitor(self._model(pl_module), self.probe, self.out, **kw)
         self.monitor(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.monitor is not None:
             self.monitor(trainer.global_step, self._model(pl_module))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.monitor is not None:
+            self.monitor.close(trainer.global_step, self._model(pl_module))
+
+
+def _planned_steps(trainer) -> int | None:
+    """The planned last step: ``max_steps``, else Lightning's estimate from the epochs
+    and the data (None when unknown or endless)."""
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    try:
+        n = trainer.estimated_stepping_batches
+    except Exception:  # no way to know (e.g. an iterable dataset of unknown length)
+        return None
+    return int(n) if isinstance(n, (int, float)) and math.isfinite(n) else None
