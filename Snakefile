@@ -47,6 +47,7 @@ rule all:
         suite_outputs(),
         extract_outputs(),
         fit_outputs(),
+        FEATURES,
         predict_outputs(),
         report_outputs(),
 
@@ -90,6 +91,10 @@ config["_front_page"] = madyn_answer.front_page(RESULTS)
 
 
 onsuccess:
-    # a run ends with its answer, not a job count: the run summary or headline it wrote
+    # the whole workflow in a DVC repository: recorded as `dvc repro` would (dvc status
+    # clean); then the answer, not a job count: the run summary or headline it wrote
+    if set(workflow.dag_settings.targets) <= {"all"}:
+        if done := madyn_dvc_stages.sync_after_snakemake(Path(workflow.basedir), SUITE):
+            print(done)
     for line in madyn_answer.answer_lines(RESULTS, since=START):
         print(line)

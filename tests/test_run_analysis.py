@@ -140,3 +140,43 @@ def test_a_new_checkpoint_reruns_only_that_runs_jobs(project, run_folder):
     assert "run trainer: last checkpoint step 140" in r.stdout
     r = _snakemake(proj, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_and_dvc_repro_are_interchangeable(run_folder, tmp_path):
+    """In a git + DVC repository, a complete `snakemake` records itself in DVC (`dvc
+    status` clean, `dvc repro` runs nothing) with no extra command; after a new checkpoint,
+    `dvc repro` measures only it and leaves `snakemake -n` nothing to do."""
+    if (run_folder.parent / "held" / "checkpoint-140").exists():  # this test alone
+        shutil.move(run_folder.parent / "held" / "checkpoint-140",
+                    run_folder / "checkpoint-140")
+    proj = copy_workflow(ROOT, tmp_path)
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["suites"]["mine"] = {"source": "run", "models": [
+        {"name": "trainer", "path": str(run_folder)}]}
+    cfg["suite"] = "mine"
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = lambda *cmd: subprocess.run(cmd, cwd=proj, capture_output=True, text=True,  # noqa: E731
+                                      timeout=900)
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        assert run(*cmd).returncode == 0
+    r = _snakemake(proj)
+    assert "every stage committed" in r.stdout
+    assert "up to date" in run(sys.executable, "-m", "dvc", "status").stdout
+    assert "Running stage" not in run(sys.executable, "-m", "dvc", "repro").stdout
+
+    new = run_folder / "checkpoint-160"  # one more checkpoint (the last one's weights)
+    shutil.copytree(run_folder / "checkpoint-140", new)
+    state = json.loads((new / "trainer_state.json").read_text())
+    (new / "trainer_state.json").write_text(json.dumps({**state, "global_step": 160}))
+    try:
+        r = run(sys.executable, "-m", "dvc", "repro")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        log = (proj / "results/mine/logs/extract/trainer.log").read_text()
+        assert "measured 1 checkpoints, kept 7 up to date" in log
+        assert "run trainer: last checkpoint step 160" in r.stdout
+        dry = _snakemake(proj, "-n")
+        assert "Nothing to be done" in dry.stdout + dry.stderr
+    finally:
+        shutil.rmtree(new)

@@ -15,6 +15,7 @@ from madyn.workflow import resources as madyn_resources
 from madyn.measure import runs as madyn_runs
 from madyn.settings import ExtractSettings
 from madyn.workflow import answer as madyn_answer
+from madyn.workflow import dvc_stages as madyn_dvc_stages
 from madyn.train.training import checkpoint_dir, spec_record, train_cost, train_record
 
 try:
