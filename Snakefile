@@ -3,6 +3,7 @@
 # Phase targets (what the DVC stages call): suite_all, extract_all, fit_all,
 # features_all, predict_all, report_all.
 import sys
+import time
 
 from madyn.workflow import params_file as madyn_params
 
@@ -18,14 +19,26 @@ except madyn_params.ConfigError as err:
 configfile: "params.yaml"
 
 
+START = time.time()  # what this invocation wrote is printed at its end (onsuccess)
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/suite.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/extract_run.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/predict.smk"
 include: "workflow/rules/report.smk"
+
+
+if RUN_ANALYSIS:  # each model one run: its forecast, the run summary, per-run headline
+
+    include: "workflow/rules/run.smk"
+
+else:  # a cross-model study: predictors, the backtest, interventions
+
+    include: "workflow/rules/predict.smk"
+    include: "workflow/rules/study.smk"
 
 
 rule all:
@@ -34,6 +47,7 @@ rule all:
         suite_outputs(),
         extract_outputs(),
         fit_outputs(),
+        FEATURES,
         predict_outputs(),
         report_outputs(),
 
@@ -66,3 +80,21 @@ rule predict_all:
 rule report_all:
     input:
         report_outputs(),
+
+
+# The report's front page: the run summary (single-run suites) or the headline, before any
+# rule graph (workflow/report/workflow.rst renders this key).
+report: "workflow/report/workflow.rst"
+
+
+config["_front_page"] = madyn_answer.front_page(RESULTS)
+
+
+onsuccess:
+    # the whole workflow in a DVC repository: recorded as `dvc repro` would (dvc status
+    # clean); then the answer, not a job count: the run summary or headline it wrote
+    if set(workflow.dag_settings.targets) <= {"all"}:
+        if done := madyn_dvc_stages.sync_after_snakemake(Path(workflow.basedir), SUITE):
+            print(done)
+    for line in madyn_answer.answer_lines(RESULTS, since=START):
+        print(line)

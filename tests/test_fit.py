@@ -349,3 +349,29 @@ def test_regularised_fits_cost_little_r2(shape, schedule):
             assert res["original"].r2 > 0.99
             for name in ("original", "reparam"):
                 assert res[f"{name}_reg"].r2 > res[name].r2 - 0.02, (name, lo, seed)
+
+
+def test_summary_of_a_run_with_as_few_checkpoints_as_fits_need(tmp_path):
+    """Six checkpoints (fit.min_points): the study's 5-parameter curves are skipped (k >=
+    n - 1), so a model has no emlog R^2; the fit summary says so instead of raising
+    (TypeError in `madyn step fit-summary` on a real 6-checkpoint Trainer run)."""
+    from madyn.measure import released as rel
+    from madyn.measure.series import build_series
+    from madyn.stages.fit import summarise, summary_lines
+
+    steps = [20, 40, 60, 80, 100, 120]
+    rng = np.random.default_rng(1)
+    tables = {}
+    for s in steps:
+        top = (2 + np.log1p(s)) * (1 + 0.03 * rng.standard_normal((3, 3, 2)))
+        med = rng.uniform(0.9, 1.1, size=(3, 1, 2))
+        tables[s] = rel.to_table(np.concatenate([np.sort(top, axis=1)[:, ::-1], med], axis=1))
+    series, _ = build_series(tables, {s: {} for s in steps}, "run")
+    series.to_parquet(tmp_path / "run.parquet")
+    run_fit(str(tmp_path / "run.parquet"), str(tmp_path / "params"),
+            str(tmp_path / "run_fits.parquet"), FitSettings())
+    summary = summarise([str(tmp_path / "run_fits.parquet")], str(tmp_path / "all.parquet"),
+                        str(tmp_path / "fit.json"))
+    assert summary["per_model"]["run"]["ratio"]["best_emlog_r2_mean"] is None
+    [line] = summary_lines(summary)
+    assert line.startswith("run            ratio: mean best R^2 none, winners {")

@@ -14,6 +14,8 @@ from madyn.measure import released as madyn_released
 from madyn.workflow import resources as madyn_resources
 from madyn.measure import runs as madyn_runs
 from madyn.settings import ExtractSettings
+from madyn.workflow import answer as madyn_answer
+from madyn.workflow import dvc_stages as madyn_dvc_stages
 from madyn.train.training import checkpoint_dir, spec_record, train_cost, train_record
 
 try:
@@ -27,6 +29,7 @@ MODELS = madyn_params.model_names(SUITE_CFG)
 RESULTS = madyn_params.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
 FEATURES = madyn_params.feature_table(config)
+RUN_ANALYSIS = madyn_params.is_run_analysis(SUITE_CFG)  # each model one run, on its own
 SYNTHETIC = madyn_params.is_synthetic(SUITE_CFG)  # a synthetic corpus (madyn.train.synthetic)
 NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
@@ -282,8 +285,11 @@ class RunSource(MeasuredSource):
             d, bool(self._entry(model).get("allow_pickle")))]
 
     def tokens(self, model):
-        return self._entry(model).get("tokens") or \
-            f"{RESULTS}/eval/tokens_{self.tokenizer(model)}.npy"
+        """The entry's ``tokens``, else the probe of the run's own monitor (checkpoints and
+        monitor then agree), else the held-out text through the run's tokenizer."""
+        probe = madyn_runs.monitor_probe(self.scans[model])
+        held = f"{RESULTS}/eval/tokens_{self.tokenizer(model)}.npy"
+        return self._entry(model).get("tokens") or (str(probe) if probe else held)
 
     def tokenizer(self, model):
         return f"run-{model}"
@@ -384,7 +390,30 @@ def fit_outputs():
             + [fit_figure(m, f) for m in MODELS for f in ("examples", "quality")])
 
 
+def forecast_dir(model):
+    """A single-run suite's forecast of ``model`` to its planned last step."""
+    return f"{RESULTS}/forecast/{model}"
+
+
+def forecast_last_step(model):
+    """The forecast's ``--last-step`` of a single-run suite's model: the run's planned last
+    step (its entry's ``last_step``, else its trainer's or monitor's ``max_steps``), or,
+    unknown, ``--unknown-last-step`` with what to set (the forecast records the refusal)."""
+    scan = SRC.scans[model] if hasattr(SRC, "scans") else None
+    step = madyn_params.planned_last_step(SUITE_CFG, model, scan)
+    if step is None and scan is None:
+        step = max(MODEL_STEPS[model])  # a suite madyn trained or read whole: its last step
+    if step is None:
+        i = MODELS.index(model)
+        return ["--unknown-last-step", f"the planned last step of {model} is unknown: set "
+                f"suites.{SUITE}.models.{i}.last_step"]
+    return ["--last-step", str(step)]
+
+
 def predict_outputs():
+    if RUN_ANALYSIS:  # each model a run: its own forecast, no cross-model predictors
+        return ([f"{RESULTS}/metrics/predict.json", f"{RESULTS}/metrics/forecast.json"]
+                + [f"{forecast_dir(m)}/summary.json" for m in MODELS])
     out = [f"{RESULTS}/metrics/predict.json", f"{RESULTS}/predict/lomo_heldout_curves.png",
            f"{RESULTS}/metrics/forecast.json"]
     if config["predict"].get("example"):
@@ -424,6 +453,18 @@ def effects_outputs():
 HEADLINE = f"{RESULTS}/metrics/headline.json"
 
 
+RUN_SUMMARY = f"{RESULTS}/report/run_summary.txt"
+
+
 def report_outputs():
+    if RUN_ANALYSIS:
+        return [f"{RESULTS}/report/peak_heatmaps.png", f"{RESULTS}/metrics/interventions.json",
+                HEADLINE, f"{RESULTS}/report/curves.csv", RUN_SUMMARY]
     return [f"{RESULTS}/report/peak_heatmaps.png", f"{RESULTS}/metrics/interventions.json",
             HEADLINE, f"{RESULTS}/report/curves.csv"]
+
+
+# What a single-run suite does not run, recorded in the outs DVC expects of every suite
+STUDY_ONLY = (f"suites.{SUITE} is a single-run suite (analysis: run): its models are runs "
+              "analysed on their own, so no cross-model predictors, example prediction, "
+              "backtest or interventions run for it")

@@ -74,7 +74,7 @@ rule extract_model:
         "madyn step extract-model {params.model_dir:q} --steps {params.steps:q} --outs {output:q} "
         "--tokens {input.tokens:q} --model {wildcards.model:q} "
         "--settings-json {params.settings:q} "
-        "--threads {threads:q} 2> {log:q}"
+        "--threads {threads:q} 2> >(tee {log:q} >&2)"
 
 
 rule download:

@@ -39,4 +39,4 @@ for _i, _run_model in enumerate(MEASURED_RUN):
             "madyn step extract-run --checkpoints {params.checkpoints:q} --steps {params.steps:q} "
             "--outs {output:q} --tokens {input.tokens:q} --model {params.model:q} "
             "{params.pickle:q} --settings-json {params.settings:q} --threads {threads:q} "
-            "2> {log:q}"
+            "2> >(tee {log:q} >&2)"

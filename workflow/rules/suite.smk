@@ -72,7 +72,7 @@ rule train:
     shell:
         "madyn step train --spec-json {params.spec:q} --train-json {params.train:q} "
         "--corpus {params.corpus:q} --out {params.outdir:q} --threads {threads:q} "
-        "--timing-out {output.timing:q} 2> {log:q}"
+        "--timing-out {output.timing:q} 2> >(tee {log:q} >&2)"
 
 
 rule train_summary:

@@ -77,6 +77,7 @@ FILE_OUTS = {
     "fit-summary": ("out_table", "out"), "features": ("out", "out_csv"),
     "evaluate": ("out",), "effects": ("out_json", "out_csv", "out_png"),
     "forecast": ("out_json", "out_csv", "out_png"),
+    "run-summary": ("out_csv", "out_json", "out_txt"), "run-headline": ("out",),
 }
 
 

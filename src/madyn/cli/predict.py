@@ -39,11 +39,24 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     s = ForecastSettings.from_dict(json_arg(args.settings_json))
     fit = FitSettings.from_dict(json_arg(args.fit_settings_json))
     if args.run:
-        if args.last_step is None or not args.out_dir:
+        if not args.out_dir or (args.last_step is None and not args.unknown_last_step):
             raise ValueError("--run needs --last-step and --out-dir")
-        forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
+        try:
+            if args.unknown_last_step:
+                raise forecast.forecast.ForecastError(args.unknown_last_step)
+            if not args.series:
+                raise forecast.forecast.ForecastError("no prior: give --series")
+            forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
+        except forecast.forecast.ForecastError as e:
+            if not args.record_refusal:
+                raise
+            forecast.record_refusal(args.run, args.out_dir, str(e))
+            say(f"madyn forecast: {args.run}: no forecast: {e} (recorded in {args.out_dir})")
+            return 0
         say(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}")
         return 0
+    if not args.series:
+        raise ValueError("a backtest needs --series")
     if not (args.out_json and args.out_csv and args.out_png):
         raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
     summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
@@ -101,10 +114,15 @@ def register(sub) -> list[tuple[str, str]]:
              "the early points, the prior alone).",
              example="madyn forecast --series results/embedded/series/*.parquet --run "
              "mine.parquet --last-step 2000 --out-dir forecast/")
-    c.add_argument("--series", nargs="+", required=True, help="series Parquets: the prior's "
+    c.add_argument("--series", nargs="*", default=[], help="series Parquets: the prior's "
                    "models (and, without --run, the models backtested)")
     c.add_argument("--run", help="series Parquet of a run still training")
     c.add_argument("--last-step", type=int, help="the run's planned last step")
+    c.add_argument("--unknown-last-step", metavar="REASON",
+                   help="with --run: the planned last step is unknown (nothing is forecast)")
+    c.add_argument("--record-refusal", action="store_true",
+                   help="with --run: a forecast that cannot be made writes its outputs "
+                   "saying why (exit 0), so that a workflow goes on")
     c.add_argument("--out-dir", help="with --run: where the forecast goes")
     c.add_argument("--out-json", help="backtest metrics (JSON)")
     c.add_argument("--out-csv", help="backtest table (CSV)")

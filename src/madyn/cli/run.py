@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -16,14 +15,13 @@ DEFAULT_EXTRA_SUITES = ("firsttoken-reference",)
 def _cmd_check(args: argparse.Namespace) -> int:
     from madyn.stages import suite
 
-    print(suite.check(args.params))
+    print(suite.check(args.params, args.suite))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import subprocess
 
-    from madyn.report.headline import summary_lines
     from madyn.stages import suite
     from madyn.workflow import params_file, run
 
@@ -43,10 +41,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("\n".join(times.lines()))
     if not args.suite:
         subprocess.call([run.tool("dvc"), "status"], cwd=root)
-    headline = root / params_file.results_dir({"suite": name}) / "metrics" / "headline.json"
-    if headline.is_file():
-        print(f"headline ({headline.relative_to(root)}):")
-        print("\n".join(summary_lines(json.loads(headline.read_text()))))
+    from madyn.workflow.answer import answer_lines
+
+    print("\n".join(answer_lines(str(root / params_file.results_dir({"suite": name})))))
     return 0
 
 
@@ -70,8 +67,13 @@ def register(sub) -> list[tuple[str, str]]:
                    f"{' '.join(DEFAULT_EXTRA_SUITES)}; none: give the option alone)")
     c.add_argument("--params", default="params.yaml")
 
-    c = add(sub, "check", _cmd_check, "validate params.yaml and summarise the active suite",
-            example="madyn check params.yaml")
+    c = add(sub, "check", _cmd_check, "validate params.yaml and summarise a suite",
+            "Validate params.yaml (a bad value: one line naming its key, exit 2) and "
+            "summarise the active suite, or --suite NAME; a released or run suite's folder "
+            "is read as the workflow reads it: each model's checkpoints, what is skipped "
+            "and why, and a run's planned last step.",
+            example="madyn check --suite mine")
     c.add_argument("params", nargs="?", default="params.yaml")
+    c.add_argument("--suite", help="the suite to summarise (default: params.yaml's suite)")
     return [("run", "the main job: the DVC pipeline and the reference suites, timed"),
             ("check", "validate params.yaml and summarise the active suite")]

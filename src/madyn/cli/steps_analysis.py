@@ -85,6 +85,35 @@ def _cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run_summary(args: argparse.Namespace) -> int:
+    from madyn.stages import report
+
+    lines = report.run_summary(args.series, model_map(args.forecast, "--forecast"),
+                               args.thresholds, args.trend_checkpoints, args.out_csv,
+                               args.out_json, args.out_txt)
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_run_headline(args: argparse.Namespace) -> int:
+    from madyn.report.headline import count
+    from madyn.stages import report
+
+    metrics = report.run_headline(args.fit, args.summary, args.out)
+    say(f"headline: {count(metrics)} metrics -> {args.out}")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from madyn.workflow.answer import answer_lines
+
+    lines = answer_lines(args.results)
+    if not lines:
+        raise ValueError(f"{args.results}: no run summary or headline yet")
+    print("\n".join(lines))
+    return 0
+
+
 def register(sub) -> None:
     """Add the analysis steps to the ``madyn step`` group ``sub``."""
     from madyn.settings import schema_default, schema_enum
@@ -147,3 +176,26 @@ def register(sub) -> None:
              "checkpoints left out): the data `dvc plots` draws and `dvc plots diff` compares.")
     c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
     c.add_argument("--out", required=True)
+
+    c = add(sub, "run-summary", _cmd_run_summary, "the run summary: per run and layer, its "
+            "kind, first crossings, peak, trend and forecast",
+            "Per model (one training run) and layer: the kind at the last checkpoint and since "
+            "when, the step at which the ratio first reached each threshold, the peak, the "
+            "last value, the recent trend and the forecast final value with its interval "
+            "(madyn.report.run_summary). Writes CSV, JSON and the text it prints.")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
+    c.add_argument("--forecast", nargs="*", default=[], metavar="MODEL=SUMMARY_JSON",
+                   help="each model's forecast summary (a missing file: no forecast)")
+    c.add_argument("--thresholds", nargs="+", type=float, required=True)
+    c.add_argument("--trend-checkpoints", type=positive_int, required=True)
+    outs(c, "--out-csv", "--out-json", "--out-txt")
+
+    c = add(sub, "run-headline", _cmd_run_headline, "the headline of a single-run suite",
+            "The suite's size, its fit quality and one section per run (last step, the "
+            "middle layers' last and forecast ratio, the highest peak, the kinds' shares).")
+    outs(c, "--fit", "--summary", "--out")
+
+    c = add(sub, "summary", _cmd_summary, "print a suite's answer: its run summary or headline",
+            "What a finished run prints last: results/<suite>/report/run_summary.txt (a "
+            "single-run suite) or the headline (metrics/headline.json) as a few lines.")
+    c.add_argument("results", help="the suite's results folder, e.g. results/embedded")

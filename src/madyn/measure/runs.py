@@ -278,6 +278,38 @@ def recipe(scan_: RunScan, entry: dict) -> dict:
     return {**found, **{k: entry[k] for k in ("optimizer", "lr", "eps") if k in entry}}
 
 
+def _whole(value: object) -> int | None:
+    """``value`` when it is a positive whole number (a JSON int, not a bool), else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**62
+    return value if ok else None
+
+
+def monitor_probe(scan_: RunScan) -> Path | None:
+    """The probe a checkpoint folder's own monitor measured on (``madyn-monitor/
+    probe_tokens.npy`` beside the checkpoints), so that the checkpoints are measured on
+    the same tokens and the two agree; None for a monitor folder or a run without one."""
+    probe = scan_.folder / MONITOR_DIR / "probe_tokens.npy"
+    return probe if not scan_.live and probe.is_file() else None
+
+
+def planned_last_step(scan_: RunScan) -> int | None:
+    """The step a run is planned to end at: ``max_steps`` of the monitor's record
+    (``madyn_monitor.json``, in a monitor folder or the run's ``madyn-monitor``), else of
+    the last checkpoint's ``trainer_state.json`` (the HF Trainer's); None when neither says."""
+    from madyn.io import read_json
+
+    monitor = scan_.folder / (MONITOR_FILE if scan_.live else f"{MONITOR_DIR}/{MONITOR_FILE}")
+    files = [monitor] + ([] if scan_.live else [scan_.last() / "trainer_state.json"])
+    for f in files:
+        try:
+            found = _whole(read_json(f).get("max_steps")) if f.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
 def manifest(scan_: RunScan, cache: dict | None = None) -> dict:
     """What madyn reads of a run: each checkpoint's weight and config files (or each live
     table), relative path -> {size, sha256}. ``cache``: (path, size, mtime_ns) -> sha256
@@ -287,6 +319,8 @@ def manifest(scan_: RunScan, cache: dict | None = None) -> dict:
 
     cache = {} if cache is None else cache
     files: list[Path] = list(scan_.live.values())
+    if (probe := monitor_probe(scan_)) is not None:
+        files.append(probe)
     for d in scan_.checkpoints.values():  # scanned: pickles only where they are allowed
         files += [d / "config.json", *weight_files(d, allow_pickle=True)]
     out = {}

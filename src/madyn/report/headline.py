@@ -179,9 +179,36 @@ def curves_table(series: list[pd.DataFrame], statistic: str = "ratio") -> pd.Dat
             .sort_values(["model", "layer", "step"]).reset_index(drop=True))
 
 
-def summary_lines(metrics: dict) -> list[str]:
-    """The headline as a few readable lines, one per section (``madyn run``'s last screen):
-    ``growth: ratio_mid_mean 3.368, ...``."""
-    return [f"  {section}: " + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else
-                                         f"{k} {v}" for k, v in values.items())
-            for section, values in metrics.items() if isinstance(values, dict) and values]
+def run_section(layers: list[dict]) -> dict:
+    """The headline numbers of one run (its run summary's rows, one per layer): the last
+    checkpoint's step, the middle layers' last and forecast ratio (means), the highest
+    peak, the share of layers holding a first-token or feature massive activation."""
+    n = len(layers)
+    mid = [layers[i] for i in middle_layers(n)]
+
+    def mean(key: str, rows: list[dict]) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    kinds = [r["kind"] for r in layers]
+    return _clean({
+        "last_step": max(r["last_step"] for r in layers),
+        "ratio_mid_last": mean("last_ratio", mid),
+        "ratio_peak_max": max(r["peak_ratio"] for r in layers),
+        "first_token_share": kinds.count("first_token") / n,
+        "feature_share": kinds.count("feature") / n,
+        "ratio_mid_forecast": mean("forecast_ratio", mid),
+    })
+
+
+def run_headline(fit: dict, summary: dict) -> dict:
+    """The headline of a single-run suite: the suite's size, the fit quality over its runs,
+    and one section per run (:func:`run_section`), side by side; nothing averaged across
+    runs."""
+    models = summary["models"]
+    out = {"suite": {"n_models": len(models),
+                     "n_layers": sum(len(m["layers"]) for m in models.values())},
+           "fit": fit_section(fit)}
+    for model, rec in models.items():
+        out[f"run:{model}"] = run_section(rec["layers"])
+    return {k: v for k, v in out.items() if v}

@@ -55,7 +55,8 @@ def summary_lines(summary: dict) -> list[str]:
     lines = []
     for m, q in summary["per_model"].items():
         r = q.get("ratio", {})
+        best = r.get("best_emlog_r2_mean")  # None: no emlog fit of this model converged
         lines.append(f"{m:14s} ratio: mean best R^2 "
-                     f"{r.get('best_emlog_r2_mean', float('nan')):.4f}, "
+                     f"{'none' if best is None else f'{best:.4f}'}, "
                      f"winners {r.get('winners', {})}")
     return lines

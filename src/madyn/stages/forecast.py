@@ -166,3 +166,20 @@ def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
             lines.append(f"  {q:6} {frac:>4} seen: final-value error {line}; forecast "
                          f"interval coverage {cov}")
     return lines
+
+
+def record_refusal(run_path: str, out_dir: str, reason: str) -> dict:
+    """A run's forecast that cannot be made, recorded (``--record-refusal``): summary.json
+    with ``refused`` (the reason), a curves.csv with its header only and a figure saying
+    why, so that a single-run suite's workflow goes on. Returns the summary."""
+    from madyn.report.plots_forecast import plot_skipped
+
+    name = str(pd.read_parquet(run_path, columns=["model"])["model"].iloc[0])
+    out = Path(out_dir)
+    with atomic_path(out / "curves.csv") as tmp:
+        pd.DataFrame(columns=["quantity", "layer", "step", "seen", "mean", "lo", "hi",
+                              "prior_mean", "prior_lo", "prior_hi"]).to_csv(tmp, index=False)
+    plot_skipped(f"no forecast of {name}: {reason}", out / "forecast.png")
+    summary = {"model": name, "refused": reason, "layers": {}}
+    write_json(out / "summary.json", summary)
+    return summary

@@ -75,3 +75,49 @@ def curves(series_paths: list[str], out: str) -> pd.DataFrame:
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+def run_summary(series_paths: list[str], forecast_paths: dict[str, str],
+                thresholds: list[float], trend_checkpoints: int, out_csv: str,
+                out_json: str, out_txt: str) -> list[str]:
+    """The run summary of each model (:mod:`madyn.report.run_summary`; the model is the
+    series file's stem, its forecast ``forecast_paths[model]`` when that file exists):
+    ``out_csv`` (one row per model and layer), ``out_json`` (per model: its notes and
+    rows) and ``out_txt`` (the terminal lines, what ``madyn run`` and Snakemake print at
+    the end). Returns the lines."""
+    from madyn.io import write_json
+    from madyn.report import run_summary as rs
+
+    tables, notes = [], {}
+    for f in series_paths:
+        series = pd.read_parquet(f)
+        model = str(series["model"].iloc[0])
+        fc_path = forecast_paths.get(model)
+        forecast = read_json(fc_path) if fc_path and Path(fc_path).is_file() else None
+        tables.append(rs.layer_table(series, forecast, tuple(thresholds), trend_checkpoints))
+        notes[model] = rs.notes(series, forecast)
+    table = pd.concat(tables, ignore_index=True)
+    lines = rs.lines(table, notes, tuple(thresholds))
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    records = {m: {"notes": notes[m],
+                   "layers": [{k: (None if isinstance(v, float) and v != v else v)
+                               for k, v in r.items()}
+                              for r in g.drop(columns="model").to_dict("records")]}
+               for m, g in table.groupby("model", sort=False)}
+    write_json(out_json, {"thresholds": list(thresholds),
+                          "trend_checkpoints": trend_checkpoints, "models": records})
+    with atomic_path(out_txt) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def run_headline(fit: str, summary: str, out: str) -> dict:
+    """Write the headline of a single-run suite (:func:`madyn.report.headline.run_headline`)
+    from its fit metrics and run summary (JSON paths) to ``out``; returns it."""
+    from madyn.io import write_json
+    from madyn.report.headline import run_headline as make
+
+    metrics = make(read_json(fit), read_json(summary))
+    write_json(out, metrics)
+    return metrics

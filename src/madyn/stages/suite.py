@@ -17,16 +17,54 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def check(params: str) -> str:
-    """Validate the params file ``params`` (ValueError naming what is wrong) and return a
-    one-line summary of its active suite (``madyn check``)."""
+def check(params: str, suite_name: str | None = None) -> str:
+    """Validate the params file ``params`` (ValueError naming what is wrong) and summarise
+    suite ``suite_name`` (default: the active one) as ``madyn check`` prints it: one line,
+    then one line per model of a released or run suite (what its folder holds). A
+    released or run suite's folders are checked as the workflow checks them before it
+    plans any job."""
     from madyn.workflow import params_file
 
     cfg = params_file.load(params)
-    suite = params_file.active(cfg)
-    n = "?" if suite["source"] == "released" else len(params_file.steps(suite))
-    return (f"{params}: valid. suite={cfg['suite']} ({suite['source']}), "
-            f"{len(suite['models'])} models, {n} checkpoints each")
+    name = suite_name or cfg["suite"]
+    if name not in cfg["suites"]:
+        raise ValueError(f"--suite: no suite {name!r} in {params} (suites: "
+                         f"{', '.join(cfg['suites'])})")
+    cfg = {**cfg, "suite": name}
+    suite = params_file.with_run_defaults(params_file.active(cfg))
+    kind = "single-run" if params_file.is_run_analysis(suite) else "study"
+    head = (f"{params}: valid. suite={name} ({suite['source']}, {kind}), "
+            f"{len(suite['models'])} models")
+    if suite["source"] == "released":
+        files = params_file.check_released_folder(cfg)
+        return "\n".join([head] + [f"  {m}: {len(files[m])} checkpoints "
+                                    f"(steps {min(files[m])}-{max(files[m])})"
+                                    for m in params_file.model_names(suite)])
+    if suite["source"] == "run":
+        return "\n".join([head] + _run_lines(cfg, suite))
+    return f"{head}, {len(params_file.steps(suite))} checkpoints each"
+
+
+def _run_lines(cfg: dict, suite: dict) -> list[str]:
+    """One line per model of a run suite: its checkpoints (or monitor tables), what was
+    skipped, and its planned last step. ValueError naming the entry when its folder holds
+    nothing usable or too few checkpoints."""
+    from madyn.measure import runs
+    from madyn.workflow import params_file
+
+    lines = []
+    for i, entry in enumerate(suite["models"]):
+        where = f"model {entry['name']} (suites.{cfg['suite']}.models.{i}.path)"
+        sc = runs.entry_scan(entry, where)
+        params_file.check_min_points(cfg, len(sc.steps), f"{where}: {sc.folder}")
+        last = params_file.planned_last_step(suite, entry["name"], sc)
+        what = "monitor tables" if sc.live else "checkpoints"
+        lines.append(f"  {entry['name']}: {len(sc.steps)} {what} (steps {sc.steps[0]}-"
+                     f"{sc.steps[-1]}), planned last step "
+                     f"{last if last is not None else 'unknown (set last_step)'}"
+                     + (f", {len(sc.skipped)} entries skipped" if sc.skipped else ""))
+        lines += [f"    skipped {name}: {why}" for name, why in sc.skipped.items()]
+    return lines
 
 
 def train_specs(model: str | None, params: str, spec_json: str | None = None,

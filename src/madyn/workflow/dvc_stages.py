@@ -73,8 +73,8 @@ STAGE_CODE = {
     "extract": (("extract.smk", "extract_run.smk"), ("stages/extract", "workflow/dvc_stages")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
-    "predict": ("predict.smk", ("stages/predict", "stages/forecast")),
-    "report": ("report.smk", ("stages/report", "stages/effects")),
+    "predict": (("predict.smk", "run.smk"), ("stages/predict", "stages/forecast")),
+    "report": (("report.smk", "study.smk", "run.smk"), ("stages/report", "stages/effects")),
 }
 
 
@@ -318,3 +318,34 @@ if __name__ == "__main__":  # python -m madyn.workflow.dvc_stages [--write]: eac
         dvc_yaml.write_text(rewrite_code_deps(dvc_yaml.read_text(), Path.cwd()))
     for name in STAGE_CODE:
         print(f"{name}:", *stage_code_deps(Path.cwd(), name), sep="\n  - ")
+
+
+def sync_after_snakemake(root: Path, suite: str, params: str = "params.yaml") -> str | None:
+    """After a plain ``snakemake`` that ran the whole workflow of params.yaml's active suite
+    ``suite`` in a DVC repository, record it in DVC as ``dvc repro`` would have: make what
+    the DVC stages add beyond Snakemake (the source link and ``source.json``, every
+    stage's outs, the HTML report), then ``dvc commit -f``, so that ``dvc status`` is clean
+    and ``dvc repro`` runs nothing. Nothing is done inside a DVC stage (``DVC_STAGE`` set),
+    outside a DVC repository or for another suite (``--config suite=...``). Returns what
+    was done (one line), or None."""
+    import os
+    import subprocess
+
+    from madyn.workflow import params_file
+    from madyn.workflow.run import tool
+
+    if os.environ.get("DVC_STAGE") or not (root / ".dvc").is_dir():
+        return None
+    cfg = params_file.load(str(root / params))
+    if cfg["suite"] != suite:
+        return None
+    for stage in ("source", "suite", "extract"):
+        ensure_stage_outs(root, stage, params)
+    report = f"{params_file.results_dir(cfg)}/report.html"
+    for cmd in ([tool("snakemake"), "--nolock", "--report", report],
+                [tool("dvc"), "commit", "--force", "--quiet"]):
+        r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        if r.returncode:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {r.returncode}): {tail[0]}")
+    return f"DVC: {report} made and every stage committed (dvc status is clean)"

@@ -407,3 +407,30 @@ def check_released_folder(cfg: dict) -> dict[str, dict[int, Path]]:
     for m in names:
         check_min_points(cfg, len(files[m]), f"{root}/{m}/stats")
     return files
+
+
+def is_run_analysis(suite: dict) -> bool:
+    """Is each model of ``suite`` one training run analysed on its own (``analysis: run``,
+    the default of a run suite) rather than a cross-model study?"""
+    return suite.get("analysis", "run" if suite["source"] == "run" else "study") == "run"
+
+
+def summary_settings(cfg: dict) -> dict:
+    """The run summary's settings: params.yaml's ``summary`` over the schema's defaults."""
+    from madyn.settings import section_defaults
+
+    return {**section_defaults("summary"), **cfg.get("summary", {})}
+
+
+def planned_last_step(suite: dict, name: str, scan_: Any | None = None) -> int | None:
+    """Where a model of a single-run suite is forecast to: its entry's ``last_step``, else
+    its run folder's record (``scan_``: :func:`madyn.measure.runs.planned_last_step`); None
+    when unknown."""
+    entry = model_entry(suite, name)
+    if "last_step" in entry:
+        return int(entry["last_step"])
+    if scan_ is None:
+        return None
+    from madyn.measure.runs import planned_last_step as from_folder
+
+    return from_folder(scan_)
