@@ -118,8 +118,8 @@ def _project(tmp_path: Path, suite: str, entry: dict | None) -> Path:
 def _planned_commands(proj: Path, env: dict) -> list[tuple[str, str]]:
     """(rule, shell command) of every job a forced dry run plans."""
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall",
-                        "--cores", "2"], cwd=proj, env=env, capture_output=True, text=True,
-                       timeout=300)
+                        "--cores", "2", "--quiet", "host"], cwd=proj, env=env,
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     out = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout + r.stderr):
@@ -169,13 +169,15 @@ def test_hostile_values_never_run_in_any_shell_command(tmp_path, source, request
             "models": [{"name": "m.a"}, {"name": "m-b", "design": "d+1"}]})
     commands = _planned_commands(proj, env)
     planned = {rule for rule, _ in commands}
-    want = {"local": {"corpus", "train", "train_summary", "eval_tokens", "extract_model"},
-            "hub": {"corpus_manifest", "eval_tokens", "download", "extract_checkpoint"},
-            "released": set(),
+    study = {"evaluate", "predict_example", "effects"}  # a run suite is analysed as runs
+    want = {"local": {"corpus", "train", "train_summary", "eval_tokens", "extract_model"} | study,
+            "hub": {"corpus_manifest", "eval_tokens", "download", "extract_checkpoint"} | study,
+            "released": study,
             "run": {"corpus_manifest", "eval_tokens", "extract_run_0_r_a",
-                    "extract_run_1_r_b"}}[source] | {
+                    "extract_run_1_r_b", "forecast_run", "run_summary", "run_headline"}
+            }[source] | {
         "series", "plot_series", "growth", "fit", "plot_fit", "fit_summary", "model_config",
-        "features", "evaluate", "predict_example", "report_figures", "effects"}
+        "features", "report_figures"}
     assert want <= planned, want - planned
 
     fake = tmp_path / "bin"
@@ -185,7 +187,7 @@ def test_hostile_values_never_run_in_any_shell_command(tmp_path, source, request
     (fake / "madyn").chmod(0o755)
     run_env = {**env, "PATH": f"{fake}{os.pathsep}{env['PATH']}"}
     for rule, cmd in commands:
-        for log in re.findall(r"2> ('[^']*'|\S+)", cmd):  # the log's folder, as a rule has
+        for log in re.findall(r"(?:2>|tee) ('[^']*'|[^\s)]+)", cmd):  # the log's folder
             (proj / os.path.dirname(log.strip("'"))).mkdir(parents=True, exist_ok=True)
         subprocess.run(["bash", "-c", cmd], cwd=proj, env=run_env, timeout=60,
                        capture_output=True)
@@ -193,10 +195,10 @@ def test_hostile_values_never_run_in_any_shell_command(tmp_path, source, request
     argv = [json.loads(line) for line in record.read_text().splitlines()]
     assert len(argv) == len(commands)
     if expected is not None:  # the hostile path arrives as one argument, unchanged
-        series = next(a for a in argv if a[0] == "series")
+        series = next(a for a in argv if a[:2] == ["step", "series"])
         assert series[series.index("--released") + 1] == expected
-        configs = [a for a in argv if a[0] == "config-json"]
-        assert {a[1] for a in configs} == {f"{expected}/m.a", f"{expected}/m-b"}
+        configs = [a for a in argv if a[:2] == ["step", "config-json"]]
+        assert {a[2] for a in configs} == {f"{expected}/m.a", f"{expected}/m-b"}
 
 
 def test_released_folder_with_shell_characters_measured_for_real(tmp_path):

@@ -198,4 +198,5 @@ def register(sub) -> None:
     c = add(sub, "summary", _cmd_summary, "print a suite's answer: its run summary or headline",
             "What a finished run prints last: results/<suite>/report/run_summary.txt (a "
             "single-run suite) or the headline (metrics/headline.json) as a few lines.")
-    c.add_argument("results", help="the suite's results folder, e.g. results/embedded")
+    c.add_argument("results", help="the suite's results folder (madyn.workflow.params_file."
+                   "results_dir)")
