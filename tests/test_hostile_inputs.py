@@ -184,6 +184,34 @@ def _short_length(path: Path) -> None:
     path.write_bytes(struct.pack("<Q", n // 2) + data[8:])
 
 
+def _header(path: Path, edit) -> None:
+    """Rewrite a safetensors file's JSON header with ``edit(header)`` (the data kept)."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def _dtype(header: dict, dtype: str) -> None:
+    name = next(k for k in sorted(header) if k.endswith("layernorm.weight"))
+    header[name]["dtype"] = dtype
+
+
+def _overlap(header: dict) -> None:
+    """A bias whose bytes are its weight's (same shape: the sizes still agree)."""
+    w = next(k for k in sorted(header) if k.endswith("input_layernorm.weight"))
+    header[w.replace(".weight", ".bias")]["data_offsets"] = header[w]["data_offsets"]
+
+
+def _many_empty(header: dict, n: int = 1_400_000) -> None:
+    """1.4 M tensors of no elements (95 MB of header, under the library's 100 MB)."""
+    end = max(t["data_offsets"][1] for k, t in header.items() if k != "__metadata__")
+    for i in range(n):
+        header[f"e{i}"] = {"dtype": "F32", "shape": [0], "data_offsets": [end, end]}
+
+
 def _text_file(path: Path) -> None:
     text = path.parent / "notes.txt"
     text.write_text("These are my notes on the weights, not the weights.\n" * 20)
@@ -227,7 +255,40 @@ HOSTILE = {  # case -> (how to break the checkpoint, what the one line must say)
                              ["model.safetensors", "header is not JSON"]),
     "weights_link_to_text": (lambda c: _text_file(c / "model.safetensors"),
                              ["model.safetensors", "not a valid safetensors file"]),
+    # issue 32: safetensors headers that passed madyn's check
+    "weights_dtype_c64": (lambda c: _header(c / "model.safetensors",
+                                            lambda h: _dtype(h, "C64")),
+                          ["model.safetensors", "layernorm.weight", "'C64'", "dtype"]),
+    "weights_dtype_unknown": (lambda c: _header(c / "model.safetensors",
+                                                lambda h: _dtype(h, "Q4_K")),
+                              ["model.safetensors", "layernorm.weight", "'Q4_K'", "dtype"]),
+    "weights_overlap": (lambda c: _header(c / "model.safetensors", _overlap),
+                        ["model.safetensors", "input_layernorm", "overlap"]),
+    "weights_huge_header": (lambda c: _header(c / "model.safetensors", _many_empty),
+                            ["model.safetensors", "header of", "at most"]),
+    # issue 32: configs that passed every check and broke transformers while it built
+    "act_unknown": (lambda c: _config(c, hidden_act="evil"),
+                    ["config.json", "hidden_act", "'evil'", "not an activation"]),
+    "rotary_5": (lambda c: _config(c, partial_rotary_factor=5),
+                 ["config.json", "partial_rotary_factor", "5", "(0, 1]"]),
+    "rotary_5_rope": (lambda c: _rope(c, partial_rotary_factor=5),
+                      ["config.json", "rope_parameters.partial_rotary_factor", "(0, 1]"]),
+    "vocab_10": (lambda c: _config(c, vocab_size=10),
+                 ["config.json", "embed_in.weight", "[300, 32]", "[10, 32]"]),
+    "heads_0": (lambda c: _config(c, num_attention_heads=0),
+                ["config.json", "num_attention_heads", "0", "at least 1"]),
+    "heads_3": (lambda c: _config(c, num_attention_heads=3),
+                ["config.json", "num_attention_heads", "3", "hidden_size 32"]),
+    "hidden_1e9": (lambda c: _config(c, hidden_size=10**9),
+                   ["config.json", "hidden_size", "1000000000", "at most"]),
 }
+
+
+def _rope(ckpt: Path, **changes) -> str:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["rope_parameters"].update(changes)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    return "config.json"
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))

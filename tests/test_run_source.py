@@ -327,3 +327,40 @@ def test_checkpoint_that_fails_to_load_is_skipped_and_recorded(run_dir, tokens, 
     assert r.returncode == 0, r.stderr
     integ = read_json(tmp_path / "integrity.json")
     assert integ["n_checkpoints"] == 2 and "missing" in integ["skipped_files"]["step 4"]
+
+
+def test_bad_configs_in_a_run_are_skipped_and_measured_tables_kept(run_dir, tiny_model_dir,
+                                                                    tokens, tmp_path):
+    """Issue 32: checkpoints whose config.json passed the checks and broke transformers
+    (an unknown activation, a rotary factor of 5, heads 0 or not dividing the width, a
+    width of 10**9, a vocabulary smaller than the embedding) are each skipped by the run's
+    measuring job with one line naming the file and the key; the job goes on and exits 0,
+    and the tables measured before are kept (a failed job would lose them all)."""
+    from madyn.stats_table import read_stats
+    from tests.test_hostile_inputs import HOSTILE
+
+    cases = ["act_unknown", "rotary_5_rope", "heads_0", "heads_3", "hidden_1e9", "vocab_10"]
+    bad = {}
+    for i, case in enumerate(cases, start=20):
+        d = _ckpt(tiny_model_dir, run_dir / f"checkpoint-{i}")
+        HOSTILE[case][0](d)
+        bad[i] = HOSTILE[case][1]
+    good = [1, 10]
+    outs = {s: tmp_path / f"s{s}.parquet" for s in good + list(bad)}
+    r = madyn("extract-run", "--checkpoints", *(run_dir / f"checkpoint-{s}" for s in good),
+              "--steps", *good, "--outs", *(outs[s] for s in good), "--tokens", tokens,
+              "--model", "m", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    before = {s: outs[s].stat().st_mtime_ns for s in good}
+    steps = good + list(bad)
+    r = madyn("extract-run", "--checkpoints", *(run_dir / f"checkpoint-{s}" for s in steps),
+              "--steps", *steps, "--outs", *(outs[s] for s in steps), "--tokens", tokens,
+              "--model", "m", "--device", "cpu", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert {s: outs[s].stat().st_mtime_ns for s in good} == before  # kept, not remeasured
+    for s, needles in bad.items():
+        line = next(x for x in r.stderr.splitlines() if f"skipped step {s} " in x)
+        _, meta = read_stats(outs[s])
+        for n in needles:
+            assert n in line and n in meta["skipped"], (n, line)

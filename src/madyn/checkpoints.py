@@ -65,15 +65,21 @@ def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.d
         check_parameter_count(source, tensors)
     else:
         config_layers(config, source)
-    model, info = AutoModelForCausalLM.from_pretrained(
-        source,
-        revision=revision,
-        dtype=getattr(torch, dtype),
-        use_safetensors=True,
-        trust_remote_code=False,
-        output_loading_info=True,
-        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
-    )
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=revision,
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+        )
+    except Exception as e:  # noqa: BLE001 (checked above; whatever is left, named)
+        if not Path(source).is_dir():
+            raise
+        raise CheckpointError(f"{source}: transformers could not load it "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
     bad = {k: sorted(v) for k, v in info.items()
            if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:
@@ -296,13 +302,74 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _LAYER_INDEX = re.compile(r"^(.*?)\.(\d+)\.")
 
 
-def config_layers(config: dict, where: str) -> int:
-    """The configured number of decoder layers; every size key of :data:`SIZE_KEYS` must be
-    a whole number >= 0 (layers >= 1), else CheckpointError naming ``where`` and the key."""
+MAX_SIZE = 2**24  # largest value of a size key other than layers (16,777,216: above any
+# real model's width, vocabulary or context; a product of two stays far inside int64 bytes)
+WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
+HEAD_KEYS = ("num_attention_heads", "n_head")
+ACTIVATION_KEYS = ("hidden_act", "activation_function", "hidden_activation")
+ROTARY_KEYS = ("partial_rotary_factor", "rotary_pct")
+ROPE_DICTS = ("rope_parameters", "rope_scaling")
+
+
+def check_config_values(config: dict, where: str) -> None:
+    """The values transformers builds a model from, checked before it does (it would raise
+    a KeyError, a ZeroDivisionError or a storage overflow while building): each size key
+    of :data:`SIZE_KEYS` a whole number >= 0, at most :data:`MAX_SIZE` (layers excepted:
+    they are compared with the weights); attention heads >= 1, dividing the width unless
+    ``head_dim`` is given; key/value heads >= 1, dividing the heads; an activation
+    (:data:`ACTIVATION_KEYS`) that transformers knows; a rotary fraction
+    (:data:`ROTARY_KEYS`, at the top level or in ``rope_parameters``/``rope_scaling``) in
+    (0, 1]. CheckpointError naming ``where`` and the key otherwise."""
+    import math
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {why}")
+
     for key in SIZE_KEYS:
         v = config.get(key)
         if v is not None and not (_whole(v) and v >= 0):
-            raise CheckpointError(f"{where}: {key} must be a whole number, got {v!r}")
+            raise bad(f"{key} must be a whole number, got {v!r}")
+        if v is not None and key not in LAYER_KEYS and v > MAX_SIZE:
+            raise bad(f"{key} is {v}, at most {MAX_SIZE:,} allowed (no model is that large)")
+    width = next((config[k] for k in WIDTH_KEYS if config.get(k) is not None), None)
+    for key in HEAD_KEYS:
+        heads = config.get(key)
+        if heads is None:
+            continue
+        if heads < 1:
+            raise bad(f"{key} must be at least 1, got {heads}")
+        if width is not None and config.get("head_dim") is None and width % heads:
+            wkey = next(k for k in WIDTH_KEYS if config.get(k) is not None)
+            raise bad(f"{key} {heads} does not divide {wkey} {width}")
+        kv = config.get("num_key_value_heads")
+        if kv is not None and (kv < 1 or heads % kv):
+            raise bad(f"num_key_value_heads must be at least 1 and divide {key} {heads}, "
+                      f"got {kv}")
+    for key in ACTIVATION_KEYS:
+        act = config.get(key)
+        if act is None:
+            continue
+        from transformers.activations import ACT2FN
+
+        if not (isinstance(act, str) and act in ACT2FN):
+            raise bad(f"{key} {act!r} is not an activation transformers knows")
+    places = [("", config)] + [(f"{k}.", config[k]) for k in ROPE_DICTS
+                                if isinstance(config.get(k), dict)]
+    for prefix, d in places:
+        for key in ROTARY_KEYS:
+            v = d.get(key)
+            if v is None:
+                continue
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and 0 < v <= 1):
+                raise bad(f"{prefix}{key} must be in (0, 1], got {v!r}")
+
+
+def config_layers(config: dict, where: str) -> int:
+    """The configured number of decoder layers; the config's values are checked first
+    (:func:`check_config_values`), layers must be >= 1; CheckpointError naming ``where``
+    and the key otherwise."""
+    check_config_values(config, where)
     key = next((k for k in LAYER_KEYS if config.get(k) is not None), None)
     if key is None or config[key] < 1:
         raise CheckpointError(f"{where}: no number of layers >= 1 "
@@ -354,15 +421,30 @@ def check_parameter_count(source: str, tensors: dict) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    where = Path(source) / "config.json" if Path(source).is_dir() else source
+    try:
+        cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 (a config transformers cannot build, any way)
+        raise CheckpointError(f"{where}: transformers cannot build the model it describes "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
     wanted = sum(p.numel() for p in model.parameters())
     held = sum(t["numel"] for t in tensors.values())
     if wanted > 2 * held + PARAM_SLACK:
-        where = Path(source) / "config.json" if Path(source).is_dir() else source
         raise CheckpointError(f"{where}: describes a model of {wanted:,} parameters, but "
                               f"the weight files hold {held:,} values")
+    for name, p in model.named_parameters():
+        t = tensors.get(name)
+        if t is not None and list(p.shape) != t["shape"]:
+            raise CheckpointError(f"{where}: makes {name} {list(p.shape)}, but the weight "
+                                  f"files hold it as {t['shape']}")
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def fingerprint(files: list[Path]) -> dict:
