@@ -190,7 +190,7 @@ def _header(path: Path, edit) -> None:
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     edit(header)
-    raw = json.dumps(header).encode()
+    raw = json.dumps(header, separators=(",", ":")).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
 
 

@@ -198,7 +198,8 @@ def weight_files(source: str, revision: str | None = None) -> list[Path]:
 
 
 # ------------------------------------------------------------ checks before building
-SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # bytes; the safetensors library's own bound
+SAFETENSORS_HEADER_LIMIT = 16 * 2**20  # bytes (the library allows 100 MB: 1.4 M empty
+# tensors there cost 1.45 GB to parse); a real header takes about 100 bytes per tensor
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
                "F8_E5M2": 1}
@@ -234,10 +235,14 @@ def check_weight_files(files: list[Path]) -> list[Path]:
 
 
 def safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets),
-    checked against the file before anything is built from it. CheckpointError naming the
-    file when it is truncated, its header length field lies or points past the data, the
-    header is not JSON, or a tensor's bytes do not fit its shape or the file."""
+    """The tensor table of a safetensors file (name -> shape, numel), checked against the
+    file before anything is built from it, as the safetensors library checks it when
+    loading. CheckpointError naming the file when it is truncated, its header length field
+    lies or points past the data, the header is larger than
+    :data:`SAFETENSORS_HEADER_LIMIT` or not JSON, a tensor's dtype is not one of
+    :data:`DTYPE_SIZES`, its bytes do not fit its shape or the file, or the tensors' bytes
+    overlap or leave a gap (each must start where the one before ends, the last end the
+    file)."""
     import json
     import struct
 
@@ -279,13 +284,29 @@ def safetensors_header(path: Path) -> dict:
             raise bad(f"tensor {name!r} ends at byte {offsets[1]} of the data, but the file "
                       f"holds {data_len} (truncated)")
         item = DTYPE_SIZES.get(t.get("dtype"))
+        if item is None:
+            raise bad(f"tensor {name!r} has dtype {t.get('dtype')!r}, not one madyn loads "
+                      f"({', '.join(DTYPE_SIZES)})")
         numel = 1
         for d in shape:
             numel *= d
-        if item is not None and numel * item != offsets[1] - offsets[0]:
+        if numel * item != offsets[1] - offsets[0]:
             raise bad(f"tensor {name!r}: {t['dtype']} {shape} takes {numel * item} bytes, "
                       f"its data offsets span {offsets[1] - offsets[0]}")
-        tensors[name] = {"shape": shape, "numel": numel}
+        tensors[name] = {"shape": shape, "numel": numel, "offsets": offsets}
+    spans = sorted((t["offsets"], name) for name, t in tensors.items())
+    for ((_, end), before), ((start, _), name) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise bad(f"tensor {name!r}'s bytes overlap tensor {before!r}'s (data_offsets)")
+    end = 0
+    for (start, stop), name in spans:
+        if start > end:
+            raise bad(f"the {start - end} bytes before tensor {name!r} belong to no tensor "
+                      "(data_offsets)")
+        end = stop
+    if end != data_len:
+        raise bad(f"the last {data_len - end} bytes of its data belong to no tensor "
+                  "(data_offsets)")
     return tensors
 
 
