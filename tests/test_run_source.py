@@ -290,6 +290,15 @@ def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):
     ({"name": "a", "path": "x", "step_pattern": "step-\\d+"}, "needs a group"),
     ({"name": "a", "path": "x", "step_pattern": "step-(\\d+"}, "not a regex"),
     ({"name": "a", "path": "x", "allow_pickle": "yes"}, "allow_pickle"),
+    # issue 32: patterns that hung planning or raised inside it
+    ({"name": "a", "path": "x", "step_pattern": "ck(\\d+)-(?:a+)+"}, "nested"),
+    ({"name": "a", "path": "x", "step_pattern": "ck(\\d+)-(?:a|aa)*"}, "alternation"),
+    ({"name": "a", "path": "x", "step_pattern": "ck(\\d+).*.*.*.*"}, "at most 3"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\w+)"}, "only digits"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\d+)?"}, "optional"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\d*)"}, "at least one digit"),
+    ({"name": "a", "path": "x", "step_pattern": "(\\d+)-(\\d+)"}, "exactly one group"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\d+)|x"}, "optional"),
 ])
 def test_bad_run_entries_are_refused_naming_the_key(entry, needle):
     import yaml
@@ -364,3 +373,55 @@ def test_bad_configs_in_a_run_are_skipped_and_measured_tables_kept(run_dir, tiny
         _, meta = read_stats(outs[s])
         for n in needles:
             assert n in line and n in meta["skipped"], (n, line)
+
+
+
+def test_step_pattern_with_nested_quantifiers_is_refused_at_once(tmp_path):
+    """``ck(\\d+)-(a+)+`` against a 36-character name backtracks for minutes (x4 per 2
+    characters): the scan refuses the pattern before matching any name."""
+    d = tmp_path / "run"
+    (d / ("ck1-" + "a" * 31 + "!")).mkdir(parents=True)
+    code = ("from madyn import runs\n"
+            "try:\n"
+            f"    runs.scan({str(d)!r}, step_pattern=r'ck(\\d+)-(a+)+', where='m')\n"
+            "except runs.RunError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "m: step_pattern" in r.stdout and "nested" in r.stdout
+
+
+@pytest.mark.parametrize("where,value", [("trainer_state", 2**70),
+                                         ("name", 10**30)])
+def test_step_beyond_int64_is_a_recorded_skip(where, value, run_dir):
+    """A step no table can hold (int64): a ``global_step`` of 2**70 in trainer_state.json,
+    or a folder named with 31 digits, is skipped naming it (it broke ``madyn series`` with
+    an OverflowError)."""
+    if where == "trainer_state":
+        (run_dir / "checkpoint-4" / "trainer_state.json").write_text(
+            json.dumps({"global_step": value}))
+        name = "checkpoint-4"
+    else:
+        name = f"checkpoint-{value}"
+        (run_dir / "checkpoint-4").rename(run_dir / name)
+    sc = runs.scan(run_dir)
+    assert sc.steps == [1, 10]
+    assert str(value) in sc.skipped[name] and "int64" in sc.skipped[name]
+    if where == "trainer_state":
+        assert "trainer_state.json" in sc.skipped[name]
+
+
+def test_schema_names_the_first_checkpoints_tokenizer_as_the_code_does():
+    """The default tokenizer of a run entry is the first checkpoint's (common.smk's
+    ``RunSource.tokenizer_arg``, the docs' table); the schema said the last's (issue 32)."""
+    from madyn.settings import params_schema
+    from tests.helpers import ROOT
+
+    entry = params_schema()["$defs"]["run_suite"]["properties"]["models"]["items"]
+    said = entry["properties"]["tokenizer"]["description"]
+    assert "first checkpoint" in said and "last" not in said
+    smk = (ROOT / "workflow/rules/common.smk").read_text()
+    assert "sc.checkpoints[min(sc.checkpoints)]" in smk
+    assert "| the first checkpoint's own tokenizer files |" in (
+        ROOT / "docs/your-own-run.md").read_text()
