@@ -371,3 +371,51 @@ def test_checks_before_building_pass_every_family(kind, tmp_path):
     }[kind]()
     model.save_pretrained(tmp_path / kind)
     assert len(decoder_layers(load_model(str(tmp_path / kind), device="cpu"))) == 3
+
+
+# ------------------------------------------------- issue 32: hangs and tracebacks
+def test_extract_refuses_tokens_that_are_a_fifo(ckpt, tmp_path):
+    """``--tokens`` (a run entry's ``tokens:``) naming a FIFO blocked forever in np.load."""
+    fifo = tmp_path / "probe_tokens.npy"
+    os.mkfifo(fifo)
+    out = tmp_path / "s.parquet"
+    refused(_extract(ckpt, fifo, out, timeout=60, memory=True),
+            "probe_tokens.npy", "named pipe")
+    assert not out.exists()
+
+
+def test_run_entry_tokens_that_are_not_a_regular_file_are_refused_at_planning(tmp_path):
+    from madyn import runs
+
+    fifo = tmp_path / "probe_tokens.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(runs.RunError, match=r"suites\.mine\.models\.0\.tokens: .*named pipe"):
+        runs.entry_tokens({"name": "a", "path": str(tmp_path), "tokens": str(fifo)},
+                          "suites.mine.models.0.tokens")
+    with pytest.raises(runs.RunError, match=r"models\.0\.tokens: .*no such file"):
+        runs.entry_tokens({"name": "a", "path": str(tmp_path), "tokens": str(tmp_path / "x")},
+                          "suites.mine.models.0.tokens")
+    assert runs.entry_tokens({"name": "a", "path": str(tmp_path)}, "k") is None
+
+
+def test_eval_tokens_names_a_tokenizer_file_that_is_dev_zero(corpus_dir, tmp_path):
+    """A tokenizer folder whose tokenizer.json is a link to /dev/zero gave a misleading
+    message about sentencepiece, naming no file."""
+    tok = tmp_path / "tok"
+    shutil.copytree(corpus_dir / "tokenizer", tok)
+    _replace(tok / "tokenizer.json", lambda p: p.symlink_to("/dev/zero"))
+    out = tmp_path / "tokens.npy"
+    refused(madyn("eval-tokens", "--corpus-manifest", corpus_dir / "manifest.json",
+                  "--tokenizer", tok, "--n-seqs", 2, "--seq-len", 16, "--seed", 0,
+                  "--out", out, timeout=60, memory=True),
+            "tokenizer.json", "character device")
+    assert not out.exists()
+
+
+def test_corpus_with_no_held_out_file_is_one_line(tmp_path):
+    """``madyn corpus --max-mb 0.1``: so few files that none is held out (IndexError)."""
+    out = tmp_path / "corpus"
+    refused(madyn("corpus", "--out", out, "--max-mb", 0.1, "--heldout-fraction", 0.05,
+                  "--vocab-size", 300, timeout=300), "max_mb 0.1", "heldout_fraction 0.05",
+            "no held-out file")
+    assert not out.exists()

@@ -398,6 +398,27 @@ def manifest(scan_: RunScan, cache: dict | None = None) -> dict:
     return {"files": out, "skipped": dict(scan_.skipped)}
 
 
+def entry_tokens(entry: dict, key: str) -> str | None:
+    """A model entry's ``tokens`` (None when it has none), which must be a regular file
+    (a FIFO would block the measuring job, a device read without end); RunError naming
+    ``key`` (its params key) otherwise."""
+    path = entry.get("tokens")
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise RunError(f"{key}: {path}: {(e.strerror or str(e)).lower()}") from None
+    if not stat.S_ISREG(st.st_mode):
+        from madyn.io import UnsafeFile, open_regular
+
+        try:
+            open_regular(path).close()
+        except (UnsafeFile, OSError) as e:
+            raise RunError(f"{key}: {e}") from None
+    return path
+
+
 def entry_scan(entry: dict, where: str) -> RunScan:
     """:func:`scan` of a suite's model entry (``path``, ``step_pattern``, ``allow_pickle``)."""
     return scan(entry["path"], step_pattern=entry.get("step_pattern"),

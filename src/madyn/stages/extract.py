@@ -60,10 +60,17 @@ def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
 
 
 def load_tokens(path: str) -> np.ndarray:
-    """An evaluation batch written by :func:`eval_tokens` (never unpickled)."""
+    """An evaluation batch written by :func:`eval_tokens`, or a run entry's ``tokens``
+    (never unpickled; only a regular file, :func:`madyn.io.open_regular`: a FIFO would
+    block)."""
+    from madyn.io import UnsafeFile, open_regular
+
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        with open_regular(path) as f:
+            return np.load(f, allow_pickle=False)
+    except UnsafeFile:
+        raise
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a .npy array of token ids ({e})") from None
 
 
