@@ -24,13 +24,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # beside the DVC pipeline (the committed first-token reference by default; their results
 # stay out of DVC), at the lowest CPU priority so that they use only the cores the
 # pipeline leaves idle; their output goes to results/<suite>/logs/make_run.log. Phase
-# times: printed and kept in results/<suite>/logs/phase_times.tsv.
+# times: printed and kept in results/<suite>/logs/phase_times.tsv. params.yaml is checked
+# first by `madyn check` (a bounded parse: DVC would expand a YAML alias bomb into gigabytes).
 STAGES = source suite extract fit features predict report
 PHASES = suite_all extract_all fit_all features_all predict_all report_all
 EXTRA_SUITES ?= firsttoken-reference
 ACTIVE = $(shell sed -n 's/^suite: *\([A-Za-z0-9_.-]*\).*/\1/p' params.yaml)
 
 run: install            ## the embedded suite through DVC, and the first-token reference beside it, timed
+	@madyn check params.yaml > /dev/null  # bounded parse first: DVC alone expands YAML aliases
 ifeq ($(SUITE),)
 	@set -e; start=$$(date +%s); times=""; trap 'kill $$(jobs -p) 2>/dev/null || true' EXIT; \
 	mkdir -p results/$(ACTIVE)/logs; status=results/$(ACTIVE)/logs/extra_suites.tsv; : > $$status; \
@@ -64,6 +66,7 @@ compare: install        ## dvc exp show: the headline metrics and the params a r
 	madyn compare $(if $(ONLY_CHANGED),--only-changed)
 
 pull: install           ## every result from the DVC remote, nothing recomputed (dvc status clean, snakemake -n: nothing to do)
+	@madyn check params.yaml > /dev/null
 	dvc pull
 	madyn dvc-outs source
 	snakemake --cores 1 --touch

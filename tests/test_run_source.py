@@ -425,3 +425,105 @@ def test_schema_names_the_first_checkpoints_tokenizer_as_the_code_does():
     assert "sc.checkpoints[min(sc.checkpoints)]" in smk
     assert "| the first checkpoint's own tokenizer files |" in (
         ROOT / "docs/your-own-run.md").read_text()
+
+
+def _dvc_project(tmp_path: Path, paths: list[Path]) -> Path:
+    """A scratch project whose active suite is a run suite of ``paths``."""
+    import yaml
+
+    from madyn.scratch_project import copy_workflow
+    from tests.helpers import ROOT
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    copy_workflow(ROOT, proj)
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["suites"]["mine"] = {"source": "run", "models": [
+        {"name": f"m{i}", "path": str(p)} for i, p in enumerate(paths)]}
+    cfg["suite"] = "mine"
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg))
+    return proj
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("fifo", "named pipe"),
+    ("dev_zero", "leaves the run suite.s folder"),
+    ("outside", "leaves the run suite.s folder"),
+])
+def test_dvc_source_link_refuses_what_dvc_would_hang_on(case, needle, run_dir, tmp_path):
+    """Issue 32: DVC hashes every file under results/<suite>/source: a FIFO in a run
+    folder, or a link to /dev/zero, hung `dvc status`. The source stage refuses them,
+    naming the entry, and makes no link."""
+    from madyn.dvc_stages import ensure_stage_outs
+
+    bad = run_dir / "runs" / "pipe"
+    if case == "fifo":
+        os.mkfifo(bad)
+    elif case == "dev_zero":
+        bad.symlink_to("/dev/zero")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        bad.symlink_to(tmp_path / "elsewhere")
+    proj = _dvc_project(tmp_path, [run_dir])
+    with pytest.raises(ValueError, match=needle) as e:
+        ensure_stage_outs(proj, "source")
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.lexists(proj / "results/mine/source")
+
+
+def test_dvc_source_link_refuses_a_folder_holding_the_project(run_dir, tmp_path,
+                                                              tiny_model_dir):
+    """Two run folders whose common folder holds the project (and its venv): DVC would
+    hash all of it (over 60 s at `dvc status`). Refused, naming both."""
+    from madyn.dvc_stages import ensure_stage_outs
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _ckpt(tiny_model_dir, other / "checkpoint-1", 1)
+    proj = _dvc_project(tmp_path, [run_dir, other])
+    with pytest.raises(ValueError, match="holds the project") as e:
+        ensure_stage_outs(proj, "source")
+    assert str(tmp_path) in str(e.value)
+    assert not os.path.lexists(proj / "results/mine/source")
+
+
+def test_make_run_checks_params_before_dvc_parses_it(tmp_path):
+    """Issue 32: a YAML alias bomb in params.yaml took DVC to 3.4 GB before madyn's guard
+    ran. `make run` checks the file with madyn's bounded loader first: one line, exit
+    non-zero, fast, within 4 GB, nothing started."""
+    import resource
+    import signal
+
+    from tests.helpers import ROOT
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for f in ("Makefile", "dvc.yaml"):
+        shutil.copy(ROOT / f, proj / f)
+    for f in ("pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / f, proj / f)
+        os.utime(proj / f, (0, 0))  # older than the venv's stamp: no install
+    rows = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        rows.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
+    (proj / "params.yaml").write_text("\n".join(rows) + "\nsuite: embedded\n")
+    subprocess.run([str(ROOT / ".venv/bin/dvc"), "init", "--no-scm", "-q"], cwd=proj,
+                   check=True, timeout=120)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    p = subprocess.Popen(["make", "run", f"VENV={ROOT / '.venv'}", "EXTRA_SUITES="],
+                         cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, preexec_fn=limit)
+    try:
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode != 0
+    assert "madyn check: params.yaml: more than 100000 values" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert not (proj / "results").exists()
