@@ -29,6 +29,7 @@ compare: install        ## dvc exp show: the headline metrics and the params a r
 	madyn compare $(if $(ONLY_CHANGED),--only-changed)
 
 pull: install           ## every result from the DVC remote, nothing recomputed (dvc status clean, snakemake -n: nothing to do)
+	@madyn check params.yaml > /dev/null
 	dvc pull
 	madyn step dvc-outs source
 	snakemake --cores 1 --touch

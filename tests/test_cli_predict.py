@@ -149,3 +149,23 @@ def test_query_outside_training_range_warns(features, tmp_path, capsys):
     assert rc == 0 and "warning" not in err, err
     summary = json.loads((near / "summary.json").read_text())
     assert summary["extrapolation"] == {} and "warning" not in summary
+
+
+def test_out_on_a_users_folder_is_refused_and_kept(features, tmp_path, capsys):
+    """Issue 32: ``--out`` on a folder holding the user's own curves.csv replaced it; a
+    folder madyn did not make (no marker) is refused unless empty, madyn's own rewritten."""
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "curves.csv").write_text("my,data\n1,2\n")
+    argv = ["--layers", "3", "--width", "48", "--heads", "4", "--features", features,
+            "--settings-json", SETTINGS, "--steps", "0,10,100", "--out"]
+    rc, err = _run([*argv, str(mine)], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert str(mine) in lines[0] and "curves.csv" in lines[0] and "madyn" in lines[0]
+    assert sorted(p.name for p in mine.iterdir()) == ["curves.csv"]
+    assert (mine / "curves.csv").read_text() == "my,data\n1,2\n"
+    for _ in range(2):  # a new folder, then madyn's own folder again
+        rc, err = _run([*argv, str(tmp_path / "new")], capsys)
+        assert rc == 0, err
+    assert (tmp_path / "new" / "summary.json").exists()

@@ -158,3 +158,73 @@ def test_a_run_still_training_is_forecast_to_its_planned_last_step(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--last-step 400 is not after the run's last checkpoint (500)" in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def _hostile_run(path, rng, case: str) -> None:
+    """A run's series broken as issue 32 found it: empty, no model column, a step whose
+    values are all NaN, a step given twice, two models in one file."""
+    _series(path, "run", rng, upto=500)
+    run = pd.read_parquet(path)
+    if case == "empty":
+        run = run.iloc[:0]
+    elif case == "no_model":
+        run = run.drop(columns="model")
+    elif case == "nan_step":
+        run.loc[run["step"] == run["step"].max(), "mean"] = np.nan
+    elif case == "duplicate_step":
+        again = run[run["step"] == run["step"].max()].assign(mean=lambda d: d["mean"] * 10)
+        run = pd.concat([run, again], ignore_index=True)
+    elif case == "two_models":
+        run = pd.concat([run, run.assign(model="other", mean=run["mean"] * 10)],
+                        ignore_index=True)
+    run.to_parquet(path, index=False)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("empty", "no rows"),
+    ("no_model", "no column 'model'"),
+    ("nan_step", "non-finite"),
+    ("duplicate_step", "more than once"),
+    ("two_models", "2 models ('other', 'run')"),
+])
+def test_a_hostile_run_series_is_refused_in_one_line(case, needle, tmp_path):
+    """Issue 32: an empty table or one with no model column raised IndexError/KeyError; a
+    step whose values are all NaN was dropped, a step given twice or a second model in
+    the file averaged in (3.79 and 37.9 became 20.85). Each is one line naming the file,
+    exit 2, nothing written."""
+    rng = np.random.default_rng(7)
+    prior = _models(tmp_path, 4, rng)
+    run = tmp_path / "run.parquet"
+    _hostile_run(run, rng, case)
+    r = _madyn("forecast", "--series", *prior, "--run", str(run), "--last-step", "2000",
+               "--out-dir", str(tmp_path / "fc"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert str(run) in lines[0] and needle in lines[0], lines[0]
+    assert not (tmp_path / "fc").exists()
+
+
+def test_forecast_out_dir_writes_only_into_madyns_own_folder(tmp_path):
+    """Issue 32: ``--out-dir`` on a folder holding the user's own summary.json replaced it.
+    A folder madyn did not make (no marker) is refused unless empty; madyn's own is
+    rewritten."""
+    rng = np.random.default_rng(8)
+    prior = _models(tmp_path, 4, rng)
+    _series(tmp_path / "run.parquet", "run", rng, upto=500)
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"my": "results"}\n')
+    args = ["forecast", "--series", *prior, "--run", str(tmp_path / "run.parquet"),
+            "--last-step", "2000", "--out-dir"]
+    r = _madyn(*args, str(mine))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert str(mine) in lines[0] and "summary.json" in lines[0] and "madyn" in lines[0]
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.json"]
+    assert (mine / "summary.json").read_text() == '{"my": "results"}\n'
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):  # an empty folder, then madyn's own folder again
+        r = _madyn(*args, str(tmp_path / "empty"))
+        assert r.returncode == 0, r.stderr
+    assert {"curves.csv", "summary.json", "forecast.png"} <= {
+        p.name for p in (tmp_path / "empty").iterdir()}

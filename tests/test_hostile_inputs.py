@@ -184,6 +184,34 @@ def _short_length(path: Path) -> None:
     path.write_bytes(struct.pack("<Q", n // 2) + data[8:])
 
 
+def _header(path: Path, edit) -> None:
+    """Rewrite a safetensors file's JSON header with ``edit(header)`` (the data kept)."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def _dtype(header: dict, dtype: str) -> None:
+    name = next(k for k in sorted(header) if k.endswith("layernorm.weight"))
+    header[name]["dtype"] = dtype
+
+
+def _overlap(header: dict) -> None:
+    """A bias whose bytes are its weight's (same shape: the sizes still agree)."""
+    w = next(k for k in sorted(header) if k.endswith("input_layernorm.weight"))
+    header[w.replace(".weight", ".bias")]["data_offsets"] = header[w]["data_offsets"]
+
+
+def _many_empty(header: dict, n: int = 1_400_000) -> None:
+    """1.4 M tensors of no elements (95 MB of header, under the library's 100 MB)."""
+    end = max(t["data_offsets"][1] for k, t in header.items() if k != "__metadata__")
+    for i in range(n):
+        header[f"e{i}"] = {"dtype": "F32", "shape": [0], "data_offsets": [end, end]}
+
+
 def _text_file(path: Path) -> None:
     text = path.parent / "notes.txt"
     text.write_text("These are my notes on the weights, not the weights.\n" * 20)
@@ -227,7 +255,40 @@ HOSTILE = {  # case -> (how to break the checkpoint, what the one line must say)
                              ["model.safetensors", "header is not JSON"]),
     "weights_link_to_text": (lambda c: _text_file(c / "model.safetensors"),
                              ["model.safetensors", "not a valid safetensors file"]),
+    # issue 32: safetensors headers that passed madyn's check
+    "weights_dtype_c64": (lambda c: _header(c / "model.safetensors",
+                                            lambda h: _dtype(h, "C64")),
+                          ["model.safetensors", "layernorm.weight", "'C64'", "dtype"]),
+    "weights_dtype_unknown": (lambda c: _header(c / "model.safetensors",
+                                                lambda h: _dtype(h, "Q4_K")),
+                              ["model.safetensors", "layernorm.weight", "'Q4_K'", "dtype"]),
+    "weights_overlap": (lambda c: _header(c / "model.safetensors", _overlap),
+                        ["model.safetensors", "input_layernorm", "overlap"]),
+    "weights_huge_header": (lambda c: _header(c / "model.safetensors", _many_empty),
+                            ["model.safetensors", "header of", "at most"]),
+    # issue 32: configs that passed every check and broke transformers while it built
+    "act_unknown": (lambda c: _config(c, hidden_act="evil"),
+                    ["config.json", "hidden_act", "'evil'", "not an activation"]),
+    "rotary_5": (lambda c: _config(c, partial_rotary_factor=5),
+                 ["config.json", "partial_rotary_factor", "5", "(0, 1]"]),
+    "rotary_5_rope": (lambda c: _rope(c, partial_rotary_factor=5),
+                      ["config.json", "rope_parameters.partial_rotary_factor", "(0, 1]"]),
+    "vocab_10": (lambda c: _config(c, vocab_size=10),
+                 ["config.json", "embed_in.weight", "[300, 32]", "[10, 32]"]),
+    "heads_0": (lambda c: _config(c, num_attention_heads=0),
+                ["config.json", "num_attention_heads", "0", "at least 1"]),
+    "heads_3": (lambda c: _config(c, num_attention_heads=3),
+                ["config.json", "num_attention_heads", "3", "hidden_size 32"]),
+    "hidden_1e9": (lambda c: _config(c, hidden_size=10**9),
+                   ["config.json", "hidden_size", "1000000000", "at most"]),
 }
+
+
+def _rope(ckpt: Path, **changes) -> str:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["rope_parameters"].update(changes)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    return "config.json"
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -310,3 +371,51 @@ def test_checks_before_building_pass_every_family(kind, tmp_path):
     }[kind]()
     model.save_pretrained(tmp_path / kind)
     assert len(decoder_layers(load_model(str(tmp_path / kind), device="cpu"))) == 3
+
+
+# ------------------------------------------------- issue 32: hangs and tracebacks
+def test_extract_refuses_tokens_that_are_a_fifo(ckpt, tmp_path):
+    """``--tokens`` (a run entry's ``tokens:``) naming a FIFO blocked forever in np.load."""
+    fifo = tmp_path / "probe_tokens.npy"
+    os.mkfifo(fifo)
+    out = tmp_path / "s.parquet"
+    refused(_extract(ckpt, fifo, out, timeout=60, memory=True),
+            "probe_tokens.npy", "named pipe")
+    assert not out.exists()
+
+
+def test_run_entry_tokens_that_are_not_a_regular_file_are_refused_at_planning(tmp_path):
+    from madyn.measure import runs
+
+    fifo = tmp_path / "probe_tokens.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(runs.RunError, match=r"suites\.mine\.models\.0\.tokens: .*named pipe"):
+        runs.entry_tokens({"name": "a", "path": str(tmp_path), "tokens": str(fifo)},
+                          "suites.mine.models.0.tokens")
+    with pytest.raises(runs.RunError, match=r"models\.0\.tokens: .*no such file"):
+        runs.entry_tokens({"name": "a", "path": str(tmp_path), "tokens": str(tmp_path / "x")},
+                          "suites.mine.models.0.tokens")
+    assert runs.entry_tokens({"name": "a", "path": str(tmp_path)}, "k") is None
+
+
+def test_eval_tokens_names_a_tokenizer_file_that_is_dev_zero(corpus_dir, tmp_path):
+    """A tokenizer folder whose tokenizer.json is a link to /dev/zero gave a misleading
+    message about sentencepiece, naming no file."""
+    tok = tmp_path / "tok"
+    shutil.copytree(corpus_dir / "tokenizer", tok)
+    _replace(tok / "tokenizer.json", lambda p: p.symlink_to("/dev/zero"))
+    out = tmp_path / "tokens.npy"
+    refused(madyn("step", "eval-tokens", "--corpus-manifest", corpus_dir / "manifest.json",
+                  "--tokenizer", tok, "--n-seqs", 2, "--seq-len", 16, "--seed", 0,
+                  "--out", out, timeout=60, memory=True),
+            "tokenizer.json", "character device")
+    assert not out.exists()
+
+
+def test_corpus_with_no_held_out_file_is_one_line(tmp_path):
+    """``madyn step corpus --max-mb 0.1``: so few files that none is held out (IndexError)."""
+    out = tmp_path / "corpus"
+    refused(madyn("step", "corpus", "--out", out, "--max-mb", 0.1, "--heldout-fraction", 0.05,
+                  "--vocab-size", 300, timeout=300), "max_mb 0.1", "heldout_fraction 0.05",
+            "no held-out file")
+    assert not out.exists()

@@ -290,6 +290,15 @@ def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):
     ({"name": "a", "path": "x", "step_pattern": "step-\\d+"}, "needs a group"),
     ({"name": "a", "path": "x", "step_pattern": "step-(\\d+"}, "not a regex"),
     ({"name": "a", "path": "x", "allow_pickle": "yes"}, "allow_pickle"),
+    # issue 32: patterns that hung planning or raised inside it
+    ({"name": "a", "path": "x", "step_pattern": "ck(\\d+)-(?:a+)+"}, "nested"),
+    ({"name": "a", "path": "x", "step_pattern": "ck(\\d+)-(?:a|aa)*"}, "alternation"),
+    ({"name": "a", "path": "x", "step_pattern": "ck(\\d+).*.*.*.*"}, "at most 3"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\w+)"}, "only digits"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\d+)?"}, "optional"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\d*)"}, "at least one digit"),
+    ({"name": "a", "path": "x", "step_pattern": "(\\d+)-(\\d+)"}, "exactly one group"),
+    ({"name": "a", "path": "x", "step_pattern": "ck-(\\d+)|x"}, "optional"),
 ])
 def test_bad_run_entries_are_refused_naming_the_key(entry, needle):
     import yaml
@@ -329,3 +338,194 @@ def test_checkpoint_that_fails_to_load_is_skipped_and_recorded(run_dir, tokens, 
     assert r.returncode == 0, r.stderr
     integ = read_json(tmp_path / "integrity.json")
     assert integ["n_checkpoints"] == 2 and "missing" in integ["skipped_files"]["step 4"]
+
+
+def test_bad_configs_in_a_run_are_skipped_and_measured_tables_kept(run_dir, tiny_model_dir,
+                                                                    tokens, tmp_path):
+    """Issue 32: checkpoints whose config.json passed the checks and broke transformers
+    (an unknown activation, a rotary factor of 5, heads 0 or not dividing the width, a
+    width of 10**9, a vocabulary smaller than the embedding) are each skipped by the run's
+    measuring job with one line naming the file and the key; the job goes on and exits 0,
+    and the tables measured before are kept (a failed job would lose them all)."""
+    from madyn.measure.stats_table import read_stats
+    from tests.test_hostile_inputs import HOSTILE
+
+    cases = ["act_unknown", "rotary_5_rope", "heads_0", "heads_3", "hidden_1e9", "vocab_10"]
+    bad = {}
+    for i, case in enumerate(cases, start=20):
+        d = _ckpt(tiny_model_dir, run_dir / f"checkpoint-{i}")
+        HOSTILE[case][0](d)
+        bad[i] = HOSTILE[case][1]
+    good = [1, 10]
+    outs = {s: tmp_path / f"s{s}.parquet" for s in good + list(bad)}
+    r = madyn("step", "extract-run", "--checkpoints", *(run_dir / f"checkpoint-{s}" for s in good),
+              "--steps", *good, "--outs", *(outs[s] for s in good), "--tokens", tokens,
+              "--model", "m", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    before = {s: outs[s].stat().st_mtime_ns for s in good}
+    steps = good + list(bad)
+    r = madyn("step", "extract-run", "--checkpoints", *(run_dir / f"checkpoint-{s}" for s in steps),
+              "--steps", *steps, "--outs", *(outs[s] for s in steps), "--tokens", tokens,
+              "--model", "m", "--device", "cpu", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert {s: outs[s].stat().st_mtime_ns for s in good} == before  # kept, not remeasured
+    for s, needles in bad.items():
+        line = next(x for x in r.stderr.splitlines() if f"skipped step {s} " in x)
+        _, meta = read_stats(outs[s])
+        for n in needles:
+            assert n in line and n in meta["skipped"], (n, line)
+
+
+
+def test_step_pattern_with_nested_quantifiers_is_refused_at_once(tmp_path):
+    """``ck(\\d+)-(a+)+`` against a 36-character name backtracks for minutes (x4 per 2
+    characters): the scan refuses the pattern before matching any name."""
+    d = tmp_path / "run"
+    (d / ("ck1-" + "a" * 31 + "!")).mkdir(parents=True)
+    code = ("from madyn import runs\n"
+            "try:\n"
+            f"    runs.scan({str(d)!r}, step_pattern=r'ck(\\d+)-(a+)+', where='m')\n"
+            "except runs.RunError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "m: step_pattern" in r.stdout and "nested" in r.stdout
+
+
+@pytest.mark.parametrize("where,value", [("trainer_state", 2**70),
+                                         ("name", 10**30)])
+def test_step_beyond_int64_is_a_recorded_skip(where, value, run_dir):
+    """A step no table can hold (int64): a ``global_step`` of 2**70 in trainer_state.json,
+    or a folder named with 31 digits, is skipped naming it (it broke ``madyn step series`` with
+    an OverflowError)."""
+    if where == "trainer_state":
+        (run_dir / "checkpoint-4" / "trainer_state.json").write_text(
+            json.dumps({"global_step": value}))
+        name = "checkpoint-4"
+    else:
+        name = f"checkpoint-{value}"
+        (run_dir / "checkpoint-4").rename(run_dir / name)
+    sc = runs.scan(run_dir)
+    assert sc.steps == [1, 10]
+    assert str(value) in sc.skipped[name] and "int64" in sc.skipped[name]
+    if where == "trainer_state":
+        assert "trainer_state.json" in sc.skipped[name]
+
+
+def test_schema_names_the_first_checkpoints_tokenizer_as_the_code_does():
+    """The default tokenizer of a run entry is the first checkpoint's (common.smk's
+    ``RunSource.tokenizer_arg``, the docs' table); the schema said the last's (issue 32)."""
+    from madyn.settings import params_schema
+    from tests.helpers import ROOT
+
+    entry = params_schema()["$defs"]["run_suite"]["properties"]["models"]["items"]
+    said = entry["properties"]["tokenizer"]["description"]
+    assert "first checkpoint" in said and "last" not in said
+    smk = (ROOT / "workflow/rules/common.smk").read_text()
+    assert "sc.checkpoints[min(sc.checkpoints)]" in smk
+    assert "| the first checkpoint's own tokenizer files |" in (
+        ROOT / "docs/your-own-run.md").read_text()
+
+
+def _dvc_project(tmp_path: Path, paths: list[Path]) -> Path:
+    """A scratch project whose active suite is a run suite of ``paths``."""
+    import yaml
+
+    from madyn.workflow.scratch_project import copy_workflow
+    from tests.helpers import ROOT
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    copy_workflow(ROOT, proj)
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["suites"]["mine"] = {"source": "run", "models": [
+        {"name": f"m{i}", "path": str(p)} for i, p in enumerate(paths)]}
+    cfg["suite"] = "mine"
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg))
+    return proj
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("fifo", "named pipe"),
+    ("dev_zero", "leaves the run suite.s folder"),
+    ("outside", "leaves the run suite.s folder"),
+])
+def test_dvc_source_link_refuses_what_dvc_would_hang_on(case, needle, run_dir, tmp_path):
+    """Issue 32: DVC hashes every file under results/<suite>/source: a FIFO in a run
+    folder, or a link to /dev/zero, hung `dvc status`. The source stage refuses them,
+    naming the entry, and makes no link."""
+    from madyn.workflow.dvc_stages import ensure_stage_outs
+
+    bad = run_dir / "runs" / "pipe"
+    if case == "fifo":
+        os.mkfifo(bad)
+    elif case == "dev_zero":
+        bad.symlink_to("/dev/zero")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        bad.symlink_to(tmp_path / "elsewhere")
+    proj = _dvc_project(tmp_path, [run_dir])
+    with pytest.raises(ValueError, match=needle) as e:
+        ensure_stage_outs(proj, "source")
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.lexists(proj / "results/mine/source")
+
+
+def test_dvc_source_link_refuses_a_folder_holding_the_project(run_dir, tmp_path,
+                                                              tiny_model_dir):
+    """Two run folders whose common folder holds the project (and its venv): DVC would
+    hash all of it (over 60 s at `dvc status`). Refused, naming both."""
+    from madyn.workflow.dvc_stages import ensure_stage_outs
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _ckpt(tiny_model_dir, other / "checkpoint-1", 1)
+    proj = _dvc_project(tmp_path, [run_dir, other])
+    with pytest.raises(ValueError, match="holds the project") as e:
+        ensure_stage_outs(proj, "source")
+    assert str(tmp_path) in str(e.value)
+    assert not os.path.lexists(proj / "results/mine/source")
+
+
+def test_make_run_checks_params_before_dvc_parses_it(tmp_path):
+    """Issue 32: a YAML alias bomb in params.yaml took DVC to 3.4 GB before madyn's guard
+    ran. `make run` checks the file with madyn's bounded loader first: one line, exit
+    non-zero, fast, within 4 GB, nothing started."""
+    import resource
+    import signal
+
+    from tests.helpers import ROOT
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for f in ("Makefile", "dvc.yaml"):
+        shutil.copy(ROOT / f, proj / f)
+    for f in ("pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / f, proj / f)
+        os.utime(proj / f, (0, 0))  # older than the venv's stamp: no install
+    rows = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        rows.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
+    (proj / "params.yaml").write_text("\n".join(rows) + "\nsuite: embedded\n")
+    subprocess.run([str(ROOT / ".venv/bin/dvc"), "init", "--no-scm", "-q"], cwd=proj,
+                   check=True, timeout=120)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    p = subprocess.Popen(["make", "run", f"VENV={ROOT / '.venv'}", "EXTRA_SUITES="],
+                         cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, preexec_fn=limit)
+    try:
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode != 0
+    assert "madyn check: params.yaml: more than 100000 values" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert not (proj / "results").exists()

@@ -88,6 +88,42 @@ def atomic_path(path: str | Path, folder: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+OUTPUT_MARKER = ".madyn-output"  # in every output folder madyn makes (madyn predict,
+# madyn forecast --run): an existing folder is written into only when it holds this
+
+
+def check_output_folder(path: str | Path) -> None:
+    """A folder output may go to ``path`` only when it does not exist, is an empty
+    folder, or is a folder madyn made (holding :data:`OUTPUT_MARKER`); else
+    :class:`OutputError` naming an entry of it (madyn never replaces a user's file that
+    happens to share a name with one of its outputs)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{path}: a link; give a folder path for this output")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputError(f"{path}: not a folder; give a folder path for this output")
+    entries = sorted(p.name for p in path.iterdir())
+    if entries and OUTPUT_MARKER not in entries:
+        raise OutputError(f"{path}: holds {entries[0]}, and madyn did not make this folder "
+                          f"(no {OUTPUT_MARKER} in it); give a new or empty folder")
+
+
+@contextmanager
+def output_folder(path: str | Path, command: str) -> Iterator[Path]:
+    """Yield a new temporary folder to fill; on success it replaces ``path`` at once
+    (:func:`atomic_path`), with :data:`OUTPUT_MARKER` (naming ``command``) added. ``path``
+    must pass :func:`check_output_folder`, and a folder madyn made must hold nothing the
+    new one lacks (a file the user put there since)."""
+    check_output_folder(path)
+    with atomic_path(path, folder=True) as tmp:
+        tmp.mkdir()
+        yield tmp
+        check_output_folder(path)  # made while the caller wrote
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"written_by": command}) + "\n")
+
+
 def jsonable(obj: Any) -> Any:
     """Make ``obj`` strict-JSON: dict keys become str, tuples lists, numpy arrays and scalars
     Python lists and scalars, NaN/inf None."""

@@ -251,6 +251,7 @@ class RunSource(MeasuredSource):
             where = f"model {m['name']} (suites.{SUITE}.models.{i}.path)"
             try:
                 sc = madyn_runs.entry_scan(m, where)
+                madyn_runs.entry_tokens(m, f"suites.{SUITE}.models.{i}.tokens")
                 madyn_params.check_min_points(config, len(sc.steps), f"{where}: {sc.folder}")
             except (madyn_runs.RunError, madyn_params.ConfigError) as err:
                 sys.exit(f"madyn: {err}")

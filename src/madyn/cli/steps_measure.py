@@ -29,7 +29,8 @@ def _cmd_extract_model(args: argparse.Namespace) -> int:
 def _cmd_extract_run(args: argparse.Namespace) -> int:
     from madyn.stages import extract
 
-    cks = extract.run_checkpoints(args.checkpoints, args.steps, args.outs, args.allow_pickle)
+    cks = extract.run_checkpoints(args.checkpoints, args.steps, args.outs,
+                                  args.allow_pickle, skip_bad=True)
     extract.measure(cks, args.tokens, args.model, extract_settings(args), skip_bad=True)
     return 0
 

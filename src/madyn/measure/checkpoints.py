@@ -65,15 +65,21 @@ def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.d
         check_parameter_count(source, tensors)
     else:
         config_layers(config, source)
-    model, info = AutoModelForCausalLM.from_pretrained(
-        source,
-        revision=revision,
-        dtype=getattr(torch, dtype),
-        use_safetensors=True,
-        trust_remote_code=False,
-        output_loading_info=True,
-        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
-    )
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=revision,
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+        )
+    except Exception as e:  # noqa: BLE001 (checked above; whatever is left, named)
+        if not Path(source).is_dir():
+            raise
+        raise CheckpointError(f"{source}: transformers could not load it "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
     bad = {k: sorted(v) for k, v in info.items()
            if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:
@@ -192,7 +198,8 @@ def weight_files(source: str, revision: str | None = None) -> list[Path]:
 
 
 # ------------------------------------------------------------ checks before building
-SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # bytes; the safetensors library's own bound
+SAFETENSORS_HEADER_LIMIT = 16 * 2**20  # bytes (the library allows 100 MB: 1.4 M empty
+# tensors there cost 1.45 GB to parse); a real header takes about 100 bytes per tensor
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
                "F8_E5M2": 1}
@@ -228,10 +235,14 @@ def check_weight_files(files: list[Path]) -> list[Path]:
 
 
 def safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets),
-    checked against the file before anything is built from it. CheckpointError naming the
-    file when it is truncated, its header length field lies or points past the data, the
-    header is not JSON, or a tensor's bytes do not fit its shape or the file."""
+    """The tensor table of a safetensors file (name -> shape, numel), checked against the
+    file before anything is built from it, as the safetensors library checks it when
+    loading. CheckpointError naming the file when it is truncated, its header length field
+    lies or points past the data, the header is larger than
+    :data:`SAFETENSORS_HEADER_LIMIT` or not JSON, a tensor's dtype is not one of
+    :data:`DTYPE_SIZES`, its bytes do not fit its shape or the file, or the tensors' bytes
+    overlap or leave a gap (each must start where the one before ends, the last end the
+    file)."""
     import json
     import struct
 
@@ -273,13 +284,29 @@ def safetensors_header(path: Path) -> dict:
             raise bad(f"tensor {name!r} ends at byte {offsets[1]} of the data, but the file "
                       f"holds {data_len} (truncated)")
         item = DTYPE_SIZES.get(t.get("dtype"))
+        if item is None:
+            raise bad(f"tensor {name!r} has dtype {t.get('dtype')!r}, not one madyn loads "
+                      f"({', '.join(DTYPE_SIZES)})")
         numel = 1
         for d in shape:
             numel *= d
-        if item is not None and numel * item != offsets[1] - offsets[0]:
+        if numel * item != offsets[1] - offsets[0]:
             raise bad(f"tensor {name!r}: {t['dtype']} {shape} takes {numel * item} bytes, "
                       f"its data offsets span {offsets[1] - offsets[0]}")
-        tensors[name] = {"shape": shape, "numel": numel}
+        tensors[name] = {"shape": shape, "numel": numel, "offsets": offsets}
+    spans = sorted((t["offsets"], name) for name, t in tensors.items())
+    for ((_, end), before), ((start, _), name) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise bad(f"tensor {name!r}'s bytes overlap tensor {before!r}'s (data_offsets)")
+    end = 0
+    for (start, stop), name in spans:
+        if start > end:
+            raise bad(f"the {start - end} bytes before tensor {name!r} belong to no tensor "
+                      "(data_offsets)")
+        end = stop
+    if end != data_len:
+        raise bad(f"the last {data_len - end} bytes of its data belong to no tensor "
+                  "(data_offsets)")
     return tensors
 
 
@@ -296,13 +323,74 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _LAYER_INDEX = re.compile(r"^(.*?)\.(\d+)\.")
 
 
-def config_layers(config: dict, where: str) -> int:
-    """The configured number of decoder layers; every size key of :data:`SIZE_KEYS` must be
-    a whole number >= 0 (layers >= 1), else CheckpointError naming ``where`` and the key."""
+MAX_SIZE = 2**24  # largest value of a size key other than layers (16,777,216: above any
+# real model's width, vocabulary or context; a product of two stays far inside int64 bytes)
+WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
+HEAD_KEYS = ("num_attention_heads", "n_head")
+ACTIVATION_KEYS = ("hidden_act", "activation_function", "hidden_activation")
+ROTARY_KEYS = ("partial_rotary_factor", "rotary_pct")
+ROPE_DICTS = ("rope_parameters", "rope_scaling")
+
+
+def check_config_values(config: dict, where: str) -> None:
+    """The values transformers builds a model from, checked before it does (it would raise
+    a KeyError, a ZeroDivisionError or a storage overflow while building): each size key
+    of :data:`SIZE_KEYS` a whole number >= 0, at most :data:`MAX_SIZE` (layers excepted:
+    they are compared with the weights); attention heads >= 1, dividing the width unless
+    ``head_dim`` is given; key/value heads >= 1, dividing the heads; an activation
+    (:data:`ACTIVATION_KEYS`) that transformers knows; a rotary fraction
+    (:data:`ROTARY_KEYS`, at the top level or in ``rope_parameters``/``rope_scaling``) in
+    (0, 1]. CheckpointError naming ``where`` and the key otherwise."""
+    import math
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {why}")
+
     for key in SIZE_KEYS:
         v = config.get(key)
         if v is not None and not (_whole(v) and v >= 0):
-            raise CheckpointError(f"{where}: {key} must be a whole number, got {v!r}")
+            raise bad(f"{key} must be a whole number, got {v!r}")
+        if v is not None and key not in LAYER_KEYS and v > MAX_SIZE:
+            raise bad(f"{key} is {v}, at most {MAX_SIZE:,} allowed (no model is that large)")
+    width = next((config[k] for k in WIDTH_KEYS if config.get(k) is not None), None)
+    for key in HEAD_KEYS:
+        heads = config.get(key)
+        if heads is None:
+            continue
+        if heads < 1:
+            raise bad(f"{key} must be at least 1, got {heads}")
+        if width is not None and config.get("head_dim") is None and width % heads:
+            wkey = next(k for k in WIDTH_KEYS if config.get(k) is not None)
+            raise bad(f"{key} {heads} does not divide {wkey} {width}")
+        kv = config.get("num_key_value_heads")
+        if kv is not None and (kv < 1 or heads % kv):
+            raise bad(f"num_key_value_heads must be at least 1 and divide {key} {heads}, "
+                      f"got {kv}")
+    for key in ACTIVATION_KEYS:
+        act = config.get(key)
+        if act is None:
+            continue
+        from transformers.activations import ACT2FN
+
+        if not (isinstance(act, str) and act in ACT2FN):
+            raise bad(f"{key} {act!r} is not an activation transformers knows")
+    places = [("", config)] + [(f"{k}.", config[k]) for k in ROPE_DICTS
+                                if isinstance(config.get(k), dict)]
+    for prefix, d in places:
+        for key in ROTARY_KEYS:
+            v = d.get(key)
+            if v is None:
+                continue
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and 0 < v <= 1):
+                raise bad(f"{prefix}{key} must be in (0, 1], got {v!r}")
+
+
+def config_layers(config: dict, where: str) -> int:
+    """The configured number of decoder layers; the config's values are checked first
+    (:func:`check_config_values`), layers must be >= 1; CheckpointError naming ``where``
+    and the key otherwise."""
+    check_config_values(config, where)
     key = next((k for k in LAYER_KEYS if config.get(k) is not None), None)
     if key is None or config[key] < 1:
         raise CheckpointError(f"{where}: no number of layers >= 1 "
@@ -354,15 +442,30 @@ def check_parameter_count(source: str, tensors: dict) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    where = Path(source) / "config.json" if Path(source).is_dir() else source
+    try:
+        cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 (a config transformers cannot build, any way)
+        raise CheckpointError(f"{where}: transformers cannot build the model it describes "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
     wanted = sum(p.numel() for p in model.parameters())
     held = sum(t["numel"] for t in tensors.values())
     if wanted > 2 * held + PARAM_SLACK:
-        where = Path(source) / "config.json" if Path(source).is_dir() else source
         raise CheckpointError(f"{where}: describes a model of {wanted:,} parameters, but "
                               f"the weight files hold {held:,} values")
+    for name, p in model.named_parameters():
+        t = tensors.get(name)
+        if t is not None and list(p.shape) != t["shape"]:
+            raise CheckpointError(f"{where}: makes {name} {list(p.shape)}, but the weight "
+                                  f"files hold it as {t['shape']}")
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def fingerprint(files: list[Path]) -> dict:

@@ -4,11 +4,13 @@ tables a live :mod:`madyn.measure.monitor` wrote there.
 
 Layouts (the step from the folder name): ``checkpoint-<N>`` (HF ``Trainer``; the step from
 its ``trainer_state.json`` ``global_step`` when there), ``step<N>``, ``step-<N>``,
-``global_step<N>``, ``iter_<N>``, or the entry's ``step_pattern`` (a regex whose first group
-is the step, matched against the whole name). Each checkpoint is a Hugging Face folder:
-``config.json`` plus safetensors weights (single, or shards named by
-``model.safetensors.index.json``); PyTorch pickles only with ``allow_pickle`` (then loaded
-with ``torch.load(weights_only=True)``, never a full unpickling). Distributed checkpoints
+``global_step<N>``, ``iter_<N>``, or the entry's ``step_pattern`` (a regex whose one group
+is the step, matched against the whole name; :func:`check_step_pattern` says which
+patterns are refused so that matching stays fast). A step beyond int64 is skipped. Each
+checkpoint is a Hugging Face folder: ``config.json`` plus safetensors weights (single, or
+shards named by ``model.safetensors.index.json``); PyTorch pickles only with
+``allow_pickle`` (then loaded with ``torch.load(weights_only=True)``, never a full
+unpickling). Distributed checkpoints
 (torch DCP, DeepSpeed/Megatron ``mp_rank_*``) are refused naming the converter to run first.
 
 Whatever cannot be measured (an incomplete checkpoint still being written, two folders for
@@ -85,8 +87,91 @@ def _real_dir(path: Path, where: str) -> Path:
     return path
 
 
+MAX_STEP = 2**63 - 1  # every table holds steps as int64
+MAX_VARIABLE_REPEATS = 3  # in a step_pattern: names are at most 255 characters, so a
+# failed match backtracks at most about 255**3 / 6 = 2.8 M steps
+
+
+def check_step_pattern(pattern: str) -> None:
+    """ValueError saying why ``pattern`` cannot be a ``step_pattern``, whose matching time
+    must stay bounded and whose group must be the step: a regex with exactly one
+    capturing group, not optional (not under a repeat or an alternation), matching only
+    digits (at least one); no repeat inside a repeat (nested quantifiers) or alternation
+    under a repeat (either backtracks exponentially in the name's length); at most
+    :data:`MAX_VARIABLE_REPEATS` repeats of variable length (``*``, ``+``, ``?``,
+    ``{m,n}``); no back-references or conditionals."""
+    import re._constants as c
+    import re._parser as sre
+
+    try:
+        tree = sre.parse(pattern)
+    except re.error as e:
+        raise ValueError(f"not a regex ({e})") from None
+    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
+    groups, variable = [], 0
+
+    def digits_only(sub) -> bool:
+        for op, av in sub:
+            if op in repeats:
+                if not digits_only(av[2]):
+                    return False
+            elif op is c.IN:
+                if not all((o is c.CATEGORY and a is c.CATEGORY_DIGIT)
+                           or (o is c.RANGE and 48 <= a[0] <= a[1] <= 57)
+                           or (o is c.LITERAL and 48 <= a <= 57) for o, a in av):
+                    return False
+            elif not (op is c.LITERAL and 48 <= av <= 57):
+                return False
+        return True
+
+    def walk(sub, in_repeat: bool, optional: bool) -> None:
+        nonlocal variable
+        for op, av in sub:
+            if op in repeats:
+                lo, hi, body = av
+                if in_repeat and hi > 1:
+                    raise ValueError("a repeat inside a repeat (nested quantifiers: "
+                                     "matching time grows exponentially with the name)")
+                variable += lo != hi
+                walk(body, in_repeat or hi > 1, optional or lo == 0)
+            elif op is c.BRANCH:
+                if in_repeat:
+                    raise ValueError("an alternation (|) under a repeat (matching time "
+                                     "grows exponentially with the name)")
+                for alt in av[1]:
+                    walk(alt, in_repeat, True)
+            elif op is c.SUBPATTERN:
+                if av[0] is not None:
+                    groups.append((av[3], optional or in_repeat))
+                walk(av[3], in_repeat, optional)
+            elif op is c.ATOMIC_GROUP:
+                walk(av, in_repeat, optional)
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                walk(av[1], in_repeat, True)
+            elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
+                raise ValueError("a back-reference or conditional (not needed to name a "
+                                 "step, and slow to match)")
+
+    walk(tree, False, False)
+    if len(groups) != 1:
+        raise ValueError(f"needs a group (...) that captures the step: exactly one group, "
+                         f"found {len(groups)} (use (?:...) for any other)")
+    body, optional = groups[0]
+    if optional:
+        raise ValueError("the step's group is optional (under a repeat or an "
+                         "alternation): every match must capture a step")
+    if not digits_only(body):
+        raise ValueError("the step's group must match only digits, e.g. (\\d+)")
+    if body.getwidth()[0] < 1:
+        raise ValueError("the step's group must match at least one digit, e.g. (\\d+)")
+    if variable > MAX_VARIABLE_REPEATS:
+        raise ValueError(f"{variable} repeats of variable length; at most "
+                         f"{MAX_VARIABLE_REPEATS} keep its matching time bounded")
+
+
 def step_of(name: str, step_pattern: str | None = None) -> int | None:
-    """The step a checkpoint's folder name states (None: not a checkpoint name)."""
+    """The step a checkpoint's folder name states (None: not a checkpoint name).
+    ``step_pattern``: checked by :func:`check_step_pattern` first."""
     pats = ((step_pattern,) if step_pattern else ()) + LAYOUTS
     for p in pats:
         m = re.fullmatch(p, name)
@@ -199,6 +284,11 @@ def scan(folder: str | Path, *, step_pattern: str | None = None,
     """Find the checkpoints (or live monitor tables) of one run folder; see the module
     docstring. RunError naming ``where`` and the folder when it is missing, not a folder
     or a symlink loop, or holds nothing usable."""
+    if step_pattern is not None:
+        try:
+            check_step_pattern(step_pattern)
+        except ValueError as e:
+            raise RunError(f"{where}: step_pattern {step_pattern!r}: {e}") from None
     root = _real_dir(Path(folder), where)
     out = RunScan(root)
     if (root / MONITOR_FILE).is_file():
@@ -217,7 +307,15 @@ def scan(folder: str | Path, *, step_pattern: str | None = None,
             continue
         if entry.name.startswith("checkpoint-"):
             trainer = _trainer_step(entry)
+            if trainer is not None and trainer > MAX_STEP:
+                out.skipped[entry.name] = (f"trainer_state.json: global_step {trainer} is "
+                                           "beyond int64, the steps a table holds")
+                continue
             step = step if trainer is None else trainer
+        if step > MAX_STEP:
+            out.skipped[entry.name] = (f"step {step} in its name is beyond int64, the "
+                                       "steps a table holds")
+            continue
         found.setdefault(step, []).append(entry)
     for step, dirs in sorted(found.items()):
         if len(dirs) > 1:
@@ -332,6 +430,27 @@ def manifest(scan_: RunScan, cache: dict | None = None) -> dict:
         out[f.relative_to(scan_.folder).as_posix()] = {"size": st.st_size,
                                                         "sha256": cache[key]}
     return {"files": out, "skipped": dict(scan_.skipped)}
+
+
+def entry_tokens(entry: dict, key: str) -> str | None:
+    """A model entry's ``tokens`` (None when it has none), which must be a regular file
+    (a FIFO would block the measuring job, a device read without end); RunError naming
+    ``key`` (its params key) otherwise."""
+    path = entry.get("tokens")
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise RunError(f"{key}: {path}: {(e.strerror or str(e)).lower()}") from None
+    if not stat.S_ISREG(st.st_mode):
+        from madyn.io import UnsafeFile, open_regular
+
+        try:
+            open_regular(path).close()
+        except (UnsafeFile, OSError) as e:
+            raise RunError(f"{key}: {e}") from None
+    return path
 
 
 def entry_scan(entry: dict, where: str) -> RunScan:

@@ -60,10 +60,17 @@ def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
 
 
 def load_tokens(path: str) -> np.ndarray:
-    """An evaluation batch written by :func:`eval_tokens` (never unpickled)."""
+    """An evaluation batch written by :func:`eval_tokens`, or a run entry's ``tokens``
+    (never unpickled; only a regular file, :func:`madyn.io.open_regular`: a FIFO would
+    block)."""
+    from madyn.io import UnsafeFile, open_regular
+
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        with open_regular(path) as f:
+            return np.load(f, allow_pickle=False)
+    except UnsafeFile:
+        raise
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a .npy array of token ids ({e})") from None
 
 
@@ -78,6 +85,7 @@ class Checkpoint:
     repo: str | None = None  # a hub snapshot's repo id and revision, for the metadata
     revision: str | None = None
     pickles: tuple[Path, ...] = ()  # weight pickles to load (torch.load weights_only)
+    refused: str | None = None  # why its checks refused it (a run's job records a skip)
 
 
 def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
@@ -95,9 +103,11 @@ def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
 
 
 def run_checkpoints(folders: list[str], steps: list[int], outs: list[str],
-                    allow_pickle: bool = False) -> list[Checkpoint]:
+                    allow_pickle: bool = False, skip_bad: bool = False) -> list[Checkpoint]:
     """The checkpoints of a run folder (source: run), each checked first
-    (:func:`madyn.measure.runs.check_checkpoint`); ``folders``, ``steps`` and ``outs`` pair up."""
+    (:func:`madyn.measure.runs.check_checkpoint`); ``folders``, ``steps`` and ``outs`` pair up.
+    ``skip_bad``: a checkpoint its checks refuse is returned with the reason in
+    ``refused`` (its table records the skip) instead of stopping the others."""
     from madyn.measure.runs import check_checkpoint
 
     if not len(folders) == len(steps) == len(outs):
@@ -105,7 +115,13 @@ def run_checkpoints(folders: list[str], steps: list[int], outs: list[str],
                          "output paths: give one of each per checkpoint")
     out = []
     for d, s, o in zip(folders, steps, outs, strict=True):
-        files = check_checkpoint(Path(d), allow_pickle)
+        try:
+            files = check_checkpoint(Path(d), allow_pickle)
+        except (CheckpointError, ValueError, OSError) as e:
+            if not skip_bad:
+                raise
+            out.append(Checkpoint(d, s, Path(o), refused=" ".join(str(e).split())))
+            continue
         pickles = tuple(f for f in files if f.suffix != ".safetensors")
         out.append(Checkpoint(d, s, Path(o), pickles=pickles))
     return out
@@ -153,10 +169,11 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
 
     Each table is written atomically as soon as its checkpoint is measured, so a killed
     job loses only the checkpoint in flight; a table that already holds the same weights
-    measured on the same tokens is kept. ``skip_bad`` (a run folder): a checkpoint that
-    fails to load is named and its table is a record of the reason (no rows; metadata
-    ``skipped``), which :func:`series` reports as skipped; it is tried again whenever
-    the job runs again.
+    measured on the same tokens is kept. ``skip_bad`` (a run folder): a checkpoint
+    refused by its checks, or that fails to load or to measure in any way, is named and
+    its table is a record of the reason (no rows; metadata ``skipped``), which
+    :func:`series` reports as skipped; the job goes on (a failed job would lose the
+    tables it measured); it is tried again whenever the job runs again.
     Returns counts: measured, kept, skipped.
     """
     from madyn.measure.checkpoints import fingerprint, weight_files
@@ -165,25 +182,35 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
     tokens = load_tokens(tokens_path)
     tokens_sha = sha256_file(tokens_path)
     t0, done, kept, skipped = time.monotonic(), 0, 0, 0
+
+    def skip(ck: Checkpoint, why: str) -> None:
+        progress(f"[{model}] skipped step {ck.step} ({ck.source}): {why}")
+        write_stats(pd.DataFrame(columns=["seq", "layer"]),
+                    {"model": model, "step": ck.step, "skipped": why}, ck.out)
+
     with ExitStack() as held:
         dev = None  # claimed at the first checkpoint to measure (one GPU of several)
         for i, ck in enumerate(checkpoints, 1):
-            fp = fingerprint(list(ck.pickles) or weight_files(ck.source))
-            _verify(ck, fp)
-            if _is_current(ck.out, fp, tokens_sha, s.dtype, s.extreme_tokens):
-                kept += 1
+            if ck.refused is not None:
+                skip(ck, ck.refused)
+                skipped += 1
                 continue
-            dev = dev or held.enter_context(claimed_device(s.device, say=progress))
             try:
+                fp = fingerprint(list(ck.pickles) or weight_files(ck.source))
+                _verify(ck, fp)
+                if _is_current(ck.out, fp, tokens_sha, s.dtype, s.extreme_tokens):
+                    kept += 1
+                    continue
+                dev = dev or held.enter_context(claimed_device(s.device, say=progress))
                 df, meta = measure_checkpoint(ck.source, tokens, replace(s, device=dev),
                                               weights_fp=fp, pickles=list(ck.pickles))
-            except (CheckpointError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 (skip_bad: whatever fails, named)
                 if not skip_bad:
                     raise
                 why = " ".join(str(e).split())
-                progress(f"[{model}] skipped step {ck.step} ({ck.source}): {why}")
-                write_stats(pd.DataFrame(columns=["seq", "layer"]),
-                            {"model": model, "step": ck.step, "skipped": why}, ck.out)
+                if not isinstance(e, (CheckpointError, ValueError, OSError)):
+                    why = f"{type(e).__name__}: {why}"
+                skip(ck, why)
                 skipped += 1
                 continue
             meta.update(model=model, step=ck.step, tokens_sha256=tokens_sha)

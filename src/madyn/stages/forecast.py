@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn.io import atomic_path, write_json
+from madyn.io import atomic_path, check_output_folder, output_folder, write_json
 from madyn.predict import forecast
 from madyn.settings import FitSettings, ForecastSettings
 
@@ -101,6 +101,45 @@ def _asymptote(steps: np.ndarray, curve: np.ndarray, fit_settings: FitSettings) 
     return float(best.asymptote) if best is not None else float("nan")
 
 
+SERIES_COLUMNS = ("model", "step", "layer", "statistic", "mean")
+
+
+def read_run(path: str, quantities: list[str]) -> pd.DataFrame:
+    """The series table of one run (:data:`SERIES_COLUMNS`), checked: rows, every column,
+    one model, each (step, layer, statistic) once, finite values of ``quantities``;
+    ForecastError naming the file otherwise (a pivot would average a repeated step or a
+    second model in, and drop a step that is all NaN)."""
+    try:
+        run = pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise forecast.ForecastError(f"{path}: not a series table ({e})") from None
+    missing = [c for c in SERIES_COLUMNS if c not in run.columns]
+    if missing:
+        raise forecast.ForecastError(f"{path}: no column {missing[0]!r} (a series table, as "
+                                     "madyn step series writes it, has "
+                                     f"{', '.join(SERIES_COLUMNS)})")
+    if run.empty:
+        raise forecast.ForecastError(f"{path}: no rows")
+    models = sorted(map(str, run["model"].unique()))
+    if len(models) > 1:
+        raise forecast.ForecastError(
+            f"{path}: holds {len(models)} models ({', '.join(map(repr, models[:5]))}); "
+            "give the series of one run")
+    twice = run.duplicated(["step", "layer", "statistic"], keep=False)
+    if twice.any():
+        r = run[twice].iloc[0]
+        raise forecast.ForecastError(f"{path}: step {r['step']}, layer {r['layer']}, "
+                                     f"{r['statistic']} given more than once")
+    used = run[run["statistic"].isin(quantities)]
+    bad = ~np.isfinite(pd.to_numeric(used["mean"], errors="coerce").to_numpy(float))
+    if bad.any():
+        r = used[bad].iloc[0]
+        raise forecast.ForecastError(f"{path}: non-finite values ({int(bad.sum())}; first: "
+                                     f"step {r['step']}, layer {r['layer']}, "
+                                     f"{r['statistic']} = {r['mean']})")
+    return run
+
+
 def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir: str,
                  settings: ForecastSettings | None = None,
                  fit_settings: FitSettings | None = None) -> dict:
@@ -108,10 +147,13 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
     with the models of ``prior_paths`` as the prior; writes ``curves.csv`` (quantity,
     layer, step, seen, mean, lo, hi, prior_mean, prior_lo, prior_hi), ``summary.json``
     (per quantity and layer: final value, asymptote, peak step, each with its interval,
-    and the share of draws peaking before ``last_step``) and ``forecast.png``."""
+    and the share of draws peaking before ``last_step``) and ``forecast.png``, all at once
+    (:func:`madyn.io.output_folder`: ``out_dir`` new, empty, or madyn's own). The run's
+    table is checked first (:func:`read_run`)."""
     s = settings or ForecastSettings()
     fs = fit_settings or FitSettings()
-    run = pd.read_parquet(run_path)
+    check_output_folder(out_dir)
+    run = read_run(run_path, s.quantities)
     name = str(run["model"].iloc[0])
     rows, summary, figs = [], {}, {}
     prior_series = {m: t for m, t in _read(prior_paths).items() if m != name}
@@ -142,15 +184,14 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
                 "prior_hi": fc.prior_hi}))
             if layer == len(depths) // 2:
                 figs[q] = (fc, f"{name} layer {layer}: {q} to step {last_step}")
-    out = Path(out_dir)
-    with atomic_path(out / "curves.csv") as tmp:
-        pd.concat(rows, ignore_index=True).to_csv(tmp, index=False)
     from madyn.report.plots_forecast import plot_run
 
-    plot_run(figs, out / "forecast.png")
-    write_json(out / "summary.json", {"model": name,
-                                      "last_step": last_step, "level": s.level,
-                                      "layers": summary})
+    with output_folder(out_dir, "madyn forecast --run") as out:
+        pd.concat(rows, ignore_index=True).to_csv(out / "curves.csv", index=False)
+        plot_run(figs, out / "forecast.png")
+        write_json(out / "summary.json", {"model": name,
+                                          "last_step": last_step, "level": s.level,
+                                          "layers": summary})
     return summary
 
 
@@ -171,15 +212,20 @@ def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
 def record_refusal(run_path: str, out_dir: str, reason: str) -> dict:
     """A run's forecast that cannot be made, recorded (``--record-refusal``): summary.json
     with ``refused`` (the reason), a curves.csv with its header only and a figure saying
-    why, so that a single-run suite's workflow goes on. Returns the summary."""
+    why, all at once in a folder madyn made (:func:`madyn.io.output_folder`), so that a
+    single-run suite's workflow goes on. Returns the summary."""
     from madyn.report.plots_forecast import plot_skipped
 
-    name = str(pd.read_parquet(run_path, columns=["model"])["model"].iloc[0])
-    out = Path(out_dir)
-    with atomic_path(out / "curves.csv") as tmp:
-        pd.DataFrame(columns=["quantity", "layer", "step", "seen", "mean", "lo", "hi",
-                              "prior_mean", "prior_lo", "prior_hi"]).to_csv(tmp, index=False)
-    plot_skipped(f"no forecast of {name}: {reason}", out / "forecast.png")
+    check_output_folder(out_dir)
+    try:
+        name = str(pd.read_parquet(run_path, columns=["model"])["model"].iloc[0])
+    except (OSError, ValueError, KeyError, IndexError):
+        name = Path(run_path).stem
     summary = {"model": name, "refused": reason, "layers": {}}
-    write_json(out / "summary.json", summary)
+    with output_folder(out_dir, "madyn forecast --run") as out:
+        pd.DataFrame(columns=["quantity", "layer", "step", "seen", "mean", "lo", "hi",
+                              "prior_mean", "prior_lo", "prior_hi"]).to_csv(
+            out / "curves.csv", index=False)
+        plot_skipped(f"no forecast of {name}: {reason}", out / "forecast.png")
+        write_json(out / "summary.json", summary)
     return summary

@@ -281,10 +281,14 @@ def predict(feature_table_path: str, config: dict, steps: list[int] | None,
              settings: PredictSettings | None, out_dir: str) -> dict:
     """Predict a new architecture (``config``: a HF config dict or an architecture dict)
     at ``steps`` (None: :func:`default_steps`); write ``curves.csv``, ``summary.json`` and
-    ``prediction.png`` in ``out_dir``; returns the summary. A query outside the training
+    ``prediction.png`` in ``out_dir``, all at once (:func:`madyn.io.output_folder`:
+    ``out_dir`` new, empty, or madyn's own); returns the summary. A query outside the training
     range (:func:`outside_training_range`) is recorded in the summary's ``extrapolation``
     and ``warning``."""
+    from madyn.io import check_output_folder, output_folder
+
     s = settings or PredictSettings()
+    check_output_folder(out_dir)
     table = read_feature_table(feature_table_path)
     steps = default_steps(feature_table_path) if steps is None else steps
     curves, summary = predict_architecture(table, config, steps, s)
@@ -293,13 +297,12 @@ def predict(feature_table_path: str, config: dict, steps: list[int] | None,
     warning = extrapolation_warning(summary["extrapolation"])
     if warning:
         summary["warning"] = warning
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(curves, out / "curves.csv")
-    write_json(out / "summary.json", summary)
     from madyn.report import plots_predict as pp
 
-    pp.plot_prediction(curves, summary, out / "prediction.png")
+    with output_folder(out_dir, "madyn predict") as out:
+        _write_csv(curves, out / "curves.csv")
+        write_json(out / "summary.json", summary)
+        pp.plot_prediction(curves, summary, out / "prediction.png")
     return summary
 
 

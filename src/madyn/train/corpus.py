@@ -64,6 +64,9 @@ def collect_files(root: Path, max_mb: float, heldout_fraction: float) -> list[Co
             break
     if not picked:
         raise ValueError(f"no usable .py files under {root}")
+    if not any(f.split == "heldout" for f in picked):
+        raise ValueError(f"corpus max_mb {max_mb:g}: its {len(picked)} files hold no held-out "
+                         f"file at heldout_fraction {heldout_fraction:g}; raise either")
     return picked
 
 
@@ -112,6 +115,9 @@ def build_corpus(out_dir: str | Path, max_mb: float, heldout_fraction: float,
     out = Path(out_dir)
     src = Path(root) if root else stdlib_root()
     files = collect_files(src, max_mb, heldout_fraction)
+    if all(f.split == "heldout" for f in files):
+        raise ValueError(f"corpus max_mb {max_mb:g}: its {len(files)} files are all held out "
+                         f"at heldout_fraction {heldout_fraction:g}, none left to train on")
     texts = {f.path: (src / f.path).read_text(encoding="utf-8") for f in files}
     train = [texts[f.path] for f in files if f.split == "train"]
     heldout = [texts[f.path] for f in files if f.split == "heldout"]
@@ -143,10 +149,47 @@ def heldout_texts(manifest: dict) -> list[str]:
             for f in manifest["files"] if f["split"] == "heldout"]
 
 
+TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
+                   "chat_template.json")
+TOKENIZER_FILE_LIMIT = 512 * 2**20  # bytes; the largest real tokenizer.json is ~35 MB
+
+
+def check_tokenizer_folder(folder: str | Path) -> None:
+    """Each file of a local tokenizer folder that transformers may read
+    (:data:`TOKENIZER_FILES`) must be a regular file (a link to one is followed) of at
+    most :data:`TOKENIZER_FILE_LIMIT` bytes: :class:`madyn.io.UnsafeFile` naming it
+    otherwise (a link to /dev/zero or a FIFO would read without end or block)."""
+    import os
+    import stat
+
+    from madyn.io import open_regular
+
+    for name in TOKENIZER_FILES:
+        f = Path(folder) / name
+        if not os.path.lexists(f):
+            continue
+        try:
+            st = os.stat(f)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            open_regular(f).close()  # raises, naming what it is
+        if st.st_size > TOKENIZER_FILE_LIMIT:
+            from madyn.io import UnsafeFile
+
+            raise UnsafeFile(f"{f}: larger than {TOKENIZER_FILE_LIMIT / 2**20:g} MB, more "
+                             "than a tokenizer file holds")
+
+
 def encode_with(tokenizer: str, texts: list[str], revision: str | None = None) -> np.ndarray:
-    """Encode ``texts`` joined by blank lines with any HF tokenizer (local dir or hub id)."""
+    """Encode ``texts`` joined by blank lines with any HF tokenizer (local dir, its files
+    checked by :func:`check_tokenizer_folder`, or hub id)."""
     from transformers import AutoTokenizer
 
+    if Path(tokenizer).is_dir():
+        check_tokenizer_folder(tokenizer)
     tok = AutoTokenizer.from_pretrained(tokenizer, revision=revision)
     return np.asarray(tok("\n\n".join(texts), add_special_tokens=False)["input_ids"],
                       dtype=np.int64)

@@ -114,8 +114,9 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     """Make ``results/<suite>/source``, a dependency of the DVC suite stage, exist: for a
     released suite a link to its released folder, for a run suite a link to the folder
     holding its run folders (:func:`run_folder`) (DVC hashes a dependency through it and
-    never writes, caches or deletes it), for any other source an empty folder. Only a link
-    or an empty folder is ever replaced. Returns the path when made (relative to ``root``)."""
+    never writes, caches or deletes it; checked first by :func:`check_source_folder`), for
+    any other source an empty folder. Only a link or an empty folder is ever replaced.
+    Returns the path when made (relative to ``root``)."""
     from madyn.workflow import params_file
 
     cfg = params_file.load(str(root / params))
@@ -124,6 +125,8 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     link = root / rel
     target = ((root / suite["path"]).resolve() if suite["source"] == "released"
               else run_folder(root, suite) if suite["source"] == "run" else None)
+    if suite["source"] == "run":
+        check_source_folder(root, target)
     if target is not None and link.is_symlink() and link.resolve() == target:
         return None
     if target is None and link.is_dir() and not link.is_symlink():
@@ -156,6 +159,43 @@ def run_folder(root: Path, suite: dict) -> Path:
         raise ValueError(f"the run suite's folders ({', '.join(paths)}) share no folder but "
                          f"{common}: under DVC, put them under one folder")
     return common
+
+
+def check_source_folder(root: Path, folder: Path) -> None:
+    """A folder DVC will hash through ``results/<suite>/source`` (every file under it, at
+    each ``dvc status``) must not hold the project ``root`` (its results, its venv: a
+    run suite's folders whose common folder is the home folder, say), nor anything DVC
+    would block on or read without end: a FIFO, a socket or a device, or a link leaving
+    the folder (to /dev/zero, or to a folder elsewhere). ValueError naming the entry.
+    Only the names and kinds are read (lstat), nothing is opened."""
+    import os
+    import stat
+
+    from madyn.io import _kind
+
+    root, folder = root.resolve(), folder.resolve()
+    if root == folder or folder in root.parents:
+        raise ValueError(f"the run suite's folder {folder} holds the project {root}: DVC "
+                         "would hash all of it; put the run folders under a folder of "
+                         "their own")
+    stack = [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    real = Path(os.path.realpath(e.path))
+                    if real != folder and folder not in real.parents:
+                        raise ValueError(f"{e.path}: a link to {real}, which leaves the "
+                                         f"run suite's folder {folder}: DVC would read it "
+                                         "through the link; remove it")
+                    continue  # inside the folder: its target is checked where it lies
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(Path(e.path))
+                elif not stat.S_ISREG(st.st_mode):
+                    raise ValueError(f"{e.path}: {_kind(st.st_mode)}, not a regular file, "
+                                     f"in the run suite's folder {folder}: DVC would block "
+                                     "or read without end hashing it; remove it")
 
 
 RUN_MANIFEST = "run_manifest.json"

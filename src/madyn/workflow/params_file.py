@@ -175,21 +175,19 @@ def validate(cfg: Any) -> dict:
 
 
 def _check_run_entries(sname: str, suite: dict) -> None:
-    """ConfigError naming the key for a ``step_pattern`` that is not a regex with a group."""
-    import re
+    """ConfigError naming the key for a ``step_pattern`` that
+    :func:`madyn.measure.runs.check_step_pattern` refuses (not a regex, no single group of digits,
+    or slow to match)."""
+    from madyn.measure.runs import check_step_pattern
 
     for i, m in enumerate(suite["models"]):
         pat = m.get("step_pattern")
         if pat is None:
             continue
         try:
-            groups = re.compile(pat).groups
-        except re.error as e:
-            raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: not a regex "
-                              f"({e})") from None
-        if groups < 1:
-            raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: needs a group "
-                              "(...) that captures the step")
+            check_step_pattern(pat)
+        except ValueError as e:
+            raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: {e}") from None
 
 
 def with_run_defaults(suite: dict) -> dict:
