@@ -23,10 +23,10 @@ from pathlib import Path
 
 from madyn import kernels
 
-NATIVE = {kernels.OPT_OUT: "1"}
+NATIVE = {kernels.MODE: "native"}
 SETTINGS: dict[str, dict[str, str]] = {
     "native": NATIVE,
-    "pinned": dict(kernels.PINNED),
+    "pinned": {**kernels.PINNED, kernels.MODE: "pinned"},
     "aten default only": {**NATIVE, "ATEN_CPU_CAPABILITY": "default"},
     "mkl COMPATIBLE only": {**NATIVE, "MKL_CBWR": "COMPATIBLE"},
     "dnnl SSE41 only": {**NATIVE, "DNNL_MAX_CPU_ISA": "SSE41"},
@@ -67,7 +67,7 @@ def worker(model: str, steps: int, corpus: str) -> dict:
 def run(model: str, steps: int, corpus: str, env: dict[str, str]) -> dict:
     """:func:`worker` in a fresh process with ``env`` replacing the pinned variables."""
     base = {k: v for k, v in os.environ.items()
-            if k not in kernels.PINNED and k != kernels.OPT_OUT}
+            if k not in kernels.PINNED and k != kernels.MODE}
     out = subprocess.run([sys.executable, __file__, "--worker", model, str(steps), corpus],
                          env={**base, **env, "OMP_NUM_THREADS": "1"}, check=True,
                          capture_output=True, text=True)

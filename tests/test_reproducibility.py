@@ -32,7 +32,7 @@ LEVELS = ["DEFAULT", "AVX2", "AVX512"]  # torch's names, lowest first
 
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in kernels.PINNED and k != kernels.OPT_OUT}
+           if k not in kernels.PINNED and k != kernels.MODE}
     return {**env, **extra, "OMP_NUM_THREADS": "1"}
 
 
@@ -63,7 +63,8 @@ def test_every_forced_instruction_set_trains_the_same_weights(corpus_dir, tmp_pa
     assert "default" in machines  # every x86-64 machine plays at least the portable one
     got = {}
     for m in machines:
-        man = _train_cli(corpus_dir, tmp_path / m, _clean_env(**MACHINES[m]))
+        man = _train_cli(corpus_dir, tmp_path / m,
+                         _clean_env(**MACHINES[m], **{kernels.MODE: "pinned"}))
         assert man["kernels"] == {"pinned": True, "cpu_capability": "DEFAULT",
                                   **kernels.PINNED}, m
         got[m] = man["weights_sha256"][str(TINY_TRAIN.steps)]
@@ -71,9 +72,9 @@ def test_every_forced_instruction_set_trains_the_same_weights(corpus_dir, tmp_pa
 
 
 def test_native_kernels_are_recorded_as_such(corpus_dir, tmp_path):
-    """The opt-out trains with the machine's own kernels and says so in the manifest."""
-    man = _train_cli(corpus_dir, tmp_path, _clean_env(**MACHINES["default"],
-                                                      **{kernels.OPT_OUT: "1"}))
+    """The default (native kernels) trains with the machine's own kernels and says so in
+    the manifest."""
+    man = _train_cli(corpus_dir, tmp_path, _clean_env(**MACHINES["default"]))
     assert man["kernels"]["pinned"] is False
     assert man["kernels"]["MKL_CBWR"] is None
 
@@ -84,7 +85,8 @@ def test_pinning_after_torch_is_imported_is_refused():
             "try:\n    kernels.pin_environment()\nexcept RuntimeError as e:\n"
             "    print('refused', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=_clean_env(
-        ATEN_CPU_CAPABILITY="avx2"), capture_output=True, text=True, check=True).stdout
+        ATEN_CPU_CAPABILITY="avx2", **{kernels.MODE: "pinned"}), capture_output=True,
+        text=True, check=True).stdout
     assert out.startswith("refused madyn.kernels.pin_environment: torch is already imported")
 
 
@@ -95,15 +97,14 @@ def test_not_strict_pinning_leaves_an_unpinned_torch_alone():
             "from madyn import kernels\nkernels.pin_environment(strict=False)\n"
             "print(os.environ.get('MKL_CBWR'), torch.backends.cpu.get_cpu_capability())\n")
     out = subprocess.run([sys.executable, "-c", code], env=_clean_env(
-        ATEN_CPU_CAPABILITY="avx2"), capture_output=True, text=True, check=True).stdout
+        ATEN_CPU_CAPABILITY="avx2", **{kernels.MODE: "pinned"}), capture_output=True,
+        text=True, check=True).stdout
     assert out.split() == ["None", "AVX2"]
 
 
-@pytest.mark.parametrize("opt_out", [False, True])
-def test_pin_environment_sets_the_three_variables(opt_out):
-    env = {"ATEN_CPU_CAPABILITY": "avx512", **({kernels.OPT_OUT: "1"} if opt_out else {})}
+@pytest.mark.parametrize("mode", [None, "native", "pinned"])
+def test_pin_environment_sets_the_three_variables_when_asked(mode):
+    env = {"ATEN_CPU_CAPABILITY": "avx512", **({kernels.MODE: mode} if mode else {})}
+    before = dict(env)
     kernels.pin_environment(env)
-    if opt_out:
-        assert env == {"ATEN_CPU_CAPABILITY": "avx512", kernels.OPT_OUT: "1"}
-    else:
-        assert env == kernels.PINNED
+    assert env == ({**kernels.PINNED, kernels.MODE: "pinned"} if mode == "pinned" else before)
