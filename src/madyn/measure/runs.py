@@ -304,3 +304,79 @@ def entry_scan(entry: dict, where: str) -> RunScan:
     """:func:`scan` of a suite's model entry (``path``, ``step_pattern``, ``allow_pickle``)."""
     return scan(entry["path"], step_pattern=entry.get("step_pattern"),
                 allow_pickle=bool(entry.get("allow_pickle", False)), where=where)
+
+
+# ------------------------------------------------------------------- the planned schedule
+def _whole(v) -> int | None:
+    """``v`` as a positive whole number of steps, else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def _checkpoint_states(root: Path) -> list[tuple[int, Path]]:
+    """(step, trainer_state.json) of every ``checkpoint-<N>`` folder of ``root`` that has
+    one, newest first."""
+    out = []
+    for d in root.glob("checkpoint-*"):
+        step = step_of(d.name)
+        if step is not None and (d / "trainer_state.json").is_file():
+            out.append((step, d / "trainer_state.json"))
+    return sorted(out, reverse=True)
+
+
+def planned_last_step(folder: str | Path) -> int | None:
+    """The last step a run was planned to reach: ``max_steps`` of the newest
+    ``checkpoint-*/trainer_state.json`` (HF ``Trainer``), else ``max_steps`` of the
+    monitor's ``madyn_monitor.json`` (in ``folder`` or its ``madyn-monitor``); None when
+    neither says (or the files cannot be read)."""
+    from madyn.io import read_json
+
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    files = [f for _, f in _checkpoint_states(root)][:1]
+    files += [root / MONITOR_FILE, root / MONITOR_DIR / MONITOR_FILE]
+    for f in files:
+        try:
+            data = read_json(f) if f.is_file() else None
+        except (OSError, ValueError):
+            continue
+        n = _whole(data.get("max_steps")) if isinstance(data, dict) else None
+        if n is not None:
+            return n
+    return None
+
+
+def run_info(folder: str | Path) -> dict:
+    """What a forecast compares with its prior, as far as a run folder says: ``family``
+    (config.json's ``model_type``), ``last_step`` (:func:`planned_last_step`), ``lr`` (peak
+    learning rate: the monitor's recipe or the largest logged in trainer_state.json),
+    ``vocab_size``, ``n_layers``, and ``schedule`` (``lr_scheduler_type`` from a
+    checkpoint's ``training_args`` is a pickle, never read: the monitor's recipe key
+    ``schedule`` when recorded). Keys that cannot be found are left out."""
+    from madyn.io import read_json
+
+    root = Path(folder)
+    out: dict = {}
+    try:
+        sc = scan(root)
+    except (RunError, OSError, ValueError):
+        return out
+    try:
+        cfg = read_json(sc.last() / "config.json")
+    except (OSError, ValueError):
+        cfg = {}
+    if isinstance(cfg, dict):
+        if isinstance(cfg.get("model_type"), str):
+            out["family"] = cfg["model_type"]
+        for k in ("vocab_size",):
+            if _whole(cfg.get(k)):
+                out[k] = cfg[k]
+        layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+        if _whole(layers):
+            out["n_layers"] = layers
+    if (last := planned_last_step(root)) is not None:
+        out["last_step"] = last
+    r = recipe(sc, {})
+    if isinstance(r.get("lr"), (int, float)):
+        out["lr"] = float(r["lr"])
+    return out
