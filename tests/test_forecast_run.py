@@ -5,7 +5,6 @@ make-prior, scoring archived forecasts; the acceptance run with the real HF Trai
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,13 +164,15 @@ def test_make_prior_and_the_committed_prior_are_read_back(tmp_path):
     d = json.loads((tmp_path / "fc/summary.json").read_text())["prior_distance"]
     assert d["models"]["p0"]["family"] == 0 and d["models"]["p0"]["lr"] == 0
     # the committed prior is there, small, and described
-    from madyn.stages.forecast import DEFAULT_PRIOR
+    from madyn.stages.forecast import DEFAULT_PRIOR_DIR
 
-    assert DEFAULT_PRIOR.is_file() and DEFAULT_PRIOR.stat().st_size < 400_000
-    committed = json.loads(DEFAULT_PRIOR.with_suffix(".json").read_text())
-    assert len(committed["models"]) >= 3
-    for m in committed["models"].values():
-        assert {"family", "last_step", "lr", "vocab_size", "eval"} <= set(m)
+    committed = sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
+    assert committed and sum(p.stat().st_size for p in committed) < 400_000
+    for p in committed:
+        man = json.loads(p.with_suffix(".json").read_text())
+        assert len(man["models"]) >= 3
+        for m in man["models"].values():
+            assert {"family", "last_step", "lr", "vocab_size", "eval"} <= set(m)
 
 
 def test_planned_last_step_of_a_trainer_run_and_a_monitor_folder(tmp_path, corpus_dir):

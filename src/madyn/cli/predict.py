@@ -21,9 +21,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except predict.InputError as e:
         say(f"madyn predict: {e}")
         return 2
-    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out)
+    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out,
+                              last_step=args.last_step)
     if summary.get("warning"):
         say(f"madyn predict: warning: {summary['warning']}")
+    if summary.get("recipe_warning"):
+        say(f"madyn predict: warning: {summary['recipe_warning']}")
     if note := predict.design_note(q, summary):
         say(f"madyn predict: note: {note}")
     for line in predict.summary_lines(summary):
@@ -122,6 +125,8 @@ def register(sub) -> list[tuple[str, str]]:
                    "required with --settings-json)")
     c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
                    "training data's last step)")
+    c.add_argument("--last-step", type=positive_int, help="the run's planned last step "
+                   "(checked against the training models' schedules)")
     c.add_argument("--out", default="prediction", help="output folder (default prediction/)")
 
     c = add(sub, "forecast", _cmd_forecast,
@@ -143,8 +148,8 @@ def register(sub) -> list[tuple[str, str]]:
     c.add_argument("--run", help="series Parquet of a run still training")
     c.add_argument("--last-step", type=int, help="the run's planned last step (default: "
                    "max_steps from --run-folder)")
-    c.add_argument("--prior", help="with --run: a prior made by madyn step make-prior "
-                   "(default: the committed data/prior/embedded.parquet)")
+    c.add_argument("--prior", nargs="+", help="with --run: priors made by madyn step "
+                   "make-prior (default: the committed ones, data/prior/*.parquet)")
     c.add_argument("--run-folder", help="with --run: the run's folder (checkpoints or "
                    "monitor), for its family, vocabulary, peak lr and planned last step")
     c.add_argument("--run-tokens", help="with --run: the .npy the run was measured on "

@@ -90,7 +90,7 @@ def _cmd_make_prior(args: argparse.Namespace) -> int:
 
     man = forecast.make_prior(args.series, args.out, args.configs, args.tokens,
                               json_arg(args.train_json), json_arg(args.models_json),
-                              args.suite)
+                              args.suite, evaluation=json_arg(args.eval_json))
     say(f"make-prior: {len(man['models'])} models, {man['rows']} rows -> {args.out} "
         f"(manifest {args.out.rsplit('.', 1)[0]}.json)")
     return 0
@@ -176,5 +176,7 @@ def register(sub) -> None:
     c.add_argument("--models-json", help="the suite's model entries as a JSON list (their "
                    "own lr, optimizer, schedule)")
     c.add_argument("--suite", help="the suite's name, for the manifest")
+    c.add_argument("--eval-json", help="the suite's extract section as JSON (n_seqs, "
+                   "seq_len), when no --tokens")
     c.add_argument("--out", required=True, help="the prior (.parquet; its manifest .json "
                    "beside it)")

@@ -101,7 +101,12 @@ def _asymptote(steps: np.ndarray, curve: np.ndarray, fit_settings: FitSettings) 
     return float(best.asymptote) if best is not None else float("nan")
 
 
-DEFAULT_PRIOR = Path(__file__).resolve().parents[3] / "data" / "prior" / "embedded.parquet"
+# the committed priors (every make-prior file there is read when --prior is not given)
+DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[3] / "data" / "prior"
+# prior models no farther than this beyond the closest one are the prior (at least
+# CLOSEST_MODELS of them)
+CLOSE_MARGIN = 0.25
+CLOSEST_MODELS = 3
 PRIOR_COLUMNS = ["model", "quantity", "layer", "depth", "step", "u", "value"]
 CURVE_COLUMNS = ["quantity", "layer", "step", "seen", "mean", "lo", "hi", "prior_mean",
                  "prior_lo", "prior_hi"]
@@ -143,13 +148,15 @@ def eval_batch(series: pd.DataFrame, tokens: str | None = None) -> dict:
 def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None = None,
                tokens: str | None = None, train: dict | None = None,
                models: list[dict] | None = None, suite: str | None = None,
-               quantities=forecast.FORECAST_QUANTITIES) -> dict:
+               quantities=forecast.FORECAST_QUANTITIES, evaluation: dict | None = None
+               ) -> dict:
     """Write a compact prior (``out``, Parquet: one row per model, quantity, layer and
     step with relative depth and relative step u = step / last step) and its manifest
     (``out`` with ``.json``: per model its family, vocab_size, n_layers (from
     ``config_paths``, matched by file stem), last_step, schedule and peak lr (from
     ``train``, a suite's train section, and ``models``, its entries), eval batch (the
-    series' sequences, ``tokens``' shape and sha256); the suite and package versions).
+    series' sequences, ``tokens``' shape and sha256, then ``evaluation``'s keys n_seqs,
+    seq_len); the suite and package versions).
     Returns the manifest."""
     import importlib.metadata as md
 
@@ -171,7 +178,8 @@ def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None
                                                          else None)),
              "lr": entry.get("lr", train.get("lr")),
              "optimizer": entry.get("optimizer", "adamw" if train else None),
-             "eval": eval_batch(s, tokens)}
+             "eval": {**eval_batch(s, tokens), **{
+                 k: v for k, v in (evaluation or {}).items() if k in ("n_seqs", "seq_len")}}}
         recipes[name] = {k: v for k, v in r.items() if v is not None}
     table = pd.concat(rows, ignore_index=True)[PRIOR_COLUMNS]
     manifest = {"made_by": "madyn step make-prior", "suite": suite,
@@ -196,11 +204,12 @@ def _installed(name: str) -> bool:
     return True
 
 
-def load_prior(prior: str | None, series_paths: list[str] | None, exclude: str,
+def load_prior(prior: list[str] | None, series_paths: list[str] | None, exclude: str,
                quantities) -> tuple[pd.DataFrame, dict, str]:
     """The prior's rows (PRIOR_COLUMNS), per model its recipe, and where it came from:
     ``series_paths`` (series Parquets; recipes know only their last step) when given, else
-    the make-prior file ``prior`` (default: the committed DEFAULT_PRIOR) and its manifest.
+    the make-prior files ``prior`` (default: every committed one in DEFAULT_PRIOR_DIR) and
+    their manifests (a model name two of them share is prefixed with its file's stem).
     The run itself (``exclude``) is left out."""
     from madyn.io import read_json
 
@@ -213,19 +222,31 @@ def load_prior(prior: str | None, series_paths: list[str] | None, exclude: str,
         recipes = {str(f["model"].iloc[0]): {"last_step": int(f["step"].max()),
                                              "eval": eval_batch(f)} for f in frames}
         return table, recipes, f"{len(frames)} series files"
-    path = Path(prior) if prior else DEFAULT_PRIOR
-    if not path.is_file():
-        raise forecast.ForecastError(f"--prior {path}: no such file (make one with madyn "
+    paths = [Path(p) for p in prior] if prior else sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
+    if not paths:
+        raise forecast.ForecastError(f"no prior in {DEFAULT_PRIOR_DIR} (make one with madyn "
                                      "step make-prior, or pass --series)")
-    table = pd.read_parquet(path)
-    missing = [c for c in PRIOR_COLUMNS if c not in table]
-    if missing:
-        raise forecast.ForecastError(f"--prior {path}: not a madyn prior (no column(s) "
-                                     f"{missing})")
-    man = path.with_suffix(".json")
-    recipes = dict(read_json(man).get("models", {})) if man.is_file() else {}
+    tables, recipes = [], {}
+    for path in paths:
+        if not path.is_file():
+            raise forecast.ForecastError(f"--prior {path}: no such file (make one with madyn "
+                                         "step make-prior, or pass --series)")
+        table = pd.read_parquet(path)
+        missing = [c for c in PRIOR_COLUMNS if c not in table]
+        if missing:
+            raise forecast.ForecastError(f"--prior {path}: not a madyn prior (no column(s) "
+                                         f"{missing})")
+        man = path.with_suffix(".json")
+        models = dict(read_json(man).get("models", {})) if man.is_file() else {}
+        if set(table["model"].unique()) & set(recipes):  # a name in two priors
+            table = table.assign(model=path.stem + "/" + table["model"].astype(str))
+            models = {f"{path.stem}/{m}": r for m, r in models.items()}
+        tables.append(table[PRIOR_COLUMNS])
+        recipes.update(models)
+    table = pd.concat(tables, ignore_index=True)
     table = table[table["model"] != exclude]
-    return table, {m: r for m, r in recipes.items() if m != exclude}, str(path)
+    return table, {m: r for m, r in recipes.items() if m != exclude}, ", ".join(
+        map(str, paths))
 
 
 def _prior_curves(table: pd.DataFrame, quantity: str) -> dict:
@@ -250,6 +271,15 @@ def run_recipe(series: pd.DataFrame, last_step: int, folder: str | None = None,
     out["eval"] = eval_batch(series, tokens)
     out.update(given or {})
     return out
+
+
+def closest(distance: dict) -> list[str]:
+    """The prior models used: those no farther from the run than CLOSE_MARGIN beyond the
+    closest, and at least the CLOSEST_MODELS closest."""
+    per = sorted(distance["models"].items(), key=lambda kv: (kv[1]["foreign"], kv[0]))
+    best = per[0][1]["foreign"] if per else 0.0
+    return [m for i, (m, d) in enumerate(per)
+            if d["foreign"] <= best + CLOSE_MARGIN or i < CLOSEST_MODELS]
 
 
 def _future_steps(seen: np.ndarray, last_step: int, prior_u: np.ndarray) -> np.ndarray:
@@ -284,7 +314,7 @@ def _write_refusal(out: Path, name: str, last_step: int, reason: str, level: flo
 
 def forecast_run(run_path: str, last_step: int, out_dir: str,
                  settings: ForecastSettings | None = None,
-                 fit_settings: FitSettings | None = None, *, prior: str | None = None,
+                 fit_settings: FitSettings | None = None, *, prior: list[str] | None = None,
                  series_paths: list[str] | None = None, run_folder: str | None = None,
                  run_tokens: str | None = None, recipe: dict | None = None,
                  record_refusal: bool = False) -> dict:
@@ -310,6 +340,10 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
         table, recipes, source = load_prior(prior, series_paths, name, s.quantities)
         info = run_recipe(run, last_step, run_folder, run_tokens, recipe)
         distance = forecast.prior_distance(info, recipes) if recipes else None
+        if distance is not None:
+            table = table[table["model"].isin(closest(distance))]
+            distance = forecast.prior_distance(
+                info, {m: r for m, r in recipes.items() if m in closest(distance)})
         result = _forecast_all(run, name, last_step, table, distance, s, fs)
     except forecast.ForecastError as e:
         if not record_refusal:
