@@ -69,7 +69,7 @@ def summarise(table: pd.DataFrame) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior")
+    ap.add_argument("--prior", nargs="+")
     ap.add_argument("--heldout", nargs="+", required=True)
     ap.add_argument("--foreign", type=float, default=None)
     ap.add_argument("--leave-one-out", action="store_true")
@@ -78,7 +78,7 @@ def main() -> None:
     if a.leave_one_out:
         table = pd.concat([_prior_rows(s, QUANTITIES) for s in series], ignore_index=True)
     else:
-        table, _, _ = load_prior(a.prior, None, "", QUANTITIES)
+        table, _, _ = load_prior(a.prior, None, "", QUANTITIES)  # None: the committed ones
     foreign = a.foreign if a.foreign is not None else (0.0 if a.leave_one_out else 1.0)
     for k, v in summarise(heldout(table, series, foreign, loo=a.leave_one_out)).items():
         print(f"{k:12} {json.dumps(v)}")

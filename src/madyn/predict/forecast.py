@@ -287,9 +287,9 @@ SAME_SHAPE_EVAL = 0.5  # evaluation batches of the same shape but other tokens
 # held-out models of the committed suites, forecast from the others, 1.0 left the 90 %
 # intervals covering 71-79 % of true final values at 10 % of training (docs/forecasting.md)
 SPREAD_SCALE = 1.3
-# The wide fallback of a foreign prior: this many times the prior models' median absolute
-# change over the forecast stretch
-FALLBACK_SCALE = 1.0
+# The wide fallback of a foreign prior: the run's own recent movement continued as a random
+# walk, this many times (calibrated as SPREAD_SCALE, the prior taken as foreign)
+FALLBACK_SCALE = 2.0
 
 
 def rel_axis(u: np.ndarray) -> np.ndarray:
@@ -380,6 +380,17 @@ def _robust_var(x: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.median((x - med) ** 2, axis=axis) / 0.4549
 
 
+def run_walk(u: np.ndarray, y: np.ndarray) -> float:
+    """The rate (log value squared per unit of :func:`rel_axis`) at which a run's log curve
+    ``y`` (at relative steps ``u``) has moved over the later half of what was seen: the
+    median of its squared increments over their length on the axis."""
+    v = rel_axis(u)
+    h = max(len(y) // 2, 1) - 1
+    dv, dy = np.diff(v[h:]), np.diff(y[h:])
+    ok = dv > 0
+    return float(np.median(dy[ok] ** 2 / dv[ok])) if ok.any() else 0.0
+
+
 def forecast_relative(steps: np.ndarray, u: np.ndarray, observed: np.ndarray,
                       samples: np.ndarray, foreign: float, level: float = 0.9,
                       seed: int = 0) -> Forecast:
@@ -392,9 +403,10 @@ def forecast_relative(steps: np.ndarray, u: np.ndarray, observed: np.ndarray,
     y(u) = y_k + w(u) D(u), D the prior models' median change from u_k to u, and
     w = (1 - foreign) D^2 / (D^2 + s^2), s^2 the prior models' (robust) variance of that
     change. With a foreign or scattered prior the point forecast is the last value. Its
-    variance: the run's checkpoint noise (from its second differences) + s^2 + the shrunk
-    part ((1 - w) D)^2 + foreign x F^2, F^2 the prior models' mean squared change (how far
-    any run moves over that stretch: the wide fallback). Intervals Student-t with M - 1
+    variance: SPREAD_SCALE^2 x the run's checkpoint noise (from its second differences)
+    + (1 - foreign) (SPREAD_SCALE^2 s^2 + ((1 - w) D)^2) + foreign F^2, F^2 the wide
+    fallback: the run's own recent movement (:func:`run_walk`) continued as a random walk
+    on the relative time axis to u, times FALLBACK_SCALE^2. Intervals Student-t with M - 1
     degrees of freedom."""
     observed = np.asarray(observed, float)
     k = len(observed)
@@ -414,10 +426,12 @@ def forecast_relative(steps: np.ndarray, u: np.ndarray, observed: np.ndarray,
     change = samples[:, k:] - samples[:, k - 1:k]  # M x U
     med = np.median(change, axis=0)
     spread = _robust_var(change) * (m + 1) / m
-    fallback = FALLBACK_SCALE ** 2 * np.median(change ** 2, axis=0)
+    fallback = FALLBACK_SCALE ** 2 * run_walk(u[:k], y) * (rel_axis(u[k:])
+                                                           - rel_axis(u[k - 1]))
     w = (1 - foreign) * med ** 2 / np.maximum(med ** 2 + spread, 1e-12)
     mu = y[-1] + w * med
-    var = SPREAD_SCALE ** 2 * (noise + spread) + ((1 - w) * med) ** 2 + foreign * fallback
+    var = (SPREAD_SCALE ** 2 * noise + (1 - foreign) * (
+        SPREAD_SCALE ** 2 * spread + ((1 - w) * med) ** 2) + foreign * fallback)
     sd = np.sqrt(var)
     q = _t_quantile(level, m - 1)
     full_mu, full_sd = np.r_[y, mu], np.r_[np.zeros(k), sd]
