@@ -198,3 +198,56 @@ def test_planned_last_step_of_a_trainer_run_and_a_monitor_folder(tmp_path, corpu
     info = run_info(tmp_path / "run")
     assert info["family"] == "llama" and info["last_step"] == 30 and info["n_layers"] == 4
     assert 0 < info["lr"] <= 3e-3
+
+
+def _measure(run: Path, model: str, tokens: Path, out: Path) -> Path:
+    """Every checkpoint of a Trainer run measured (madyn step extract-run) into its series
+    (madyn step series); the series' path."""
+    steps = sorted(int(d.name.split("-")[1]) for d in run.glob("checkpoint-*"))
+    outs = [out / f"step{s}.parquet" for s in steps]
+    r = _madyn("step", "extract-run", "--checkpoints",
+               *(run / f"checkpoint-{s}" for s in steps), "--steps", *steps, "--outs",
+               *outs, "--tokens", tokens, "--model", model, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = _madyn("step", "series", "--model", model, "--stats", *outs, "--out",
+               out / "series.parquet", "--integrity", out / "integrity.json")
+    assert r.returncode == 0, r.stderr
+    return out / "series.parquet"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,steps,schedule", [("llama", 600, "cosine"),
+                                                   ("qwen3", 400, "linear")])
+def test_a_trainer_run_forecast_from_a_quarter_holds(family, steps, schedule, tmp_path,
+                                                     corpus_dir):
+    """Issue 31's scenario: a real HF Trainer run (checkpoints every 25, max_steps in its
+    state), measured, forecast from its first 25 % with the committed prior and scored
+    when it is complete: the 90 % intervals hold at least 80 % of the true final values
+    over layers and quantities, and the median error is at most the last value's."""
+    from tests.trainer_run import train_schedule
+
+    run = tmp_path / "run"
+    train_schedule(corpus_dir, run, family=family, steps=steps, schedule=schedule)
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.load(corpus_dir / "heldout.npy")[:1280].reshape(10, 128)
+            .astype(np.int64))
+    (tmp_path / "m").mkdir()
+    full = _measure(run, family, tokens, tmp_path / "m")
+    series = pd.read_parquet(full)
+    quarter = steps // 4
+    series[series["step"] <= quarter].to_parquet(tmp_path / "quarter.parquet")
+    r = _madyn("forecast", "--run", tmp_path / "quarter.parquet", "--run-folder", run,
+               "--run-tokens", tokens, "--run-recipe", json.dumps({"schedule": schedule}),
+               "--out-dir", tmp_path / "fc", "--record-refusal")  # last step: max_steps
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "fc/summary.json").read_text())
+    assert "refused" not in s and s["last_step"] == steps and s["seen_to_step"] == quarter
+    assert s["prior_distance"]["run"]["family"] == family
+    r = _madyn("forecast", "--run", full, "--out-dir", tmp_path / "fc", "--score")
+    assert r.returncode == 0, r.stderr
+    final = json.loads((tmp_path / "fc/score.json").read_text())[
+        "archives"][f"from_step{quarter}"]["overall"]["final"]
+    print(family, steps, schedule, final)
+    assert final["n"] == 12
+    assert final["coverage"] >= 0.8, final
+    assert final["err_pct"] <= final["last_value_err_pct"], final

@@ -350,9 +350,9 @@ def run_info(folder: str | Path) -> dict:
     """What a forecast compares with its prior, as far as a run folder says: ``family``
     (config.json's ``model_type``), ``last_step`` (:func:`planned_last_step`), ``lr`` (peak
     learning rate: the monitor's recipe or the largest logged in trainer_state.json),
-    ``vocab_size``, ``n_layers``, and ``schedule`` (``lr_scheduler_type`` from a
-    checkpoint's ``training_args`` is a pickle, never read: the monitor's recipe key
-    ``schedule`` when recorded). Keys that cannot be found are left out."""
+    ``vocab_size``, ``n_layers``. Not the schedule (the Trainer records its
+    ``lr_scheduler_type`` only in ``training_args.bin``, a pickle never opened). Keys that
+    cannot be found are left out."""
     from madyn.io import read_json
 
     root = Path(folder)
