@@ -135,6 +135,12 @@ def test_a_prior_that_does_not_cover_the_run_is_refused_or_recorded(tmp_path):
         "quantity", "layer", "step"]
     assert (tmp_path / "rec/forecast.png").stat().st_size > 5_000
     assert json.loads((tmp_path / "rec/score.json").read_text())["archives"] == {}
+    # an unreadable prior is bad input even with --record-refusal
+    r = _madyn("forecast", "--run", tmp_path / "run.parquet", "--last-step", 600,
+               "--prior", tmp_path / "nope.parquet", "--out-dir", tmp_path / "bad",
+               "--record-refusal")
+    assert r.returncode == 2 and "nope.parquet: no such file" in r.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_make_prior_and_the_committed_prior_are_read_back(tmp_path):

@@ -328,17 +328,19 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     ``forecast.png``, a copy of the curves under ``archive/from_step<k>/`` (k: the last
     step seen) and ``score.json`` (:func:`score`: the earlier archived forecasts against
     what arrived since). A prior that does not cover the run raises ForecastRefused; with
-    ``record_refusal`` any ForecastError is recorded instead (summary.json ``refused``, an
-    empty curves.csv, a figure saying why) and the score is still written."""
+    ``record_refusal`` any ForecastError but an unreadable prior is recorded instead
+    (summary.json ``refused``, an empty curves.csv, a figure saying why) and the score is
+    still written."""
     s = settings or ForecastSettings()
     fs = fit_settings or FitSettings()
     run = pd.read_parquet(run_path)
     name = str(run["model"].iloc[0])
     out = Path(out_dir)
     distance = None
+    # a prior that cannot be read is bad input, never a recorded refusal
+    table, recipes, source = load_prior(prior, series_paths, name, s.quantities)
+    info = run_recipe(run, last_step, run_folder, run_tokens, recipe)
     try:
-        table, recipes, source = load_prior(prior, series_paths, name, s.quantities)
-        info = run_recipe(run, last_step, run_folder, run_tokens, recipe)
         distance = forecast.prior_distance(info, recipes) if recipes else None
         if distance is not None:
             table = table[table["model"].isin(closest(distance))]
