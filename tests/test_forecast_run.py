@@ -204,6 +204,13 @@ def test_planned_last_step_of_a_trainer_run_and_a_monitor_folder(tmp_path, corpu
     info = run_info(tmp_path / "run")
     assert info["family"] == "llama" and info["last_step"] == 30 and info["n_layers"] == 4
     assert 0 < info["lr"] <= 3e-3
+    from madyn.measure.runs import schedule_shape
+
+    peak = 1e-3
+    for shape, f in (("cosine", lambda x: 0.5 * (1 + np.cos(np.pi * x))),
+                     ("linear", lambda x: 1 - x), ("constant", lambda x: 1.0)):
+        pts = [(10 + 25 * i, peak * f(25 * i / 590)) for i in range(24)]
+        assert schedule_shape(pts, 600) == shape
 
 
 def _measure(run: Path, model: str, tokens: Path, out: Path) -> Path:
@@ -243,12 +250,13 @@ def test_a_trainer_run_forecast_from_a_quarter_holds(family, steps, schedule, tm
     quarter = steps // 4
     series[series["step"] <= quarter].to_parquet(tmp_path / "quarter.parquet")
     r = _madyn("forecast", "--run", tmp_path / "quarter.parquet", "--run-folder", run,
-               "--run-tokens", tokens, "--run-recipe", json.dumps({"schedule": schedule}),
-               "--out-dir", tmp_path / "fc", "--record-refusal")  # last step: max_steps
+               "--run-tokens", tokens, "--out-dir", tmp_path / "fc",
+               "--record-refusal")  # last step: max_steps; schedule: the logged lrs
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "fc/summary.json").read_text())
     assert "refused" not in s and s["last_step"] == steps and s["seen_to_step"] == quarter
     assert s["prior_distance"]["run"]["family"] == family
+    assert s["prior_distance"]["run"]["schedule"] == schedule
     r = _madyn("forecast", "--run", full, "--out-dir", tmp_path / "fc", "--score")
     assert r.returncode == 0, r.stderr
     final = json.loads((tmp_path / "fc/score.json").read_text())[

@@ -350,7 +350,8 @@ def run_info(folder: str | Path) -> dict:
     """What a forecast compares with its prior, as far as a run folder says: ``family``
     (config.json's ``model_type``), ``last_step`` (:func:`planned_last_step`), ``lr`` (peak
     learning rate: the monitor's recipe or the largest logged in trainer_state.json),
-    ``vocab_size``, ``n_layers``. Not the schedule (the Trainer records its
+    ``vocab_size``, ``n_layers``, and ``schedule`` as the learning rates logged in the
+    newest trainer_state.json show it (:func:`schedule_shape`; the Trainer records its
     ``lr_scheduler_type`` only in ``training_args.bin``, a pickle never opened). Keys that
     cannot be found are left out."""
     from madyn.io import read_json
@@ -379,4 +380,33 @@ def run_info(folder: str | Path) -> dict:
     r = recipe(sc, {})
     if isinstance(r.get("lr"), (int, float)):
         out["lr"] = float(r["lr"])
+    states = _checkpoint_states(root)
+    if states and out.get("last_step"):
+        try:
+            log = read_json(states[0][1]).get("log_history", [])
+        except (OSError, ValueError, AttributeError):
+            log = []
+        pts = [(r["step"], r["learning_rate"]) for r in log if isinstance(r, dict)
+               and isinstance(r.get("step"), int) and isinstance(r.get("learning_rate"),
+                                                                 float)]
+        if (shape := schedule_shape(pts, out["last_step"])) is not None:
+            out["schedule"] = shape
     return out
+
+
+def schedule_shape(points: list[tuple[int, float]], last_step: int) -> str | None:
+    """The shape of a learning-rate schedule from logged (step, lr) points after its
+    peak: ``constant`` (every later lr within 5 % of the peak), ``cosine`` (a quarter of
+    the way from the peak to ``last_step`` the lr is above 80 % of the peak: cosine 85 %,
+    linear 75 %) or ``linear``; None with fewer than 3 points after the peak."""
+    if not points:
+        return None
+    peak_step, peak = max(points, key=lambda p: p[1])
+    after = [(t, lr) for t, lr in points if t > peak_step]
+    if len(after) < 3 or peak <= 0:
+        return None
+    if min(lr for _, lr in after) >= 0.95 * peak:
+        return "constant"
+    quarter = peak_step + 0.25 * (last_step - peak_step)
+    t, lr = min(after, key=lambda p: abs(p[0] - quarter))
+    return "cosine" if lr / peak > 0.8 else "linear"
