@@ -169,3 +169,36 @@ def test_out_on_a_users_folder_is_refused_and_kept(features, tmp_path, capsys):
         rc, err = _run([*argv, str(tmp_path / "new")], capsys)
         assert rc == 0, err
     assert (tmp_path / "new" / "summary.json").exists()
+
+
+def test_query_outside_the_training_recipe_says_so(tmp_path, capsys):
+    """The training models are GPT-NeoX (parallel residual) trained at lr 0.03: a
+    Llama-like query (gated MLP, sequential residual) at 10x their lr and another schedule
+    length is named on stderr and recorded; a query inside says nothing."""
+    import math
+
+    fit, _ = synthetic_fit_table()
+    table = build_feature_table(fit, {s.name: neox_config(s) for s in SYNTHETIC_SUITE},
+                                "original", "ratio")
+    lr, last = 0.03, int(table["last_step"].max())
+    table["f_log_lr"] = math.log10(lr)
+    features = str(tmp_path / "ft.parquet")
+    write_feature_table(table, features, tmp_path / "ft.csv")
+    out = tmp_path / "far"
+    rc, err = _run(["--layers", "3", "--width", "48", "--heads", "4", "--family", "llama",
+                    "--lr", str(10 * lr), "--last-step", str(4 * last), "--features",
+                    features, "--settings-json", SETTINGS, "--out", str(out), "--steps",
+                    "0,10"], capsys)
+    assert rc == 0, err
+    line = [x for x in err.splitlines() if "do not cover the query's recipe" in x]
+    assert len(line) == 1 and "block layout (gated_mlp) not among" in line[0], err
+    assert f"lr {10 * lr:.4g} (trained on {lr:.4g}-{lr:.4g})" in line[0]
+    assert f"last_step {4 * last}" in line[0]
+    cov = json.loads((out / "summary.json").read_text())["recipe_coverage"]
+    assert set(cov["outside"]) == {"block_layout", "lr", "last_step"}
+    rc, err = _run(["--layers", "3", "--width", "48", "--heads", "4", "--lr", str(lr),
+                    "--last-step", str(last), "--features", features, "--settings-json",
+                    SETTINGS, "--out", str(tmp_path / "near"), "--steps", "0,10"], capsys)
+    assert rc == 0 and "do not cover" not in err, err
+    cov = json.loads((tmp_path / "near/summary.json").read_text())["recipe_coverage"]
+    assert cov == {"outside": {}, "unknown": []}

@@ -72,3 +72,58 @@ def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25
                       callbacks=callbacks)
     trainer.train(resume_from_checkpoint=True if resume else None)
     return model
+
+
+def family_config(family: str, vocab_size: int, layers: int = 4):
+    """A tiny config of ``family`` (llama, gpt_neox, qwen3): width 32, ``layers`` layers,
+    2 heads, context 128."""
+    import transformers
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers,
+                  num_attention_heads=2, intermediate_size=128,
+                  max_position_embeddings=128, tie_word_embeddings=False)
+    if family == "llama":
+        return transformers.LlamaConfig(num_key_value_heads=2, **common)
+    if family == "qwen3":
+        return transformers.Qwen3Config(num_key_value_heads=2, head_dim=16, **common)
+    return transformers.GPTNeoXConfig(**common)
+
+
+def train_schedule(corpus_dir: Path, out: Path, *, family: str, steps: int,
+                   schedule: str, lr: float = 3e-3, save_steps: int = 25,
+                   warmup: int = 10, seed: int = 0) -> None:
+    """Train a tiny ``family`` model with the real HF ``Trainer`` for ``steps`` steps under
+    the ``schedule`` (transformers' lr_scheduler_type: cosine, linear, constant, ...),
+    peak ``lr``; a checkpoint every ``save_steps`` (their trainer_state.json states
+    ``max_steps``)."""
+    import torch
+    from torch.utils.data import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        PreTrainedTokenizerFast,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(corpus_dir / "tokenizer"))
+    ids = np.load(corpus_dir / "train.npy").astype(np.int64)
+
+    class Windows(Dataset):
+        def __len__(self):
+            return len(ids) // SEQ_LEN
+
+        def __getitem__(self, i):
+            x = torch.as_tensor(ids[i * SEQ_LEN:(i + 1) * SEQ_LEN])
+            return {"input_ids": x, "labels": x}
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(family_config(family, len(tok)))
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8,
+        learning_rate=lr, lr_scheduler_type=schedule, warmup_steps=warmup,
+        logging_steps=25, save_strategy="steps", save_steps=save_steps, report_to=[],
+        use_cpu=True, seed=seed, data_seed=seed, disable_tqdm=True,
+        dataloader_num_workers=0)
+    Trainer(model=model, args=args, train_dataset=Windows(), processing_class=tok,
+            data_collator=default_data_collator).train()

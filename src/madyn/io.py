@@ -110,6 +110,15 @@ def check_output_folder(path: str | Path) -> None:
                           f"(no {OUTPUT_MARKER} in it); give a new or empty folder")
 
 
+def mark_output_folder(path: str | Path, command: str) -> None:
+    """Make folder ``path`` (checked by :func:`check_output_folder` first) and mark it as
+    madyn's own (:data:`OUTPUT_MARKER`, naming ``command``), for an output folder filled
+    file by file (each file atomically) rather than replaced whole."""
+    check_output_folder(path)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / OUTPUT_MARKER).write_text(json.dumps({"written_by": command}) + "\n")
+
+
 @contextmanager
 def output_folder(path: str | Path, command: str) -> Iterator[Path]:
     """Yield a new temporary folder to fill; on success it replaces ``path`` at once

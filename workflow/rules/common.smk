@@ -398,17 +398,24 @@ def forecast_dir(model):
 
 def forecast_last_step(model):
     """The forecast's ``--last-step`` of a single-run suite's model: the run's planned last
-    step (its entry's ``last_step``, else its trainer's or monitor's ``max_steps``), or,
-    unknown, ``--unknown-last-step`` with what to set (the forecast records the refusal)."""
+    step (its entry's ``last_step``, else its trainer's or monitor's ``max_steps``); none
+    when unknown (the forecast records the refusal, naming what to set)."""
     scan = SRC.scans[model] if hasattr(SRC, "scans") else None
     step = madyn_params.planned_last_step(SUITE_CFG, model, scan)
     if step is None and scan is None:
         step = max(MODEL_STEPS[model])  # a suite madyn trained or read whole: its last step
-    if step is None:
-        i = MODELS.index(model)
-        return ["--unknown-last-step", f"the planned last step of {model} is unknown: set "
-                f"suites.{SUITE}.models.{i}.last_step"]
-    return ["--last-step", str(step)]
+    return [] if step is None else ["--last-step", str(step)]
+
+
+def forecast_run_args(model):
+    """What the forecast knows of a run beyond its series: its folder (family, vocabulary,
+    peak lr, schedule) and the tokens it was measured on (its evaluation batch)."""
+    if not hasattr(SRC, "scans"):
+        return []
+    scan = SRC.scans[model]
+    tokens = scan.folder / "probe_tokens.npy" if scan.live else Path(SRC.tokens(model))
+    return ["--run-folder", str(scan.folder)] + (
+        ["--run-tokens", str(tokens)] if not scan.live or tokens.is_file() else [])
 
 
 def predict_outputs():

@@ -14,8 +14,10 @@ rule forecast_run:
         curves=f"{RESULTS}/forecast/{{model}}/curves.csv",
         figure=report(f"{RESULTS}/forecast/{{model}}/forecast.png", category="Forecast",
                       subcategory="{model}", caption="../report/forecast_run.rst"),
+        score=f"{RESULTS}/forecast/{{model}}/score.json",
     params:
         last_step=lambda wc: forecast_last_step(wc.model),
+        run=lambda wc: forecast_run_args(wc.model),
         settings=json.dumps(config.get("forecast", {})),
         fit=json.dumps(config["fit"]),
         outdir=lambda wc, output: os.path.dirname(output.summary),
@@ -26,7 +28,8 @@ rule forecast_run:
     conda:
         ENV
     shell:
-        "madyn forecast --run {input:q} {params.last_step:q} --out-dir {params.outdir:q} "
+        "madyn forecast --run {input:q} {params.last_step:q} {params.run:q} "
+        "--out-dir {params.outdir:q} "
         "--settings-json {params.settings:q} --fit-settings-json {params.fit:q} "
         "--record-refusal 2> {log:q}"
 

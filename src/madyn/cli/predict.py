@@ -21,9 +21,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except predict.InputError as e:
         say(f"madyn predict: {e}")
         return 2
-    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out)
+    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out,
+                              last_step=args.last_step)
     if summary.get("warning"):
         say(f"madyn predict: warning: {summary['warning']}")
+    if summary.get("recipe_warning"):
+        say(f"madyn predict: warning: {summary['recipe_warning']}")
     if note := predict.design_note(q, summary):
         say(f"madyn predict: note: {note}")
     for line in predict.summary_lines(summary):
@@ -39,22 +42,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     s = ForecastSettings.from_dict(json_arg(args.settings_json))
     fit = FitSettings.from_dict(json_arg(args.fit_settings_json))
     if args.run:
-        if not args.out_dir or (args.last_step is None and not args.unknown_last_step):
-            raise ValueError("--run needs --last-step and --out-dir")
-        try:
-            if args.unknown_last_step:
-                raise forecast.forecast.ForecastError(args.unknown_last_step)
-            if not args.series:
-                raise forecast.forecast.ForecastError("no prior: give --series")
-            forecast.forecast_run(args.series, args.run, args.last_step, args.out_dir, s, fit)
-        except forecast.forecast.ForecastError as e:
-            if not args.record_refusal:
-                raise
-            forecast.record_refusal(args.run, args.out_dir, str(e))
-            say(f"madyn forecast: {args.run}: no forecast: {e} (recorded in {args.out_dir})")
-            return 0
-        say(f"madyn forecast: {args.run} to step {args.last_step} -> {args.out_dir}")
-        return 0
+        return _forecast_run(args, s, fit)
     if not args.series:
         raise ValueError("a backtest needs --series")
     if not (args.out_json and args.out_csv and args.out_png):
@@ -63,6 +51,48 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
                                 fit, workers=args.threads, skip=args.skip)
     for line in forecast.backtest_lines(summary, s.quantities):
         say(line)
+    return 0
+
+
+def _forecast_run(args: argparse.Namespace, s, fit) -> int:
+    """``madyn forecast --run``: the forecast of a run to its planned last step, or
+    (``--score``) the scoring of its archived forecasts."""
+    from madyn.stages import forecast
+
+    if not args.out_dir:
+        raise ValueError("--run needs --out-dir")
+    if args.score:
+        doc = forecast.score(args.run, args.out_dir)
+        for line in forecast.score_lines(doc):
+            say(line)
+        say(f"-> {args.out_dir}/score.json")
+        return 0
+    last = args.last_step
+    if last is None and args.run_folder:
+        from madyn.measure.runs import planned_last_step
+
+        last = planned_last_step(args.run_folder)
+    if last is None:
+        why = ("--run needs --last-step (or --run-folder whose trainer_state.json or "
+               "madyn_monitor.json states max_steps)")
+        if not args.record_refusal:
+            raise ValueError(why)
+        forecast.record_refusal(args.run, args.out_dir, f"the planned last step is unknown: "
+                                f"{why}")
+        say(f"madyn forecast: refused: the planned last step is unknown (recorded in "
+            f"{args.out_dir})")
+        return 0
+    summary = forecast.forecast_run(
+        args.run, last, args.out_dir, s, fit, prior=args.prior, series_paths=args.series,
+        run_folder=args.run_folder, run_tokens=args.run_tokens,
+        recipe=json_arg(args.run_recipe), record_refusal=args.record_refusal)
+    if summary.get("refused"):
+        say(f"madyn forecast: refused: {summary['refused']} (recorded in {args.out_dir})")
+        return 0
+    dist = summary.get("prior_distance") or {}
+    say(f"madyn forecast: prior {summary['prior']}: foreign {dist.get('foreign', 'unknown')}"
+        " (0: the run's own recipe, 1: entirely foreign; intervals widened by it)")
+    say(f"madyn forecast: {args.run} to step {last} -> {args.out_dir}")
     return 0
 
 
@@ -102,27 +132,42 @@ def register(sub) -> list[tuple[str, str]]:
                    "required with --settings-json)")
     c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "
                    "training data's last step)")
+    c.add_argument("--last-step", type=positive_int, help="the run's planned last step "
+                   "(checked against the training models' schedules)")
     c.add_argument("--out", default="prediction", help="output folder (default prediction/)")
 
     c = add(sub, "forecast", _cmd_forecast,
              "forecast a run from its first steps (or backtest a complete suite)",
-             "The suite's other models at the same relative depth are the prior (a Gaussian "
-             "over log curves), conditioned on the run's points so far. With --run: forecast "
-             "that series to --last-step (curves.csv, summary.json, forecast.png in "
-             "--out-dir). Without: truncate every model of --series at each fraction and "
+             "With --run: forecast that series to its planned --last-step on time relative "
+             "to the schedules, from the prior (--prior, default the committed one; or "
+             "--series): the last value times the prior's relative change, shrunk toward no "
+             "change and widened as far as the prior is foreign to the run (curves.csv, "
+             "summary.json with prior_distance, forecast.png, score.json in --out-dir); "
+             "--score scores the archived forecasts against the checkpoints since. "
+             "Without: truncate every model of --series at each fraction and "
              "forecast the rest, against three baselines (last value, the best AICc fit on "
              "the early points, the prior alone).",
-             example="madyn forecast --series results/embedded/series/*.parquet --run "
-             "mine.parquet --last-step 2000 --out-dir forecast/")
-    c.add_argument("--series", nargs="*", default=[], help="series Parquets: the prior's "
-                   "models (and, without --run, the models backtested)")
+             example="madyn forecast --run mine.parquet --last-step 2000 --out-dir "
+             "forecast/")
+    c.add_argument("--series", nargs="+", help="series Parquets: the prior's models "
+                   "(with --run, instead of --prior) and, without --run, the models "
+                   "backtested")
     c.add_argument("--run", help="series Parquet of a run still training")
-    c.add_argument("--last-step", type=int, help="the run's planned last step")
-    c.add_argument("--unknown-last-step", metavar="REASON",
-                   help="with --run: the planned last step is unknown (nothing is forecast)")
-    c.add_argument("--record-refusal", action="store_true",
-                   help="with --run: a forecast that cannot be made writes its outputs "
-                   "saying why (exit 0), so that a workflow goes on")
+    c.add_argument("--last-step", type=int, help="the run's planned last step (default: "
+                   "max_steps from --run-folder)")
+    c.add_argument("--prior", nargs="+", help="with --run: priors made by madyn step "
+                   "make-prior (default: the committed ones, data/prior/*.parquet)")
+    c.add_argument("--run-folder", help="with --run: the run's folder (checkpoints or "
+                   "monitor), for its family, vocabulary, peak lr and planned last step")
+    c.add_argument("--run-tokens", help="with --run: the .npy the run was measured on "
+                   "(its evaluation batch, compared with the prior's)")
+    c.add_argument("--run-recipe", help="with --run: JSON of what the folder does not say, "
+                   "e.g. '{\"schedule\": \"cosine\", \"lr\": 0.003}'")
+    c.add_argument("--record-refusal", action="store_true", help="with --run: a forecast "
+                   "that cannot be made is recorded in --out-dir (summary.json 'refused', "
+                   "an empty curves.csv, a figure saying why) and exits 0")
+    c.add_argument("--score", action="store_true", help="with --run: score the forecasts "
+                   "archived in --out-dir against the run's checkpoints since (score.json)")
     c.add_argument("--out-dir", help="with --run: where the forecast goes")
     c.add_argument("--out-json", help="backtest metrics (JSON)")
     c.add_argument("--out-csv", help="backtest table (CSV)")

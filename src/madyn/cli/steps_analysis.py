@@ -114,6 +114,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_prior(args: argparse.Namespace) -> int:
+    from madyn.stages import forecast
+
+    man = forecast.make_prior(args.series, args.out, args.configs, args.tokens,
+                              json_arg(args.train_json), json_arg(args.models_json),
+                              args.suite, evaluation=json_arg(args.eval_json))
+    say(f"make-prior: {len(man['models'])} models, {man['rows']} rows -> {args.out} "
+        f"(manifest {args.out.rsplit('.', 1)[0]}.json)")
+    return 0
+
+
 def register(sub) -> None:
     """Add the analysis steps to the ``madyn step`` group ``sub``."""
     from madyn.settings import schema_default, schema_enum
@@ -200,3 +211,25 @@ def register(sub) -> None:
             "single-run suite) or the headline (metrics/headline.json) as a few lines.")
     c.add_argument("results", help="the suite's results folder (madyn.workflow.params_file."
                    "results_dir)")
+
+    c = add(sub, "make-prior", _cmd_make_prior, "a compact forecast prior from a suite's "
+             "series", "Per model, quantity (ratio, top1, median), layer and step: the value "
+             "at relative depth (layer + 1) / L and relative step step / last step, in one "
+             "Parquet, with a manifest (.json beside it) of each model's family, schedule, "
+             "peak lr, vocabulary and evaluation batch; `madyn forecast --run ... --prior` "
+             "reads it.",
+             example="madyn step make-prior --series results/embedded/series/*.parquet "
+             "--configs results/embedded/configs/*.json --out data/prior/embedded.parquet")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
+    c.add_argument("--configs", nargs="*", default=[], help="config.json per model, named "
+                   "<model>.json (family, vocabulary)")
+    c.add_argument("--tokens", help="the evaluation batch (.npy) the series were measured on")
+    c.add_argument("--train-json", help="the suite's train section as JSON (steps, lr, "
+                   "schedule)")
+    c.add_argument("--models-json", help="the suite's model entries as a JSON list (their "
+                   "own lr, optimizer, schedule)")
+    c.add_argument("--suite", help="the suite's name, for the manifest")
+    c.add_argument("--eval-json", help="the suite's extract section as JSON (n_seqs, "
+                   "seq_len), when no --tokens")
+    c.add_argument("--out", required=True, help="the prior (.parquet; its manifest .json "
+                   "beside it)")

@@ -270,3 +270,189 @@ def backtest_summary(table: pd.DataFrame) -> dict:
             entry["coverage"] = round(float(ok["covered"].dropna().astype(float).mean()), 3)
         out.setdefault(f"{int(round(100 * frac))}%", {})[method] = entry
     return out
+
+
+# ------------------------------------------------------- a run on its own planned schedule
+# Time is relative to each run's planned schedule: u = step / last step (the run's planned
+# last step; a prior model's own last step). Curves are interpolated on the axis
+# v = log(1 + REL_SCALE u): about log-step early, about linear in u late.
+REL_SCALE = 1000.0
+# How far a prior is from a run (prior_distance): each component's distance in [0, 1];
+# 1 = entirely foreign. A ratio of this much (or more) in schedule length, peak lr or
+# vocabulary size counts as 1; the log of the ratio scales linearly below it.
+FOREIGN_RATIO = {"last_step": 10.0, "lr": 10.0, "vocab_size": 10.0}
+UNKNOWN_DISTANCE = 0.5  # a component the run or the prior does not state
+SAME_SHAPE_EVAL = 0.5  # evaluation batches of the same shape but other tokens
+# The prior models' spread and the run's checkpoint noise are widened by this factor: on
+# held-out models of the committed suites, forecast from the others, 1.0 left the 90 %
+# intervals covering 71-79 % of true final values at 10 % of training (docs/forecasting.md)
+SPREAD_SCALE = 1.3
+# The wide fallback of a foreign prior: the run's own recent movement continued as a random
+# walk, this many times (calibrated as SPREAD_SCALE, the prior taken as foreign)
+FALLBACK_SCALE = 2.0
+
+
+def rel_axis(u: np.ndarray) -> np.ndarray:
+    """The interpolation axis of relative time ``u`` (step / last step): log(1 + 1000 u)."""
+    return np.log1p(REL_SCALE * np.clip(np.asarray(u, float), 0, None))
+
+
+def relative_samples(prior: list[tuple[np.ndarray, np.ndarray, np.ndarray]], depth: float,
+                     u: np.ndarray) -> np.ndarray:
+    """M x S log curves of the prior models (each: relative steps (S_p,), relative depths
+    (L_p,), L_p x S_p raw values) at relative ``depth`` on the relative steps ``u``; a model
+    whose relative steps do not span ``u`` or whose values there are not all positive and
+    finite is left out."""
+    from madyn.predict.curves import interp_depth
+
+    out = []
+    for p_u, p_depths, vals in prior:
+        if p_u.min() > u.min() + 1e-9 or p_u.max() < u.max() - 1e-9:
+            continue
+        with np.errstate(all="ignore"):
+            logv = np.log(vals)
+        order = np.argsort(p_depths)
+        at = interp_depth(p_depths[order], logv[order], np.array([depth]))[0]
+        if not np.isfinite(at).all():
+            continue
+        out.append(np.interp(rel_axis(u), rel_axis(p_u), at))
+    return np.array(out).reshape(len(out), len(u))
+
+
+def component_distance(key: str, run_value, prior_value) -> float:
+    """One component of :func:`prior_distance` in [0, 1]: ``family`` and ``schedule`` 0
+    when equal else 1; ``last_step``, ``lr``, ``vocab_size`` |ln(run / prior)| over
+    ln(FOREIGN_RATIO), clipped; ``eval`` ({n_seqs, seq_len, tokens_sha256}): 0 for the same
+    tokens, SAME_SHAPE_EVAL for the same shape, else 1. UNKNOWN_DISTANCE when either side
+    does not state it."""
+    if run_value is None or prior_value is None:
+        return UNKNOWN_DISTANCE
+    if key in FOREIGN_RATIO:
+        try:
+            r = abs(math.log(float(run_value) / float(prior_value)))
+        except (ValueError, ZeroDivisionError):
+            return UNKNOWN_DISTANCE
+        return float(min(1.0, r / math.log(FOREIGN_RATIO[key])))
+    if key == "eval":
+        sha_r, sha_p = run_value.get("tokens_sha256"), prior_value.get("tokens_sha256")
+        if sha_r and sha_r == sha_p:
+            return 0.0
+        shape = [(run_value.get(k), prior_value.get(k)) for k in ("n_seqs", "seq_len")]
+        if any(a is None or b is None for a, b in shape):
+            return UNKNOWN_DISTANCE
+        return SAME_SHAPE_EVAL if all(a == b for a, b in shape) else 1.0
+    return 0.0 if str(run_value) == str(prior_value) else 1.0
+
+
+DISTANCE_KEYS = ("family", "last_step", "schedule", "lr", "vocab_size", "eval")
+
+
+def prior_distance(run: dict, models: dict[str, dict]) -> dict:
+    """How far a prior (model -> its recipe: family, last_step, schedule, lr, vocab_size,
+    eval) is from a run (the same keys): per model, each component's distance
+    (:func:`component_distance`) and the model's ``foreign`` (their maximum: one entirely
+    different component makes the model foreign); ``foreign``: the median over models (the
+    forecast's shrinkage and widening, see :func:`forecast_relative`); ``run``: what the run
+    states; ``prior``: per component, the prior's values."""
+    per = {}
+    for name, m in models.items():
+        comp = {k: round(component_distance(k, run.get(k), m.get(k)), 3)
+                for k in DISTANCE_KEYS}
+        per[name] = {**comp, "foreign": max(comp.values())}
+    foreign = float(np.median([p["foreign"] for p in per.values()])) if per else 1.0
+    values = {k: sorted({json_key(m.get(k)) for m in models.values()}) for k in DISTANCE_KEYS}
+    return {"foreign": round(foreign, 3), "run": {k: run.get(k) for k in DISTANCE_KEYS},
+            "prior": values, "models": per}
+
+
+def json_key(v) -> str:
+    """A recipe value as a short string (for listing the prior's values)."""
+    if isinstance(v, dict):
+        return ",".join(f"{k}={v[k]}" for k in sorted(v) if k != "tokens_sha256") + (
+            f",tokens={str(v['tokens_sha256'])[:12]}" if v.get("tokens_sha256") else "")
+    return "unknown" if v is None else str(v)
+
+
+def _robust_var(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """A robust variance (median squared deviation from the median / 0.455: the variance
+    for Gaussian data)."""
+    med = np.median(x, axis=axis, keepdims=True)
+    return np.median((x - med) ** 2, axis=axis) / 0.4549
+
+
+def run_walk(u: np.ndarray, y: np.ndarray) -> float:
+    """The rate (log value squared per unit of :func:`rel_axis`) at which a run's log curve
+    ``y`` (at relative steps ``u``) has moved over the later half of what was seen: the
+    median of its squared increments over their length on the axis."""
+    v = rel_axis(u)
+    h = max(len(y) // 2, 1) - 1
+    dv, dy = np.diff(v[h:]), np.diff(y[h:])
+    ok = dv > 0
+    return float(np.median(dy[ok] ** 2 / dv[ok])) if ok.any() else 0.0
+
+
+def forecast_relative(steps: np.ndarray, u: np.ndarray, observed: np.ndarray,
+                      samples: np.ndarray, foreign: float, level: float = 0.9,
+                      seed: int = 0) -> Forecast:
+    """One layer's forecast on ``steps`` (S,; relative steps ``u``) from its first values
+    ``observed`` (raw, k < S) and the prior's log curves ``samples`` (M x S, relative
+    time), for a prior ``foreign`` in [0, 1] (:func:`prior_distance`).
+
+    The forecast carries the last value forward, times the prior's relative change from the
+    last seen position, shrunk toward no change: in log space
+    y(u) = y_k + w(u) D(u), D the prior models' median change from u_k to u, and
+    w = (1 - foreign) D^2 / (D^2 + s^2), s^2 the prior models' (robust) variance of that
+    change. With a foreign or scattered prior the point forecast is the last value. Its
+    variance: SPREAD_SCALE^2 x the run's checkpoint noise (from its second differences)
+    + (1 - foreign) (SPREAD_SCALE^2 s^2 + ((1 - w) D)^2) + foreign F^2, F^2 the wide
+    fallback: the run's own recent movement (:func:`run_walk`) continued as a random walk
+    on the relative time axis to u, times FALLBACK_SCALE^2. Intervals Student-t with M - 1
+    degrees of freedom."""
+    observed = np.asarray(observed, float)
+    k = len(observed)
+    if k < 2:
+        raise ForecastError(f"{k} observed checkpoint(s); a forecast needs at least 2")
+    if k >= len(steps):
+        raise ForecastError("nothing left to forecast: the run is observed to its last step")
+    if not (np.isfinite(observed).all() and (observed > 0).all()):
+        raise ForecastError("observed values must be finite and positive")
+    m = len(samples)
+    if m < MIN_PRIOR_MODELS:
+        raise ForecastError(f"{m} prior model(s) reach the run's relative steps; a forecast "
+                            f"needs at least {MIN_PRIOR_MODELS}")
+    y = np.log(observed)
+    d2 = np.diff(y, n=2)
+    noise = float(np.median(d2 ** 2) / 6) if d2.size else 0.0
+    change = samples[:, k:] - samples[:, k - 1:k]  # M x U
+    med = np.median(change, axis=0)
+    spread = _robust_var(change) * (m + 1) / m
+    fallback = FALLBACK_SCALE ** 2 * run_walk(u[:k], y) * (rel_axis(u[k:])
+                                                           - rel_axis(u[k - 1]))
+    w = (1 - foreign) * med ** 2 / np.maximum(med ** 2 + spread, 1e-12)
+    mu = y[-1] + w * med
+    var = (SPREAD_SCALE ** 2 * noise + (1 - foreign) * (
+        SPREAD_SCALE ** 2 * spread + ((1 - w) * med) ** 2) + foreign * fallback)
+    sd = np.sqrt(var)
+    q = _t_quantile(level, m - 1)
+    full_mu, full_sd = np.r_[y, mu], np.r_[np.zeros(k), sd]
+    prior_mean = np.median(samples, axis=0)
+    prior_sd = np.sqrt(_robust_var(samples) * (m + 1) / m)
+    rng = np.random.default_rng(seed)
+    # draws: the interval's width, shared along the curve (a level shift), plus checkpoint
+    # noise per step
+    z = rng.standard_t(max(m - 1, 1), size=(N_DRAWS, 1))
+    draws = mu + z * np.sqrt(np.maximum(var - noise, 0)) + rng.normal(
+        0, math.sqrt(noise), (N_DRAWS, len(mu)))
+    full_draws = np.concatenate([np.broadcast_to(y, (N_DRAWS, k)), draws], axis=1)
+    peaks = steps[np.argmax(full_draws, axis=1)]
+    lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
+    return Forecast(
+        steps=steps, mean=np.exp(full_mu), lo=np.exp(full_mu - q * full_sd),
+        hi=np.exp(full_mu + q * full_sd), observed=k,
+        final=(float(np.exp(mu[-1])), float(np.exp(mu[-1] - q * sd[-1])),
+               float(np.exp(mu[-1] + q * sd[-1]))),
+        peak_step=(float(steps[int(np.argmax(full_mu))]), float(np.percentile(peaks, lo_q)),
+                   float(np.percentile(peaks, hi_q))),
+        peak_before_end=float(np.mean(peaks < steps[-1])),
+        prior_mean=np.exp(prior_mean), prior_lo=np.exp(prior_mean - q * prior_sd),
+        prior_hi=np.exp(prior_mean + q * prior_sd))

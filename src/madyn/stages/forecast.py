@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn.io import atomic_path, check_output_folder, output_folder, write_json
+from madyn.io import atomic_path, check_output_folder, mark_output_folder, write_json
 from madyn.predict import forecast
 from madyn.settings import FitSettings, ForecastSettings
 
@@ -140,40 +140,317 @@ def read_run(path: str, quantities: list[str]) -> pd.DataFrame:
     return run
 
 
-def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir: str,
+# the committed priors (every make-prior file there is read when --prior is not given)
+DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[3] / "data" / "prior"
+# prior models no farther than this beyond the closest one are the prior (at least
+# CLOSEST_MODELS of them)
+CLOSE_MARGIN = 0.25
+CLOSEST_MODELS = 3
+PRIOR_COLUMNS = ["model", "quantity", "layer", "depth", "step", "u", "value"]
+CURVE_COLUMNS = ["quantity", "layer", "step", "seen", "mean", "lo", "hi", "prior_mean",
+                 "prior_lo", "prior_hi"]
+
+
+class ForecastRefused(forecast.ForecastError):
+    """The prior does not cover the run: the forecast is refused (one line says why)."""
+
+
+def _prior_rows(series: pd.DataFrame, quantities, last_step: int | None = None
+                ) -> pd.DataFrame:
+    """A model's series (long layout) as prior rows: quantity, layer, relative depth
+    (layer + 1) / L, step, relative step u = step / last step, value (the mean)."""
+    d = series[series["statistic"].isin(list(quantities))]
+    n_layers = int(series["layer"].max()) + 1
+    last = float(last_step or series["step"].max())
+    return pd.DataFrame({
+        "model": str(series["model"].iloc[0]), "quantity": d["statistic"].to_numpy(),
+        "layer": d["layer"].to_numpy(int), "depth": (d["layer"].to_numpy(float) + 1) / n_layers,
+        "step": d["step"].to_numpy(int), "u": d["step"].to_numpy(float) / last,
+        "value": d["mean"].to_numpy(float)})
+
+
+def eval_batch(series: pd.DataFrame, tokens: str | None = None) -> dict:
+    """The evaluation batch of a series: ``n_seqs`` (the most sequences of a row),
+    ``seq_len`` and ``tokens_sha256`` (from the tokens ``.npy``, when given)."""
+    from madyn.io import sha256_file
+
+    out: dict = {}
+    if "n" in series:
+        out["n_seqs"] = int(series["n"].max())
+    if tokens:
+        arr = np.load(tokens, mmap_mode="r", allow_pickle=False)
+        out["n_seqs"], out["seq_len"] = int(arr.shape[0]), int(arr.shape[1])
+        out["tokens_sha256"] = sha256_file(tokens)
+    return out
+
+
+def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None = None,
+               tokens: str | None = None, train: dict | None = None,
+               models: list[dict] | None = None, suite: str | None = None,
+               quantities=forecast.FORECAST_QUANTITIES, evaluation: dict | None = None
+               ) -> dict:
+    """Write a compact prior (``out``, Parquet: one row per model, quantity, layer and
+    step with relative depth and relative step u = step / last step) and its manifest
+    (``out`` with ``.json``: per model its family, vocab_size, n_layers (from
+    ``config_paths``, matched by file stem), last_step, schedule and peak lr (from
+    ``train``, a suite's train section, and ``models``, its entries), eval batch (the
+    series' sequences, ``tokens``' shape and sha256, then ``evaluation``'s keys n_seqs,
+    seq_len); the suite and package versions).
+    Returns the manifest."""
+    import importlib.metadata as md
+
+    from madyn.io import read_json
+
+    configs = {Path(p).stem: read_json(p) for p in config_paths or []}
+    entries = {str(e.get("name")): e for e in models or []}
+    train = dict(train or {})
+    rows, recipes = [], {}
+    for p in series_paths:
+        s = pd.read_parquet(p)
+        name = str(s["model"].iloc[0])
+        cfg, entry = configs.get(name, {}), entries.get(name, {})
+        last = int(s["step"].max())
+        rows.append(_prior_rows(s, quantities, last))
+        r = {"family": cfg.get("model_type"), "vocab_size": cfg.get("vocab_size"),
+             "n_layers": int(s["layer"].max()) + 1, "last_step": last,
+             "schedule": entry.get("schedule", train.get("schedule", "cosine" if train
+                                                         else None)),
+             "lr": entry.get("lr", train.get("lr")),
+             "optimizer": entry.get("optimizer", "adamw" if train else None),
+             "eval": {**eval_batch(s, tokens), **{
+                 k: v for k, v in (evaluation or {}).items() if k in ("n_seqs", "seq_len")}}}
+        recipes[name] = {k: v for k, v in r.items() if v is not None}
+    table = pd.concat(rows, ignore_index=True)[PRIOR_COLUMNS]
+    manifest = {"made_by": "madyn step make-prior", "suite": suite,
+                "made_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "quantities": list(quantities), "models": recipes,
+                "train": train, "rows": len(table),
+                "versions": {k: md.version(k) for k in ("madyn", "torch", "transformers")
+                             if _installed(k)}}
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    write_json(Path(out).with_suffix(".json"), manifest)
+    return manifest
+
+
+def _installed(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def load_prior(prior: list[str] | None, series_paths: list[str] | None, exclude: str,
+               quantities) -> tuple[pd.DataFrame, dict, str]:
+    """The prior's rows (PRIOR_COLUMNS), per model its recipe, and where it came from:
+    ``series_paths`` (series Parquets; recipes know only their last step) when given, else
+    the make-prior files ``prior`` (default: every committed one in DEFAULT_PRIOR_DIR) and
+    their manifests (a model name two of them share is prefixed with its file's stem).
+    The run itself (``exclude``) is left out."""
+    from madyn.io import read_json
+
+    if series_paths:
+        frames = [pd.read_parquet(p) for p in series_paths]
+        frames = [f for f in frames if str(f["model"].iloc[0]) != exclude]
+        rows = [_prior_rows(f, quantities) for f in frames]
+        table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+            columns=PRIOR_COLUMNS)
+        recipes = {str(f["model"].iloc[0]): {"last_step": int(f["step"].max()),
+                                             "eval": eval_batch(f)} for f in frames}
+        return table, recipes, f"{len(frames)} series files"
+    paths = [Path(p) for p in prior] if prior else sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
+    if not paths:
+        raise forecast.ForecastError(f"no prior in {DEFAULT_PRIOR_DIR} (make one with madyn "
+                                     "step make-prior, or pass --series)")
+    tables, recipes = [], {}
+    for path in paths:
+        if not path.is_file():
+            raise forecast.ForecastError(f"--prior {path}: no such file (make one with madyn "
+                                         "step make-prior, or pass --series)")
+        table = pd.read_parquet(path)
+        missing = [c for c in PRIOR_COLUMNS if c not in table]
+        if missing:
+            raise forecast.ForecastError(f"--prior {path}: not a madyn prior (no column(s) "
+                                         f"{missing})")
+        man = path.with_suffix(".json")
+        models = dict(read_json(man).get("models", {})) if man.is_file() else {}
+        if set(table["model"].unique()) & set(recipes):  # a name in two priors
+            table = table.assign(model=path.stem + "/" + table["model"].astype(str))
+            models = {f"{path.stem}/{m}": r for m, r in models.items()}
+        tables.append(table[PRIOR_COLUMNS])
+        recipes.update(models)
+    table = pd.concat(tables, ignore_index=True)
+    table = table[table["model"] != exclude]
+    return table, {m: r for m, r in recipes.items() if m != exclude}, ", ".join(
+        map(str, paths))
+
+
+def _prior_curves(table: pd.DataFrame, quantity: str) -> dict:
+    """model -> (relative steps, relative depths, L x S values) of ``quantity``."""
+    out = {}
+    for m, d in table[table["quantity"] == quantity].groupby("model", sort=True):
+        wide = d.pivot_table(index="depth", columns="u", values="value").sort_index()
+        out[str(m)] = (wide.columns.to_numpy(float), wide.index.to_numpy(float),
+                       wide.to_numpy(float))
+    return out
+
+
+def run_recipe(series: pd.DataFrame, last_step: int, folder: str | None = None,
+               tokens: str | None = None, given: dict | None = None) -> dict:
+    """What the forecast knows of the run: its folder's (:func:`madyn.measure.runs.run_info`),
+    the planned ``last_step``, its eval batch (series, ``tokens``), then ``given`` over
+    all."""
+    from madyn.measure.runs import run_info
+
+    out = run_info(folder) if folder else {}
+    out["last_step"] = int(last_step)
+    out["eval"] = eval_batch(series, tokens)
+    out.update(given or {})
+    return out
+
+
+def closest(distance: dict) -> list[str]:
+    """The prior models used: those no farther from the run than CLOSE_MARGIN beyond the
+    closest, and at least the CLOSEST_MODELS closest."""
+    per = sorted(distance["models"].items(), key=lambda kv: (kv[1]["foreign"], kv[0]))
+    best = per[0][1]["foreign"] if per else 0.0
+    return [m for i, (m, d) in enumerate(per)
+            if d["foreign"] <= best + CLOSE_MARGIN or i < CLOSEST_MODELS]
+
+
+def _future_steps(seen: np.ndarray, last_step: int, prior_u: np.ndarray) -> np.ndarray:
+    """The steps forecast after the last seen one: the run's own checkpoint spacing
+    continued to ``last_step`` (when that is at most 400 steps of it), else the prior's
+    relative steps on the run's schedule; ``last_step`` always."""
+    gap = float(seen[-1] - seen[-2]) if len(seen) > 1 else 0.0
+    if gap > 0 and (last_step - seen[-1]) / gap <= 400:
+        later = np.arange(seen[-1] + gap, last_step, gap)
+    else:
+        later = np.round(prior_u * last_step)
+    later = later[(later > seen[-1]) & (later < last_step)]
+    return np.unique(np.r_[later, float(last_step)])
+
+
+def _write_refusal(out: Path, name: str, last_step: int | None, reason: str, level: float,
+                   distance: dict | None) -> dict:
+    """A recorded refusal: summary.json with ``refused``, curves.csv with its header only,
+    a figure saying why."""
+    from madyn.report.plots_forecast import plot_skipped
+
+    with atomic_path(out / "curves.csv") as tmp:
+        pd.DataFrame(columns=CURVE_COLUMNS).to_csv(tmp, index=False)
+    plot_skipped(f"forecast refused: {reason}", out / "forecast.png")
+    summary = {"model": name, "last_step": last_step, "level": level, "refused": reason,
+               "layers": {}}
+    if distance is not None:
+        summary["prior_distance"] = distance
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def forecast_run(run_path: str, last_step: int, out_dir: str,
                  settings: ForecastSettings | None = None,
-                 fit_settings: FitSettings | None = None) -> dict:
-    """Forecast a run still training (its series so far: ``run_path``) to ``last_step``,
-    with the models of ``prior_paths`` as the prior; writes ``curves.csv`` (quantity,
-    layer, step, seen, mean, lo, hi, prior_mean, prior_lo, prior_hi), ``summary.json``
-    (per quantity and layer: final value, asymptote, peak step, each with its interval,
-    and the share of draws peaking before ``last_step``) and ``forecast.png``, all at once
-    (:func:`madyn.io.output_folder`: ``out_dir`` new, empty, or madyn's own). The run's
-    table is checked first (:func:`read_run`)."""
+                 fit_settings: FitSettings | None = None, *, prior: list[str] | None = None,
+                 series_paths: list[str] | None = None, run_folder: str | None = None,
+                 run_tokens: str | None = None, recipe: dict | None = None,
+                 record_refusal: bool = False) -> dict:
+    """Forecast a run still training (its series so far: ``run_path``) to its planned
+    ``last_step``, on time relative to the schedules (:func:`madyn.predict.forecast.
+    forecast_relative`), with the prior ``prior`` (a make-prior file; default the committed
+    one) or the models of ``series_paths``. Writes ``curves.csv`` (quantity, layer, step,
+    seen, mean, lo, hi, prior_mean, prior_lo, prior_hi), ``summary.json`` (per quantity and
+    layer: final value, asymptote, peak step, each with its interval, the share of draws
+    peaking before ``last_step``; ``prior_distance``: how far the prior is from the run),
+    ``forecast.png``, a copy of the curves under ``archive/from_step<k>/`` (k: the last
+    step seen) and ``score.json`` (:func:`score`: the earlier archived forecasts against
+    what arrived since). A prior that does not cover the run raises ForecastRefused; with
+    ``record_refusal`` any ForecastError but an unreadable prior is recorded instead
+    (summary.json ``refused``, an empty curves.csv, a figure saying why) and the score is
+    still written."""
     s = settings or ForecastSettings()
     fs = fit_settings or FitSettings()
     check_output_folder(out_dir)
     run = read_run(run_path, s.quantities)
     name = str(run["model"].iloc[0])
+    out = Path(out_dir)
+    distance = None
+    # a prior that cannot be read is bad input, never a recorded refusal
+    table, recipes, source = load_prior(prior, series_paths, name, s.quantities)
+    info = run_recipe(run, last_step, run_folder, run_tokens, recipe)
+    try:
+        distance = forecast.prior_distance(info, recipes) if recipes else None
+        if distance is not None:
+            table = table[table["model"].isin(closest(distance))]
+            distance = forecast.prior_distance(
+                info, {m: r for m, r in recipes.items() if m in closest(distance)})
+        result = _forecast_all(run, name, last_step, table, distance, s, fs)
+    except forecast.ForecastError as e:
+        if not record_refusal:
+            raise
+        mark_output_folder(out, "madyn forecast --run")
+        summary = _write_refusal(out, name, last_step, str(e), s.level, distance)
+        score(run_path, out_dir)
+        return summary
+    rows, summary, figs, k_step = result
+    summary_doc = {"model": name, "last_step": last_step, "level": s.level,
+                   "seen_to_step": k_step, "time": "relative: step / planned last step",
+                   "prior": source, "prior_distance": distance, "layers": summary}
+    mark_output_folder(out, "madyn forecast --run")
+    curves = pd.concat(rows, ignore_index=True)
+    with atomic_path(out / "curves.csv") as tmp:
+        curves.to_csv(tmp, index=False)
+    arch = out / "archive" / f"from_step{k_step}"
+    arch.mkdir(parents=True, exist_ok=True)
+    with atomic_path(arch / "curves.csv") as tmp:
+        curves.to_csv(tmp, index=False)
+    write_json(arch / "summary.json", summary_doc)
+    from madyn.report.plots_forecast import plot_run
+
+    plot_run(figs, out / "forecast.png")
+    write_json(out / "summary.json", summary_doc)
+    score(run_path, out_dir)
+    return summary_doc
+
+
+def _forecast_all(run: pd.DataFrame, name: str, last_step: int, table: pd.DataFrame,
+                  distance: dict | None, s: ForecastSettings, fs: FitSettings) -> tuple:
+    """Every quantity's and layer's forecast: (curve rows, summary per quantity and layer,
+    the figure's layers, the last step seen). ForecastRefused when the prior does not
+    cover the run."""
+    foreign = distance["foreign"] if distance else forecast.UNKNOWN_DISTANCE
     rows, summary, figs = [], {}, {}
-    prior_series = {m: t for m, t in _read(prior_paths).items() if m != name}
+    k_step = None
     for q in s.quantities:
         steps_seen, depths, vals = forecast.layer_curves(run, q)
+        k_step = int(steps_seen[-1])
         if last_step <= steps_seen[-1]:
             raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
-                                        f"last checkpoint ({int(steps_seen[-1])})")
-        prior = _curves(prior_series, q)
-        later = sorted({float(t) for st, _, _ in prior.values() for t in st
-                        if steps_seen[-1] < t <= last_step} | {float(last_step)})
-        steps = np.r_[steps_seen, later]
+                                         f"last checkpoint ({k_step})")
+        prior = _prior_curves(table, q)
+        if len(prior) < forecast.MIN_PRIOR_MODELS:
+            raise ForecastRefused(f"the prior has {len(prior)} model(s) with {q!r}; a "
+                                  f"forecast needs at least {forecast.MIN_PRIOR_MODELS}")
+        prior_u = np.unique(np.concatenate([c[0] for c in prior.values()]))
+        steps = np.r_[steps_seen, _future_steps(steps_seen, last_step, prior_u)]
+        u = steps / last_step
         summary[q] = {}
         for layer, depth in enumerate(depths):
-            samples = forecast.prior_samples(list(prior.values()), float(depth), steps)
-            fc = forecast.forecast_layer(steps, vals[layer], samples, s.level)
+            samples = forecast.relative_samples(list(prior.values()), float(depth), u)
+            if len(samples) < forecast.MIN_PRIOR_MODELS:
+                raise ForecastRefused(
+                    f"{len(samples)} prior model(s) span the run's relative steps "
+                    f"{u[0]:.3g}-1 ({q}, layer {layer}); a forecast needs at least "
+                    f"{forecast.MIN_PRIOR_MODELS}")
+            fc = forecast.forecast_relative(steps, u, vals[layer], samples, foreign,
+                                            s.level)
             fitted = [_asymptote(steps, c, fs) for c in (fc.lo, fc.mean, fc.hi)]
             a = sorted(fitted)
             summary[q][str(layer)] = {
                 "final": dict(zip(("value", "lo", "hi"), fc.final, strict=True)),
+                "last_seen": float(vals[layer][-1]),
                 "asymptote": {"value": fitted[1], "lo": a[0], "hi": a[-1]},
                 "peak_step": dict(zip(("value", "lo", "hi"), fc.peak_step, strict=True)),
                 "peak_before_last_step": fc.peak_before_end}
@@ -184,15 +461,110 @@ def forecast_run(prior_paths: list[str], run_path: str, last_step: int, out_dir:
                 "prior_hi": fc.prior_hi}))
             if layer == len(depths) // 2:
                 figs[q] = (fc, f"{name} layer {layer}: {q} to step {last_step}")
-    from madyn.report.plots_forecast import plot_run
+    return rows, summary, figs, k_step
 
-    with output_folder(out_dir, "madyn forecast --run") as out:
-        pd.concat(rows, ignore_index=True).to_csv(out / "curves.csv", index=False)
-        plot_run(figs, out / "forecast.png")
-        write_json(out / "summary.json", {"model": name,
-                                          "last_step": last_step, "level": s.level,
-                                          "layers": summary})
-    return summary
+
+# ---------------------------------------------------------------------------- scoring
+def _interp_log(steps: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values`` (positive) at steps ``at``, linear in log value and log(1 + step)."""
+    return np.exp(np.interp(np.log1p(at), np.log1p(steps), np.log(values)))
+
+
+def score_archive(curves: pd.DataFrame, run: pd.DataFrame) -> dict:
+    """One archived forecast (its curves.csv) against the run's series now: per quantity
+    and layer, for the checkpoints after the forecast's last seen step (``later``) and the
+    planned last step when it has arrived (``final``): the share inside the interval
+    (``coverage``), the median absolute error of the forecast (``err_pct``) and of the last
+    value carried forward (``last_value_err_pct``); per quantity and overall, the same
+    over layers (medians of errors, shares of all values)."""
+    out: dict = {"quantities": {}}
+    every = {"later": [], "final": []}
+    for q, dq in curves.groupby("quantity", sort=False):
+        per = {}
+        for layer, d in dq.groupby("layer", sort=True):
+            d = d.sort_values("step")
+            seen = d[d["seen"].astype(bool)]
+            k, last = int(seen["step"].max()), int(d["step"].max())
+            obs = run[(run["statistic"] == q) & (run["layer"] == layer)
+                      & (run["step"] > k) & (run["step"] <= last)].sort_values("step")
+            if obs.empty:
+                continue
+            at, truth = obs["step"].to_numpy(float), obs["mean"].to_numpy(float)
+            st = d["step"].to_numpy(float)
+            mean, lo, hi = (_interp_log(st, d[c].to_numpy(float), at)
+                            for c in ("mean", "lo", "hi"))
+            lv = float(seen.sort_values("step")["mean"].iloc[-1])
+            cells = {}
+            for part, sel in (("later", np.ones(len(at), bool)), ("final", at == last)):
+                if not sel.any():
+                    continue
+                t = truth[sel]
+                cov = (lo[sel] <= t) & (t <= hi[sel])
+                err = np.abs(mean[sel] - t) / t
+                lerr = np.abs(lv - t) / t
+                cells[part] = {"n": int(sel.sum()), "coverage": round(float(cov.mean()), 3),
+                               "err_pct": round(100 * float(np.median(err)), 2),
+                               "last_value_err_pct": round(100 * float(np.median(lerr)), 2)}
+                every[part].append((q, cov, err, lerr))
+            per[str(int(layer))] = cells
+        out["quantities"][q] = {"layers": per, **{
+            part: _cells([e for e in v if e[0] == q]) for part, v in every.items()
+            if any(e[0] == q for e in v)}}
+    out["overall"] = {part: _cells(v) for part, v in every.items() if v}
+    return out
+
+
+def _cells(entries: list) -> dict:
+    """Coverage over all values, median errors over all values, of (q, covered, err,
+    last-value err) entries."""
+    cov = np.concatenate([e[1] for e in entries])
+    err = np.concatenate([e[2] for e in entries])
+    lerr = np.concatenate([e[3] for e in entries])
+    return {"n": int(len(cov)), "coverage": round(float(cov.mean()), 3),
+            "err_pct": round(100 * float(np.median(err)), 2),
+            "last_value_err_pct": round(100 * float(np.median(lerr)), 2)}
+
+
+def score(run_path: str, out_dir: str) -> dict:
+    """Score every forecast archived under ``out_dir``/archive/from_step<k>/ against the
+    run's series now (``run_path``): :func:`score_archive` per archive; writes
+    ``out_dir``/score.json and returns it (archives with nothing arrived since are listed
+    with ``n`` 0)."""
+    run = pd.read_parquet(run_path)
+    seen_to = int(run["step"].max())
+    doc: dict = {"model": str(run["model"].iloc[0]), "observed_to_step": seen_to,
+                 "archives": {}}
+    arch = Path(out_dir) / "archive"
+    for d in sorted(arch.glob("from_step*"), key=lambda p: int(p.name[9:] or 0)):
+        f = d / "curves.csv"
+        if not f.is_file() or not d.name[9:].isdigit():
+            continue
+        if int(d.name[9:]) >= seen_to:
+            doc["archives"][d.name] = {"n": 0, "note": "nothing arrived since"}
+            continue
+        doc["archives"][d.name] = score_archive(pd.read_csv(f), run)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out_dir) / "score.json", doc)
+    return doc
+
+
+def score_lines(doc: dict) -> list[str]:
+    """What ``madyn forecast --score`` prints: per archive and quantity, the interval's
+    coverage and the median errors of the forecast and the last value, later checkpoints
+    and the final step."""
+    lines = []
+    for name, a in doc["archives"].items():
+        if not a.get("quantities"):
+            lines.append(f"  {name}: {a.get('note', 'nothing to score')}")
+            continue
+        for q, v in list(a["quantities"].items()) + [("all", a.get("overall", {}))]:
+            for part in ("later", "final"):
+                c = v.get(part)
+                if c:
+                    lines.append(f"  {name} {q:6} {part:5}: coverage {c['coverage']:.2f} of "
+                                 f"{c['n']}, error {c['err_pct']:.1f} % (last value "
+                                 f"{c['last_value_err_pct']:.1f} %)")
+    return lines
 
 
 def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
@@ -210,22 +582,13 @@ def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
 
 
 def record_refusal(run_path: str, out_dir: str, reason: str) -> dict:
-    """A run's forecast that cannot be made, recorded (``--record-refusal``): summary.json
-    with ``refused`` (the reason), a curves.csv with its header only and a figure saying
-    why, all at once in a folder madyn made (:func:`madyn.io.output_folder`), so that a
-    single-run suite's workflow goes on. Returns the summary."""
-    from madyn.report.plots_forecast import plot_skipped
-
+    """A run's forecast refused before any forecasting (its planned last step unknown),
+    recorded as :func:`forecast_run` records a refusal (``--record-refusal``), and the
+    archived forecasts still scored. Returns the summary."""
     check_output_folder(out_dir)
-    try:
-        name = str(pd.read_parquet(run_path, columns=["model"])["model"].iloc[0])
-    except (OSError, ValueError, KeyError, IndexError):
-        name = Path(run_path).stem
-    summary = {"model": name, "refused": reason, "layers": {}}
-    with output_folder(out_dir, "madyn forecast --run") as out:
-        pd.DataFrame(columns=["quantity", "layer", "step", "seen", "mean", "lo", "hi",
-                              "prior_mean", "prior_lo", "prior_hi"]).to_csv(
-            out / "curves.csv", index=False)
-        plot_skipped(f"no forecast of {name}: {reason}", out / "forecast.png")
-        write_json(out / "summary.json", summary)
+    name = str(read_run(run_path, [])["model"].iloc[0])
+    out = Path(out_dir)
+    mark_output_folder(out, "madyn forecast --run")
+    summary = _write_refusal(out, name, None, reason, ForecastSettings().level, None)
+    score(run_path, out_dir)
     return summary

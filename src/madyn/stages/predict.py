@@ -277,14 +277,76 @@ def extrapolation_warning(outside: dict[str, dict]) -> str | None:
             + "; the prediction extrapolates")
 
 
+LAYOUT_AXES = ("f_parallel_residual", "f_gated_mlp", "f_qk_norm", "f_post_norm")
+
+
+def recipe_coverage(table: pd.DataFrame, config: dict, last_step: int | None) -> dict:
+    """Whether the training models of the feature table cover the query's recipe:
+    ``outside`` (axis -> {query, min, max} or, for the block layout, {query, trained}):
+    its family's block layout (parallel residual, gated MLP, qk-norm, post-norm) among
+    theirs, its peak lr within their range, its planned ``last_step`` within their last
+    steps, its vocabulary within theirs; ``unknown``: the axes the query does not state
+    (lr without --lr or a recipe in the config; the last step without --last-step)."""
+    from madyn.architecture import design
+    from madyn.predict.features import design_features
+
+    out: dict = {"outside": {}, "unknown": []}
+    if table.empty or "model" not in table:
+        return out
+    models = table.groupby("model").first()
+    feats = design_features(design(config))
+    layout = tuple(feats[k] for k in LAYOUT_AXES)
+    trained = {tuple(float(r[k]) for k in LAYOUT_AXES) for _, r in models.iterrows()
+               if all(k in r for k in LAYOUT_AXES)}
+    if trained and layout not in trained:
+        out["outside"]["block_layout"] = {
+            "query": dict(zip(LAYOUT_AXES, layout, strict=True)),
+            "trained": [dict(zip(LAYOUT_AXES, t, strict=True)) for t in sorted(trained)]}
+    query = {"lr": 10 ** feats["f_log_lr"] if np.isfinite(feats["f_log_lr"]) else None,
+             "last_step": last_step,
+             "vocab_size": config.get("vocab_size")}
+    cols = {"lr": 10 ** models["f_log_lr"] if "f_log_lr" in models else None,
+            "last_step": models.get("last_step"), "vocab_size": models.get("vocab_size")}
+    for axis, q in query.items():
+        col = cols[axis]
+        if col is None or not np.isfinite(np.asarray(col, float)).any():
+            continue
+        if q is None:
+            out["unknown"].append(axis)
+            continue
+        lo, hi = float(np.nanmin(col)), float(np.nanmax(col))
+        if not lo * (1 - 1e-9) <= float(q) <= hi * (1 + 1e-9):
+            out["outside"][axis] = {"query": float(q), "min": lo, "max": hi}
+    return out
+
+
+def recipe_warning(cov: dict) -> str | None:
+    """One line naming what of the query's recipe its training models do not cover."""
+    parts = []
+    for axis, r in cov.get("outside", {}).items():
+        if axis == "block_layout":
+            on = [k[2:] for k, v in r["query"].items() if v == 1.0]
+            parts.append(f"block layout ({', '.join(on) or 'plain'}) not among the "
+                         f"training models' ({len(r['trained'])} layout(s))")
+        else:
+            parts.append(f"{axis} {r['query']:.4g} (trained on {r['min']:.4g}-"
+                         f"{r['max']:.4g})")
+    if not parts:
+        return None
+    return "the training models do not cover the query's recipe: " + "; ".join(parts)
+
+
 def predict(feature_table_path: str, config: dict, steps: list[int] | None,
-             settings: PredictSettings | None, out_dir: str) -> dict:
+             settings: PredictSettings | None, out_dir: str,
+             last_step: int | None = None) -> dict:
     """Predict a new architecture (``config``: a HF config dict or an architecture dict)
     at ``steps`` (None: :func:`default_steps`); write ``curves.csv``, ``summary.json`` and
     ``prediction.png`` in ``out_dir``, all at once (:func:`madyn.io.output_folder`:
     ``out_dir`` new, empty, or madyn's own); returns the summary. A query outside the training
     range (:func:`outside_training_range`) is recorded in the summary's ``extrapolation``
-    and ``warning``."""
+    and ``warning``; one whose recipe (block layout, peak lr, schedule length, vocabulary)
+    the training models do not cover (:func:`recipe_coverage`) in ``recipe_coverage`` and
+    ``recipe_warning``."""
     from madyn.io import check_output_folder, output_folder
 
     s = settings or PredictSettings()
@@ -297,6 +359,10 @@ def predict(feature_table_path: str, config: dict, steps: list[int] | None,
     warning = extrapolation_warning(summary["extrapolation"])
     if warning:
         summary["warning"] = warning
+    summary["recipe_coverage"] = recipe_coverage(table, config, last_step)
+    note = recipe_warning(summary["recipe_coverage"])
+    if note:
+        summary["recipe_warning"] = note
     from madyn.report import plots_predict as pp
 
     with output_folder(out_dir, "madyn predict") as out:
