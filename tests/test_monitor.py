@@ -290,8 +290,12 @@ def test_run_suite_over_a_trainer_folder_runs_to_the_report(trainer_run, tmp_pat
                                                         "checkpoint)"}
     design = read_json(res / "configs/trainer.json")["madyn_design"]
     assert design["optimizer"] == "adamw" and design["lr"] == 3e-3  # the monitor's record
-    # the evaluation batch: held-out text through the checkpoint's own tokenizer
-    assert np.load(res / "eval/tokens_run-trainer.npy").shape == (10, 128)
+    # the evaluation batch: the run's own monitor probe, so the two entries agree
+    from madyn.io import sha256_file
+
+    _, meta = read_stats(stats / "step20.parquet")
+    assert meta["tokens_sha256"] == sha256_file(trainer_run / "madyn-monitor/probe_tokens.npy")
+    assert not (res / "eval/tokens_run-trainer.npy").exists()
 
     # a checkpoint that appears later is the only one measured by the next run
     before = {p.name: p.read_bytes() for p in stats.glob("*.parquet")}
