@@ -383,7 +383,7 @@ def test_step_pattern_with_nested_quantifiers_is_refused_at_once(tmp_path):
     characters): the scan refuses the pattern before matching any name."""
     d = tmp_path / "run"
     (d / ("ck1-" + "a" * 31 + "!")).mkdir(parents=True)
-    code = ("from madyn import runs\n"
+    code = ("from madyn.measure import runs\n"
             "try:\n"
             f"    runs.scan({str(d)!r}, step_pattern=r'ck(\\d+)-(a+)+', where='m')\n"
             "except runs.RunError as e:\n"
@@ -526,6 +526,6 @@ def test_make_run_checks_params_before_dvc_parses_it(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     assert p.returncode != 0
-    assert "madyn check: params.yaml: more than 100000 values" in err, err[-2000:]
+    assert "madyn run: params.yaml: more than 100000 values" in err, err[-2000:]
     assert "Traceback" not in err
     assert not (proj / "results").exists()

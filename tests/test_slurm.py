@@ -126,7 +126,8 @@ def runs(cluster, tmp_path_factory, request):
     proj = copy_workflow(ROOT, tmp_path_factory.mktemp("slurm"), suite="smoke")
     t0 = time.monotonic()
     try:
-        r = _run([*SNAKEMAKE, "--profile", "profiles/slurm"], proj)
+        # --quiet host: the job blocks ("rule x:") the workflow profile hides
+        r = _run([*SNAKEMAKE, "--profile", "profiles/slurm", "--quiet", "host"], proj)
         _say(request, f"smoke suite through SLURM: {time.monotonic() - t0:.0f} s")
     finally:
         ref_rc = ref.wait(timeout=900)

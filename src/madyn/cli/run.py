@@ -43,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         subprocess.call([run.tool("dvc"), "status"], cwd=root)
     from madyn.workflow.answer import answer_lines
 
-    print("\n".join(answer_lines(str(root / params_file.results_dir({"suite": name})))))
+    print("\n".join(answer_lines(params_file.results_dir({"suite": name}))))  # cwd: root
     return 0
 
 

@@ -107,9 +107,9 @@ def _cmd_run_headline(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from madyn.workflow.answer import answer_lines
 
-    lines = answer_lines(args.results)
+    lines = answer_lines(args.results_dir)
     if not lines:
-        raise ValueError(f"{args.results}: no run summary or headline yet")
+        raise ValueError(f"{args.results_dir}: no run summary or headline yet")
     print("\n".join(lines))
     return 0
 
@@ -209,8 +209,8 @@ def register(sub) -> None:
     c = add(sub, "summary", _cmd_summary, "print a suite's answer: its run summary or headline",
             "What a finished run prints last: results/<suite>/report/run_summary.txt (a "
             "single-run suite) or the headline (metrics/headline.json) as a few lines.")
-    c.add_argument("results", help="the suite's results folder (madyn.workflow.params_file."
-                   "results_dir)")
+    c.add_argument("results_dir", metavar="RESULTS", help="the suite's results folder "
+                   "(madyn.workflow.params_file.results_dir)")
 
     c = add(sub, "make-prior", _cmd_make_prior, "a compact forecast prior from a suite's "
              "series", "Per model, quantity (ratio, top1, median), layer and step: the value "
