@@ -69,22 +69,29 @@ def _log_steps(steps: np.ndarray) -> np.ndarray:
     return np.log1p(np.asarray(steps, float))
 
 
+def _log_at_depth(depths: np.ndarray, vals: np.ndarray, depth: float) -> np.ndarray:
+    """One model's log curve (L x S values, layers at relative ``depths``) interpolated to
+    relative ``depth``: an S-vector (NaN where a value is not positive)."""
+    from madyn.predict.curves import interp_depth
+
+    with np.errstate(all="ignore"):
+        logv = np.log(vals)
+    order = np.argsort(depths)
+    return interp_depth(depths[order], logv[order], np.array([depth]))[0]
+
+
 def prior_samples(others: list[tuple[np.ndarray, np.ndarray, np.ndarray]], depth: float,
                   steps: np.ndarray) -> np.ndarray:
     """M x S log curves: each other model (steps, depths, L x S values) at relative
     ``depth`` (linear between its layers, clamped), on ``steps`` (linear in log(1 + step));
     a model whose steps do not reach the last of ``steps`` or whose values are not all
     positive and finite there is left out."""
-    from madyn.predict.curves import interp_depth
 
     out = []
     for o_steps, o_depths, vals in others:
         if o_steps.max() < steps.max() or o_steps.min() > steps.min():
             continue
-        with np.errstate(all="ignore"):
-            logv = np.log(vals)
-        order = np.argsort(o_depths)
-        at = interp_depth(o_depths[order], logv[order], np.array([depth]))[0]
+        at = _log_at_depth(o_depths, vals, depth)
         if not np.isfinite(at).all():
             continue
         out.append(np.interp(_log_steps(steps), _log_steps(o_steps), at))
@@ -303,16 +310,12 @@ def relative_samples(prior: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dep
     (L_p,), L_p x S_p raw values) at relative ``depth`` on the relative steps ``u``; a model
     whose relative steps do not span ``u`` or whose values there are not all positive and
     finite is left out."""
-    from madyn.predict.curves import interp_depth
 
     out = []
     for p_u, p_depths, vals in prior:
         if p_u.min() > u.min() + 1e-9 or p_u.max() < u.max() - 1e-9:
             continue
-        with np.errstate(all="ignore"):
-            logv = np.log(vals)
-        order = np.argsort(p_depths)
-        at = interp_depth(p_depths[order], logv[order], np.array([depth]))[0]
+        at = _log_at_depth(p_depths, vals, depth)
         if not np.isfinite(at).all():
             continue
         out.append(np.interp(rel_axis(u), rel_axis(p_u), at))
