@@ -70,6 +70,26 @@ def test_scan_finds_checkpoints_and_records_stray_entries(run_dir):
     assert "no step in its name" in sc.skipped["README.md"]
 
 
+def test_planning_a_run_folder_imports_no_torch(run_dir):
+    """Every Snakemake start (each DVC stage is one) plans the run folder: its checks read
+    headers and configs, and must not pay for importing torch (seconds per start)."""
+    code = ("import sys; from madyn.measure import runs; "
+            f"assert runs.scan({str(run_dir)!r}).steps == [1, 4, 10]; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_known_activations_are_transformers_own():
+    from transformers.activations import ACT2FN
+
+    from madyn.measure.checkpoints import known_activations
+
+    assert known_activations() == frozenset(ACT2FN) and "gelu" in known_activations()
+
+
 def test_trainer_state_global_step_wins_over_the_name(run_dir):
     (run_dir / "checkpoint-10" / "trainer_state.json").write_text(
         json.dumps({"global_step": 11, "log_history": []}))

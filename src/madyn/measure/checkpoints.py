@@ -4,6 +4,7 @@ tokens), and the weights' fingerprint."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -332,6 +333,34 @@ ROTARY_KEYS = ("partial_rotary_factor", "rotary_pct")
 ROPE_DICTS = ("rope_parameters", "rope_scaling")
 
 
+@functools.lru_cache(maxsize=1)
+def known_activations() -> frozenset[str]:
+    """The activation names transformers builds (``transformers.activations.ACT2CLS``'s
+    keys), read from that module's source without importing it: importing it imports
+    torch, seconds at every Snakemake start that plans a run folder. The import is the
+    fallback when the source holds no literal ``ACT2CLS = {...}``."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    if spec is not None and spec.origin is not None:
+        source = Path(spec.origin).with_name("activations.py")
+        try:
+            tree = ast.parse(source.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            tree = None
+        for node in ast.walk(tree) if tree is not None else ():
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                    and any(isinstance(t, ast.Name) and t.id == "ACT2CLS"
+                            for t in node.targets)
+                    and all(isinstance(k, ast.Constant) and isinstance(k.value, str)
+                            for k in node.value.keys)):
+                return frozenset(k.value for k in node.value.keys)
+    from transformers.activations import ACT2FN
+
+    return frozenset(ACT2FN)
+
+
 def check_config_values(config: dict, where: str) -> None:
     """The values transformers builds a model from, checked before it does (it would raise
     a KeyError, a ZeroDivisionError or a storage overflow while building): each size key
@@ -370,9 +399,7 @@ def check_config_values(config: dict, where: str) -> None:
         act = config.get(key)
         if act is None:
             continue
-        from transformers.activations import ACT2FN
-
-        if not (isinstance(act, str) and act in ACT2FN):
+        if not (isinstance(act, str) and act in known_activations()):
             raise bad(f"{key} {act!r} is not an activation transformers knows")
     places = [("", config)] + [(f"{k}.", config[k]) for k in ROPE_DICTS
                                 if isinstance(config.get(k), dict)]
