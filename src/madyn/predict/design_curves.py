@@ -236,7 +236,10 @@ class Predictor:
         Zs = (np.column_stack([depths, depths ** 2, f]) - self.mu) / self.sd
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return base + getattr(self, f"_predict_{self.kind}")(Zs)
+            out = base + getattr(self, f"_predict_{self.kind}")(Zs)
+        # never beyond what any training curve reached at that time (as the parameter
+        # predictors are clipped): a linear model far outside the designs seen overflows
+        return np.clip(out, self.train.Y.min(0), self.train.Y.max(0))
 
     # kernel ridge -----------------------------------------------------------------
     def _fit_kernel_ridge(self, Zs, R, train):
@@ -459,16 +462,12 @@ def lodo(data: DesignData, kinds: tuple[str, ...] = KINDS, nested: bool = True,
     return table, doc, held_pred
 
 
-def winner(doc: dict) -> str:
-    """The kind to use on all designs: the one the nested selection chose most often
-    across the outer folds (ties: the better outer median curve R^2)."""
-    counts = doc.get("chosen_counts") or {}
-    if not counts:
-        per = {k: v for k, v in doc["per_kind"].items() if k != "nested"}
-        return max(per, key=lambda k: per[k]["r2_median"])
-    top = max(counts.values())
-    tied = [k for k, v in counts.items() if v == top]
-    return max(tied, key=lambda k: doc["per_kind"][k]["r2_median"])
+def winner(data: DesignData, kinds: tuple[str, ...] = KINDS, seed: int = 0,
+           xgb_params: dict | None = None) -> tuple[str, dict[str, float]]:
+    """The kind to use on all designs: the selection the nested leave-one-design-out
+    scores, applied to every design (:func:`select_kind`); its honest error is that of
+    ``nested``, not the winner's own outer score (chosen after seeing it)."""
+    return select_kind(data, kinds, seed, xgb_params)
 
 
 # ---------------------------------------------------------------------------- efficiency

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from madyn.predict import design_curves as dc
-from madyn.predict.forecast import ForecastError, observed_upto, rel_axis
+from madyn.predict.forecast import observed_upto, rel_axis
 
 OFFSET_POINTS = 3
 

@@ -70,7 +70,7 @@ def evaluate(series_paths: list[str], config_paths: list[str], designs: dict[str
         data = load(series_paths, config_paths, designs, recipes, q)
         table, summary, held = dc.lodo(data, dc.KINDS, nested=True, seed=seed,
                                        workers=workers)
-        summary["winner"] = dc.winner(summary)
+        summary["winner"], summary["winner_inner_log_mse"] = dc.winner(data, dc.KINDS, seed)
         summary["features"] = dc.usable_features(data.X, sorted(set(data.models)))
         doc["quantities"][q] = summary
         tables.append(table.assign(quantity=q))

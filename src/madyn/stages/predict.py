@@ -376,7 +376,9 @@ def _predict_auto(feature_table_path: str, config: dict, steps: list[int],
         doc = read_json(files["design_lodo"]).get("quantities", {}).get(s.quantity)
         if doc and doc.get("winner") in KINDS:
             kind = doc["winner"]
-            measured = {**doc["per_kind"][kind], "nested": doc["per_kind"].get("nested"),
+            # the honest error of the choice: the nested selection's, on unseen designs
+            measured = {**(doc["per_kind"].get("nested") or doc["per_kind"][kind]),
+                        "winner_own_lodo": doc["per_kind"][kind],
                         "mean_log": doc["per_kind"].get("mean_log")}
     designs = design_labels(suite) if suite else {}
     recipes = design_lodo.suite_recipes(suite) if suite else {}
