@@ -74,3 +74,41 @@ def test_predict_auto_reads_the_nested_lodo_winner(suite_dir, tmp_path, capsys):
     assert summary["model_type"] == "eb_shrink"
     assert summary["chosen_by"].startswith("nested leave-one-design-out")
     assert "model eb_shrink" in err
+
+
+def test_forecast_run_from_a_design_prior(suite_dir, tmp_path):
+    """make-prior --design-lodo, then a run of a new design forecast from its predicted
+    curve: the summary names the design prior, intervals hold the point forecast."""
+    from madyn.stages import forecast as fst
+
+    doc = {"quantities": {q: {"winner": "eb_shrink", "per_kind": {"eb_shrink": {
+        "r2_median": 0.5}}} for q in ("ratio",)},
+           "forecast": {"level": 0.9, "ratio": {"calibration": {
+               "forecast": {"0.1": 0.6, "0.25": 0.4, "0.5": 0.2},
+               "prior": {"0.1": 0.8, "0.25": 0.8, "0.5": 0.8}}}}}
+    write_json(tmp_path / "design_lodo.json", doc)
+    series = sorted(map(str, (suite_dir / "series").glob("*.parquet")))
+    configs = sorted(map(str, (suite_dir / "configs").glob("*.json")))
+    run_name = "l4-w64-h4"
+    prior_series = [p for p in series if run_name not in p]
+    man = fst.make_prior(prior_series, str(tmp_path / "p.parquet"), configs,
+                         quantities=("ratio",), design_lodo=str(tmp_path / "design_lodo.json"))
+    assert man["design_prior"]["quantities"]["ratio"]["kind"] == "eb_shrink"
+    assert all("features" in m for m in man["models"].values())
+    import pandas as pd
+
+    run = pd.read_parquet([p for p in series if run_name in p][0])
+    run = run[run["step"] <= 300]
+    run.to_parquet(tmp_path / "run.parquet")
+    folder = tmp_path / "runfolder"
+    folder.mkdir()
+    write_json(folder / "config.json", read_json([c for c in configs if run_name in c][0]))
+    from madyn.settings import ForecastSettings
+
+    s = ForecastSettings.from_dict({"quantities": ["ratio"]})
+    out = fst.forecast_run(str(tmp_path / "run.parquet"), 1200, str(tmp_path / "fc"), s,
+                           prior=[str(tmp_path / "p.parquet")], run_folder=str(folder))
+    assert out["design_prior"]["quantities"]["ratio"]["kind"] == "eb_shrink"
+    for layer in out["layers"]["ratio"].values():
+        f = layer["final"]
+        assert 0 < f["lo"] <= f["value"] <= f["hi"]
