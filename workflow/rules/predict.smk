@@ -70,7 +70,7 @@ rule predict_example:
     # `madyn predict` on params.yaml's predict.example: an architecture outside the suite
     # (predict_model auto: the curve-space winner, trained on the suite's series)
     input:
-        FEATURES,
+        features=FEATURES,
         series=[series_path(m) for m in MODELS],
         configs=[config_path(m) for m in MODELS],
     output:
@@ -90,7 +90,7 @@ rule predict_example:
     conda:
         ENV
     shell:
-        "madyn predict --features {input[0]:q} --layers {params.ex[layers]:q} "
+        "madyn predict --features {input.features:q} --layers {params.ex[layers]:q} "
         "--width {params.ex[width]:q} --heads {params.ex[heads]:q} --out {params.outdir:q} "
         "--settings-json {params.settings:q} --suite-json {params.suite:q} 2> {log:q}"
 
