@@ -72,6 +72,11 @@ rule features_all:
         FEATURES,
 
 
+rule design_lodo_all:
+    input:
+        f"{RESULTS}/metrics/design_lodo.json",
+
+
 rule predict_all:
     input:
         predict_outputs(),

@@ -33,10 +33,46 @@ rule evaluate:
         "--out-dir {params.outdir:q} --threads {threads:q} 2> {log:q}"
 
 
+rule design_lodo:
+    # the curve-space predictors under nested leave-one-design-out, the sample-efficiency
+    # curve and the design-prior forecast backtest (not in `all`: heavy on tens of designs;
+    # `snakemake design_lodo_all`; madyn predict reads its winner when it is there)
+    input:
+        series=[series_path(m) for m in MODELS],
+        configs=[config_path(m) for m in MODELS],
+    output:
+        metrics=f"{RESULTS}/metrics/design_lodo.json",
+        table=f"{RESULTS}/predict/design_lodo.csv",
+        efficiency=f"{RESULTS}/predict/sample_efficiency.csv",
+        backtest=f"{RESULTS}/forecast/design_backtest.csv",
+        figure=report(f"{RESULTS}/predict/sample_efficiency.png", category="Prediction",
+                      caption="../report/sample_efficiency.rst"),
+    params:
+        suite=json.dumps(SUITE_CFG),
+        fit=json.dumps(config["fit"]),
+        fractions=config.get("forecast", {}).get("fractions", [0.1, 0.25, 0.5]),
+    threads: min(8, len(MODELS))
+    resources:
+        mem_mb=3000,
+    log:
+        f"{RESULTS}/logs/design_lodo.log",
+    conda:
+        ENV
+    shell:
+        "madyn step design-lodo --series {input.series:q} --configs {input.configs:q} "
+        "--suite-json {params.suite:q} --fit-settings-json {params.fit:q} "
+        "--fractions {params.fractions:q} --threads {threads:q} --out {output.metrics:q} "
+        "--out-csv {output.table:q} --out-efficiency {output.efficiency:q} "
+        "--out-backtest {output.backtest:q} --out-png {output.figure:q} 2> {log:q}"
+
+
 rule predict_example:
     # `madyn predict` on params.yaml's predict.example: an architecture outside the suite
+    # (predict_model auto: the curve-space winner, trained on the suite's series)
     input:
-        FEATURES,
+        features=FEATURES,
+        series=[series_path(m) for m in MODELS],
+        configs=[config_path(m) for m in MODELS],
     output:
         curves=f"{RESULTS}/predict/example/curves.csv",
         summary=f"{RESULTS}/predict/example/summary.json",
@@ -44,6 +80,7 @@ rule predict_example:
                       caption="../report/prediction.rst"),
     params:
         ex=config["predict"].get("example", {}),
+        suite=json.dumps(SUITE_CFG),
         settings=json.dumps(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.curves),
     resources:
@@ -53,9 +90,9 @@ rule predict_example:
     conda:
         ENV
     shell:
-        "madyn predict --features {input:q} --layers {params.ex[layers]:q} "
+        "madyn predict --features {input.features:q} --layers {params.ex[layers]:q} "
         "--width {params.ex[width]:q} --heads {params.ex[heads]:q} --out {params.outdir:q} "
-        "--settings-json {params.settings:q} 2> {log:q}"
+        "--settings-json {params.settings:q} --suite-json {params.suite:q} 2> {log:q}"
 
 
 rule forecast:

@@ -17,12 +17,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         q = predict.query(**pick(args, "params", "settings_json", "features", "config",
                                   "layers", "width", "heads", "ff_mult", "rotary_pct",
                                   "vocab_size", "family", "sequential", "optimizer", "lr",
-                                  "eps", "steps"))
+                                  "eps", "steps", "suite_json"))
     except predict.InputError as e:
         say(f"madyn predict: {e}")
         return 2
-    summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out,
-                              last_step=args.last_step)
+    try:
+        summary = predict.predict(q.features, q.config, q.steps, q.settings, args.out,
+                                  last_step=args.last_step, suite=q.suite)
+    except predict.InputError as e:
+        say(f"madyn predict: {e}")
+        return 2
+    if summary.get("fallback"):
+        say(f"madyn predict: note: {summary['fallback']}")
+    say(f"madyn predict: {predict.model_line(summary)}")
     if summary.get("warning"):
         say(f"madyn predict: warning: {summary['warning']}")
     if summary.get("recipe_warning"):
@@ -128,6 +135,8 @@ def register(sub) -> list[tuple[str, str]]:
     d.add_argument("--eps", type=float, help="Adam epsilon, in (0, 1]")
     c.add_argument("--params", default="params.yaml", help="settings (default params.yaml)")
     c.add_argument("--settings-json", help="PredictSettings as JSON (instead of --params)")
+    c.add_argument("--suite-json", help="with --settings-json: the suite's section as JSON "
+                   "(its design labels and recipes, for predict_model auto)")
     c.add_argument("--features", help="feature table (default: the active suite's; "
                    "required with --settings-json)")
     c.add_argument("--steps", help="comma-separated steps (default: log-spaced to the "

@@ -114,12 +114,39 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite_designs(suite: dict | None, series: list[str]) -> tuple[dict, dict]:
+    """(model -> design label, model -> recipe) of a suite section given as JSON."""
+    from madyn.stages.design_lodo import suite_recipes
+    from madyn.workflow.params_file import design_labels
+
+    if not suite:
+        return {}, {}
+    return design_labels(suite), suite_recipes(suite)
+
+
+def _cmd_design_lodo(args: argparse.Namespace) -> int:
+    from madyn.settings import FitSettings
+    from madyn.stages import design_lodo
+
+    designs, recipes = _suite_designs(json_arg(args.suite_json), args.series)
+    doc = design_lodo.evaluate(
+        args.series, args.configs, designs, recipes, args.quantities, args.out,
+        args.out_csv, args.out_efficiency, args.out_png, workers=args.threads,
+        out_backtest=args.out_backtest, fractions=tuple(args.fractions),
+        fit_settings=FitSettings.from_dict(json_arg(args.fit_settings_json)),
+        early_fit=not args.no_early_fit)
+    for line in design_lodo.table_lines(doc):
+        say(line)
+    return 0
+
+
 def _cmd_make_prior(args: argparse.Namespace) -> int:
     from madyn.stages import forecast
 
     man = forecast.make_prior(args.series, args.out, args.configs, args.tokens,
                               json_arg(args.train_json), json_arg(args.models_json),
-                              args.suite, evaluation=json_arg(args.eval_json))
+                              args.suite, evaluation=json_arg(args.eval_json),
+                              design_lodo=args.design_lodo)
     say(f"make-prior: {len(man['models'])} models, {man['rows']} rows -> {args.out} "
         f"(manifest {args.out.rsplit('.', 1)[0]}.json)")
     return 0
@@ -231,5 +258,35 @@ def register(sub) -> None:
     c.add_argument("--suite", help="the suite's name, for the manifest")
     c.add_argument("--eval-json", help="the suite's extract section as JSON (n_seqs, "
                    "seq_len), when no --tokens")
+    c.add_argument("--design-lodo", help="the suite's design_lodo.json (madyn step "
+                   "design-lodo): the prior then forecasts from the run's design's predicted "
+                   "curve, with its calibrated intervals")
     c.add_argument("--out", required=True, help="the prior (.parquet; its manifest .json "
                    "beside it)")
+
+    c = add(sub, "design-lodo", _cmd_design_lodo, "curve-space predictors of a design "
+             "under nested leave-one-design-out, the sample-efficiency curve and the "
+             "design-prior forecast backtest",
+             "Mean curve, kernel ridge, Gaussian process, empirical-Bayes shrinkage and "
+             "XGBoost predict each layer's log curve on time relative to the schedule from "
+             "the design features; each design (all its seeds) is held out in turn, and "
+             "the model is chosen inside each fold by grouped K-fold over the other "
+             "designs. Prints a table per quantity.",
+             example="madyn step design-lodo --series results/firsttoken-reference/series/"
+             "*.parquet --configs results/firsttoken-reference/configs/*.json --suite-json "
+             "\"$(madyn check --suite-json)\" --out design_lodo.json ...")
+    c.add_argument("--series", nargs="+", required=True, help="series .parquet files")
+    c.add_argument("--configs", nargs="+", required=True, help="config.json per model, "
+                   "named <model>.json")
+    c.add_argument("--suite-json", help="the suite's section as JSON (design labels, "
+                   "recipes)")
+    c.add_argument("--quantities", nargs="+", default=["ratio", "top1", "median"])
+    c.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.25, 0.5])
+    c.add_argument("--fit-settings-json", help="params.yaml's fit section (the early-fit "
+                   "baseline)")
+    c.add_argument("--no-early-fit", action="store_true", help="leave the early AICc fit "
+                   "baseline out (it costs most of the backtest)")
+    c.add_argument("--threads", type=positive_int, default=1,
+                   help="processes the held-out designs are spread over")
+    outs(c, "--out", "--out-csv", "--out-efficiency", "--out-backtest")
+    c.add_argument("--out-png", help="the sample-efficiency figure")

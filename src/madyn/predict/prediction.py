@@ -10,6 +10,7 @@ prediction. Peaks are taken on a dense step grid over the requested step range.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -86,7 +87,9 @@ def predict_architecture(table: pd.DataFrame, config_or_arch: dict, steps,
     d = usable_rows(table)
     if d.empty:
         raise ValueError("feature table has no usable rows to train on")
-    if s.predict_model == "mean_curve":  # uses depth alone: no shape or design feature
+    if s.predict_model in ("mean_curve", "auto"):  # depth alone: no shape or design feature
+        # (auto, the curve-space winner, needs the suite's series: madyn.stages.predict)
+        s = dataclasses.replace(s, predict_model="mean_curve")
         curves, summary = _predict_mean_curve(d, arch, steps, s)
         return curves, {**summary, "features": [], "design_features": {}}
     names = param_names(d)

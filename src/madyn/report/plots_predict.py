@@ -106,7 +106,27 @@ def plot_prediction(curves: pd.DataFrame, summary: dict, out: str | Path) -> Non
     lo, hi = summary.get("interval", [5, 95])
     ax.set_title(f"Predicted ({summary.get('model_type')}): L={a.get('num_hidden_layers')}, "
                  f"d={a.get('hidden_size')}, heads={a.get('num_attention_heads')}; "
-                 f"bands {lo:g}-{hi:g}% (model bootstrap)", fontsize=9)
+                 f"bands {lo:g}-{hi:g}% ({summary.get('interval_method', 'model bootstrap')})",
+                 fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1)
+    save_figure(fig, out)
+
+
+def plot_sample_efficiency(eff: pd.DataFrame, quantity: str, out: str | Path) -> None:
+    """Error on unseen designs against the number of training designs: median curve R^2
+    (left) and mean final-value error (right), one line per predictor."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for kind, g in eff.groupby("kind", sort=False):
+        g = g.sort_values("n_train")
+        a1.plot(g["n_train"], g["r2_median"], "o-", label=kind)
+        a2.plot(g["n_train"], 100 * g["final_rel_err_mean"], "o-", label=kind)
+    a1.set_ylabel("median curve R² (held-out designs)")
+    a2.set_ylabel("final-value error, mean (%)")
+    for a in (a1, a2):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("training designs")
+        a.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    fig.suptitle(f"Sample efficiency ({quantity}): leave-one-design-out on random subsets")
     save_figure(fig, out)

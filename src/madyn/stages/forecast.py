@@ -187,15 +187,19 @@ def eval_batch(series: pd.DataFrame, tokens: str | None = None) -> dict:
 def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None = None,
                tokens: str | None = None, train: dict | None = None,
                models: list[dict] | None = None, suite: str | None = None,
-               quantities=forecast.FORECAST_QUANTITIES, evaluation: dict | None = None
-               ) -> dict:
+               quantities=forecast.FORECAST_QUANTITIES, evaluation: dict | None = None,
+               design_lodo: str | None = None) -> dict:
     """Write a compact prior (``out``, Parquet: one row per model, quantity, layer and
     step with relative depth and relative step u = step / last step) and its manifest
     (``out`` with ``.json``: per model its family, vocab_size, n_layers (from
     ``config_paths``, matched by file stem), last_step, schedule and peak lr (from
     ``train``, a suite's train section, and ``models``, its entries), eval batch (the
     series' sequences, ``tokens``' shape and sha256, then ``evaluation``'s keys n_seqs,
-    seq_len); the suite and package versions).
+    seq_len); the suite and package versions). With ``design_lodo`` (a suite's
+    design_lodo.json): per model also its ``design`` label and design ``features``
+    (:func:`madyn.predict.design_curves.model_features`), and ``design_prior``: per
+    quantity the predictor the nested leave-one-design-out chose and the intervals'
+    conformal calibration, so that a run is forecast from its design's predicted curve.
     Returns the manifest."""
     import importlib.metadata as md
 
@@ -220,6 +224,14 @@ def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None
              "eval": {**eval_batch(s, tokens), **{
                  k: v for k, v in (evaluation or {}).items() if k in ("n_seqs", "seq_len")}}}
         recipes[name] = {k: v for k, v in r.items() if v is not None}
+        if design_lodo and cfg:
+            from madyn.predict.design_curves import model_features
+            from madyn.stages.design_lodo import suite_recipes
+            from madyn.workflow.params_file import design_label
+
+            rec = suite_recipes({"train": train, "models": [entry or {"name": name}]})
+            recipes[name]["design"] = design_label(entry) if entry else name
+            recipes[name]["features"] = model_features(cfg, last, rec.get(name))
     table = pd.concat(rows, ignore_index=True)[PRIOR_COLUMNS]
     manifest = {"made_by": "madyn step make-prior", "suite": suite,
                 "made_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -227,6 +239,15 @@ def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None
                 "train": train, "rows": len(table),
                 "versions": {k: md.version(k) for k in ("madyn", "torch", "transformers")
                              if _installed(k)}}
+    if design_lodo:
+        doc = read_json(design_lodo)
+        fc = doc.get("forecast", {})
+        manifest["design_prior"] = {
+            "level": fc.get("level"),
+            "quantities": {q: {"kind": v["winner"],
+                               "lodo": v["per_kind"][v["winner"]],
+                               "calibration": fc.get(q, {}).get("calibration", {})}
+                           for q, v in doc["quantities"].items()}}
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
     write_json(Path(out).with_suffix(".json"), manifest)
@@ -380,6 +401,20 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     # a prior that cannot be read is bad input, never a recorded refusal
     table, recipes, source = load_prior(prior, series_paths, name, s.quantities)
     info = run_recipe(run, last_step, run_folder, run_tokens, recipe)
+    design = None if series_paths else design_prior(prior)
+    run_config = _run_config(run_folder) if design else None
+    if design and run_config is not None:
+        try:
+            result = _forecast_design(run, name, last_step, design, run_config, info, s, fs)
+        except forecast.ForecastError as e:
+            if not record_refusal:
+                raise
+            mark_output_folder(out, "madyn forecast --run")
+            summary = _write_refusal(out, name, last_step, str(e), s.level, None)
+            score(run_path, out_dir)
+            return summary
+        return _write_forecast(out, run_path, out_dir, name, last_step, s, result,
+                               str(design["path"]), None, design_doc=result[4])
     try:
         distance = forecast.prior_distance(info, recipes) if recipes else None
         if distance is not None:
@@ -394,10 +429,21 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
         summary = _write_refusal(out, name, last_step, str(e), s.level, distance)
         score(run_path, out_dir)
         return summary
-    rows, summary, figs, k_step = result
+    return _write_forecast(out, run_path, out_dir, name, last_step, s, result, source,
+                           distance)
+
+
+def _write_forecast(out: Path, run_path: str, out_dir: str, name: str, last_step: int,
+                    s: ForecastSettings, result: tuple, source: str, distance: dict | None,
+                    design_doc: dict | None = None) -> dict:
+    """Write a forecast's curves.csv, its archive copy, forecast.png, summary.json and
+    score.json; returns the summary."""
+    rows, summary, figs, k_step = result[:4]
     summary_doc = {"model": name, "last_step": last_step, "level": s.level,
                    "seen_to_step": k_step, "time": "relative: step / planned last step",
                    "prior": source, "prior_distance": distance, "layers": summary}
+    if design_doc is not None:
+        summary_doc["design_prior"] = design_doc
     mark_output_folder(out, "madyn forecast --run")
     curves = pd.concat(rows, ignore_index=True)
     with atomic_path(out / "curves.csv") as tmp:
@@ -413,6 +459,147 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     write_json(out / "summary.json", summary_doc)
     score(run_path, out_dir)
     return summary_doc
+
+
+def design_prior(prior: list[str] | None) -> dict | None:
+    """The first prior (``prior``, default the committed ones) whose manifest carries a
+    ``design_prior`` (make-prior --design-lodo): {path, manifest, table}; None if none."""
+    from madyn.io import read_json
+
+    paths = [Path(p) for p in prior] if prior else sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
+    for path in paths:
+        man = path.with_suffix(".json")
+        if not (path.is_file() and man.is_file()):
+            continue
+        doc = read_json(man)
+        if doc.get("design_prior") and all("features" in m for m in doc["models"].values()):
+            return {"path": path, "manifest": doc, "table": pd.read_parquet(path)}
+    return None
+
+
+def _run_config(run_folder: str | None) -> dict | None:
+    """The run's config.json (its newest checkpoint's, or the folder's own); None when
+    there is none or it is not a decoder the architecture reader knows."""
+    from madyn.architecture import ArchitectureError, architecture
+    from madyn.io import read_json
+
+    if not run_folder:
+        return None
+    root = Path(run_folder)
+    cands = [root / "config.json"]
+    try:
+        from madyn.measure.runs import scan
+
+        cands.insert(0, scan(root).last() / "config.json")
+    except Exception:  # noqa: BLE001 - any unreadable run folder: no config
+        pass
+    for c in cands:
+        if c.is_file():
+            try:
+                cfg = read_json(c)
+                architecture(cfg)
+                return cfg
+            except (OSError, ValueError, ArchitectureError):
+                continue
+    return None
+
+
+def _design_data(table: pd.DataFrame, manifest: dict, quantity: str):
+    """A design prior's rows of ``quantity`` (:class:`madyn.predict.design_curves.
+    DesignData`) from its table and manifest."""
+    from madyn.predict import design_curves as dc
+
+    curves = {}
+    for m, d in table[table["quantity"] == quantity].groupby("model", sort=True):
+        wide = d.pivot_table(index="layer", columns="step", values="value").sort_index()
+        n = int(wide.index.max()) + 1
+        curves[str(m)] = (wide.columns.to_numpy(float), (wide.index.to_numpy(float) + 1) / n,
+                          wide.to_numpy(float))
+    models = manifest["models"]
+    feats = pd.DataFrame.from_dict({m: models[m]["features"] for m in curves}, orient="index")
+    return dc.design_data(curves, {m: models[m].get("design", m) for m in curves}, feats)
+
+
+def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
+                     config: dict, info: dict, s: ForecastSettings, fs: FitSettings
+                     ) -> tuple:
+    """Every quantity's and layer's forecast from the run's design's predicted curve
+    (:mod:`madyn.predict.design_forecast`): (curve rows, summary per quantity and layer,
+    the figure's layers, the last step seen, the design prior's record)."""
+    from madyn.predict import design_curves as dc
+    from madyn.predict import design_forecast as dfc
+
+    man = design["manifest"]
+    dp = man["design_prior"]
+    rec = {k: info[k] for k in ("lr", "schedule", "optimizer", "eps", "warmup",
+                                "weight_decay", "beta2", "batch_size", "bos") if k in info}
+    feats = dc.model_features(config, float(last_step), rec)
+    rows, summary, figs, record = [], {}, {}, {"quantities": {}}
+    k_step = None
+    for q in s.quantities:
+        steps_seen, depths, vals = forecast.layer_curves(run, q)
+        k_step = int(steps_seen[-1])
+        if last_step <= steps_seen[-1]:
+            raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
+                                         f"last checkpoint ({k_step})")
+        if q not in dp["quantities"]:
+            raise ForecastRefused(f"the design prior has no {q!r}")
+        cfg_q = dp["quantities"][q]
+        data = _design_data(design["table"], man, q)
+        pred = dc.Predictor(cfg_q["kind"]).fit(data)
+        row = {c: feats.get(c, float("nan")) for c in data.X.columns}
+        imputed = [c for c in pred.cols if not np.isfinite(row[c])]
+        for c in imputed:
+            row[c] = float(np.median(data.X[c].to_numpy(float)))
+        same = [m for m in sorted(set(data.models.tolist()))
+                if all(np.isclose(data.X.loc[m, c], row[c]) for c in pred.cols)]
+        if same:
+            prior_grid = dc.mean_log_curves(data.subset(np.isin(data.models, same)), depths)
+            source = f"the mean of {len(same)} model(s) of the run's design: {same}"
+        else:
+            prior_grid = pred.predict(pd.DataFrame([row] * len(depths)), depths)
+            source = f"{cfg_q['kind']} prediction for the run's design"
+        prior_u = np.unique(np.concatenate([c[0] / c[0].max() for c in data.curves.values()]))
+        steps = np.r_[steps_seen, _future_steps(steps_seen, last_step, prior_u)]
+        u = steps / last_step
+        k = len(steps_seen)
+        frac = float(steps_seen[-1]) / last_step
+        qf = dfc.calibrated_q(cfg_q["calibration"]["forecast"], frac)
+        qp = max(cfg_q["calibration"]["prior"].values())
+        record["quantities"][q] = {"prior": source, "kind": cfg_q["kind"],
+                                   "imputed_features": imputed, "seen_fraction": frac,
+                                   "q_final": qf, "lodo": cfg_q.get("lodo")}
+        summary[q] = {}
+        for layer in range(len(depths)):
+            prior_log = np.interp(forecast.rel_axis(u), dc.GRID_V, prior_grid[layer])
+            mean = dfc.offset_forecast(u, vals[layer], prior_log)
+            hw = dfc.half_widths(u, k, qf)
+            lo, hi, mid = np.exp(mean - hw), np.exp(mean + hw), np.exp(mean)
+            fitted = [_asymptote(steps, c, fs) for c in (lo, mid, hi)]
+            a = sorted(fitted)
+            peaks = sorted(float(steps[int(np.argmax(c))]) for c in (lo, mid, hi))
+            summary[q][str(layer)] = {
+                "final": {"value": float(mid[-1]), "lo": float(lo[-1]), "hi": float(hi[-1])},
+                "last_seen": float(vals[layer][-1]),
+                "asymptote": {"value": fitted[1], "lo": a[0], "hi": a[-1]},
+                "peak_step": {"value": float(steps[int(np.argmax(mid))]), "lo": peaks[0],
+                              "hi": peaks[-1]},
+                "peak_before_last_step": float(np.argmax(mid) < len(steps) - 1)}
+            rows.append(pd.DataFrame({
+                "quantity": q, "layer": layer, "step": steps.astype(int),
+                "seen": np.arange(len(steps)) < k, "mean": mid, "lo": lo, "hi": hi,
+                "prior_mean": np.exp(prior_log), "prior_lo": np.exp(prior_log - qp),
+                "prior_hi": np.exp(prior_log + qp)}))
+            if layer == len(depths) // 2:
+                fc = forecast.Forecast(steps=steps, mean=mid, lo=lo, hi=hi, observed=k,
+                                       final=(float(mid[-1]), float(lo[-1]), float(hi[-1])),
+                                       peak_step=tuple(peaks), peak_before_end=0.0,
+                                       prior_mean=np.exp(prior_log),
+                                       prior_lo=np.exp(prior_log - qp),
+                                       prior_hi=np.exp(prior_log + qp))
+                figs[q] = (fc, f"{name} layer {layer}: {q} to step {last_step} "
+                               "(design prior)")
+    return rows, summary, figs, k_step, record
 
 
 def _forecast_all(run: pd.DataFrame, name: str, last_step: int, table: pd.DataFrame,

@@ -3,6 +3,7 @@ architecture's curves; plus the checks of a user's architecture input (``madyn p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ class Query:
     steps: list[int] | None
     settings: PredictSettings
     design_options: tuple[str, ...] = ()
+    suite: dict | None = None
 
 
 def query(*, params: str = "params.yaml", settings_json: str | None = None,
@@ -132,7 +134,7 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
           ff_mult: int | None = None, rotary_pct: float | None = None,
           vocab_size: int = 512, family: str | None = None, sequential: bool = False,
           optimizer: str | None = None, lr: float | None = None, eps: float | None = None,
-          steps: str | None = None) -> Query:
+          steps: str | None = None, suite_json: str | None = None) -> Query:
     """Assemble and check a ``madyn predict`` query from its options: the settings from
     ``settings_json`` (JSON text; then ``features`` is required) or the params file
     ``params`` (``features`` defaulting to its active suite's feature table); the
@@ -144,6 +146,12 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
 
     from madyn.workflow import params_file
 
+    suite = None
+    if suite_json:
+        try:
+            suite = json.loads(suite_json)
+        except ValueError as e:
+            raise InputError(f"--suite-json: {e}") from None
     if settings_json:
         if not features:
             raise InputError("--features is required with --settings-json")
@@ -155,6 +163,7 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
         cfg = params_file.load(params)
         settings = PredictSettings.from_dict(params_file.predict_settings(cfg))
         features = features or params_file.feature_table(cfg)
+        suite = suite or params_file.active(cfg)
     shape = (layers, width, heads)
     if config:
         arch = load_config(config)
@@ -173,7 +182,7 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
     given = tuple(f"--{k}" for k, v in (("family", family), ("optimizer", optimizer),
                                         ("lr", lr), ("eps", eps)) if v)
     return Query(features, arch, step_list, settings,
-                 given or (("--sequential",) if sequential else ()))
+                 given or (("--sequential",) if sequential else ()), suite)
 
 
 def design_note(q: Query, summary: dict) -> str | None:
@@ -336,9 +345,83 @@ def recipe_warning(cov: dict) -> str | None:
     return "the training models do not cover the query's recipe: " + "; ".join(parts)
 
 
+def suite_files(feature_table_path: str) -> dict[str, list[str] | str]:
+    """The files beside a suite's feature table (``<results>/features/...``): its series,
+    configs and design_lodo metrics."""
+    root = Path(feature_table_path).resolve().parents[1]
+    return {"series": sorted(map(str, (root / "series").glob("*.parquet"))),
+            "configs": sorted(map(str, (root / "configs").glob("*.json"))),
+            "design_lodo": str(root / "metrics" / "design_lodo.json")}
+
+
+def _predict_auto(feature_table_path: str, config: dict, steps: list[int],
+                  s: PredictSettings, suite: dict | None, last_step: int | None
+                  ) -> tuple[pd.DataFrame | None, dict]:
+    """``predict_model: auto``: the curve-space predictor the suite's nested
+    leave-one-design-out chose (its design_lodo.json; else a leave-one-design-out run
+    now), trained on the suite's series beside the feature table, on time relative to
+    ``last_step`` (default: the suite's last step). (None, {fallback: why}) when the
+    series or configs are not there."""
+    from madyn.predict.design_curves import KINDS
+    from madyn.stages import design_lodo
+    from madyn.workflow.params_file import design_labels
+
+    files = suite_files(feature_table_path)
+    if len(files["series"]) < 3 or not files["configs"]:
+        return None, {"fallback": "predict_model auto needs the suite's series and configs "
+                      f"beside the feature table ({Path(files['design_lodo']).parents[1]}); "
+                      "used mean_curve"}
+    kind, measured = None, None
+    if Path(files["design_lodo"]).is_file():
+        doc = read_json(files["design_lodo"]).get("quantities", {}).get(s.quantity)
+        if doc and doc.get("winner") in KINDS:
+            kind = doc["winner"]
+            # the honest error of the choice: the nested selection's, on unseen designs
+            measured = {**(doc["per_kind"].get("nested") or doc["per_kind"][kind]),
+                        "winner_own_lodo": doc["per_kind"][kind],
+                        "mean_log": doc["per_kind"].get("mean_log")}
+    designs = design_labels(suite) if suite else {}
+    recipes = design_lodo.suite_recipes(suite) if suite else {}
+    arch_cfg = config if not is_architecture(config) else None
+    if arch_cfg is None:
+        return None, {"fallback": "predict_model auto needs a config, not an architecture"}
+    from madyn.architecture import DESIGN_KEY
+
+    last = float(last_step or max(steps))
+    try:
+        curves, summary = design_lodo.predict_design(
+            files["series"], files["configs"], designs, recipes, arch_cfg,
+            dict(arch_cfg.get(DESIGN_KEY) or {}), np.asarray(steps, float), last,
+            s.quantity, kind, measured, level=(s.interval[1] - s.interval[0]) / 100,
+            seed=s.seed)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    summary["architecture"] = architecture(arch_cfg)
+    for la in summary["layers"]:  # the keys madyn predict prints
+        la["final_ratio"] = la.get(f"final_{s.quantity}")
+        la["final_ratio_lo"] = la.get(f"final_{s.quantity}_lo")
+        la["final_ratio_hi"] = la.get(f"final_{s.quantity}_hi")
+    return curves, summary
+
+
+def model_line(summary: dict) -> str:
+    """Which predictor ``madyn predict`` used and its measured error on unseen designs."""
+    m = summary.get("measured_lodo") or {}
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+
+    if not m:
+        return f"model {summary.get('model_type')}"
+    r2 = m.get("r2_median")
+    return (f"model {summary.get('model_type')} (chosen by {summary.get('chosen_by')}; "
+            f"on unseen designs: median curve R² {r2:.3f}, final-value error "
+            f"{pct(m.get('final_rel_err_mean'))} mean, over {m.get('n_designs')} designs)")
+
+
 def predict(feature_table_path: str, config: dict, steps: list[int] | None,
              settings: PredictSettings | None, out_dir: str,
-             last_step: int | None = None) -> dict:
+             last_step: int | None = None, suite: dict | None = None) -> dict:
     """Predict a new architecture (``config``: a HF config dict or an architecture dict)
     at ``steps`` (None: :func:`default_steps`); write ``curves.csv``, ``summary.json`` and
     ``prediction.png`` in ``out_dir``, all at once (:func:`madyn.io.output_folder`:
@@ -353,7 +436,17 @@ def predict(feature_table_path: str, config: dict, steps: list[int] | None,
     check_output_folder(out_dir)
     table = read_feature_table(feature_table_path)
     steps = default_steps(feature_table_path) if steps is None else steps
-    curves, summary = predict_architecture(table, config, steps, s)
+    curves = None
+    if s.predict_model == "auto":
+        curves, summary = _predict_auto(feature_table_path, config, steps, s, suite,
+                                        last_step)
+    if curves is None:
+        fallback = summary.get("fallback") if s.predict_model == "auto" else None
+        if fallback:
+            s = dataclasses.replace(s, predict_model="mean_curve")
+        curves, summary = predict_architecture(table, config, steps, s)
+        if fallback:
+            summary["fallback"] = fallback
     arch = config if is_architecture(config) else architecture(config)
     summary["extrapolation"] = outside_training_range(table, arch)
     warning = extrapolation_warning(summary["extrapolation"])
