@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from madyn.measure.checkpoints import load_model
 from madyn.measure.statistics import decoder_layers, measure
 from madyn.train.training import FAMILIES, ModelSpec, TrainSpec, checkpoint_dir, train_model
-from tests.helpers import BEFORE_DESIGN_AXES_SHA256, TINY_MODEL, TINY_TRAIN
+from tests.helpers import PINNED_SHA256, TINY_MODEL, TINY_TRAIN, cpu_vendor
 
 SHORT = dataclasses.replace(TINY_TRAIN, steps=4, log_until=2, every=4)
 
@@ -28,12 +28,18 @@ def _differ(a: dict, b: dict) -> bool:
     return a.keys() != b.keys() or any(not np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_default_recipe_is_unchanged(corpus_dir, tmp_path):
+def test_default_recipe_is_unchanged(corpus_dir, tiny_model_dir, tmp_path):
+    """The recipe as it was before the design axes existed (GPT-NeoX, parallel residual,
+    AdamW with torch's default eps), spelled out, trains the default recipe's weights (the
+    session's tiny model), and, on a processor whose pinned hash is recorded, that hash."""
     explicit = dataclasses.replace(TINY_TRAIN, optimizer="adamw", eps=1e-8, momentum=0.9)
     spec = dataclasses.replace(TINY_MODEL, family="neox", parallel_residual=True)
     man = train_model(spec, explicit, corpus_dir, tmp_path, threads=1)
     assert man["kernels"]["pinned"] is True
-    assert man["weights_sha256"][str(TINY_TRAIN.steps)] == BEFORE_DESIGN_AXES_SHA256
+    got = man["weights_sha256"][str(TINY_TRAIN.steps)]
+    default = json.loads((tiny_model_dir / "manifest.json").read_text())
+    assert got == default["weights_sha256"][str(TINY_TRAIN.steps)]
+    assert got == PINNED_SHA256.get(cpu_vendor(), got)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

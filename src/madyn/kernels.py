@@ -1,4 +1,5 @@
-"""Pinned CPU kernel paths: the same floats from the same job on every x86-64 machine.
+"""Pinned CPU kernel paths: the same floats from the same job on every x86-64 machine of one
+vendor (an Intel and an AMD processor still differ: docs/reproducibility.md).
 
 torch's own CPU kernels (ATen), MKL (matrix products) and oneDNN (GELU) each pick a code
 path by the processor's instruction set, so unpinned training gives different weights on
@@ -12,7 +13,8 @@ job, the tests) set :data:`PINNED` before torch is imported:
 - ``DNNL_MAX_CPU_ISA=SSE41``: oneDNN's kernels at an instruction set every x86-64 CPU has.
 
 With one thread per job (``threads: 1``, the default) the tiny model of the tests trains
-the same weights under every instruction set forced on one machine (docs/reproducibility.md;
+the same weights under every instruction set forced on one machine, Intel or AMD, one hash
+per vendor (docs/reproducibility.md;
 ``tests/test_reproducibility.py``). Pinned kernels cost 3.8x training and 3.5x measuring
 time on a 2-core Xeon, so they are opt-in: ``MADYN_KERNELS=pinned`` (the test session sets
 it); the default, ``native``, leaves the kernels to the machine (the weights then depend on
