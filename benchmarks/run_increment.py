@@ -3,8 +3,10 @@
 Trains a tiny GPT-NeoX with the real Hugging Face ``Trainer`` (140 steps, a checkpoint every
 20: tests/trainer_run.py), makes a git + DVC project whose run suite reads it, runs
 `snakemake` once (the full run, which records itself in DVC), then adds one checkpoint and
-times `snakemake`, adds another and times `dvc repro` stage by stage, and checks after each
-that both tools have nothing left to do. Prints each time and its fraction of the full run.
+times `snakemake`, adds another and times `dvc repro` stage by stage, then a third and times
+`dvc repro` whole, and checks after each that both tools have nothing left to do. Prints
+wall and CPU seconds (the CPU time of a chain of one-core jobs is about its wall time on an
+idle machine, so a busy machine still shows what an idle one would take).
 
     python benchmarks/run_increment.py [--keep DIR]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,14 +38,21 @@ ENV = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
 STAGES = ("source", "suite", "extract", "fit", "features", "predict", "report")
 
 
-def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    """Wall seconds and output of ``cmd``; raises on failure."""
-    t0 = time.perf_counter()
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[tuple[float, float], str]:
+    """(wall, CPU) seconds and output of ``cmd`` (CPU: its processes' user + system time,
+    about the wall time of its job chain on an idle machine); raises on failure."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
     if r.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return dt, r.stdout + r.stderr
+    return (dt, dc), r.stdout + r.stderr
 
 
 def add_checkpoint(run_folder: Path, step: int) -> None:
@@ -107,13 +117,14 @@ def main() -> None:
     t_repro, _ = run([str(BIN / "dvc"), "repro"], proj)
     clean(proj)
 
-    print(f"full snakemake run:                     {full:6.1f} s")
-    print(f"one new checkpoint, snakemake:          {t_snake:6.1f} s  "
-          f"({t_snake / full:.2f} of the full run)")
-    print(f"one new checkpoint, dvc repro:          {t_repro:6.1f} s  "
-          f"({t_repro / full:.2f} of the full run)")
-    for s, dt in per_stage.items():
-        print(f"  dvc repro --single-item {s:<9} {dt:6.1f} s")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'':40s} {'wall s':>7s} {'CPU s':>7s}  (fraction of the full run's wall)")
+    print(f"{'full snakemake run':40s} {full[0]:7.1f} {full[1]:7.1f}")
+    for what, (wall, cpu) in (("one new checkpoint, snakemake", t_snake),
+                              ("one new checkpoint, dvc repro", t_repro)):
+        print(f"{what:40s} {wall:7.1f} {cpu:7.1f}  ({wall / full[0]:.2f})")
+    for s, (wall, cpu) in per_stage.items():
+        print(f"{'  dvc repro --single-item ' + s:40s} {wall:7.1f} {cpu:7.1f}")
     print("after each: snakemake -n nothing to do, dvc status up to date")
     if not args.keep:
         shutil.rmtree(work)
