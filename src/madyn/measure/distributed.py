@@ -17,6 +17,7 @@ never by class names:
 from __future__ import annotations
 
 import contextlib
+import os
 
 
 class ShardedProbeError(RuntimeError):
@@ -31,10 +32,15 @@ def initialized() -> bool:
 
 
 def rank() -> int:
-    """This process's global rank; 0 when not distributed."""
+    """This process's global rank: the process group's, else (a monitor made before
+    ``init_process_group``) the ``RANK`` that ``torchrun`` and Lightning's launcher give
+    each process; 0 when not distributed."""
     import torch.distributed as dist
 
-    return dist.get_rank() if initialized() else 0
+    if initialized():
+        return dist.get_rank()
+    given = os.environ.get("RANK", "0")
+    return int(given) if given.isdigit() else 0
 
 
 def unwrapped(model):
