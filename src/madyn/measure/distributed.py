@@ -61,15 +61,6 @@ def unwrapped(model):
             return model
 
 
-def transformers_model(model):
-    """The model an FSDP1 wrapper holds (its ``.module``, repeatedly), whose class says
-    whether it is a transformers model; ``model`` itself otherwise."""
-    cls = _fsdp1_class()
-    while cls is not None and isinstance(model, cls):
-        model = model.module
-    return model
-
-
 @contextlib.contextmanager
 def eager():
     """Within the block compiled code is not used (``torch.compiler.set_stance(

@@ -293,13 +293,12 @@ class Monitor:
                 distributed.check_shardable(inner)
             except distributed.ShardedProbeError as e:
                 raise MonitorError(str(e)) from None
-        self.hf = is_transformers_model(distributed.transformers_model(inner))
+        self.hf = is_transformers_model(inner)
         if extreme_tokens and not self.hf:
             raise MonitorError("Monitor: extreme_tokens=True needs a transformers model "
                                f"({type(model).__name__} is not one)")
-        model_ = distributed.transformers_model(inner)
-        self.config = _checked_config(model_, config, self.hf)
-        self.probe = _checked_probe(model_, probe, self.config, self.hf)
+        self.config = _checked_config(inner, config, self.hf)
+        self.probe = _checked_probe(inner, probe, self.config, self.hf)
         self.extreme_tokens = self.hf if extreme_tokens is None else bool(extreme_tokens)
         self.batch_size = batch_size or len(self.probe)
         self.log_until, self.every, self.live = log_until, every, live
@@ -492,8 +491,7 @@ class Monitor:
             self._start()
         with untouched(model), distributed.eager():
             df = measure(model, self.probe, batch_size=self.batch_size,
-                         extreme_tokens=self.extreme_tokens, sharded=self.sharded,
-                         hf=self.hf)
+                         extreme_tokens=self.extreme_tokens, sharded=self.sharded)
         if not self.writer:  # a sharded model's other ranks: the forward pass only
             self.ratios[int(step)] = df.groupby("layer")["ratio"].mean().to_numpy()
             return df

@@ -372,7 +372,7 @@ def attn_implementation(model) -> str | None:
 
 def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
             progress: bool = False, extreme_tokens: bool = _DEFAULT.extreme_tokens,
-            sharded: bool = False, hf: bool | None = None) -> pd.DataFrame:
+            sharded: bool = False) -> pd.DataFrame:
     """Statistics of every decoder layer for every sequence of ``tokens`` (N x T ids).
 
     Runs the model's body (``model.base_model``), not the LM head: logits are never
@@ -386,8 +386,6 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
     included: its root's forward pass gathers the shards) under ``no_grad`` rather than
     ``inference_mode`` (the gathered-parameter buffers FSDP allocates in its first forward
     pass must stay usable by training).
-    ``hf``: whether it is a transformers model (default: :func:`is_transformers_model`;
-    given for a wrapper that holds one, such as FSDP1's).
     Returns a tidy table: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS`;
     N x L rows. Layers are 0-based decoder-layer indices.
     """
@@ -403,7 +401,7 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
         act = mlp_activation(layer, hidden)
         if act is not None:
             handles.append(act.register_forward_hook(coll.mlp_hook(i)))
-    hf = is_transformers_model(model) if hf is None else hf
+    hf = is_transformers_model(model)
     # HF: the decoder stack without the LM head
     body = model.base_model if hf and not sharded else model
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
