@@ -28,12 +28,12 @@ def probe_tokens(corpus_dir: Path, n: int = 4) -> np.ndarray:
 def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25,
           monitor: bool = True, dropout: float = 0.0, every: int = 25,
           save: bool = True, resume: bool = False, callbacks: tuple = (),
-          **monitor_kw):
+          monitor_out: Path | None = None, **monitor_kw):
     """Train for ``steps`` optimizer steps; checkpoints every ``save_steps`` (with the
     tokenizer); with ``monitor``, madyn's callback writes ``out/madyn-monitor``
     (``monitor_kw`` go to it). ``resume``: from the last checkpoint in ``out``;
-    ``callbacks``: more ``TrainerCallback`` s, run before madyn's. Returns the trained
-    model."""
+    ``callbacks``: more ``TrainerCallback`` s, run before madyn's; ``monitor_out``: the
+    monitor's folder instead. Returns the trained model."""
     import torch
     from torch.utils.data import Dataset
     from transformers import (
@@ -65,8 +65,8 @@ def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25
         save_strategy="steps" if save else "no", save_steps=save_steps, report_to=[],
         use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
     monitor_kw = {"log_until": 16, "every": every, **monitor_kw}
-    callbacks = [*callbacks, *([MadynCallback(probe_tokens(corpus_dir), **monitor_kw)]
-                               if monitor else [])]
+    callbacks = [*callbacks, *([MadynCallback(probe_tokens(corpus_dir), monitor_out,
+                                              **monitor_kw)] if monitor else [])]
     trainer = Trainer(model=model, args=args, train_dataset=Windows(),
                       processing_class=tok, data_collator=default_data_collator,
                       callbacks=callbacks)

@@ -9,13 +9,22 @@ trains, on a fixed probe batch, into a folder that a ``source: run`` suite reads
 
 At each step of the schedule (:func:`due`: 0, 1, 2, 4, ... ``log_until``, then every
 ``every`` steps) and at the last training step the probe runs with the model in eval mode
-under ``inference_mode``; afterwards every module's train/eval mode and the RNG states
-(Python, NumPy, torch CPU and CUDA) are restored, so training goes on exactly as without
-the monitor. Each step's table is ``<out>/step<N>.parquet``, the schema of ``madyn
-extract`` (:mod:`madyn.measure.stats_table`), written atomically; ``madyn_monitor.json`` (madyn's
+under ``inference_mode`` (``no_grad`` for a sharded model); afterwards every module's
+train/eval mode and the RNG states (Python, NumPy, torch CPU and CUDA) are restored, so
+training goes on exactly as without the monitor. Each step's table is
+``<out>/step<N>.parquet``, the schema of ``madyn extract``
+(:mod:`madyn.measure.stats_table`), written atomically; ``madyn_monitor.json`` (madyn's
 marker of the folder) records the schedule, the recipe and the planned last step,
 ``probe_tokens.npy`` the probe, ``config.json`` the architecture and
 ``madyn_monitor.png`` the ratio of each layer against the step.
+
+**Several processes** (``torch.distributed``: DDP, FSDP, launched by ``torchrun``, the HF
+``Trainer`` or Lightning): make the monitor on every process. Rank 0 writes; under DDP
+the other ranks do nothing (rank 0 measures the module behind the wrapper, no
+collective); under FSDP (a sharded model) every rank runs the probe's forward pass (it
+gathers the shards, a collective) and rank 0 writes, with rank 0's decision to probe
+broadcast first so no rank waits alone. A ``torch.compile``'d model is probed through
+the module behind it, eagerly (:mod:`madyn.measure.distributed`).
 
 The monitor writes only into a folder it made (or one holding its
 ``madyn_monitor.json``); a folder of its own is resumed (a step already recorded is not
@@ -39,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from madyn.measure import distributed
 from madyn.measure.runs import MONITOR_DIR, MONITOR_FILE
 
 LOG_UNTIL = 64  # the default schedule: 0 and powers of two up to here ...
@@ -255,9 +265,12 @@ class Monitor:
     to stderr (it always goes to the ``madyn.measure.monitor`` logger); ``figure``: keep
     ``madyn_monitor.png`` up to date.
 
+    Under ``torch.distributed`` make it on every rank (see the module's docstring): rank
+    0 writes; for a sharded (FSDP) model construction and each due step are collectives.
+
     Refused at construction (:class:`MonitorError`, one line): a bad schedule or batch
     size, a probe the model cannot read, a config that cannot be written, a folder madyn
-    did not make, a folder of another probe.
+    did not make, a folder of another probe, a sharded model whose probe cannot run here.
     """
 
     def __init__(self, model, probe, out: str | Path, *, log_until: int = LOG_UNTIL,
@@ -272,12 +285,20 @@ class Monitor:
         if max_steps is not None:
             _whole("max_steps", max_steps, 0)
         self.model, self.out = model, Path(out)
-        self.hf = is_transformers_model(model)
+        inner = distributed.unwrapped(model)
+        self.writer = distributed.rank() == 0  # the one process that writes
+        self.sharded = distributed.is_sharded(inner)  # the probe is a collective
+        if self.sharded:
+            try:
+                distributed.check_shardable(inner)
+            except distributed.ShardedProbeError as e:
+                raise MonitorError(str(e)) from None
+        self.hf = is_transformers_model(inner)
         if extreme_tokens and not self.hf:
             raise MonitorError("Monitor: extreme_tokens=True needs a transformers model "
                                f"({type(model).__name__} is not one)")
-        self.config = _checked_config(model, config, self.hf)
-        self.probe = _checked_probe(model, probe, self.config, self.hf)
+        self.config = _checked_config(inner, config, self.hf)
+        self.probe = _checked_probe(inner, probe, self.config, self.hf)
         self.extreme_tokens = self.hf if extreme_tokens is None else bool(extreme_tokens)
         self.batch_size = batch_size or len(self.probe)
         self.log_until, self.every, self.live = log_until, every, live
@@ -294,8 +315,30 @@ class Monitor:
         self.failed: str | None = None  # what stopped probing
         self.last_step: int | None = None  # the last step this monitor was called at
         self.ratios: dict[int, np.ndarray] = {}  # step -> each layer's mean ratio
-        self._earlier = self._claim()  # steps recorded by an earlier (resumed) run
+        self.written: list[Path] = []  # the tables this process wrote
+        self._earlier = self._claimed()  # steps recorded by an earlier (resumed) run
         self._started = False
+
+    def _claimed(self) -> set[int]:
+        """:meth:`_claim` on the writing rank; for a sharded model its outcome (the steps
+        recorded, or the refusal) is broadcast, so every rank goes on or stops alike."""
+        if not self.sharded:
+            return self._claim() if self.writer else set()
+        from madyn.measure.statistics import decoder_layers
+
+        steps, mine = [], None
+        try:
+            decoder_layers(distributed.unwrapped(self.model))  # found alike on every rank
+            if self.writer:
+                steps = sorted(self._claim())
+        except (MonitorError, ValueError) as e:
+            mine = str(e)
+        found = [(r, p) for r, p in enumerate(distributed.problems(mine)) if p is not None]
+        if found:
+            rank, why = found[0]
+            raise MonitorError(why if rank == 0 or why.startswith("Monitor:")
+                               else f"Monitor: rank {rank}: {why}")
+        return set(distributed.agree(steps))
 
     # ------------------------------------------------------------------ the folder
     def _claim(self) -> set[int]:
@@ -410,13 +453,20 @@ class Monitor:
     def _probe(self, step: int, model):
         """Measure ``step`` unless it is recorded, or probing has stopped; a failure stops
         probing with one line, never the training."""
-        if self.failed is not None or step in self.ratios:
+        go = self.failed is None and step not in self.ratios and step not in self._earlier
+        if self.sharded:  # every rank runs the forward pass, or none does
+            go = distributed.agree(go)
+        elif not self.writer:
+            return None
+        if not go:
             return None
         try:
             return self.measure(step, model)
         except Exception as e:  # the monitor must never stop the training it watches
             why = " ".join(f"{type(e).__name__}: {e}".split())
             self.failed = f"step {step}: {why}"
+            if not self.writer:
+                return None  # rank 0 says it
             print(f"madyn monitor: stopped probing at step {step} ({why}); training goes "
                   f"on, the tables recorded so far stay in {self.out}", file=sys.stderr,
                   flush=True)
@@ -436,12 +486,15 @@ class Monitor:
         from madyn.measure.stats_table import write_stats
 
         t0 = time.perf_counter()
-        model = model if model is not None else self.model
-        if not self._started:
+        model = distributed.unwrapped(model if model is not None else self.model)
+        if self.writer and not self._started:
             self._start()
-        with untouched(model):
+        with untouched(model), distributed.eager():
             df = measure(model, self.probe, batch_size=self.batch_size,
-                         extreme_tokens=self.extreme_tokens)
+                         extreme_tokens=self.extreme_tokens, sharded=self.sharded)
+        if not self.writer:  # a sharded model's other ranks: the forward pass only
+            self.ratios[int(step)] = df.groupby("layer")["ratio"].mean().to_numpy()
+            return df
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         meta = {"model": None, "step": int(step), "source": "monitor", "dtype": dtype,
                 "device": str(next(model.parameters()).device), "live": True,
@@ -450,6 +503,7 @@ class Monitor:
                 "extreme_tokens": self.extreme_tokens, "tokens_sha256": self.tokens_sha,
                 "seconds": round(time.perf_counter() - t0, 4), **versions()}
         write_stats(df, meta, self.out / f"step{int(step)}.parquet")
+        self.written.append(self.out / f"step{int(step)}.parquet")
         self.ratios[int(step)] = df.groupby("layer")["ratio"].mean().to_numpy()
         if self.live is not None:
             self._log_live(df, step)
@@ -531,7 +585,8 @@ class MadynCallback(_callback_base()):
     steps), and the planned last step (``max_steps``). Keyword arguments go to
     :class:`Monitor` (checked here, at construction); ``probe``: N x T token ids;
     ``out``: the folder (default ``<output_dir>/madyn-monitor``). Under distributed
-    training only the main process measures."""
+    training (``torchrun``) every process makes its monitor: the main process writes, and
+    the others join the probe only when the model is sharded (FSDP)."""
 
     def __init__(self, probe, out: str | Path | None = None, **monitor_kw) -> None:
         check_arguments(**monitor_kw)
@@ -555,8 +610,6 @@ class MadynCallback(_callback_base()):
         return rec
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
-        if not state.is_world_process_zero:  # one process records (distributed training)
-            return
         kw_ = dict(self.kw)
         recipe = {**self._recipe(args, state, optimizer), **kw_.pop("recipe", {})}
         kw_.setdefault("max_steps", state.max_steps if state.max_steps > 0 else None)

@@ -18,7 +18,9 @@ class MadynLightningCallback(Callback):
     """``MadynLightningCallback(probe, out, **monitor_kw)``: ``probe`` N x T token ids,
     ``out`` the folder; keyword arguments go to :class:`madyn.measure.monitor.Monitor` (checked
     here, at construction). The module measured is ``pl_module.model`` when it has one
-    (the usual wrapper of a transformers or nanoGPT model), else ``pl_module`` itself."""
+    (the usual wrapper of a transformers or nanoGPT model), else ``pl_module`` itself.
+    Under ``strategy="ddp"`` or ``"fsdp"`` every process makes its monitor: global rank 0
+    writes, the others join the probe only when the model is sharded."""
 
     def __init__(self, probe, out: str | Path, **monitor_kw) -> None:
         check_arguments(**monitor_kw)
@@ -30,8 +32,6 @@ class MadynLightningCallback(Callback):
         return getattr(pl_module, "model", pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:  # one process records (distributed training)
-            return
         kw = dict(self.kw)
         if trainer.optimizers:
             kw["recipe"] = {**recipe_from_optimizer(trainer.optimizers[0]),

@@ -371,8 +371,8 @@ def attn_implementation(model) -> str | None:
 
 
 def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
-            progress: bool = False, extreme_tokens: bool = _DEFAULT.extreme_tokens
-            ) -> pd.DataFrame:
+            progress: bool = False, extreme_tokens: bool = _DEFAULT.extreme_tokens,
+            sharded: bool = False) -> pd.DataFrame:
     """Statistics of every decoder layer for every sequence of ``tokens`` (N x T ids).
 
     Runs the model's body (``model.base_model``), not the LM head: logits are never
@@ -382,6 +382,10 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
     ``extreme_tokens``: measure ``sink_mass`` too, from each layer's own fused attention
     (:mod:`madyn.measure.sinks`: one widened SDPA call, no T x T matrix); off: ``sink_mass`` is
     NaN and the model runs as loaded.
+    ``sharded``: a sharded (FSDP2) model, run whole (``model(input_ids=...)``, the LM head
+    included: its root's forward pass gathers the shards) under ``no_grad`` rather than
+    ``inference_mode`` (the gathered-parameter buffers FSDP allocates in its first forward
+    pass must stay usable by training).
     Returns a tidy table: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS`;
     N x L rows. Layers are 0-based decoder-layer indices.
     """
@@ -398,13 +402,14 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
         if act is not None:
             handles.append(act.register_forward_hook(coll.mlp_hook(i)))
     hf = is_transformers_model(model)
-    body = model.base_model if hf else model  # HF: the decoder stack without the LM head
+    # HF: the decoder stack without the LM head
+    body = model.base_model if hf and not sharded else model
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     starts = range(0, len(ids), batch_size)
     watch = (sinks.watching(model, layers, coll.sink) if extreme_tokens
              else contextlib.nullcontext())
     try:
-        with watch, torch.inference_mode():
+        with watch, (torch.no_grad() if sharded else torch.inference_mode()):
             for s in _maybe_tqdm(starts, progress):
                 batch = ids[s:s + batch_size]
                 coll.batch_shape = tuple(batch.shape)
