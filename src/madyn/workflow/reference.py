@@ -62,7 +62,7 @@ def make_reference(results: str | Path, out: str | Path, suite_name: str, suite:
     if missing:
         raise ValueError(f"{src}: no released export for {missing}; run the suite first")
     _check_ours(dest)
-    train = read_json(res / "metrics" / "train.json")
+    train = read_json(res / "timing" / "train.json")  # the train_summary rule's output
     per_model = {}
     for m in models:
         man = read_json(res / "models" / m / "manifest.json")
