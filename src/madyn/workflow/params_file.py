@@ -125,6 +125,8 @@ def validate(cfg: Any) -> dict:
     _schema_check(cfg)
     if _expand_design_spaces(cfg):
         _schema_check(cfg)  # the generated model entries, errors named by their axis
+    if _expand_design_space_from(cfg):
+        _schema_check(cfg)
     if cfg["suite"] not in cfg["suites"]:
         raise ConfigError(f"suite: {cfg['suite']!r} is not one of suites "
                           f"({', '.join(cfg['suites'])})")
@@ -184,36 +186,45 @@ def validate(cfg: Any) -> dict:
 
 def _schema_check(cfg: dict) -> None:
     """ConfigError naming every key the JSON schema refuses; in a model entry generated
-    from a ``design_space``, the axis that gave the value."""
+    from a ``design_space``, the axis that gave the value (once, with the first model)."""
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid params.yaml: " + "; ".join(
-            _generated_key(cfg, _describe(e), e.absolute_path) for e in errors))
+    if not errors:
+        return
+    seen: dict[str, list[str]] = {}
+    for e in errors:
+        msg, model = _generated_key(cfg, _describe(e), e.absolute_path)
+        seen.setdefault(msg, []).extend([model] if model else [])
+    raise ConfigError("invalid params.yaml: " + "; ".join(
+        msg + (f" (model {ms[0]}" + (f" and {len(ms) - 1} more)" if len(ms) > 1 else ")")
+               if ms else "") for msg, ms in seen.items()))
 
 
-def _generated_key(cfg: dict, msg: str, path) -> str:
+def _generated_key(cfg: dict, msg: str, path) -> tuple[str, str | None]:
     """``msg`` with ``suites.S.models.I.KEY`` renamed ``suites.S.design_space.axes.KEY``
-    (model NAME) when suite S's models are generated from its design space."""
+    when suite S's models are generated from its design space, and that model's name
+    (None for any other message)."""
     p = list(path)
     if len(p) >= 4 and p[0] == "suites" and p[2] == "models":
         suite = cfg["suites"].get(p[1], {})
         if isinstance(suite, dict) and ("design_space" in suite
                                         or "design_space_from" in suite):
-            where = ".".join(map(str, p[:4]))
-            name = suite["models"][p[3]].get("name", p[3])
-            key = "design_space_from" if "design_space_from" in suite else \
-                f"design_space.axes.{p[4]}" if len(p) > 4 else "design_space"
-            return msg.replace(where, f"suites.{p[1]}.{key}", 1) + f" (model {name})"
-    return msg
+            name = str(suite["models"][p[3]].get("name", p[3]))
+            if "design_space_from" in suite:
+                where, key = ".".join(map(str, p[:4])), "design_space_from"
+            elif len(p) > 4:
+                where, key = ".".join(map(str, p[:5])), f"design_space.axes.{p[4]}"
+            else:
+                where, key = ".".join(map(str, p[:4])), "design_space"
+            return msg.replace(where, f"suites.{p[1]}.{key}", 1), name
+    return msg, None
 
 
 def _expand_design_spaces(cfg: dict) -> bool:
     """Fill in the ``models`` of every suite with a ``design_space`` (its expansion,
-    :func:`madyn.workflow.design_space.expand`) or a ``design_space_from`` (the named local
-    suite's models, as a released suite states them: name, design and recipe); in place,
-    so that every reader of the configuration sees them. ConfigError naming the key for a
-    space the schema cannot judge, or for ``models`` given beside it that differ.
-    Returns whether any suite was expanded."""
+    :func:`madyn.workflow.design_space.expand`), in place, so that every reader of the
+    configuration sees them. ConfigError naming the key for a space the schema cannot
+    judge, or for ``models`` given beside it that differ. Returns whether any suite was
+    expanded."""
     from madyn.workflow import design_space
 
     suites = cfg["suites"]
@@ -227,6 +238,15 @@ def _expand_design_spaces(cfg: dict) -> bool:
                 f"suites.{sname}.design_space.{b}" for b in bad))
         _set_models(sname, suite, design_space.expand(suite["design_space"]))
         done = True
+    return done
+
+
+def _expand_design_space_from(cfg: dict) -> bool:
+    """Fill in the ``models`` of every suite with a ``design_space_from``: the named local
+    suite's models (already expanded and checked) as a released suite states them: name,
+    design and recipe. Returns whether any suite was filled in."""
+    suites = cfg["suites"]
+    done = False
     for sname, suite in suites.items():
         src = suite.get("design_space_from")
         if src is None:
