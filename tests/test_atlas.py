@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -221,3 +223,29 @@ def test_atlas_dag_has_a_training_rule_per_schedule(tmp_path):
     jobs = r.stdout
     for rule in ("train", "train_2", "train_3", "train_4", "extract_model_4"):
         assert f"\n{rule} " in jobs, rule
+
+
+def test_committed_reference_is_the_design_space_expansion(cfg):
+    """data/reference/atlas holds every model the atlas's design space expands to, each
+    trained with the recipe its manifest records (the same expansion, not a stale one)."""
+    ref = ROOT / "data" / "reference" / "atlas"
+    man = read_json(ref / "manifest.json")
+    assert man["recipe"]["models"] == cfg["suites"]["atlas"]["models"]
+    assert man["recipe"]["design_space"] == cfg["suites"]["atlas"]["design_space"]
+    files = params_file.check_released_folder({**cfg, "suite": "atlas-reference"})
+    for m in params_file.model_names(cfg["suites"]["atlas"]):
+        st = params_file.steps(cfg["suites"]["atlas"], m)
+        assert sorted(files[m]) == st and man["models"][m]["steps"] == st
+
+
+def test_atlas_reference_dag_builds(tmp_path):
+    proj = copy_workflow(ROOT, tmp_path)
+    shutil.copytree(ROOT / "data" / "reference" / "atlas", proj / "data" / "reference" / "atlas")
+    r = _snakemake(proj, "-n", "--cores", "2", "--config", "suite=atlas-reference")
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = len(design_space.expand(params_file.load(str(ROOT / "params.yaml"))["suites"]["atlas"][
+        "design_space"]))
+    assert re.search(rf"\nfit\s+{n}\n", r.stdout), r.stdout[-2000:]
+    assert "\ntrain " not in r.stdout and "extract_model" not in r.stdout
+    # model_figures: false: no per-model figure jobs; backtest: false
+    assert "plot_series" not in r.stdout and "plot_fit" not in r.stdout

@@ -397,10 +397,20 @@ def suite_outputs():
 # The phase targets name every per-model output, not only what the summaries read: a file
 # deleted after its summary was written (a job killed after Snakemake removed its outputs)
 # is then missing output of a requested job, and the next run rebuilds it.
+def _model_figures():
+    """Whether the suite draws each model's figures (its ``model_figures``)."""
+    from madyn.settings import schema_default
+
+    return SUITE_CFG.get("model_figures", schema_default("$defs.model_figures"))
+
+
+FIGURED = MODELS if _model_figures() else []  # the models whose own figures are drawn
+
+
 def extract_outputs():
     return ([series_path(m) for m in MODELS]
             + [integrity_path(m) for m in MODELS]
-            + [series_figure(m, f) for m in MODELS for f in ("series", "first_last")]
+            + [series_figure(m, f) for m in FIGURED for f in ("series", "first_last")]
             + [f"{RESULTS}/metrics/growth.json"])
 
 
@@ -408,7 +418,7 @@ def fit_outputs():
     return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
             + [fit_table(m) for m in MODELS]
             + [fit_params(m, q) for m in MODELS for q in config["fit"]["quantities"]]
-            + [fit_figure(m, f) for m in MODELS for f in ("examples", "quality")])
+            + [fit_figure(m, f) for m in FIGURED for f in ("examples", "quality")])
 
 
 def forecast_dir(model):

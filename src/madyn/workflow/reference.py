@@ -72,8 +72,9 @@ def make_reference(results: str | Path, out: str | Path, suite_name: str, suite:
         "made_by": MADE_BY, "suite": suite_name, "made_unix": int(time.time()),
         "made_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "remake": remake,
-        "recipe": {k: suite[k] for k in ("description", "train", "extract", "models",
-                                          "base_design") if k in suite},
+        # a generated suite's models are its design space's expansion: both recorded
+        "recipe": {k: suite[k] for k in ("description", "train", "extract", "design_space",
+                                          "models", "base_design") if k in suite},
         "corpus": read_json(res / "corpus" / "manifest.json"),
         "training": {"wall_minutes": round(train.get("wall_s", 0) / 60, 2),
                      "sum_minutes": round(train.get("sum_s", 0) / 60, 2),
