@@ -80,7 +80,7 @@ def _results(tmp_path) -> tuple:
         write_json(res / "released" / m / "config.json", {"model_type": "gpt2"})
         write_json(res / "models" / m / "manifest.json",
                    {"n_params": 100, "final_loss": 2.0, "steps": [0, 10, 20]})
-    write_json(res / "metrics" / "train.json",
+    write_json(res / "timing" / "train.json",  # where the train_summary rule writes it
                {"models": {"a": 60.0, "b": 90.0}, "wall_s": 120.0, "sum_s": 150.0,
                 "threads": [1]})
     synthetic.build_corpus(res / "corpus", synthetic.SyntheticSpec())

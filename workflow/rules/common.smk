@@ -107,11 +107,11 @@ def one_of(names):
 
 
 class MeasuredSource:
-    """What sources that measure checkpoints share: the suite's schedule of steps, and one
+    """What sources that measure checkpoints share: each model's schedule of steps, and one
     statistics table per (model, step) as the series' inputs."""
 
     def steps(self, model):
-        return madyn_params.steps(SUITE_CFG)
+        return madyn_params.steps(SUITE_CFG, model)
 
     def series_inputs(self, model):
         return [stats_path(model, s) for s in self.steps(model)]
@@ -126,9 +126,12 @@ class LocalSource(MeasuredSource):
 
     def tokenizer(self, model):
         """``corpus``, or ``corpus-nobos`` for a model trained without a synthetic
-        corpus's BOS token (its evaluation batch has none either)."""
+        corpus's BOS token (its evaluation batch has none either), or ``corpus-bos`` for
+        a model trained on a text corpus with one (its batch has it too)."""
         bos = madyn_params.train_spec(SUITE_CFG, model).bos
-        return "corpus-nobos" if SYNTHETIC and bos is False else "corpus"
+        if SYNTHETIC:
+            return "corpus-nobos" if bos is False else "corpus"
+        return "corpus-bos" if bos else "corpus"
 
     def tokenizer_arg(self, tokenizer):
         return f"{RESULTS}/corpus/tokenizer"
@@ -338,6 +341,23 @@ TRAINED = MODELS if SRC.trains else []
 MEASURED_RUN = [m for m in MODELS if SRC.measure_jobs == "run" and SRC.measured(m)]
 
 
+def schedule_groups(models):
+    """[(rule-name suffix, steps, models)]: the trained models grouped by their checkpoint
+    steps, so that a training or measuring rule's outputs (one file per step) are fixed
+    per rule. The first group's rules keep the plain names (train, extract_model), the
+    others get _2, _3, ...; one empty group when nothing is trained."""
+    groups = {}
+    for m in models:
+        groups.setdefault(tuple(MODEL_STEPS[m]), []).append(m)
+    if not groups:
+        return [("", [], [])]
+    return [("" if i == 0 else f"_{i + 1}", list(st), ms)
+            for i, (st, ms) in enumerate(groups.items())]
+
+
+TRAIN_GROUPS = schedule_groups(TRAINED)
+
+
 # ---------------------------------------------------------------- resources of a job
 @functools.cache
 def _plan(model):
@@ -377,10 +397,20 @@ def suite_outputs():
 # The phase targets name every per-model output, not only what the summaries read: a file
 # deleted after its summary was written (a job killed after Snakemake removed its outputs)
 # is then missing output of a requested job, and the next run rebuilds it.
+def _model_figures():
+    """Whether the suite draws each model's figures (its ``model_figures``)."""
+    from madyn.settings import schema_default
+
+    return SUITE_CFG.get("model_figures", schema_default("$defs.model_figures"))
+
+
+FIGURED = MODELS if _model_figures() else []  # the models whose own figures are drawn
+
+
 def extract_outputs():
     return ([series_path(m) for m in MODELS]
             + [integrity_path(m) for m in MODELS]
-            + [series_figure(m, f) for m in MODELS for f in ("series", "first_last")]
+            + [series_figure(m, f) for m in FIGURED for f in ("series", "first_last")]
             + [f"{RESULTS}/metrics/growth.json"])
 
 
@@ -388,7 +418,7 @@ def fit_outputs():
     return ([f"{RESULTS}/fits/all.parquet", f"{RESULTS}/metrics/fit.json"]
             + [fit_table(m) for m in MODELS]
             + [fit_params(m, q) for m in MODELS for q in config["fit"]["quantities"]]
-            + [fit_figure(m, f) for m in MODELS for f in ("examples", "quality")])
+            + [fit_figure(m, f) for m in FIGURED for f in ("examples", "quality")])
 
 
 def forecast_dir(model):

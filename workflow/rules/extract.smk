@@ -30,7 +30,8 @@ rule eval_tokens:
         n_seqs=EXTRACT.get("n_seqs"),
         seq_len=EXTRACT.get("seq_len"),
         seed=EXTRACT.get("seed"),
-        bos=lambda wc: ["--no-bos"] if wc.tokenizer == "corpus-nobos" else [],
+        bos=lambda wc: {"corpus-nobos": ["--no-bos"], "corpus-bos": ["--bos"]}.get(
+            wc.tokenizer, []),
     resources:
         mem_mb=2000,
     log:
@@ -43,38 +44,43 @@ rule eval_tokens:
         "{params.bos:q} --out {output:q} 2> {log:q}"
 
 
-rule extract_model:
-    # every checkpoint of one trained model in one process; a table already measured
-    # from the same weights and tokens is kept (update: Snakemake does not delete them)
-    input:
-        tokens=lambda wc: f"{RESULTS}/eval/tokens_{SRC.tokenizer(wc.model)}.npy",
-        manifest=model_manifest("{model}"),
-        weights=lambda wc: [f"{RESULTS}/models/{wc.model}/step{s}/model.safetensors"
-                            for s in MODEL_STEPS[wc.model]],
-    output:
-        [update(f) for f in expand(f"{RESULTS}/stats/{{{{model}}}}/step{{step}}.parquet",
-                                   step=madyn_params.steps(SUITE_CFG) if TRAINED else [])],
-    wildcard_constraints:
-        model=one_of(MEASURED_PER_MODEL),
-    params:
-        model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
-        steps=lambda wc: [str(s) for s in MODEL_STEPS[wc.model]],
-        settings=json.dumps(EXTRACT_SETTINGS.to_dict()),
-    threads: EXTRACT_SETTINGS.threads
-    resources:
-        mem_mb=extract_resources("mem_mb"),
-        gpu=extract_resources("gpu"),
-        gpu_mem_mb=extract_resources("gpu_mem_mb"),
-        runtime=lambda wc: _plan(wc.model)["runtime"] * len(MODEL_STEPS[wc.model]),
-    log:
-        f"{RESULTS}/logs/extract/{{model}}.log",
-    conda:
-        ENV
-    shell:
-        "madyn step extract-model {params.model_dir:q} --steps {params.steps:q} --outs {output:q} "
-        "--tokens {input.tokens:q} --model {wildcards.model:q} "
-        "--settings-json {params.settings:q} "
-        "--threads {threads:q} 2> >(tee {log:q} >&2)"
+# one measuring rule per checkpoint schedule, as the training rules (suite.smk)
+for _suffix, _steps, _models in TRAIN_GROUPS:
+
+    rule:
+        # every checkpoint of one trained model in one process; a table already measured
+        # from the same weights and tokens is kept (update: Snakemake does not delete them)
+        name:
+            f"extract_model{_suffix}"
+        input:
+            tokens=lambda wc: f"{RESULTS}/eval/tokens_{SRC.tokenizer(wc.model)}.npy",
+            manifest=model_manifest("{model}"),
+            weights=lambda wc: [f"{RESULTS}/models/{wc.model}/step{s}/model.safetensors"
+                                for s in MODEL_STEPS[wc.model]],
+        output:
+            [update(f) for f in expand(f"{RESULTS}/stats/{{{{model}}}}/step{{step}}.parquet",
+                                       step=_steps)],
+        wildcard_constraints:
+            model=one_of([m for m in _models if m in MEASURED_PER_MODEL]),
+        params:
+            model_dir=lambda wc: f"{RESULTS}/models/{wc.model}",
+            steps=lambda wc: [str(s) for s in MODEL_STEPS[wc.model]],
+            settings=json.dumps(EXTRACT_SETTINGS.to_dict()),
+        threads: EXTRACT_SETTINGS.threads
+        resources:
+            mem_mb=extract_resources("mem_mb"),
+            gpu=extract_resources("gpu"),
+            gpu_mem_mb=extract_resources("gpu_mem_mb"),
+            runtime=lambda wc: _plan(wc.model)["runtime"] * len(MODEL_STEPS[wc.model]),
+        log:
+            f"{RESULTS}/logs/extract/{{model}}.log",
+        conda:
+            ENV
+        shell:
+            "madyn step extract-model {params.model_dir:q} --steps {params.steps:q} "
+            "--outs {output:q} --tokens {input.tokens:q} --model {wildcards.model:q} "
+            "--settings-json {params.settings:q} "
+            "--threads {threads:q} 2> >(tee {log:q} >&2)"
 
 
 rule download:

@@ -44,40 +44,46 @@ else:
             "--vocab-size {params.corpus[vocab_size]:q} 2> {log:q}"
 
 
-rule train:
-    input:
-        rules.corpus.output.manifest,
-    output:
-        model_manifest("{model}"),
-        timing=f"{RESULTS}/timing/{{model}}.json",
-        weights=expand(f"{RESULTS}/models/{{{{model}}}}/step{{step}}/model.safetensors",
-                       step=madyn_params.steps(SUITE_CFG) if TRAINED else []),
-    wildcard_constraints:
-        model=one_of(TRAINED),
-    params:
-        outdir=lambda wc, output: os.path.dirname(output[0]),
-        spec=lambda wc: json.dumps(spec_record(madyn_params.model_spec(SUITE_CFG, wc.model))),
-        train=lambda wc: json.dumps(
-            train_record(madyn_params.train_spec(SUITE_CFG, wc.model))),
-        corpus=lambda wc, input: os.path.dirname(input[0]),
-    threads: SUITE_CFG.get("threads", 1)
-    resources:
-        mem_mb=2000,
-    # longest job first, so that N cores finish together (not the slowest model last)
-    priority: lambda wc: train_cost(madyn_params.model_spec(SUITE_CFG, wc.model))
-    log:
-        f"{RESULTS}/logs/train_{{model}}.log",
-    conda:
-        ENV
-    shell:
-        "madyn step train --spec-json {params.spec:q} --train-json {params.train:q} "
-        "--corpus {params.corpus:q} --out {params.outdir:q} --threads {threads:q} "
-        "--timing-out {output.timing:q} 2> >(tee {log:q} >&2)"
+# one training rule per checkpoint schedule (common.smk: schedule_groups): a rule's
+# outputs name every checkpoint, and models with other step counts have other checkpoints
+for _suffix, _steps, _models in TRAIN_GROUPS:
+
+    rule:
+        name:
+            f"train{_suffix}"
+        input:
+            f"{RESULTS}/corpus/manifest.json",
+        output:
+            model_manifest("{model}"),
+            timing=f"{RESULTS}/timing/{{model}}.json",
+            weights=expand(f"{RESULTS}/models/{{{{model}}}}/step{{step}}/model.safetensors",
+                           step=_steps),
+        wildcard_constraints:
+            model=one_of(_models),
+        params:
+            outdir=lambda wc, output: os.path.dirname(output[0]),
+            spec=lambda wc: json.dumps(spec_record(madyn_params.model_spec(SUITE_CFG, wc.model))),
+            train=lambda wc: json.dumps(
+                train_record(madyn_params.train_spec(SUITE_CFG, wc.model))),
+            corpus=lambda wc, input: os.path.dirname(input[0]),
+        threads: SUITE_CFG.get("threads", 1)
+        resources:
+            mem_mb=2000,
+        # longest job first, so that N cores finish together (not the slowest model last)
+        priority: lambda wc: train_cost(madyn_params.model_spec(SUITE_CFG, wc.model))
+        log:
+            f"{RESULTS}/logs/train_{{model}}.log",
+        conda:
+            ENV
+        shell:
+            "madyn step train --spec-json {params.spec:q} --train-json {params.train:q} "
+            "--corpus {params.corpus:q} --out {params.outdir:q} --threads {threads:q} "
+            "--timing-out {output.timing:q} 2> >(tee {log:q} >&2)"
 
 
 rule train_summary:
     input:
-        expand(rules.train.output.timing, model=TRAINED),
+        [f"{RESULTS}/timing/{m}.json" for m in TRAINED],
     output:
         f"{RESULTS}/timing/train.json",
     resources:

@@ -76,6 +76,8 @@ def register(sub) -> None:
     c.add_argument("--tokenizer", required=True, help="local tokenizer dir or hub repo id")
     c.add_argument("--no-bos", dest="bos", action="store_false", default=None,
                    help="synthetic corpora: sequences without the BOS token")
+    c.add_argument("--bos", dest="bos", action="store_true",
+                   help="text corpora: position 0 of each sequence is the end-of-text token")
     c.add_argument("--revision", default=None)
     c.add_argument("--n-seqs", type=positive_int, required=True)
     c.add_argument("--seq-len", type=positive_int, required=True)

@@ -38,7 +38,9 @@ def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
                 bos: bool | None = None) -> np.ndarray:
     """Write the fixed evaluation batch (N x T int64 ids, ``.npy``) cut from the held-out
     corpus files of ``corpus_manifest``, tokenized with ``tokenizer`` (folder or hub id);
-    for a synthetic corpus, drawn from its process (``bos`` overrides its BOS setting)."""
+    for a synthetic corpus, drawn from its process (``bos`` overrides its BOS setting).
+    A text batch with ``bos`` True has the tokenizer's end-of-text token at position 0 (as
+    :mod:`madyn.train.training` trains a model with ``bos``)."""
     from madyn.train.corpus import encode_with, eval_windows, heldout_texts
 
     manifest = read_json(corpus_manifest)
@@ -52,6 +54,10 @@ def eval_tokens(corpus_manifest: str, tokenizer: str, out: str, *, n_seqs: int,
         return tokens
     ids = encode_with(tokenizer, heldout_texts(manifest), revision)
     tokens = eval_windows(ids, n_seqs, seq_len, seed)
+    if bos:
+        from transformers import AutoTokenizer
+
+        tokens[:, 0] = AutoTokenizer.from_pretrained(tokenizer, revision=revision).eos_token_id
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, tokens)
     _say(f"eval tokens: {tokens.shape[0]} x {tokens.shape[1]} from {len(ids)} held-out "

@@ -42,7 +42,18 @@ def check(params: str, suite_name: str | None = None) -> str:
                                     for m in params_file.model_names(suite)])
     if suite["source"] == "run":
         return "\n".join([head] + _run_lines(cfg, suite))
-    return f"{head}, {len(params_file.steps(suite))} checkpoints each"
+    counts = sorted({len(params_file.steps(suite, m)) for m in params_file.model_names(suite)})
+    each = (f"{counts[0]} checkpoints each" if len(counts) == 1
+            else f"{counts[0]}-{counts[-1]} checkpoints each")
+    if "design_space" not in suite:
+        return f"{head}, {each}"
+    from madyn.workflow import design_space
+
+    space = suite["design_space"]
+    return (f"{head}, {each}; generated from its design_space ({space['n_designs']} designs "
+            f"by {space['sampler']['method']} seed {space['sampler']['seed']}, "
+            f"{space['seeded_designs']} with {space['seeds']} seeds):\n"
+            + design_space.table(suite["models"]))
 
 
 def _run_lines(cfg: dict, suite: dict) -> list[str]:

@@ -33,7 +33,7 @@ FAMILIES = {
     "gpt2": "GPT2LMHeadModel",  # learned absolute positions, pre-LayerNorm, GeLU MLP, biases
 }
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class TrainSpec:
     optimizer: str = "adamw"  # adamw (lr, beta1, beta2, eps, weight_decay) or sgd
     eps: float = 1e-8  # AdamW's epsilon
     momentum: float = 0.9  # SGD's (heavy-ball) momentum
-    bos: bool | None = None  # synthetic corpora: a BOS token at position 0 (None: the corpus's)
-    schedule: str = "cosine"  # cosine (to min_lr_ratio * lr) or constant, after the warmup
+    bos: bool | None = None  # a BOS token at position 0 (None: the corpus's; text: none)
+    schedule: str = "cosine"  # cosine or linear (to min_lr_ratio * lr) or constant, after warmup
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -247,14 +247,15 @@ def update(model, opt, x, step: int, train: TrainSpec):
 
 
 def lr_at(step: int, t: TrainSpec) -> float:
-    """Linear warmup then cosine decay to ``min_lr_ratio * lr`` (``schedule: constant``:
-    the peak lr after the warmup)."""
+    """Linear warmup then decay to ``min_lr_ratio * lr`` at ``steps``: cosine, or linear
+    (``schedule: linear``); ``schedule: constant``: the peak lr after the warmup."""
     if step < t.warmup:
         return t.lr * (step + 1) / t.warmup
     if t.schedule == "constant":
         return t.lr
     frac = (step - t.warmup) / max(1, t.steps - t.warmup)
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    shape = 1 - frac if t.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * shape)
 
 
 def _save_checkpoint(model, tokenizer_dir: Path, out: Path, meta: dict) -> None:
@@ -275,10 +276,12 @@ def _remove_stale_checkpoints(out_dir: Path) -> None:
             shutil.rmtree(d)
 
 
-def _batch_source(corpus_dir: Path, train: TrainSpec):
+def _batch_source(corpus_dir: Path, train: TrainSpec, bos_id: int | None = None):
     """A function rng -> the next training batch (B x T int64): random windows of the text
-    corpus's ``train.npy``, or fresh sequences of a synthetic corpus (its manifest's
-    parameters; ``train.bos`` overrides its BOS token), drawn in order from the seed."""
+    corpus's ``train.npy`` (``train.bos``: position 0 of each window replaced by
+    ``bos_id``, the tokenizer's end-of-text token), or fresh sequences of a synthetic
+    corpus (its manifest's parameters; ``train.bos`` overrides its BOS token), drawn in
+    order from the seed."""
     manifest = read_json(corpus_dir / "manifest.json")
     if manifest.get("source") == "synthetic":
         from madyn.train import synthetic
@@ -290,9 +293,15 @@ def _batch_source(corpus_dir: Path, train: TrainSpec):
     if data.size <= train.seq_len:
         raise ValueError(f"corpus too small for seq_len {train.seq_len}")
 
+    if train.bos and bos_id is None:
+        raise ValueError("train.bos on a text corpus needs the tokenizer's BOS id")
+
     def windows(rng) -> np.ndarray:
         starts = rng.integers(0, data.size - train.seq_len, size=train.batch_size)
-        return np.stack([data[s:s + train.seq_len] for s in starts]).astype(np.int64)
+        x = np.stack([data[s:s + train.seq_len] for s in starts]).astype(np.int64)
+        if train.bos:
+            x[:, 0] = bos_id
+        return x
     return windows
 
 
@@ -332,7 +341,7 @@ def _train(spec: ModelSpec, train: TrainSpec, corpus_dir: Path, out_dir: Path,
 
     tok_dir = corpus_dir / "tokenizer"
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    next_batch = _batch_source(corpus_dir, train)
+    next_batch = _batch_source(corpus_dir, train, tok.eos_token_id)
     config = model_config(spec, len(tok), train.seq_len, tok.eos_token_id)
     model = getattr(transformers, FAMILIES[spec.family])(config)
     model.train()

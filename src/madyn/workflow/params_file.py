@@ -122,9 +122,11 @@ def validate(cfg: Any) -> dict:
     bad = list(_nonfinite(cfg))
     if bad:
         raise ConfigError("invalid params.yaml: " + "; ".join(bad))
-    errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid params.yaml: " + "; ".join(_describe(e) for e in errors))
+    _schema_check(cfg)
+    if _expand_design_spaces(cfg):
+        _schema_check(cfg)  # the generated model entries, errors named by their axis
+    if _expand_design_space_from(cfg):
+        _schema_check(cfg)
     if cfg["suite"] not in cfg["suites"]:
         raise ConfigError(f"suite: {cfg['suite']!r} is not one of suites "
                           f"({', '.join(cfg['suites'])})")
@@ -153,6 +155,11 @@ def validate(cfg: Any) -> dict:
             t = suite["train"]
             if t["warmup"] >= t["steps"]:
                 raise ConfigError(f"suites.{sname}.train.warmup: must be < steps")
+            for i, m in enumerate(suite["models"]):
+                ts = train_spec(suite, m["name"])
+                if ("warmup" in m or "steps" in m) and ts.warmup >= ts.steps:
+                    raise ConfigError(f"suites.{sname}.models.{i}.warmup: {ts.warmup} must "
+                                      f"be < its steps {ts.steps}")
             _check_design_groups(sname, suite)
         elif suite["source"] == "hub":
             sched = hub_schedule(suite)
@@ -170,8 +177,98 @@ def validate(cfg: Any) -> dict:
             _check_run_entries(sname, suite)
     suite = active(cfg)
     if suite["source"] not in ("released", "run"):  # a folder is checked once scanned
-        check_min_points(cfg, len(steps(suite)), f"suite {cfg['suite']}")
+        fewest = min(model_names(suite), key=lambda m: len(steps(suite, m)))
+        check_min_points(cfg, len(steps(suite, fewest)),
+                         f"suite {cfg['suite']}" + (f" (model {fewest})"
+                                                    if suite["source"] == "local" else ""))
     return cfg
+
+
+def _schema_check(cfg: dict) -> None:
+    """ConfigError naming every key the JSON schema refuses; in a model entry generated
+    from a ``design_space``, the axis that gave the value (once, with the first model)."""
+    errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return
+    seen: dict[str, list[str]] = {}
+    for e in errors:
+        msg, model = _generated_key(cfg, _describe(e), e.absolute_path)
+        seen.setdefault(msg, []).extend([model] if model else [])
+    raise ConfigError("invalid params.yaml: " + "; ".join(
+        msg + (f" (model {ms[0]}" + (f" and {len(ms) - 1} more)" if len(ms) > 1 else ")")
+               if ms else "") for msg, ms in seen.items()))
+
+
+def _generated_key(cfg: dict, msg: str, path) -> tuple[str, str | None]:
+    """``msg`` with ``suites.S.models.I.KEY`` renamed ``suites.S.design_space.axes.KEY``
+    when suite S's models are generated from its design space, and that model's name
+    (None for any other message)."""
+    p = list(path)
+    if len(p) >= 4 and p[0] == "suites" and p[2] == "models":
+        suite = cfg["suites"].get(p[1], {})
+        if isinstance(suite, dict) and ("design_space" in suite
+                                        or "design_space_from" in suite):
+            name = str(suite["models"][p[3]].get("name", p[3]))
+            if "design_space_from" in suite:
+                where, key = ".".join(map(str, p[:4])), "design_space_from"
+            elif len(p) > 4:
+                where, key = ".".join(map(str, p[:5])), f"design_space.axes.{p[4]}"
+            else:
+                where, key = ".".join(map(str, p[:4])), "design_space"
+            return msg.replace(where, f"suites.{p[1]}.{key}", 1), name
+    return msg, None
+
+
+def _expand_design_spaces(cfg: dict) -> bool:
+    """Fill in the ``models`` of every suite with a ``design_space`` (its expansion,
+    :func:`madyn.workflow.design_space.expand`), in place, so that every reader of the
+    configuration sees them. ConfigError naming the key for a space the schema cannot
+    judge, or for ``models`` given beside it that differ. Returns whether any suite was
+    expanded."""
+    from madyn.workflow import design_space
+
+    suites = cfg["suites"]
+    done = False
+    for sname, suite in suites.items():
+        if "design_space" not in suite:
+            continue
+        bad = design_space.check(suite["design_space"])
+        if bad:
+            raise ConfigError("invalid params.yaml: " + "; ".join(
+                f"suites.{sname}.design_space.{b}" for b in bad))
+        _set_models(sname, suite, design_space.expand(suite["design_space"]))
+        done = True
+    return done
+
+
+def _expand_design_space_from(cfg: dict) -> bool:
+    """Fill in the ``models`` of every suite with a ``design_space_from``: the named local
+    suite's models (already expanded and checked) as a released suite states them: name,
+    design and recipe. Returns whether any suite was filled in."""
+    suites = cfg["suites"]
+    done = False
+    for sname, suite in suites.items():
+        src = suite.get("design_space_from")
+        if src is None:
+            continue
+        origin = suites.get(src)
+        if origin is None or "design_space" not in origin or origin["source"] != "local":
+            raise ConfigError(f"suites.{sname}.design_space_from: {src!r} is not a local "
+                              "suite with a design_space")
+        _set_models(sname, suite, [
+            {"name": m["name"], "design": design_label(m),
+             **recipe(design_record(model_spec(origin, m["name"]),
+                                    train_spec(origin, m["name"])))}
+            for m in origin["models"]])
+        done = True
+    return done
+
+
+def _set_models(sname: str, suite: dict, models: list[dict]) -> None:
+    if "models" in suite and suite["models"] != models:
+        key = "design_space" if "design_space" in suite else "design_space_from"
+        raise ConfigError(f"suites.{sname}.models: give models or {key}, not both")
+    suite["models"] = models
 
 
 def _check_run_entries(sname: str, suite: dict) -> None:
@@ -281,7 +378,8 @@ def model_names(suite: dict) -> list[str]:
 # model-entry keys that override the suite's train recipe (several seeds of one design
 # point are several model entries)
 TRAIN_OVERRIDES = ("lr", "eps", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
-                   "seed", "bos")
+                   "seed", "bos", "steps", "warmup", "batch_size", "schedule", "min_lr_ratio",
+                   "log_until", "every")
 
 
 def design_label(entry: dict) -> str:
@@ -355,14 +453,16 @@ def vocab_size(corpus: dict) -> int:
     return corpus["vocab"] + 1 if "kind" in corpus else corpus["vocab_size"]
 
 
-def steps(suite: dict) -> list[int]:
-    """The checkpoint steps to analyse for every model of ``suite`` (not ``released``:
-    those are whatever files the folder holds)."""
+def steps(suite: dict, name: str | None = None) -> list[int]:
+    """The checkpoint steps to analyse for model ``name`` of ``suite`` (not ``released``
+    or ``run``: those are whatever files the folder holds). A local model's follow its own
+    recipe (its ``steps``, ``log_until`` and ``every`` overrides); without ``name``, the
+    suite's ``train`` schedule."""
     if suite["source"] in ("released", "run"):
         raise ValueError(f"a {suite['source']} suite's steps are read from its folder")
     if suite["source"] == "local":
-        t = suite["train"]
-        return checkpoint_steps(t["steps"], t["log_until"], t["every"])
+        t = train_spec(suite, name)
+        return checkpoint_steps(t.steps, t.log_until, t.every)
     if suite["analyse_steps"] == "all":
         return hub_schedule(suite)
     return sorted(suite["analyse_steps"])

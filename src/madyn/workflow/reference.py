@@ -62,7 +62,7 @@ def make_reference(results: str | Path, out: str | Path, suite_name: str, suite:
     if missing:
         raise ValueError(f"{src}: no released export for {missing}; run the suite first")
     _check_ours(dest)
-    train = read_json(res / "metrics" / "train.json")
+    train = read_json(res / "timing" / "train.json")  # the train_summary rule's output
     per_model = {}
     for m in models:
         man = read_json(res / "models" / m / "manifest.json")
@@ -72,8 +72,9 @@ def make_reference(results: str | Path, out: str | Path, suite_name: str, suite:
         "made_by": MADE_BY, "suite": suite_name, "made_unix": int(time.time()),
         "made_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "remake": remake,
-        "recipe": {k: suite[k] for k in ("description", "train", "extract", "models",
-                                          "base_design") if k in suite},
+        # a generated suite's models are its design space's expansion: both recorded
+        "recipe": {k: suite[k] for k in ("description", "train", "extract", "design_space",
+                                          "models", "base_design") if k in suite},
         "corpus": read_json(res / "corpus" / "manifest.json"),
         "training": {"wall_minutes": round(train.get("wall_s", 0) / 60, 2),
                      "sum_minutes": round(train.get("sum_s", 0) / 60, 2),
