@@ -1,0 +1,432 @@
+"""Measuring a checkpoint layer by layer, within a memory budget.
+
+The model is built as a skeleton whose parameters live on the ``meta`` device (no memory;
+buffers such as rotary frequencies are real, computed by the model's own constructor).
+What runs before the first decoder layer (embeddings, positions, projections) is loaded
+from the safetensors shards and run once per batch, with every decoder layer replaced by
+a stub that records its inputs (the hidden states and the per-layer arguments the model
+passes: masks, rotary embeddings, positions). Then one decoder layer at a time is read
+from the shards (only its own tensors, with ``pread``: nothing is memory-mapped, so the
+process's address space stays small under ``ulimit -v``), run on every batch's hidden
+states, measured by the same hooks as the whole-model pass
+(:mod:`madyn.measure.statistics`, :mod:`madyn.measure.sinks`) and freed. What stays in
+memory: the hidden states (N x T x d, in the load dtype), the parts before the first
+layer, one layer, and the statistics. Layers and their modules are found by structure
+(:func:`madyn.measure.statistics.decoder_layers`), never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from madyn.measure.checkpoints import CheckpointError, safetensors_header
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+GB = 1e9  # max_memory_gb counts decimal gigabytes
+
+
+# ------------------------------------------------------------------------ estimates
+def activation_bytes(hidden: int, ffn: int, batch: int, seq: int) -> int:
+    """Bytes of one forward pass's activations inside a decoder layer and of the
+    statistics' float32 copies, for ``batch`` x ``seq`` tokens: about 8 float32 copies of
+    the B x T x d hidden states and 3 of the B x T x F MLP hidden units (an upper bound
+    measured on the CPU; the fused attention holds no T x T matrix)."""
+    return batch * seq * (8 * hidden + 3 * ffn) * 4
+
+
+def whole_model_bytes(config: dict, dtype: str, batch: int, seq: int) -> int:
+    """Bytes a whole-model measurement takes: every parameter at ``dtype`` (from
+    :func:`madyn.architecture.architecture`'s count) plus :func:`activation_bytes`."""
+    from madyn.architecture import architecture
+
+    a = architecture(config)
+    return (a["n_params"] * DTYPE_BYTES[dtype]
+            + activation_bytes(a["hidden_size"], a["intermediate_size"], batch, seq))
+
+
+def layerwise_bytes(tensors: dict, layer_prefix: str, dtype: str, hidden: int, ffn: int,
+                    n_seqs: int, batch: int, seq: int) -> int:
+    """Bytes a layer-by-layer measurement takes: the largest decoder layer and everything
+    outside the layers (``tensors``: the shards' table, names under ``layer_prefix.N.``
+    are layers), at ``dtype``; all N x T x d hidden states; one batch's activations."""
+    per_layer: dict[str, int] = {}
+    rest = 0
+    pat = re.compile(re.escape(layer_prefix) + r"\.(\d+)\.")
+    for name, t in tensors.items():
+        m = pat.match(name) if layer_prefix else None
+        if m:
+            per_layer[m[1]] = per_layer.get(m[1], 0) + t["numel"]
+        else:
+            rest += t["numel"]
+    b = DTYPE_BYTES[dtype]
+    return ((max(per_layer.values(), default=0) + rest) * b + n_seqs * seq * hidden * b
+            + activation_bytes(hidden, ffn, batch, seq))
+
+
+def needs_layerwise(config: dict, dtype: str, batch: int, seq: int,
+                    max_memory_gb: float | None) -> bool:
+    """Whether a whole-model measurement would exceed ``max_memory_gb`` (None: never)."""
+    if max_memory_gb is None:
+        return False
+    return whole_model_bytes(config, dtype, batch, seq) > max_memory_gb * GB
+
+
+# ------------------------------------------------------------------- reading shards
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+                 "U8": "uint8", "BOOL": "bool"}
+
+
+class ShardReader:
+    """The tensors of a checkpoint's safetensors files, read one at a time with ``pread``
+    (no memory map: the address space grows by the tensor read, not by the shard). The
+    headers are checked first (:func:`madyn.measure.checkpoints.safetensors_header`).
+    ``bytes_read`` and ``seconds`` count what was read and how long it took."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.tensors: dict[str, dict] = {}
+        self._files: dict[str, Path] = {}
+        for f in files:
+            for name, t in safetensors_header(Path(f)).items():
+                self.tensors[name] = t
+                self._files[name] = Path(f)
+        self._fds: dict[Path, int] = {}
+        self.bytes_read = 0
+        self.seconds = 0.0
+
+    def read(self, name: str):
+        """Tensor ``name`` as a CPU tensor of its stored dtype and shape."""
+        import torch
+
+        t = self.tensors[name]
+        dtype = _TORCH_DTYPES.get(t["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{self._files[name]}: tensor {name!r} has dtype "
+                                  f"{t['dtype']}, which madyn does not read layer by layer")
+        t0 = time.monotonic()
+        path = self._files[name]
+        if path not in self._fds:
+            from madyn.io import open_regular
+
+            with open_regular(path) as f:  # refuses a FIFO or a device, naming it
+                self._fds[path] = os.dup(f.fileno())
+        fd = self._fds[path]
+        n = t["offsets"][1] - t["offsets"][0]
+        buf = torch.empty(n, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        got = 0
+        while got < n:
+            k = os.preadv(fd, [view[got:]], t["begin"] + got)
+            if k <= 0:
+                raise CheckpointError(f"{path}: truncated while reading tensor {name!r}")
+            got += k
+        self.bytes_read += n
+        self.seconds += time.monotonic() - t0
+        return buf.view(getattr(torch, dtype)).reshape(t["shape"])
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+# ------------------------------------------------------------------------- skeleton
+@contextlib.contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Within the block, every parameter a module registers is moved to the ``meta``
+    device (no memory), while buffers stay where the constructor made them (rotary
+    frequencies, masks: computed, not loaded). torch only (as ``accelerate``'s
+    ``init_empty_weights(include_buffers=False)``)."""
+    import torch
+
+    original = torch.nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            p = module._parameters[name]
+            module._parameters[name] = type(p)(p.to("meta"), requires_grad=False)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
+
+
+def skeleton(source: str, dtype: str):
+    """The causal LM of the checkpoint folder ``source`` with its parameters on the meta
+    device, in eval mode (built from its config.json; never remote code)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    with empty_parameters():
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False,
+                                                 dtype=getattr(torch, dtype))
+    return model.eval()
+
+
+def _ignored(model, kind: str) -> list[re.Pattern]:
+    pats = getattr(model, f"_keys_to_ignore_on_load_{kind}", None) or []
+    return [re.compile(p) for p in pats]
+
+
+def checkpoint_names(model, body, tensors: dict, where: str) -> dict[str, str]:
+    """For each parameter and persistent buffer of ``body`` (the model's decoder stack, no
+    LM head), by its name in ``body``: the tensor of the shards that holds it (the model's
+    own name, or the same without the base-model prefix). CheckpointError naming
+    ``where`` when a tensor is missing, or the shards hold one under the body's prefix
+    that the model does not have (those transformers itself ignores excepted), as the
+    whole-model load refuses. Tensors outside the body (the LM head, under whatever name
+    the checkpoint gives it) are never read."""
+    prefix = next(n for n, m in model.named_modules() if m is body)
+    pre = f"{prefix}." if prefix else ""
+    names: dict[str, str] = {}
+    missing = []
+    for name in body.state_dict(keep_vars=True):
+        for cand in (pre + name, name):
+            if cand in tensors:
+                names[name] = cand
+                break
+        else:
+            if not any(p.search(pre + name) for p in _ignored(model, "missing")):
+                missing.append(pre + name)
+    used = set(names.values())
+    prefixed = any(n.startswith(pre) for n in tensors)  # else: a base model's shards
+    unexpected = [n for n in tensors if n not in used and (n.startswith(pre) or not prefixed)
+                  and not any(p.search(n) for p in _ignored(model, "unexpected"))]
+    if missing or unexpected:
+        parts = ([f"missing keys {sorted(missing)}"] if missing else []) + \
+            ([f"unexpected keys {sorted(unexpected)}"] if unexpected else [])
+        raise CheckpointError(f"{where}: weights do not match the architecture: "
+                              + "; ".join(parts))
+    return names
+
+
+def materialise(module, names: dict[str, str], reader: ShardReader, device) -> None:
+    """Load ``module``'s parameters and persistent buffers (``names``: their names within
+    ``module`` -> shard tensor names) from the shards onto ``device``, each cast to the
+    dtype the skeleton gives it."""
+    import torch
+
+    state = module.state_dict(keep_vars=True)
+    sd = {}
+    for k, v in state.items():
+        t = reader.read(names[k])
+        if list(t.shape) != list(v.shape):
+            raise CheckpointError(f"{names[k]}: the shards hold {list(t.shape)}, the "
+                                  f"architecture makes {list(v.shape)}")
+        sd[k] = t.to(device=device, dtype=v.dtype)
+    with torch.no_grad():
+        module.load_state_dict(sd, strict=True, assign=True)
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def release(module) -> None:
+    """Free ``module``'s parameters and buffers (back to the meta device)."""
+    module.to_empty(device="meta")
+
+
+# -------------------------------------------------------------------- layer inputs
+class _Captured(Exception):
+    """Raised by the last layer's stub: the rest of the model's forward is not needed."""
+
+
+def capture_inputs(body, layers: list, ids) -> tuple[object, list[tuple[tuple, dict]]]:
+    """Run ``body`` on ``ids`` with every decoder layer replaced by a stub: the hidden
+    states entering layer 0 (B x T x d) and, for each layer, the other arguments the
+    model passes it (positional after the hidden states, and keywords: masks, rotary
+    embeddings, positions). Masks and positions do not depend on the layers' outputs, so
+    a stub passes its input on unchanged."""
+    calls: list = [None] * len(layers)
+    first: list = []
+
+    def stub(i: int) -> Callable:
+        def forward(*args, **kwargs):
+            if args:
+                hidden, rest = args[0], args[1:]
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+                kwargs["_hidden_as_keyword"] = True
+            if i == 0:
+                first.append(hidden)
+            calls[i] = (rest, kwargs)
+            if i == len(layers) - 1:
+                raise _Captured
+            return hidden
+
+        return forward
+
+    for i, layer in enumerate(layers):
+        layer.forward = stub(i)
+    try:
+        body(input_ids=ids, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        for layer in layers:
+            del layer.forward
+    if not first or any(c is None for c in calls):
+        raise ValueError("the model's forward pass did not call every decoder layer; it "
+                         "cannot be measured layer by layer")
+    return first[0], calls
+
+
+def run_layer(layer, hidden, call: tuple[tuple, dict]):
+    """``layer`` on ``hidden`` with the arguments :func:`capture_inputs` recorded; the
+    hidden states it outputs."""
+    rest, kwargs = call
+    kwargs = dict(kwargs)
+    if kwargs.pop("_hidden_as_keyword", False):
+        out = layer(*rest, hidden_states=hidden, **kwargs)
+    else:
+        out = layer(hidden, *rest, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+# ------------------------------------------------------------------------- measuring
+def measure_layerwise(source: str, tokens: np.ndarray, files: list[Path], *,
+                      dtype: str = "float32", device: str = "cpu", batch_size: int = 10,
+                      extreme_tokens: bool = True, progress: Callable[[str], None] | None
+                      = None) -> tuple[pd.DataFrame, dict]:
+    """The statistics of :func:`madyn.measure.statistics.measure` for the checkpoint
+    folder ``source`` (weights: the safetensors ``files``), one decoder layer in memory at
+    a time. tokens: N x T ids (checked by the caller). Returns the table (N x L rows) and
+    what it took: layers, bytes read, seconds reading / computing, seconds per layer, the
+    estimated bytes held (:func:`layerwise_bytes`)."""
+    import torch
+
+    from madyn.measure import sinks
+    from madyn.measure.statistics import (
+        _Collector,
+        attach_hooks,
+        check_sinks_found,
+        config_value,
+        decoder_layers,
+        stats_frame,
+    )
+
+    t_start = time.monotonic()
+    reader = ShardReader(files)
+    try:
+        model = skeleton(source, dtype)
+        layers = decoder_layers(model)
+        body = model.base_model
+        names = checkpoint_names(model, body, reader.tensors, source)
+        owner = {id(m): n for n, m in body.named_modules()}
+        layer_names = [owner[id(layer)] for layer in layers]
+        stack = layer_names[0].rpartition(".")[0]
+        inside = tuple(f"{n}." for n in layer_names)
+        dev = torch.device(device)
+        # everything of the body outside the decoder layers (embeddings, norms, ...)
+        outer = {k: v for k, v in names.items() if not k.startswith(inside)}
+        with torch.no_grad():
+            _load_outer(body, outer, reader, dev)
+        hidden_size = config_value(model, ("hidden_size", "n_embd", "d_model"))
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        starts = range(0, len(ids), batch_size)
+        coll = _Collector(on_cpu=dev.type == "cpu")
+        watch = (sinks.watching(model, layers, coll.sink) if extreme_tokens
+                 else contextlib.nullcontext())
+        per_layer, t_compute = [], 0.0
+        with watch:
+            with torch.inference_mode():
+                captured = [capture_inputs(body, layers, ids[s:s + batch_size].to(dev))
+                            for s in starts]
+            hiddens = [h for h, _ in captured]
+            handles = attach_hooks(coll, layers, hidden_size)
+            try:
+                for i, layer in enumerate(layers):
+                    t0, r0 = time.monotonic(), reader.seconds
+                    pre = f"{layer_names[i]}."
+                    materialise(layer, {k[len(pre):]: v for k, v in names.items()
+                                        if k.startswith(pre)}, reader, dev)
+                    c0 = time.monotonic()
+                    with torch.inference_mode():
+                        for b, (_, calls) in enumerate(captured):
+                            coll.batch_shape = tuple(hiddens[b].shape[:2])
+                            hiddens[b] = run_layer(layer, hiddens[b], calls[i])
+                    coll.drain()
+                    release(layer)
+                    t_compute += time.monotonic() - c0
+                    per_layer.append(round(time.monotonic() - t0, 4))
+                    if progress:
+                        progress(f"layer {i + 1}/{len(layers)}: "
+                                 f"{reader.seconds - r0:.2f}s reading, "
+                                 f"{time.monotonic() - c0:.2f}s computing")
+                if extreme_tokens:
+                    check_sinks_found(coll, len(layers))
+            finally:
+                for hd in handles:
+                    hd.remove()
+                coll.close()
+        arch_ffn = _ffn(model.config, hidden_size)
+        info = {"layers": len(layers), "stack": stack, "bytes_read": reader.bytes_read,
+                "read_seconds": round(reader.seconds, 3),
+                "compute_seconds": round(t_compute, 3), "layer_seconds": per_layer,
+                "seconds": round(time.monotonic() - t_start, 3),
+                "estimated_bytes": layerwise_bytes(
+                    reader.tensors, _prefix_in_shards(names, layer_names[0]), dtype,
+                    hidden_size, arch_ffn, len(ids), min(batch_size, len(ids)),
+                    int(ids.shape[1]))}
+        return stats_frame(coll, len(ids), len(layers)), info
+    finally:
+        reader.close()
+
+
+def _load_outer(body, outer: dict[str, str], reader: ShardReader, device) -> None:
+    """Load the tensors ``outer`` names (``body``'s parameters and buffers outside the
+    decoder layers: name in ``body`` -> shard tensor), module by module."""
+    owners: dict[str, dict[str, str]] = {}
+    for k, v in outer.items():
+        mod, _, leaf = k.rpartition(".")
+        owners.setdefault(mod, {})[leaf] = v
+    for mod_name, leaves in owners.items():
+        mod = body.get_submodule(mod_name) if mod_name else body
+        _load_direct(mod, leaves, reader, device)
+
+
+def _load_direct(module, leaves: dict[str, str], reader: ShardReader, device) -> None:
+    """Replace ``module``'s own (not its children's) parameters and buffers ``leaves``
+    (name -> shard tensor) with the shards' tensors on ``device``."""
+    import torch
+
+    for leaf, src in leaves.items():
+        cur = getattr(module, leaf)
+        t = reader.read(src)
+        if list(t.shape) != list(cur.shape):
+            raise CheckpointError(f"{src}: the shards hold {list(t.shape)}, the "
+                                  f"architecture makes {list(cur.shape)}")
+        t = t.to(device=device, dtype=cur.dtype)
+        if leaf in module._parameters:
+            module._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
+        else:
+            module._buffers[leaf] = t
+
+
+def _ffn(config, hidden: int) -> int:
+    for k in ("intermediate_size", "n_inner", "ffn_dim"):
+        v = getattr(config, k, None)
+        if isinstance(v, int):
+            return v
+    return 4 * hidden
+
+
+def _prefix_in_shards(names: dict[str, str], first_layer: str) -> str:
+    """The name prefix of the decoder stack in the shards (``model.layers``), from the
+    shard name of a tensor of the first layer."""
+    pre = f"{first_layer}."
+    for k, v in names.items():
+        if k.startswith(pre):
+            return v[: len(v) - len(k) + len(first_layer)].rpartition(".")[0]
+    return ""

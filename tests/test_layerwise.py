@@ -1,0 +1,261 @@
+"""Measuring one decoder layer at a time (madyn.measure.layerwise) gives the whole-model
+pass's statistics, sink mass included, for every family madyn trains or loads, from
+sharded safetensors; and it measures a checkpoint under an address-space limit that the
+whole-model pass exceeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file, save_file
+
+from madyn.measure.checkpoints import CheckpointError, load_model, weight_files
+from madyn.measure.extract import measure_checkpoint
+from madyn.measure.layerwise import (
+    ShardReader,
+    empty_parameters,
+    measure_layerwise,
+    needs_layerwise,
+    whole_model_bytes,
+)
+from madyn.measure.statistics import measure
+from madyn.measure.stats_table import STAT_COLUMNS
+from madyn.settings import ExtractSettings
+
+COMMON = {"vocab_size": 64, "max_position_embeddings": 32, "initializer_range": 0.3}
+FAMILIES = ["neox", "llama", "qwen3", "olmo2", "gpt2", "opt"]
+
+
+def _tiny(kind: str):
+    """A 3-layer model of ``kind`` with sharp random attention (large init)."""
+    torch.manual_seed(0)
+    if kind == "neox":
+        cfg = tf.GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                               intermediate_size=64, rotary_pct=0.25, **COMMON)
+        return tf.GPTNeoXForCausalLM(cfg)
+    if kind == "llama":
+        cfg = tf.LlamaConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=64, **COMMON)
+        return tf.LlamaForCausalLM(cfg)
+    if kind == "qwen3":
+        cfg = tf.Qwen3Config(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                             use_sliding_window=True, sliding_window=5, max_window_layers=1,
+                             **COMMON)
+        return tf.Qwen3ForCausalLM(cfg)
+    if kind == "olmo2":
+        cfg = tf.Olmo2Config(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                             intermediate_size=64, **COMMON)
+        return tf.Olmo2ForCausalLM(cfg)
+    if kind == "gpt2":
+        cfg = tf.GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=32, vocab_size=64,
+                            initializer_range=0.3)
+        return tf.GPT2LMHeadModel(cfg)
+    if kind == "opt":
+        cfg = tf.OPTConfig(num_hidden_layers=3, hidden_size=32, ffn_dim=64,
+                           num_attention_heads=4, word_embed_proj_dim=32, vocab_size=64,
+                           max_position_embeddings=32, init_std=0.3)
+        return tf.OPTForCausalLM(cfg)
+    raise ValueError(kind)
+
+
+def _saved(kind: str, out: Path, dtype=torch.float32) -> Path:
+    """The tiny model of ``kind`` saved as several safetensors shards with an index."""
+    model = _tiny(kind).to(dtype)
+    model.save_pretrained(out, max_shard_size="20KB")
+    assert (out / "model.safetensors.index.json").is_file()
+    assert len(list(out.glob("*.safetensors"))) > 2  # the layers are spread over shards
+    return out
+
+
+def _tokens(n: int = 5, t: int = 24) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 64, size=(n, t))
+
+
+def _assert_same(got, want, rtol: float = 1e-5) -> None:
+    assert list(got["seq"]) == list(want["seq"]) and list(got["layer"]) == list(want["layer"])
+    for k in STAT_COLUMNS:
+        np.testing.assert_allclose(got[k].to_numpy(float), want[k].to_numpy(float),
+                                   rtol=rtol, atol=1e-7, equal_nan=True, err_msg=k)
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_layer_by_layer_equals_whole_model(kind, tmp_path):
+    """Every statistic, sink mass and MLP sparsity included, over two batches (2 + 2 + 1
+    sequences), read from a sharded checkpoint one layer at a time."""
+    folder = _saved(kind, tmp_path / kind)
+    tokens = _tokens()
+    whole = measure(load_model(str(folder), dtype="float32", device="cpu"), tokens,
+                    batch_size=2)
+    got, info = measure_layerwise(str(folder), tokens, weight_files(str(folder)),
+                                  batch_size=2)
+    assert whole["sink_mass"].notna().all() and whole["sink_mass"].std() > 0.01
+    assert whole["mlp_active_token"].notna().all()
+    _assert_same(got, whole)
+    assert info["layers"] == 3 and info["bytes_read"] > 0
+    assert len(info["layer_seconds"]) == 3
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_layer_by_layer_in_bfloat16_equals_whole_model(kind, tmp_path):
+    """A bfloat16 checkpoint loaded in bfloat16: the same (statistics in float32)."""
+    folder = _saved(kind, tmp_path / kind, dtype=torch.bfloat16)
+    tokens = _tokens(3, 16)
+    whole = measure(load_model(str(folder), dtype="bfloat16", device="cpu"), tokens,
+                    batch_size=3)
+    got, _ = measure_layerwise(str(folder), tokens, weight_files(str(folder)),
+                               dtype="bfloat16", batch_size=3)
+    _assert_same(got, whole)
+
+
+def test_extreme_tokens_off_leaves_sink_nan(tmp_path):
+    folder = _saved("llama", tmp_path / "m")
+    got, _ = measure_layerwise(str(folder), _tokens(2, 8), weight_files(str(folder)),
+                               extreme_tokens=False)
+    assert got["sink_mass"].isna().all() and got["top1"].gt(0).all()
+
+
+def test_budget_chooses_layer_by_layer_and_records_it(tmp_path):
+    """measure_checkpoint measures whole when the model fits max_memory_gb (or no budget
+    is set) and layer by layer when it does not; the tables are the same."""
+    folder = _saved("neox", tmp_path / "m")
+    tokens = _tokens(4, 16)
+    cfg = json.loads((folder / "config.json").read_text())
+    need = whole_model_bytes(cfg, "float32", 2, 16)
+    assert not needs_layerwise(cfg, "float32", 2, 16, None)
+    assert needs_layerwise(cfg, "float32", 2, 16, need / 2e9)
+    assert not needs_layerwise(cfg, "float32", 2, 16, need * 2 / 1e9)
+    small = ExtractSettings(batch_size=2, device="cpu", max_memory_gb=need / 2e9)
+    big = ExtractSettings(batch_size=2, device="cpu", max_memory_gb=need * 2 / 1e9)
+    by_layer, meta = measure_checkpoint(str(folder), tokens, small)
+    whole, meta_whole = measure_checkpoint(str(folder), tokens, big)
+    assert meta["layerwise"] and not meta_whole["layerwise"]
+    assert meta["weights"] == meta_whole["weights"]
+    assert meta["layerwise_info"]["layers"] == 3
+    _assert_same(by_layer, whole)
+
+
+def test_max_memory_gb_is_validated():
+    for bad in (0, -1, "4", True):
+        with pytest.raises(ValueError, match="max_memory_gb"):
+            ExtractSettings(max_memory_gb=bad)
+    assert ExtractSettings().max_memory_gb is None
+
+
+def test_missing_tensor_is_refused_naming_it(tmp_path):
+    folder = tmp_path / "m"
+    _tiny("llama").save_pretrained(folder)
+    st = load_file(folder / "model.safetensors")
+    gone = "model.layers.1.mlp.up_proj.weight"
+    del st[gone]
+    save_file(st, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing keys.*layers\.1\.mlp\.up_proj"):
+        measure_layerwise(str(folder), _tokens(2, 8), weight_files(str(folder)))
+
+
+def test_shard_reader_reads_what_safetensors_reads(tmp_path):
+    folder = _saved("opt", tmp_path / "m", dtype=torch.bfloat16)
+    reader = ShardReader(weight_files(str(folder)))
+    try:
+        for f in weight_files(str(folder)):
+            for name, want in load_file(f).items():
+                got = reader.read(name)
+                assert got.dtype == want.dtype and torch.equal(got, want), name
+    finally:
+        reader.close()
+
+
+def test_empty_parameters_keeps_buffers_real():
+    """Parameters on meta (no memory), buffers (rotary frequencies) computed as usual."""
+    cfg = tf.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                         intermediate_size=64, vocab_size=64)
+    with empty_parameters():
+        model = tf.LlamaForCausalLM(cfg)
+    assert all(p.is_meta for p in model.parameters())
+    real = tf.LlamaForCausalLM(cfg)
+    bufs = dict(model.named_buffers())
+    assert bufs and all(not b.is_meta for b in bufs.values())
+    for name, b in real.named_buffers():
+        assert torch.equal(bufs[name], b), name
+
+
+# ------------------------------------------------------------- under a memory limit
+_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from madyn.measure.checkpoints import load_model, weight_files
+    from madyn.measure.layerwise import measure_layerwise
+    from madyn.measure.statistics import measure
+    folder, mode, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tokens = np.arange(2 * 16).reshape(2, 16) % 256
+    torch.ones(64, 64) @ torch.ones(64, 64)  # the thread pools exist before the limit
+    vm = int(next(l.split()[1] for l in open("/proc/self/status")
+                  if l.startswith("VmSize:"))) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, vm + headroom))
+    try:
+        if mode == "whole":
+            df = measure(load_model(folder, dtype="float32", device="cpu"), tokens)
+        else:
+            df, _ = measure_layerwise(folder, tokens, weight_files(folder))
+    except (MemoryError, RuntimeError, OSError) as e:
+        print(json.dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]}))
+        sys.exit(0)
+    print(json.dumps({"ok": True, "top1": df["top1"].tolist()}))
+""")
+
+
+def _big_checkpoint(out: Path) -> Path:
+    """A Llama checkpoint of about 270 MB in float32 (6 layers of width 512, MLP 2816,
+    vocabulary 32000, untied head), random weights written tensor by tensor, in shards."""
+    cfg = tf.LlamaConfig(num_hidden_layers=6, hidden_size=512, num_attention_heads=8,
+                         intermediate_size=2816, vocab_size=32000,
+                         max_position_embeddings=64, tie_word_embeddings=False)
+    with empty_parameters():
+        model = tf.LlamaForCausalLM(cfg)
+    out.mkdir()
+    cfg.save_pretrained(out)
+    gen = torch.Generator().manual_seed(0)
+    shard, shards, index, size = {}, [], {}, 0
+    for name, p in model.state_dict(keep_vars=True).items():
+        shard[name] = torch.randn(p.shape, generator=gen) * 0.05
+        size += shard[name].numel() * 4
+        if size > 64e6:
+            shards.append(shard)
+            shard, size = {}, 0
+    shards.append(shard)
+    for i, sh in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sh, out / fname, metadata={"format": "pt"})
+        index.update({k: fname for k in sh})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    return out
+
+
+@pytest.mark.slow
+def test_layer_by_layer_fits_where_the_whole_model_does_not(tmp_path):
+    """With the address space capped at what the process holds plus 200 MB, loading the
+    whole 270 MB model fails, while measuring it layer by layer (one 27 MB layer plus
+    the 66 MB embedding at a time, read without memory maps) succeeds; without the cap,
+    both give the same table."""
+    folder = _big_checkpoint(tmp_path / "big")
+    env_run = [sys.executable, "-c", _CHILD, str(folder)]
+    res = {}
+    for mode, headroom in (("whole", 200), ("layers", 200), ("whole", 4000)):
+        p = subprocess.run(env_run + [mode, str(headroom * 2**20)], capture_output=True,
+                           text=True, timeout=300,
+                           env={**__import__("os").environ, "MALLOC_ARENA_MAX": "1"})
+        assert p.returncode == 0, p.stderr[-2000:]
+        res[(mode, headroom)] = json.loads(p.stdout.strip().splitlines()[-1])
+    assert not res[("whole", 200)]["ok"], res[("whole", 200)]
+    assert res[("layers", 200)]["ok"], res[("layers", 200)]
+    np.testing.assert_allclose(res[("layers", 200)]["top1"], res[("whole", 4000)]["top1"],
+                               rtol=1e-5)
