@@ -6,6 +6,7 @@ whole-model pass exceeds."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -191,13 +192,14 @@ def test_empty_parameters_keeps_buffers_real():
 _CHILD = textwrap.dedent("""
     import json, resource, sys
     import numpy as np, torch
+    import transformers.modeling_utils, transformers.models.llama.modeling_llama
     torch.set_num_threads(1)
     from madyn.measure.checkpoints import load_model, weight_files
     from madyn.measure.layerwise import measure_layerwise
     from madyn.measure.statistics import measure
     folder, mode, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3])
     tokens = np.arange(2 * 16).reshape(2, 16) % 256
-    torch.ones(64, 64) @ torch.ones(64, 64)  # the thread pools exist before the limit
+    torch.ones(64, 64) @ torch.ones(64, 64)  # libraries and thread pools before the limit
     vm = int(next(l.split()[1] for l in open("/proc/self/status")
                   if l.startswith("VmSize:"))) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, vm + headroom))
@@ -206,8 +208,8 @@ _CHILD = textwrap.dedent("""
             df = measure(load_model(folder, dtype="float32", device="cpu"), tokens)
         else:
             df, _ = measure_layerwise(folder, tokens, weight_files(folder))
-    except (MemoryError, RuntimeError, OSError) as e:
-        print(json.dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]}))
+    except (MemoryError, RuntimeError, OSError, ValueError) as e:
+        print(json.dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)[:600]}))
         sys.exit(0)
     print(json.dumps({"ok": True, "top1": df["top1"].tolist()}))
 """)
@@ -224,10 +226,11 @@ def _big_checkpoint(out: Path) -> Path:
     out.mkdir()
     cfg.save_pretrained(out)
     gen = torch.Generator().manual_seed(0)
-    shard, shards, index, size = {}, [], {}, 0
+    shard, shards, index, size, total = {}, [], {}, 0, 0
     for name, p in model.state_dict(keep_vars=True).items():
         shard[name] = torch.randn(p.shape, generator=gen) * 0.05
         size += shard[name].numel() * 4
+        total += shard[name].numel() * 4
         if size > 64e6:
             shards.append(shard)
             shard, size = {}, 0
@@ -236,7 +239,8 @@ def _big_checkpoint(out: Path) -> Path:
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(sh, out / fname, metadata={"format": "pt"})
         index.update({k: fname for k in sh})
-    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                              "weight_map": index}))
     return out
 
 
@@ -252,10 +256,12 @@ def test_layer_by_layer_fits_where_the_whole_model_does_not(tmp_path):
     for mode, headroom in (("whole", 200), ("layers", 200), ("whole", 4000)):
         p = subprocess.run(env_run + [mode, str(headroom * 2**20)], capture_output=True,
                            text=True, timeout=300,
-                           env={**__import__("os").environ, "MALLOC_ARENA_MAX": "1"})
+                           env={**os.environ, "MALLOC_ARENA_MAX": "1",
+                                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
         assert p.returncode == 0, p.stderr[-2000:]
         res[(mode, headroom)] = json.loads(p.stdout.strip().splitlines()[-1])
     assert not res[("whole", 200)]["ok"], res[("whole", 200)]
+    assert "memory" in res[("whole", 200)]["error"].lower()  # it failed for want of memory
     assert res[("layers", 200)]["ok"], res[("layers", 200)]
     np.testing.assert_allclose(res[("layers", 200)]["top1"], res[("whole", 4000)]["top1"],
                                rtol=1e-5)

@@ -105,7 +105,7 @@ def _measure_by_layer(source: str, tokens: np.ndarray, s: ExtractSettings, confi
         "attn_implementation": sinks.ATTENTION if s.extreme_tokens else None,
         "seconds": round(time.monotonic() - t0, 3), "layerwise": True,
         "max_memory_gb": s.max_memory_gb,
-        "layerwise_info": {k: v for k, v in info.items() if k != "layer_seconds"},
+        "layerwise_info": info,
         **versions(),
     }
     return df, meta
