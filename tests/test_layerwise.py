@@ -265,3 +265,28 @@ def test_layer_by_layer_fits_where_the_whole_model_does_not(tmp_path):
     assert res[("layers", 200)]["ok"], res[("layers", 200)]
     np.testing.assert_allclose(res[("layers", 200)]["top1"], res[("whole", 4000)]["top1"],
                                rtol=1e-5)
+
+
+def test_extract_cli_max_memory_gb(tmp_path, capsys):
+    """``madyn extract --max-memory-gb``: below the model's size it is measured layer by
+    layer (recorded in the table's metadata), with the same table as without; a budget
+    that is not a positive number is refused naming the option (exit 2)."""
+    from madyn.cli.main import main
+    from madyn.measure.stats_table import read_stats
+
+    folder = _saved("gpt2", tmp_path / "m")
+    tok = tmp_path / "tokens.npy"
+    np.save(tok, _tokens(3, 16))
+    outs = {}
+    for name, extra in (("layers", ["--max-memory-gb", "1e-6"]), ("whole", [])):
+        outs[name] = tmp_path / f"{name}.parquet"
+        assert main(["extract", str(folder), "--tokens", str(tok), "--out",
+                     str(outs[name]), "--device", "cpu", "--batch-size", "2", *extra]) == 0
+    (got, meta), (want, meta_whole) = read_stats(outs["layers"]), read_stats(outs["whole"])
+    assert meta["layerwise"] is True and meta["max_memory_gb"] == 1e-6
+    assert meta_whole["layerwise"] is False and meta_whole["max_memory_gb"] is None
+    _assert_same(got, want)
+    with pytest.raises(SystemExit) as e:
+        main(["extract", str(folder), "--tokens", str(tok), "--out", str(tmp_path / "x"),
+              "--max-memory-gb", "0"])
+    assert e.value.code == 2 and "--max-memory-gb" in capsys.readouterr().err

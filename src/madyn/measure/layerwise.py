@@ -22,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,10 @@ def whole_model_bytes(config: dict, dtype: str, batch: int, seq: int) -> int:
 
 def layerwise_bytes(tensors: dict, layer_prefix: str, dtype: str, hidden: int, ffn: int,
                     n_seqs: int, batch: int, seq: int) -> int:
-    """Bytes a layer-by-layer measurement takes: the largest decoder layer and everything
-    outside the layers (``tensors``: the shards' table, names under ``layer_prefix.N.``
-    are layers), at ``dtype``; all N x T x d hidden states; one batch's activations."""
+    """Bytes a layer-by-layer measurement takes: the two largest decoder layers (one runs,
+    the next is read) and everything outside the layers (``tensors``: the shards' table,
+    names under ``layer_prefix.N.`` are layers), at ``dtype``; all N x T x d hidden
+    states; one batch's activations."""
     per_layer: dict[str, int] = {}
     rest = 0
     pat = re.compile(re.escape(layer_prefix) + r"\.(\d+)\.")
@@ -67,7 +69,8 @@ def layerwise_bytes(tensors: dict, layer_prefix: str, dtype: str, hidden: int, f
         else:
             rest += t["numel"]
     b = DTYPE_BYTES[dtype]
-    return ((max(per_layer.values(), default=0) + rest) * b + n_seqs * seq * hidden * b
+    two = sum(sorted(per_layer.values())[-2:])
+    return ((two + rest) * b + n_seqs * seq * hidden * b
             + activation_bytes(hidden, ffn, batch, seq))
 
 
@@ -212,12 +215,10 @@ def checkpoint_names(model, body, tensors: dict, where: str) -> dict[str, str]:
     return names
 
 
-def materialise(module, names: dict[str, str], reader: ShardReader, device) -> None:
-    """Load ``module``'s parameters and persistent buffers (``names``: their names within
-    ``module`` -> shard tensor names) from the shards onto ``device``, each cast to the
-    dtype the skeleton gives it."""
-    import torch
-
+def read_state(module, names: dict[str, str], reader: ShardReader, device) -> dict:
+    """``module``'s parameters and persistent buffers (``names``: their names within
+    ``module`` -> shard tensor names) read from the shards onto ``device``, each cast to
+    the dtype the skeleton gives it; CheckpointError naming a tensor whose shape differs."""
     state = module.state_dict(keep_vars=True)
     sd = {}
     for k, v in state.items():
@@ -226,6 +227,15 @@ def materialise(module, names: dict[str, str], reader: ShardReader, device) -> N
             raise CheckpointError(f"{names[k]}: the shards hold {list(t.shape)}, the "
                                   f"architecture makes {list(v.shape)}")
         sd[k] = t.to(device=device, dtype=v.dtype)
+    return sd
+
+
+def materialise(module, sd: dict) -> None:
+    """Give ``module`` the tensors ``sd`` (:func:`read_state`) in place of its empty
+    parameters and buffers (``load_state_dict(assign=True)``: no copy; buffers the
+    checkpoint does not hold, such as rotary frequencies, stay as built)."""
+    import torch
+
     with torch.no_grad():
         module.load_state_dict(sd, strict=True, assign=True)
     for p in module.parameters():
@@ -233,8 +243,32 @@ def materialise(module, names: dict[str, str], reader: ShardReader, device) -> N
 
 
 def release(module) -> None:
-    """Free ``module``'s parameters and buffers (back to the meta device)."""
+    """Free ``module``'s parameters and buffers (back to the meta device), and hand the
+    freed memory back to the system (glibc keeps freed blocks below its 32 MB mmap
+    threshold in its heap, where the next layer's tensors, allocated between
+    activations, do not always fit: resident memory would grow by about one layer per
+    layer)."""
     module.to_empty(device="meta")
+    _trim()
+
+
+def _trim() -> None:
+    """``malloc_trim(0)`` where the C library has it (glibc); nothing elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _LIBC = False
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = None
 
 
 # -------------------------------------------------------------------- layer inputs
@@ -297,13 +331,15 @@ def run_layer(layer, hidden, call: tuple[tuple, dict]):
 # ------------------------------------------------------------------------- measuring
 def measure_layerwise(source: str, tokens: np.ndarray, files: list[Path], *,
                       dtype: str = "float32", device: str = "cpu", batch_size: int = 10,
-                      extreme_tokens: bool = True, progress: Callable[[str], None] | None
-                      = None) -> tuple[pd.DataFrame, dict]:
+                      extreme_tokens: bool = True, prefetch: bool = True,
+                      progress: Callable[[str], None] | None = None
+                      ) -> tuple[pd.DataFrame, dict]:
     """The statistics of :func:`madyn.measure.statistics.measure` for the checkpoint
     folder ``source`` (weights: the safetensors ``files``), one decoder layer in memory at
-    a time. tokens: N x T ids (checked by the caller). Returns the table (N x L rows) and
-    what it took: layers, bytes read, seconds reading / computing, seconds per layer, the
-    estimated bytes held (:func:`layerwise_bytes`)."""
+    a time (two with ``prefetch``: the next one is read while this one runs). tokens:
+    N x T ids (checked by the caller). Returns the table (N x L rows) and what it took:
+    layers, bytes read, seconds reading (in the reading thread) / computing, wall seconds
+    per layer, the estimated bytes held (:func:`layerwise_bytes`)."""
     import torch
 
     from madyn.measure import sinks
@@ -345,12 +381,24 @@ def measure_layerwise(source: str, tokens: np.ndarray, files: list[Path], *,
                             for s in starts]
             hiddens = [h for h, _ in captured]
             handles = attach_hooks(coll, layers, hidden_size)
+
+            def fetch(i: int):
+                pre = f"{layer_names[i]}."
+                return read_state(layers[i], {k[len(pre):]: v for k, v in names.items()
+                                              if k.startswith(pre)}, reader, dev)
+
+            # the next layer is read while this one runs (one reading thread: pread
+            # releases the GIL), so a layer costs max(read, compute), not their sum
+            pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
+            nxt = pool.submit(fetch, 0) if pool else None
             try:
                 for i, layer in enumerate(layers):
                     t0, r0 = time.monotonic(), reader.seconds
-                    pre = f"{layer_names[i]}."
-                    materialise(layer, {k[len(pre):]: v for k, v in names.items()
-                                        if k.startswith(pre)}, reader, dev)
+                    sd = nxt.result() if pool else fetch(i)
+                    materialise(layer, sd)
+                    del sd
+                    if pool and i + 1 < len(layers):
+                        nxt = pool.submit(fetch, i + 1)
                     c0 = time.monotonic()
                     with torch.inference_mode():
                         for b, (_, calls) in enumerate(captured):
@@ -367,6 +415,8 @@ def measure_layerwise(source: str, tokens: np.ndarray, files: list[Path], *,
                 if extreme_tokens:
                     check_sinks_found(coll, len(layers))
             finally:
+                if pool:
+                    pool.shutdown(wait=True, cancel_futures=True)
                 for hd in handles:
                     hd.remove()
                 coll.close()
