@@ -41,7 +41,11 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     """Load one checkpoint and measure it on ``tokens`` (N x T ids).
 
     ``settings``: dtype, device, batch size and ``extreme_tokens`` (see
-    :func:`madyn.measure.statistics.measure`); None: the defaults.
+    :func:`madyn.measure.statistics.measure`); None: the defaults. With
+    ``max_memory_gb``, a checkpoint folder whose whole-model estimate exceeds it
+    (:func:`madyn.measure.layerwise.needs_layerwise`) is measured one decoder layer at a
+    time (:func:`madyn.measure.layerwise.measure_layerwise`; the same table; metadata
+    ``layerwise`` true and ``layerwise_info``).
     ``weights_fp``: the weights' :func:`madyn.measure.checkpoints.fingerprint`, when the caller has
     it already. ``pickles``: load the weights from these PyTorch pickles
     (:func:`madyn.measure.checkpoints.load_pickle_model`, ``weights_only``) instead. Returns
