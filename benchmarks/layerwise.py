@@ -27,8 +27,9 @@ the report says so):
           and once more under the cap, to show that it fails there.
 
 Reported: peak resident memory (``ru_maxrss``), wall minutes, per-layer seconds (reading,
-computing), the GB/s of the layer reads against ``dd iflag=direct`` of the largest shard
-(the disk's own figure), and for 1b the largest relative difference of any statistic
+in the thread that reads the next layer while one runs; computing), the GB/s of the layer
+reads against ``dd iflag=direct`` of the largest shard (the disk's own figure) and against
+the same reader reading every tensor with nothing else running (``reader_alone``), and for 1b the largest relative difference of any statistic
 between the two passes and the ratio of their peak memory. The weights' fingerprint
 (sha256 of every shard, a read of its own) is left out of both: the benchmark passes one.
 
@@ -131,6 +132,23 @@ def dd_gbps(path: Path) -> float:
     return int(m[1]) / float(m[2]) / 1e9
 
 
+def reader_alone_gbps(folder: Path) -> float:
+    """GB/s of :class:`madyn.measure.layerwise.ShardReader` reading every tensor once, in
+    file order, nothing else running in this process (call after dropping the cache)."""
+    from madyn.measure.checkpoints import weight_files
+    from madyn.measure.layerwise import ShardReader
+
+    r = ShardReader(weight_files(str(folder)))
+    try:
+        names = sorted(r.tensors, key=lambda n: (str(r._files[n]), r.tensors[n]["begin"]))
+        t0 = time.monotonic()
+        for n in names:
+            r.read(n)
+        return r.bytes_read / 1e9 / (time.monotonic() - t0)
+    finally:
+        r.close()
+
+
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
@@ -229,6 +247,8 @@ def main() -> None:
             biggest = max(folder.glob("*.safetensors"), key=lambda f: f.stat().st_size)
             r["dropped_caches"] = drop_caches()
             r["dd_gbps"] = round(dd_gbps(biggest), 3)
+            drop_caches()
+            r["reader_alone_gbps"] = round(reader_alone_gbps(folder), 3)
             budget = str(args.limit_gb / 2)  # weights + activations; the rest: python, torch
             drop_caches()
             lay = run_child(folder, budget, args.n_seqs, args.seq_len, args.limit_gb)
