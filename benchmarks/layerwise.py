@@ -30,8 +30,9 @@ Reported: peak resident memory (``ru_maxrss``), wall minutes, per-layer seconds 
 in the thread that reads the next layer while one runs; computing), the GB/s of the layer
 reads against ``dd iflag=direct`` of the largest shard (the disk's own figure) and against
 the same reader reading every tensor with nothing else running (``reader_alone``), and
-for 1b the largest relative difference of any statistic between the two passes and the ratio of their peak memory. The weights' fingerprint
-(sha256 of every shard, a read of its own) is left out of both: the benchmark passes one.
+for 1b the largest relative difference of any statistic between the two passes and the
+ratio of their peak memory. The weights' fingerprint (sha256 of every shard, a read of
+its own) is left out of both: the benchmark passes one.
 
 Run: nice -n 19 python benchmarks/layerwise.py [--shapes 7b 1b --limit-gb 4 --n-seqs 2
      --seq-len 128 --workdir /tmp --keep]
