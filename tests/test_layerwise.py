@@ -162,9 +162,36 @@ def test_missing_tensor_is_refused_naming_it(tmp_path):
         measure_layerwise(str(folder), _tokens(2, 8), weight_files(str(folder)))
 
 
-def test_shard_reader_reads_what_safetensors_reads(tmp_path):
+def test_legacy_buffers_in_the_weights_are_ignored_as_transformers_does(tmp_path):
+    """Pythia's hub checkpoints hold per-layer ``attention.bias``, ``attention.masked_bias``
+    and ``attention.rotary_emb.inv_freq`` buffers that the model no longer has: both
+    passes ignore them (and measure the same), while a tensor the model does not know at
+    all is refused."""
+    folder = tmp_path / "m"
+    _tiny("neox").save_pretrained(folder)
+    st = load_file(folder / "model.safetensors")
+    for i in range(3):
+        pre = f"gpt_neox.layers.{i}.attention."
+        st[pre + "bias"] = torch.ones(1, 1, 32, 32, dtype=torch.bool)
+        st[pre + "masked_bias"] = torch.tensor(-1e9)
+        st[pre + "rotary_emb.inv_freq"] = torch.ones(1)
+    save_file(st, folder / "model.safetensors", metadata={"format": "pt"})
+    tokens = _tokens(2, 12)
+    whole = measure(load_model(str(folder), dtype="float32", device="cpu"), tokens)
+    got, _ = measure_layerwise(str(folder), tokens, weight_files(str(folder)))
+    _assert_same(got, whole)
+    st["gpt_neox.layers.1.attention.extra.weight"] = torch.ones(2)
+    save_file(st, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"unexpected keys.*layers\.1\.attention\.extra"):
+        measure_layerwise(str(folder), tokens, weight_files(str(folder)))
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_shard_reader_reads_what_safetensors_reads(direct, tmp_path):
+    """Buffered, and with O_DIRECT where the file system allows it (tensors of at least
+    4 KB; smaller ones buffered), at any offset in the shard."""
     folder = _saved("opt", tmp_path / "m", dtype=torch.bfloat16)
-    reader = ShardReader(weight_files(str(folder)))
+    reader = ShardReader(weight_files(str(folder)), direct=direct)
     try:
         for f in weight_files(str(folder)):
             for name, want in load_file(f).items():
