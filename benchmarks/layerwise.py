@@ -135,16 +135,19 @@ def dd_gbps(path: Path) -> float:
 
 def reader_alone_gbps(folder: Path) -> float:
     """GB/s of :class:`madyn.measure.layerwise.ShardReader` reading every tensor once, in
-    file order, nothing else running in this process (call after dropping the cache)."""
+    file order, into one reused slab as the measuring pass does, nothing else running in
+    this process (call after dropping the cache)."""
     from madyn.measure.checkpoints import weight_files
-    from madyn.measure.layerwise import ShardReader
+    from madyn.measure.layerwise import ShardReader, Slab
 
     r = ShardReader(weight_files(str(folder)))
     try:
         names = sorted(r.tensors, key=lambda n: (str(r._files[n]), r.tensors[n]["begin"]))
+        slab = Slab()
         t0 = time.monotonic()
         for n in names:
-            r.read(n)
+            slab.reset(r.span(n))
+            r.read(n, slab)
         return r.bytes_read / 1e9 / (time.monotonic() - t0)
     finally:
         r.close()
