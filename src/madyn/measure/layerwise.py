@@ -233,8 +233,12 @@ def empty_parameters() -> Iterator[None]:
     """Within the block, every parameter a module registers is moved to the ``meta``
     device (no memory), while buffers stay where the constructor made them (rotary
     frequencies, masks: computed, not loaded). torch only (as ``accelerate``'s
-    ``init_empty_weights(include_buffers=False)``)."""
+    ``init_empty_weights(include_buffers=False)``). ``torch.empty`` without a device,
+    what ``nn.Linear`` and ``nn.Embedding`` make their weights from, gives meta tensors
+    at once: a 7B model's weights are never allocated, not even for a moment (under
+    ``ulimit -v`` such passing allocations failed now and then)."""
     import torch
+    from torch.overrides import TorchFunctionMode
 
     original = torch.nn.Module.register_parameter
 
@@ -244,9 +248,17 @@ def empty_parameters() -> Iterator[None]:
             p = module._parameters[name]
             module._parameters[name] = type(p)(p.to("meta"), requires_grad=False)
 
+    class EmptyOnMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.empty and kwargs.get("device") in (None, "cpu"):
+                kwargs = {**kwargs, "device": "meta"}
+            return func(*args, **kwargs)
+
     torch.nn.Module.register_parameter = register
     try:
-        yield
+        with EmptyOnMeta():
+            yield
     finally:
         torch.nn.Module.register_parameter = original
 
