@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from madyn.measure.layerwise import needs_layerwise
 from madyn.workflow.resources import download_windows, extract_plan, peak_disk_gb
 from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
@@ -77,10 +78,18 @@ def test_pythia_dry_run_plan(tmp_path, device):
     extract = _job_resources(text, "extract_checkpoint")
     downloads = _job_resources(text, "download")
     assert len(extract) == 333 and len(downloads) == 333
-    # resources from each model's parameter count: the 12b job needs its weights in memory
+    # resources from each model's parameter count, within the suite's memory budget: the
+    # 12b job (24 GB of float16 weights) is measured layer by layer, in the budget
+    ext = cfg["suites"]["pythia"]["extract"]
     per_model = {j["model"]: int(j["mem_mb"]) for j in extract}
-    plan_12b = extract_plan(_config(*PYTHIA["12b"]), cfg["suites"]["pythia"]["extract"])
-    assert per_model["pythia-12b"] == plan_12b["mem_mb"] > 2 * 11.5e9 / 2**20
+    plan_12b = extract_plan(_config(*PYTHIA["12b"]), ext)
+    assert needs_layerwise(_config(*PYTHIA["12b"]), ext["dtype"], ext["batch_size"],
+                           ext["seq_len"], ext["max_memory_gb"])
+    assert not needs_layerwise(_config(*PYTHIA["6.9b"]), ext["dtype"], ext["batch_size"],
+                               ext["seq_len"], ext["max_memory_gb"])
+    assert per_model["pythia-12b"] == plan_12b["mem_mb"] < 24e9 / 2**20  # a 24 GB machine
+    assert plan_12b["mem_mb"] < extract_plan(_config(*PYTHIA["12b"]),
+                                             {**ext, "max_memory_gb": None})["mem_mb"]
     assert per_model["pythia-14m"] < per_model["pythia-1b"] < per_model["pythia-12b"]
     assert all(int(j["runtime"]) >= 1 for j in extract)
     if device == "auto":  # no GPU visible here
@@ -88,7 +97,7 @@ def test_pythia_dry_run_plan(tmp_path, device):
     else:  # one GPU per model, the GPU memory its weights and batch need; at most one at once
         assert all(j["gpu"] == "1" for j in extract)
         assert {j["model"]: int(j["gpu_mem_mb"]) for j in extract}["pythia-12b"] == \
-            plan_12b["gpu_mem_mb"] > 2 * 11.5e9 / 2**20
+            plan_12b["gpu_mem_mb"] < 24e9 / 2**20
         profile = yaml.safe_load((proj / "profiles" / "default" / "config.yaml").read_text())
         assert "gpu=1" in profile["resources"]
     # downloads: one after another, each waiting for what the disk budget requires

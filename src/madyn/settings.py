@@ -194,7 +194,9 @@ class ExtractSettings:
     (:func:`resolve_device`), ``cpu``, ``cuda``, ``cuda:K`` or ``mps``; batch_size:
     sequences per forward pass; extreme_tokens: also measure ``sink_mass`` (off: NaN);
     threads: CPU threads a measuring job asks the scheduler for; delete_downloads: remove
-    each hub revision from the cache once measured.
+    each hub revision from the cache once measured; max_memory_gb: the memory (GB) weights
+    and activations may take: a checkpoint folder that would not fit whole is measured
+    layer by layer (:mod:`madyn.measure.layerwise`); None: always whole.
     """
 
     dtype: str = _EXTRACT["dtype"]
@@ -203,6 +205,7 @@ class ExtractSettings:
     extreme_tokens: bool = _EXTRACT["extreme_tokens"]
     threads: int = _EXTRACT["threads"]
     delete_downloads: bool = _EXTRACT["delete_downloads"]
+    max_memory_gb: float | None = _EXTRACT["max_memory_gb"]
 
     def __post_init__(self) -> None:
         allowed = schema_enum("$defs.extract.dtype")
@@ -210,6 +213,10 @@ class ExtractSettings:
             raise ValueError(f"dtype {self.dtype!r} not in {allowed}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        m = self.max_memory_gb
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
+                              or not m > 0):
+            raise ValueError(f"max_memory_gb must be a number > 0 (GB) or null, got {m!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ExtractSettings:

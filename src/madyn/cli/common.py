@@ -48,6 +48,19 @@ def positive_int(text: str) -> int:
     return v
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return v
+
+
 def add(sub, name: str, func, help: str | None, description: str | None = None,
         example: str | None = None, **kw) -> argparse.ArgumentParser:
     """Subcommand ``name`` of ``sub`` running ``func``; ``help`` None hides it from the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from madyn.cli.common import add, positive_int, say
+from madyn.cli.common import add, positive_float, positive_int, say
 
 GROUP = "measure"
 
@@ -18,7 +18,8 @@ def extract_settings(args: argparse.Namespace):
     return extract.settings_from_args(
         args.settings_json, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
         extreme_tokens=args.extreme_tokens,
-        delete_downloads=getattr(args, "delete_download", None))
+        delete_downloads=getattr(args, "delete_download", None),
+        max_memory_gb=getattr(args, "max_memory_gb", None))
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -72,6 +73,10 @@ def measure_args(c: argparse.ArgumentParser) -> None:
                    default=None,
                    help="skip the attention-sink metric (sink_mass NaN) and run the model's "
                    "default attention instead of eager")
+    c.add_argument("--max-memory-gb", type=positive_float, default=None,
+                   help="memory (GB) weights at --dtype and activations may take: a "
+                   "checkpoint folder that would not fit whole is measured one decoder "
+                   "layer at a time (the same statistics); default: no budget, always whole")
 
 
 def register(sub) -> list[tuple[str, str]]:

@@ -55,17 +55,7 @@ def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.d
     _require_folder(source)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    config = model_config(source, revision)
-    try:
-        check_decoder_only(config, source)
-    except ArchitectureError as e:
-        raise CheckpointError(str(e)) from None
-    refuse_remote_code(config, source)
-    if Path(source).is_dir():  # before building anything: headers, layers, size
-        tensors = check_config_matches_weights(source, config, weight_files(source))
-        check_parameter_count(source, tensors)
-    else:
-        config_layers(config, source)
+    check_before_building(source, model_config(source, revision))
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             source,
@@ -88,6 +78,23 @@ def load_model(source: str, revision: str | None = None, dtype: str = _DEFAULT.d
         raise CheckpointError(f"{where}: weights do not match the architecture: "
                               + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in bad.items()))
     return model.to(resolve_device(device, visible_gpus())).eval()
+
+
+def check_before_building(source: str, config: dict) -> None:
+    """Every check made before a model is built from ``source`` (its ``config``): a
+    decoder-only causal LM, no remote code; for a folder, the weight files' headers, its
+    layers and its size (:func:`check_config_matches_weights`,
+    :func:`check_parameter_count`); CheckpointError naming it otherwise."""
+    try:
+        check_decoder_only(config, source)
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from None
+    refuse_remote_code(config, source)
+    if Path(source).is_dir():  # before building anything: headers, layers, size
+        tensors = check_config_matches_weights(source, config, weight_files(source))
+        check_parameter_count(source, tensors)
+    else:
+        config_layers(config, source)
 
 
 def refuse_remote_code(config: dict, where: str) -> None:
@@ -236,7 +243,8 @@ def check_weight_files(files: list[Path]) -> list[Path]:
 
 
 def safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file (name -> shape, numel), checked against the
+    """The tensor table of a safetensors file (name -> shape, numel, dtype, data offsets and
+    ``begin``: the tensor's first byte in the file), checked against the
     file before anything is built from it, as the safetensors library checks it when
     loading. CheckpointError naming the file when it is truncated, its header length field
     lies or points past the data, the header is larger than
@@ -294,7 +302,8 @@ def safetensors_header(path: Path) -> dict:
         if numel * item != offsets[1] - offsets[0]:
             raise bad(f"tensor {name!r}: {t['dtype']} {shape} takes {numel * item} bytes, "
                       f"its data offsets span {offsets[1] - offsets[0]}")
-        tensors[name] = {"shape": shape, "numel": numel, "offsets": offsets}
+        tensors[name] = {"shape": shape, "numel": numel, "offsets": offsets,
+                         "dtype": t["dtype"], "begin": 8 + n + offsets[0]}
     spans = sorted((t["offsets"], name) for name, t in tensors.items())
     for ((_, end), before), ((start, _), name) in zip(spans, spans[1:], strict=False):
         if start < end:

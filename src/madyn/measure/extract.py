@@ -4,18 +4,23 @@
 from __future__ import annotations
 
 import platform
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from madyn.measure import sinks
 from madyn.measure.checkpoints import (
+    check_before_building,
     check_tokens,
     fingerprint,
     load_model,
     load_pickle_model,
+    model_config,
     weight_files,
 )
+from madyn.measure.layerwise import measure_layerwise, needs_layerwise
 from madyn.measure.statistics import attn_implementation, decoder_layers, measure
 from madyn.settings import ExtractSettings
 
@@ -36,7 +41,11 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     """Load one checkpoint and measure it on ``tokens`` (N x T ids).
 
     ``settings``: dtype, device, batch size and ``extreme_tokens`` (see
-    :func:`madyn.measure.statistics.measure`); None: the defaults.
+    :func:`madyn.measure.statistics.measure`); None: the defaults. With
+    ``max_memory_gb``, a checkpoint folder whose whole-model estimate exceeds it
+    (:func:`madyn.measure.layerwise.needs_layerwise`) is measured one decoder layer at a
+    time (:func:`madyn.measure.layerwise.measure_layerwise`; the same table; metadata
+    ``layerwise`` true and ``layerwise_info``).
     ``weights_fp``: the weights' :func:`madyn.measure.checkpoints.fingerprint`, when the caller has
     it already. ``pickles``: load the weights from these PyTorch pickles
     (:func:`madyn.measure.checkpoints.load_pickle_model`, ``weights_only``) instead. Returns
@@ -45,10 +54,15 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     :class:`madyn.measure.checkpoints.CheckpointError` or ValueError (bad tokens) naming the
     checkpoint.
     """
-    import time
-
     t0 = time.monotonic()
     s = ExtractSettings.of(settings)
+    if not pickles and s.max_memory_gb is not None and Path(source).is_dir():
+        config = model_config(source)
+        check_before_building(source, config)
+        n = int(np.asarray(tokens).shape[0]) if np.ndim(tokens) == 2 else 0
+        t = int(np.asarray(tokens).shape[1]) if np.ndim(tokens) == 2 else 0
+        if needs_layerwise(config, s.dtype, min(s.batch_size, max(n, 1)), t, s.max_memory_gb):
+            return _measure_by_layer(source, tokens, s, config, weights_fp, progress, t0)
     model = (load_pickle_model(source, pickles, s.dtype, s.device) if pickles
              else load_model(source, revision, s.dtype, s.device))
     where = f"{source}@{revision}" if revision else source
@@ -63,7 +77,45 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
         "median": "lower (torch.median)", "extreme_tokens": s.extreme_tokens,
         "attn_implementation": sinks.ATTENTION if s.extreme_tokens
         else attn_implementation(model),
-        "seconds": round(time.monotonic() - t0, 3),
+        "seconds": round(time.monotonic() - t0, 3), "layerwise": False,
+        "max_memory_gb": s.max_memory_gb,
         **versions(),
     }
     return df, meta
+
+
+def _measure_by_layer(source: str, tokens: np.ndarray, s: ExtractSettings, config: dict,
+                      weights_fp: dict | None, progress: bool, t0: float
+                      ) -> tuple[pd.DataFrame, dict]:
+    """:func:`measure_checkpoint` of a checkpoint folder one decoder layer at a time
+    (:func:`madyn.measure.layerwise.measure_layerwise`); the same table, and metadata
+    that records ``layerwise`` and what it took."""
+    from madyn.architecture import architecture
+    from madyn.measure.gpus import visible_gpus
+    from madyn.settings import resolve_device
+
+    ids = check_tokens(tokens, architecture(config)["vocab_size"], f"tokens for {source}")
+    files = weight_files(source)
+    fp = weights_fp or fingerprint(files)
+    device = resolve_device(s.device, visible_gpus())
+    df, info = measure_layerwise(source, ids, files, dtype=s.dtype, device=device,
+                                 batch_size=s.batch_size, extreme_tokens=s.extreme_tokens,
+                                 progress=_say if progress else None)
+    meta = {
+        "source": source, "revision": None, "weights": fp, "dtype": s.dtype,
+        "device": device, "n_seqs": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+        "n_layers": info["layers"], "median": "lower (torch.median)",
+        "extreme_tokens": s.extreme_tokens,
+        "attn_implementation": sinks.ATTENTION if s.extreme_tokens else None,
+        "seconds": round(time.monotonic() - t0, 3), "layerwise": True,
+        "max_memory_gb": s.max_memory_gb,
+        "layerwise_info": info,
+        **versions(),
+    }
+    return df, meta
+
+
+def _say(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)

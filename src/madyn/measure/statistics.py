@@ -394,13 +394,8 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
     layers = decoder_layers(model)
     device = next(model.parameters()).device
     coll = _Collector(on_cpu=device.type == "cpu")
-    handles = []
-    hidden = config_value(model, ("hidden_size", "n_embd", "d_model"))
-    for i, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(coll.layer_hook(i)))
-        act = mlp_activation(layer, hidden)
-        if act is not None:
-            handles.append(act.register_forward_hook(coll.mlp_hook(i)))
+    handles = attach_hooks(coll, layers, config_value(model, ("hidden_size", "n_embd",
+                                                              "d_model")))
     hf = is_transformers_model(model)
     # HF: the decoder stack without the LM head
     body = model.base_model if hf and not sharded else model
@@ -419,14 +414,32 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
                     body(batch.to(device))
                 coll.drain()
                 if extreme_tokens and s == 0:
-                    _check_sinks_found(coll, len(layers))
+                    check_sinks_found(coll, len(layers))
     finally:
         for hd in handles:
             hd.remove()
         coll.close()
-    n = len(ids)
+    return stats_frame(coll, len(ids), len(layers))
+
+
+def attach_hooks(coll: _Collector, layers: list, hidden_size: int) -> list:
+    """Hook each decoder layer's output and its MLP nonlinearity (found by structure,
+    :func:`mlp_activation`) into ``coll``; the hook handles (remove them when done)."""
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(coll.layer_hook(i)))
+        act = mlp_activation(layer, hidden_size)
+        if act is not None:
+            handles.append(act.register_forward_hook(coll.mlp_hook(i)))
+    return handles
+
+
+def stats_frame(coll: _Collector, n: int, n_layers: int) -> pd.DataFrame:
+    """The tidy table of what ``coll`` gathered for ``n`` sequences and ``n_layers``
+    layers: columns ``seq``, ``layer`` and :data:`STAT_COLUMNS` (NaN where nothing was
+    measured); N x L rows, layer-major."""
     frames = []
-    for i in range(len(layers)):
+    for i in range(n_layers):
         cols = {"seq": np.arange(n), "layer": np.full(n, i)}
         for k in STAT_COLUMNS:
             parts = coll.rows.get((i, k))
@@ -438,7 +451,7 @@ def measure(model, tokens: np.ndarray, batch_size: int = _DEFAULT.batch_size,
     return df
 
 
-def _check_sinks_found(coll: _Collector, n_layers: int) -> None:
+def check_sinks_found(coll: _Collector, n_layers: int) -> None:
     """Every layer's attention probabilities were seen (else name the first that was not)."""
     for i in range(n_layers):
         if (i, "sink_mass") not in coll.rows:

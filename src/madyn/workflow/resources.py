@@ -83,7 +83,10 @@ def extract_plan(config: dict | None, extract: dict) -> dict:
     (``batch_size`` x ``seq_len`` tokens at a time, ``n_seqs`` in all) and the hidden
     states the statistics hold (about 4 float32 copies of one layer's B x T x D); with
     ``extreme_tokens`` (default on), one layer's eager attention scores and probabilities
-    (B x H x T x T: in the model's dtype, and softmaxed in float32)."""
+    (B x H x T x T: in the model's dtype, and softmaxed in float32). With
+    ``max_memory_gb``, a model that would not fit is measured layer by layer
+    (:mod:`madyn.measure.layerwise`): host and GPU memory are capped at the budget (plus
+    the interpreter's :data:`BASE_MEM_MB` on the host, 1 GB of CUDA context on a GPU)."""
     settings = ExtractSettings.from_section(extract)
     n = n_params(config)
     width = (config or {}).get("hidden_size", 5120)
@@ -98,11 +101,17 @@ def extract_plan(config: dict | None, extract: dict) -> dict:
     flops = 2 * n * extract.get("n_seqs", 1) * seq
     stored = n * stored_bytes(config)  # bytes of the weights files
     seconds = 30 + stored / LOAD_BYTES_PER_S + flops / (GPU_FLOPS if cuda else CPU_FLOPS)
+    mem_mb = BASE_MEM_MB + (weights_mb if not cuda else 0.3 * weights_mb) \
+        + (acts_mb if not cuda else 0) + weights_mb  # load copy on host
+    gpu_mem_mb = 1024 + weights_mb + acts_mb if cuda else 0
+    if settings.max_memory_gb is not None:
+        budget_mb = settings.max_memory_gb * 1e9 / 2**20
+        mem_mb = min(mem_mb, BASE_MEM_MB + budget_mb)
+        gpu_mem_mb = min(gpu_mem_mb, 1024 + budget_mb) if cuda else 0
     return {
-        "mem_mb": int(BASE_MEM_MB + (weights_mb if not cuda else 0.3 * weights_mb)
-                      + (acts_mb if not cuda else 0) + weights_mb),  # load copy on host
+        "mem_mb": int(mem_mb),
         "gpu": 1 if cuda else 0,
-        "gpu_mem_mb": int(1024 + weights_mb + acts_mb) if cuda else 0,
+        "gpu_mem_mb": int(gpu_mem_mb),
         "runtime": max(1, math.ceil(1.5 * seconds / 60)),
         "threads": settings.threads,
         "download_gb": stored / 1e9,  # unrounded: a small revision still counts
