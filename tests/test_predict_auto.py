@@ -116,3 +116,10 @@ def test_forecast_run_from_a_design_prior(suite_dir, tmp_path):
     for layer in out["layers"]["ratio"].values():
         f = layer["final"]
         assert 0 < f["lo"] <= f["value"] <= f["hi"]
+    # a prior that holds the run itself: the run is left out of it (as without a design
+    # prior), so its prior is the predictor's curve, never its own series
+    fst.make_prior(series, str(tmp_path / "all.parquet"), configs, quantities=("ratio",),
+                   design_lodo=str(tmp_path / "design_lodo.json"))
+    out = fst.forecast_run(str(tmp_path / "run.parquet"), 1200, str(tmp_path / "fc2"), s,
+                           prior=[str(tmp_path / "all.parquet")], run_folder=str(folder))
+    assert run_name not in out["design_prior"]["quantities"]["ratio"]["prior"]

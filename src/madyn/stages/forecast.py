@@ -406,6 +406,9 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     if design and run_config is not None:
         # how far the design prior's models are from the run: recorded, not used to pick
         dm = {m: r for m, r in design["manifest"]["models"].items() if m != name}
+        # the run itself is never its own prior (as load_prior leaves it out)
+        design = {**design, "table": design["table"][design["table"]["model"] != name],
+                  "manifest": {**design["manifest"], "models": dm}}
         distance = forecast.prior_distance(info, dm) if dm else None
         try:
             result = _forecast_design(run, name, last_step, design, run_config, info, s, fs)
