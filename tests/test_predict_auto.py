@@ -109,6 +109,17 @@ def test_forecast_run_from_a_design_prior(suite_dir, tmp_path):
     out = fst.forecast_run(str(tmp_path / "run.parquet"), 1200, str(tmp_path / "fc"), s,
                            prior=[str(tmp_path / "p.parquet")], run_folder=str(folder))
     assert out["design_prior"]["quantities"]["ratio"]["kind"] == "eb_shrink"
+    # how far the prior's models are from the run is recorded under a design prior too
+    d = out["prior_distance"]
+    assert run_name not in d["models"] and len(d["models"]) == len(man["models"])
+    assert d["run"]["last_step"] == 1200
     for layer in out["layers"]["ratio"].values():
         f = layer["final"]
         assert 0 < f["lo"] <= f["value"] <= f["hi"]
+    # a prior that holds the run itself: the run is left out of it (as without a design
+    # prior), so its prior is the predictor's curve, never its own series
+    fst.make_prior(series, str(tmp_path / "all.parquet"), configs, quantities=("ratio",),
+                   design_lodo=str(tmp_path / "design_lodo.json"))
+    out = fst.forecast_run(str(tmp_path / "run.parquet"), 1200, str(tmp_path / "fc2"), s,
+                           prior=[str(tmp_path / "all.parquet")], run_folder=str(folder))
+    assert run_name not in out["design_prior"]["quantities"]["ratio"]["prior"]

@@ -404,17 +404,23 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     design = None if series_paths else design_prior(prior)
     run_config = _run_config(run_folder) if design else None
     if design and run_config is not None:
+        # how far the design prior's models are from the run: recorded, not used to pick
+        dm = {m: r for m, r in design["manifest"]["models"].items() if m != name}
+        # the run itself is never its own prior (as load_prior leaves it out)
+        design = {**design, "table": design["table"][design["table"]["model"] != name],
+                  "manifest": {**design["manifest"], "models": dm}}
+        distance = forecast.prior_distance(info, dm) if dm else None
         try:
             result = _forecast_design(run, name, last_step, design, run_config, info, s, fs)
         except forecast.ForecastError as e:
             if not record_refusal:
                 raise
             mark_output_folder(out, "madyn forecast --run")
-            summary = _write_refusal(out, name, last_step, str(e), s.level, None)
+            summary = _write_refusal(out, name, last_step, str(e), s.level, distance)
             score(run_path, out_dir)
             return summary
         return _write_forecast(out, run_path, out_dir, name, last_step, s, result,
-                               str(design["path"]), None, design_doc=result[4])
+                               str(design["path"]), distance, design_doc=result[4])
     try:
         distance = forecast.prior_distance(info, recipes) if recipes else None
         if distance is not None:
