@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # by stage, the EXTRA_SUITES beside it at the lowest CPU priority (their log:
 # results/<suite>/logs/make_run.log), the phase times, `dvc status` and the headline.
 # SUITE=name runs that suite with plain Snakemake instead (DVC follows params.yaml's `suite`).
+# The committed design atlas (atlas-reference, 64 models) is not among them: its analysis
+# costs about 14 CPU-minutes (docs/atlas.md), beyond make run's 12 minutes; add it with
+# EXTRA_SUITES="firsttoken-reference atlas-reference" make run.
 EXTRA_SUITES ?= firsttoken-reference
 
 run: install            ## the embedded suite through DVC, and the first-token reference beside it, timed
