@@ -327,3 +327,14 @@ def test_snakemake_refuses_a_hostile_params_file_before_reading_it(tmp_path, pre
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=proj,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and message in r.stdout + r.stderr, r.stderr[-2000:]
+
+
+def test_the_example_prediction_passes_the_examples_lr(tmp_path):
+    """predict.example's lr reaches `madyn predict` (the embedded suite's lr varies, so the
+    default predictor needs the example's: without it the predict stage failed)."""
+    proj = _project(tmp_path, "smoke", None)
+    cfg = yaml.safe_load((proj / "params.yaml").read_text())
+    cfg["predict"]["example"] = {"layers": 5, "width": 80, "heads": 4, "lr": 0.02}
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmds = dict(_planned_commands(proj, {**os.environ}))
+    assert "--layers 5 --width 80 --heads 4 --lr 0.02 " in cmds["predict_example"]

@@ -39,6 +39,14 @@ ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: t
 # here, so that each argument is quoted on its own.
 
 
+def example_args():
+    """madyn predict's design arguments for params.yaml's predict.example (architecture,
+    and its lr where given)."""
+    ex = config["predict"].get("example", {})
+    keys = ("layers", "width", "heads", "ff_mult", "rotary_pct", "lr")
+    return [a for k in keys if k in ex for a in (f"--{k.replace('_', '-')}", str(ex[k]))]
+
+
 def design_args(model):
     """madyn step config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""

@@ -79,7 +79,7 @@ rule predict_example:
         figure=report(f"{RESULTS}/predict/example/prediction.png", category="Prediction",
                       caption="../report/prediction.rst"),
     params:
-        ex=config["predict"].get("example", {}),
+        ex=example_args(),
         suite=json.dumps(SUITE_CFG),
         settings=json.dumps(madyn_params.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.curves),
@@ -90,8 +90,7 @@ rule predict_example:
     conda:
         ENV
     shell:
-        "madyn predict --features {input.features:q} --layers {params.ex[layers]:q} "
-        "--width {params.ex[width]:q} --heads {params.ex[heads]:q} --out {params.outdir:q} "
+        "madyn predict --features {input.features:q} {params.ex:q} --out {params.outdir:q} "
         "--settings-json {params.settings:q} --suite-json {params.suite:q} 2> {log:q}"
 
 
