@@ -265,3 +265,17 @@ def test_a_trainer_run_forecast_from_a_quarter_holds(family, steps, schedule, tm
     assert final["n"] == 12
     assert final["coverage"] >= 0.8, final
     assert final["err_pct"] <= final["last_value_err_pct"], final
+
+
+def test_design_priors_are_opt_in():
+    """The committed atlas design prior is used only when passed (--prior): by default a
+    forecast reads the committed relative-time priors, which carry the last value where
+    they are foreign (the slow acceptance test: the atlas design prior's error on a tiny
+    Llama was 121 % against the last value's 26 %)."""
+    from madyn.stages.forecast import DEFAULT_PRIOR_DIR, default_priors, design_prior
+
+    atlas = DEFAULT_PRIOR_DIR / "atlas.parquet"
+    assert atlas.is_file() and design_prior([str(atlas)]) is not None
+    defaults = default_priors()
+    assert defaults and atlas not in defaults
+    assert design_prior(None) is None and design_prior([str(p) for p in defaults]) is None
