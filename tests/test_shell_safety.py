@@ -334,7 +334,9 @@ def test_the_example_prediction_passes_the_examples_lr(tmp_path):
     default predictor needs the example's: without it the predict stage failed)."""
     proj = _project(tmp_path, "smoke", None)
     cfg = yaml.safe_load((proj / "params.yaml").read_text())
-    cfg["predict"]["example"] = {"layers": 5, "width": 80, "heads": 4, "lr": 0.02}
+    cfg["predict"]["example"] = {"layers": 5, "width": 80, "heads": 4, "optimizer": "adamw",
+                                 "lr": 0.02, "eps": 1e-8}
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     cmds = dict(_planned_commands(proj, {**os.environ}))
-    assert "--layers 5 --width 80 --heads 4 --lr 0.02 " in cmds["predict_example"]
+    assert ("--layers 5 --width 80 --heads 4 --optimizer adamw --lr 0.02 --eps 1e-08 "
+            in cmds["predict_example"])

@@ -43,7 +43,7 @@ def example_args():
     """madyn predict's design arguments for params.yaml's predict.example (architecture,
     and its lr where given)."""
     ex = config["predict"].get("example", {})
-    keys = ("layers", "width", "heads", "ff_mult", "rotary_pct", "lr")
+    keys = ("layers", "width", "heads", "ff_mult", "rotary_pct", "optimizer", "lr", "eps")
     return [a for k in keys if k in ex for a in (f"--{k.replace('_', '-')}", str(ex[k]))]
 
 
