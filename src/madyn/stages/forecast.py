@@ -415,10 +415,7 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
         except forecast.ForecastError as e:
             if not record_refusal:
                 raise
-            mark_output_folder(out, "madyn forecast --run")
-            summary = _write_refusal(out, name, last_step, str(e), s.level, distance)
-            score(run_path, out_dir)
-            return summary
+            return _refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
         return _write_forecast(out, run_path, out_dir, name, last_step, s, result,
                                str(design["path"]), distance, design_doc=result[4])
     try:
@@ -431,12 +428,19 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     except forecast.ForecastError as e:
         if not record_refusal:
             raise
-        mark_output_folder(out, "madyn forecast --run")
-        summary = _write_refusal(out, name, last_step, str(e), s.level, distance)
-        score(run_path, out_dir)
-        return summary
+        return _refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
     return _write_forecast(out, run_path, out_dir, name, last_step, s, result, source,
                            distance)
+
+
+def _refuse(out: Path, run_path: str, out_dir: str, name: str, last_step: int, why: str,
+            s: ForecastSettings, distance: dict | None) -> dict:
+    """A refused forecast recorded (--record-refusal) in madyn's own output folder, and the
+    saved forecasts scored as at every forecast; the refusal's summary."""
+    mark_output_folder(out, "madyn forecast --run")
+    summary = _write_refusal(out, name, last_step, why, s.level, distance)
+    score(run_path, out_dir)
+    return summary
 
 
 def _write_forecast(out: Path, run_path: str, out_dir: str, name: str, last_step: int,
