@@ -120,3 +120,37 @@ def test_sample_efficiency_rows_per_size():
     assert sorted(set(eff["n_train"])) == [3, 6]
     assert set(eff["kind"]) == {"mean_log", "eb_shrink"}
     assert (eff["n_layers"] > 0).all()
+
+
+def test_blend_weights_span_the_three_estimates():
+    u = STEPS / STEPS[-1]
+    prior = np.linspace(0.0, 2.0, len(u))
+    seen = np.exp(prior[:5] + 0.5)
+    np.testing.assert_allclose(dfc.blend_forecast(u, seen, prior, (0.0, 0.0))[5:], prior[5:])
+    np.testing.assert_allclose(dfc.blend_forecast(u, seen, prior, (1.0, 0.0)),
+                               dfc.offset_forecast(u, seen, prior))
+    np.testing.assert_allclose(dfc.offset_forecast(u, seen, prior)[5:], prior[5:] + 0.5)
+    np.testing.assert_allclose(dfc.blend_forecast(u, seen, prior, (0.0, 1.0))[5:],
+                               np.log(seen[-1]))
+    # truths that are 30 % the prior and 70 % the last value (logs): those weights back
+    rng = np.random.default_rng(0)
+    a, lv, d = rng.normal(0, 1, 200), rng.normal(0, 1, 200), rng.normal(0, 0.3, 200)
+    assert dfc.fit_weights(a, d, lv, 0.3 * a + 0.7 * lv) == pytest.approx((0.0, 0.7))
+    assert dfc.fit_weights(a, d, lv, a + d) == pytest.approx((1.0, 0.0))
+    assert dfc.calibrated_weights({"0.1": [1, 0], "0.5": [0, 1]}, 0.3) == \
+        pytest.approx((0.5, 0.5))
+    assert dfc.calibrated_weights(None, 0.3) == dfc.DEFAULT_WEIGHTS
+
+
+def test_cross_fitted_blend_is_no_worse_than_its_parts_on_unseen_designs():
+    # levels a design's features cannot tell (seed noise 0.3): early values say part of it
+    data = dc.design_data(*_suite(12, seeds=2, noise=0.3, rng_seed=3))
+    _, _, held = dc.lodo(data, ("gp",), nested=False)
+    bt = dfc.backtest_rows(data, held, (0.1, 0.25), early_fit=False)
+    err = bt.groupby(["fraction", "method"])["final_rel_err"].median().unstack()
+    for frac, row in err.iterrows():
+        assert row["forecast"] <= min(row["offset"], row["prior"], row["last_value"]) * 1.05, \
+            (frac, row.to_dict())
+    f = bt[bt["method"] == "forecast"]
+    # each design's weights were chosen without it: they differ between designs
+    assert f.groupby("design")[["w_offset", "w_last"]].first().drop_duplicates().shape[0] > 1

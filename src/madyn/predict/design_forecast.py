@@ -4,9 +4,18 @@ time relative to its schedule, with intervals calibrated on held-out designs. No
 The prior of one layer is a log curve on the run's relative steps: the mean of the other
 seeds of the run's design where the prior suite has them, else the curve a
 :mod:`madyn.predict.design_curves` predictor trained on the suite predicts for the run's
-design features. The forecast keeps the prior's shape and moves it to the run's level:
-log y(u) = prior(u) + delta, delta the mean offset of the run's last (up to)
-:data:`OFFSET_POINTS` seen values from the prior.
+design features. The forecast blends three estimates of the rest of the run, in log
+space: the prior, the prior moved to the run's level (``delta``, the mean offset of the
+run's last (up to) :data:`OFFSET_POINTS` seen values from the prior) and the last value
+carried forward:
+
+    log y(u) = (1 - w_last) prior(u) + w_last log y_k + w_offset delta,
+
+with the weights (w_offset, w_last) learned per seen fraction and quantity on the
+leave-one-design-out backtest (those that minimise the median final-value error over the
+other designs: cross-fitted, so a design is never scored with weights it helped choose).
+(1, 0) is the prior moved to the run's level, (0, 0) the prior alone, (0, 1) the last
+value.
 
 Intervals are split-conformal: for a seen fraction f and quantity, the ``level`` quantile
 q(f) of the absolute log errors of the final value in the leave-one-design-out backtest
@@ -27,6 +36,8 @@ from madyn.predict import design_curves as dc
 from madyn.predict.forecast import observed_upto, rel_axis
 
 OFFSET_POINTS = 3
+DEFAULT_WEIGHTS = (1.0, 0.0)  # (w_offset, w_last) where none were learned: the prior moved
+WEIGHT_GRID = np.linspace(0.0, 1.0, 21)  # each weight's candidates
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -38,15 +49,60 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     return float(s[k - 1]) if 0 < k <= n else math.inf
 
 
-def offset_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray
-                    ) -> np.ndarray:
-    """The point forecast (log, len(u)): ``prior_log`` (on relative steps ``u``) moved by
-    the mean offset of the last seen log values; the seen part is the observations."""
+def level_offset(observed: np.ndarray, prior_log: np.ndarray) -> float:
+    """delta: the mean log offset of the last (up to) :data:`OFFSET_POINTS` seen values
+    (``observed``, k values) from the prior (log, its first k points on the same steps)."""
     y = np.log(np.asarray(observed, float))
     k = len(y)
     m = min(OFFSET_POINTS, k)
-    delta = float(np.mean(y[k - m:] - prior_log[k - m:k]))
-    return np.r_[y, prior_log[k:] + delta]
+    return float(np.mean(y[k - m:] - prior_log[k - m:k]))
+
+
+def blend_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray,
+                   weights: tuple[float, float] = DEFAULT_WEIGHTS) -> np.ndarray:
+    """The point forecast (log, len(u)) on relative steps ``u``: the seen part is the
+    observations (k values), the rest (1 - w_last) prior + w_last log(last seen) +
+    w_offset delta (``weights`` = (w_offset, w_last); module docstring)."""
+    y = np.log(np.asarray(observed, float))
+    k = len(y)
+    w_off, w_last = weights
+    delta = level_offset(observed, prior_log)
+    return np.r_[y, (1 - w_last) * prior_log[k:] + w_last * y[-1] + w_off * delta]
+
+
+def offset_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray
+                    ) -> np.ndarray:
+    """The prior moved to the run's level (:func:`blend_forecast` with weights (1, 0))."""
+    return blend_forecast(u, observed, prior_log, (1.0, 0.0))
+
+
+def fit_weights(prior_final: np.ndarray, delta: np.ndarray, last: np.ndarray,
+                truth: np.ndarray) -> tuple[float, float]:
+    """(w_offset, w_last) on :data:`WEIGHT_GRID` squared that minimise the median relative
+    error of the final value over rows (all logs: the prior's final value, delta, the last
+    seen value, the true final value; one entry per row). (1, 0) when there are no rows."""
+    ok = np.isfinite(prior_final) & np.isfinite(delta) & np.isfinite(last) & np.isfinite(truth)
+    if not ok.any():
+        return DEFAULT_WEIGHTS
+    a, d, lv, t = (np.asarray(x, float)[ok] for x in (prior_final, delta, last, truth))
+    wo, wl = (w.ravel() for w in np.meshgrid(WEIGHT_GRID, WEIGHT_GRID, indexing="ij"))
+    pred = (1 - wl)[:, None] * a + wl[:, None] * lv + wo[:, None] * d
+    with np.errstate(over="ignore"):
+        err = np.median(np.abs(np.expm1(pred - t)), axis=1)
+    i = int(np.argmin(err))
+    return float(wo[i]), float(wl[i])
+
+
+def calibrated_weights(weights: dict | None, fraction: float) -> tuple[float, float]:
+    """(w_offset, w_last) at a seen ``fraction`` from {fraction (str or float): [w_offset,
+    w_last]}: linear between the calibrated fractions, the nearest end outside them;
+    :data:`DEFAULT_WEIGHTS` (the prior moved to the run's level) when none are given."""
+    if not weights:
+        return DEFAULT_WEIGHTS
+    pts = sorted((float(f), tuple(map(float, w))) for f, w in weights.items())
+    fs = np.array([p[0] for p in pts])
+    return (float(np.interp(fraction, fs, [p[1][0] for p in pts])),
+            float(np.interp(fraction, fs, [p[1][1] for p in pts])))
 
 
 def half_widths(u: np.ndarray, k: int, q_final: float) -> np.ndarray:
@@ -88,8 +144,11 @@ def backtest_rows(data: dc.DesignData, held_pred: np.ndarray, fractions, fit_set
     """Every row of ``data`` (its design never seen by ``held_pred``, the rows' held-out
     log grid curves) truncated at each fraction of its last step and forecast: per
     (model, design, layer, fraction, method) the final value's relative error and the
-    absolute log error (``score``), for methods forecast, prior (the held-out prediction
-    alone), last_value and (``early_fit``) early_fit."""
+    absolute log error (``score``), for methods forecast (the blend, its weights
+    cross-fitted over the other designs: :func:`cross_fit_blend`), offset (the prior moved
+    to the run's level), prior (the held-out prediction alone), last_value and
+    (``early_fit``) early_fit. Each row also holds the blend's parts (logs): prior_final,
+    delta, last_log, truth_log."""
     rows = []
     for i in range(len(data.Y)):
         m, la = str(data.models[i]), int(data.layer[i])
@@ -103,7 +162,7 @@ def backtest_rows(data: dc.DesignData, held_pred: np.ndarray, fractions, fit_set
             k = observed_upto(steps, frac * last)
             if k < 2 or k >= len(steps):
                 continue
-            preds = {"forecast": offset_forecast(u, truth[:k], prior_log),
+            preds = {"offset": offset_forecast(u, truth[:k], prior_log),
                      "prior": prior_log,
                      "last_value": np.log(np.r_[truth[:k], np.full(len(steps) - k,
                                                                    truth[k - 1])])}
@@ -111,26 +170,64 @@ def backtest_rows(data: dc.DesignData, held_pred: np.ndarray, fractions, fit_set
                 e = _early_fit(steps, truth[:k], fit_settings)
                 with np.errstate(all="ignore"):
                     preds["early_fit"] = np.log(e) if e is not None else None
+            parts = {"prior_final": float(prior_log[-1]),
+                     "delta": level_offset(truth[:k], prior_log),
+                     "last_log": math.log(truth[k - 1]), "truth_log": math.log(truth[-1])}
             for method, p in preds.items():
                 base = {"model": m, "design": str(data.designs[i]), "layer": la,
-                        "fraction": float(frac), "observed": k, "method": method}
-                if p is None or not np.isfinite(p[-1]):
-                    rows.append({**base, "final_rel_err": math.nan, "score": math.nan})
-                    continue
-                rows.append({**base,
-                             "final_rel_err": abs(math.exp(p[-1]) - truth[-1]) / truth[-1],
-                             "score": abs(p[-1] - math.log(truth[-1]))})
-    return pd.DataFrame(rows)
+                        "fraction": float(frac), "observed": k, "method": method, **parts}
+                rows.append({**base, **_scores(None if p is None else p[-1], truth[-1])})
+    return cross_fit_blend(pd.DataFrame(rows))
+
+
+def _scores(pred_log: float | None, truth: float) -> dict:
+    """The final value's relative error and absolute log error (NaN where no forecast)."""
+    if pred_log is None or not np.isfinite(pred_log):
+        return {"final_rel_err": math.nan, "score": math.nan}
+    return {"final_rel_err": abs(math.exp(pred_log) - truth) / truth,
+            "score": abs(pred_log - math.log(truth))}
+
+
+def _parts(rows: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    return tuple(rows[c].to_numpy(float) for c in ("prior_final", "delta", "last_log",
+                                                   "truth_log"))
+
+
+def cross_fit_blend(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the ``forecast`` rows added: per fraction and design, the blend with
+    the weights :func:`fit_weights` chose on the OTHER designs' rows (columns w_offset,
+    w_last)."""
+    if table.empty:
+        return table
+    base = table[table["method"] == "prior"]
+    out = []
+    for _frac, g in base.groupby("fraction"):
+        for d, gd in g.groupby("design"):
+            w_off, w_last = fit_weights(*_parts(g[g["design"] != d]))
+            a, dl, lv, t = _parts(gd)
+            pred = (1 - w_last) * a + w_last * lv + w_off * dl
+            scores = [_scores(p, math.exp(tt)) for p, tt in zip(pred, t, strict=True)]
+            out.append(gd.assign(method="forecast", w_offset=w_off, w_last=w_last,
+                                 final_rel_err=[x["final_rel_err"] for x in scores],
+                                 score=[x["score"] for x in scores]))
+    return pd.concat([table, *out], ignore_index=True)
+
+
+def blend_weights(table: pd.DataFrame) -> dict:
+    """{fraction: [w_offset, w_last]} chosen on every design's rows (what the committed
+    prior forecasts with)."""
+    base = table[table["method"] == "prior"]
+    return {str(f): list(fit_weights(*_parts(g))) for f, g in base.groupby("fraction")}
 
 
 def cross_conformal(table: pd.DataFrame, level: float) -> pd.DataFrame:
-    """``table`` (one quantity) with ``covered``: for forecast and prior rows, whether the
-    row's score is within the conformal quantile of the OTHER designs' scores of the same
-    (fraction, method)."""
+    """``table`` (one quantity) with ``covered``: for forecast, offset and prior rows,
+    whether the row's score is within the conformal quantile of the OTHER designs' scores
+    of the same (fraction, method)."""
     table = table.copy()
     table["covered"] = np.nan
     for (_frac, method), g in table.groupby(["fraction", "method"]):
-        if method not in ("forecast", "prior"):
+        if method not in ("forecast", "offset", "prior"):
             continue
         for d, gd in g.groupby("design"):
             q = conformal_quantile(g.loc[g["design"] != d, "score"].to_numpy(float), level)

@@ -79,7 +79,8 @@ def evaluate(series_paths: list[str], config_paths: list[str], designs: dict[str
         backtests.append(bt.assign(quantity=q))
         doc["forecast"][q] = {"summary": dfc.summary(bt),
                               "calibration": {m: dfc.calibration(bt, level, m)
-                                              for m in ("forecast", "prior")}}
+                                              for m in ("forecast", "prior")},
+                              "weights": dfc.blend_weights(bt)}
     if out_backtest:
         with atomic_path(out_backtest) as tmp:
             pd.concat(backtests, ignore_index=True).to_csv(tmp, index=False,
@@ -125,12 +126,13 @@ def table_lines(doc: dict) -> list[str]:
         lines += [f"forecast backtest, {q}: final-value error (median %) and coverage of "
                   f"the {int(100 * fc['level'])} % interval", "",
                   "| seen | forecast | prior alone | last value | early AICc fit | "
-                  "coverage | prior coverage |", "|---|---|---|---|---|---|---|"]
+                  "prior moved to the run's level | coverage | prior coverage |",
+                  "|---|---|---|---|---|---|---|---|"]
         for frac, m in fc[q]["summary"].items():
             def err(k, m=m):
                 return f"{m[k]['final_err_pct']:.1f} %" if k in m else "n/a"
             lines.append(f"| {frac} | {err('forecast')} | {err('prior')} | "
-                         f"{err('last_value')} | {err('early_fit')} | "
+                         f"{err('last_value')} | {err('early_fit')} | {err('offset')} | "
                          f"{m['forecast'].get('coverage')} | {m['prior'].get('coverage')} |")
         lines.append("")
     return lines

@@ -246,7 +246,8 @@ def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None
             "level": fc.get("level"),
             "quantities": {q: {"kind": v["winner"],
                                "lodo": v["per_kind"][v["winner"]],
-                               "calibration": fc.get(q, {}).get("calibration", {})}
+                               "calibration": fc.get(q, {}).get("calibration", {}),
+                               "weights": fc.get(q, {}).get("weights", {})}
                            for q, v in doc["quantities"].items()}}
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
@@ -589,13 +590,16 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
         frac = float(steps_seen[-1]) / last_step
         qf = dfc.calibrated_q(cfg_q["calibration"]["forecast"], frac)
         qp = max(cfg_q["calibration"]["prior"].values())
+        weights = dfc.calibrated_weights(cfg_q.get("weights"), frac)
         record["quantities"][q] = {"prior": source, "kind": cfg_q["kind"],
                                    "imputed_features": imputed, "seen_fraction": frac,
-                                   "q_final": qf, "lodo": cfg_q.get("lodo")}
+                                   "q_final": qf, "weights": {"offset": weights[0],
+                                                              "last_value": weights[1]},
+                                   "lodo": cfg_q.get("lodo")}
         summary[q] = {}
         for layer in range(len(depths)):
             prior_log = np.interp(forecast.rel_axis(u), dc.GRID_V, prior_grid[layer])
-            mean = dfc.offset_forecast(u, vals[layer], prior_log)
+            mean = dfc.blend_forecast(u, vals[layer], prior_log, weights)
             hw = dfc.half_widths(u, k, qf)
             lo, hi, mid = np.exp(mean - hw), np.exp(mean + hw), np.exp(mean)
             fitted = [_asymptote(steps, c, fs) for c in (lo, mid, hi)]
