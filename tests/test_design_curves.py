@@ -154,3 +154,12 @@ def test_cross_fitted_blend_is_no_worse_than_its_parts_on_unseen_designs():
     f = bt[bt["method"] == "forecast"]
     # each design's weights were chosen without it: they differ between designs
     assert f.groupby("design")[["w_offset", "w_last"]].first().drop_duplicates().shape[0] > 1
+
+
+def test_backtest_rows_are_the_same_over_two_processes():
+    data = dc.design_data(*_suite(4, seeds=1))
+    _, _, held = dc.lodo(data, ("mean_log",), nested=False)
+    one = dfc.backtest_rows(data, held, (0.25,), early_fit=True)
+    two = dfc.backtest_rows(data, held, (0.25,), early_fit=True, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+    assert set(one["method"]) == {"forecast", "offset", "prior", "last_value", "early_fit"}

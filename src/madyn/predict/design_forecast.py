@@ -140,7 +140,7 @@ def _early_fit(steps: np.ndarray, values: np.ndarray, fit_settings) -> np.ndarra
 
 
 def backtest_rows(data: dc.DesignData, held_pred: np.ndarray, fractions, fit_settings=None,
-                  early_fit: bool = True) -> pd.DataFrame:
+                  early_fit: bool = True, workers: int = 1) -> pd.DataFrame:
     """Every row of ``data`` (its design never seen by ``held_pred``, the rows' held-out
     log grid curves) truncated at each fraction of its last step and forecast: per
     (model, design, layer, fraction, method) the final value's relative error and the
@@ -148,9 +148,24 @@ def backtest_rows(data: dc.DesignData, held_pred: np.ndarray, fractions, fit_set
     cross-fitted over the other designs: :func:`cross_fit_blend`), offset (the prior moved
     to the run's level), prior (the held-out prediction alone), last_value and
     (``early_fit``) early_fit. Each row also holds the blend's parts (logs): prior_final,
-    delta, last_log, truth_log."""
+    delta, last_log, truth_log. ``workers``: processes the models are spread over (the
+    same rows; the early AICc fits are most of the time)."""
+    from functools import partial
+
+    from madyn.parallel import map_ordered
+
+    models = list(dict.fromkeys(str(m) for m in data.models))
+    rows_of = partial(_model_rows, data=data, held_pred=held_pred, fractions=tuple(fractions),
+                      fit_settings=fit_settings, early_fit=early_fit)
+    rows = [r for part in map_ordered(rows_of, models, workers) for r in part]
+    return cross_fit_blend(pd.DataFrame(rows))
+
+
+def _model_rows(model: str, data: dc.DesignData, held_pred: np.ndarray, fractions: tuple,
+                fit_settings, early_fit: bool) -> list[dict]:
+    """:func:`backtest_rows`' rows of one model (before the blend)."""
     rows = []
-    for i in range(len(data.Y)):
+    for i in np.flatnonzero(data.models == model):
         m, la = str(data.models[i]), int(data.layer[i])
         steps, _, vals = data.curves[m]
         steps = np.asarray(steps, float)
@@ -177,7 +192,7 @@ def backtest_rows(data: dc.DesignData, held_pred: np.ndarray, fractions, fit_set
                 base = {"model": m, "design": str(data.designs[i]), "layer": la,
                         "fraction": float(frac), "observed": k, "method": method, **parts}
                 rows.append({**base, **_scores(None if p is None else p[-1], truth[-1])})
-    return cross_fit_blend(pd.DataFrame(rows))
+    return rows
 
 
 def _scores(pred_log: float | None, truth: float) -> dict:

@@ -75,7 +75,7 @@ def evaluate(series_paths: list[str], config_paths: list[str], designs: dict[str
         doc["quantities"][q] = summary
         tables.append(table.assign(quantity=q))
         bt = dfc.cross_conformal(dfc.backtest_rows(data, held, fractions, fit_settings,
-                                                   early_fit), level)
+                                                   early_fit, workers), level)
         backtests.append(bt.assign(quantity=q))
         doc["forecast"][q] = {"summary": dfc.summary(bt),
                               "calibration": {m: dfc.calibration(bt, level, m)
