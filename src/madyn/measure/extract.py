@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +49,11 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     it already. ``pickles``: load the weights from these PyTorch pickles
     (:func:`madyn.measure.checkpoints.load_pickle_model`, ``weights_only``) instead. Returns
     the per-(seq, layer) table and its metadata (weights fingerprint, dtype, device,
-    shapes, library versions, seconds taken). Raises
+    shapes, library versions; no wall time on the default path, so that measuring the same
+    weights again writes the same file). Raises
     :class:`madyn.measure.checkpoints.CheckpointError` or ValueError (bad tokens) naming the
     checkpoint.
     """
-    t0 = time.monotonic()
     s = ExtractSettings.of(settings)
     if not pickles and s.max_memory_gb is not None and Path(source).is_dir():
         config = model_config(source)
@@ -62,7 +61,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
         n = int(np.asarray(tokens).shape[0]) if np.ndim(tokens) == 2 else 0
         t = int(np.asarray(tokens).shape[1]) if np.ndim(tokens) == 2 else 0
         if needs_layerwise(config, s.dtype, min(s.batch_size, max(n, 1)), t, s.max_memory_gb):
-            return _measure_by_layer(source, tokens, s, config, weights_fp, progress, t0)
+            return _measure_by_layer(source, tokens, s, config, weights_fp, progress)
     model = (load_pickle_model(source, pickles, s.dtype, s.device) if pickles
              else load_model(source, revision, s.dtype, s.device))
     where = f"{source}@{revision}" if revision else source
@@ -77,7 +76,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
         "median": "lower (torch.median)", "extreme_tokens": s.extreme_tokens,
         "attn_implementation": sinks.ATTENTION if s.extreme_tokens
         else attn_implementation(model),
-        "seconds": round(time.monotonic() - t0, 3), "layerwise": False,
+        "layerwise": False,
         "max_memory_gb": s.max_memory_gb,
         **versions(),
     }
@@ -85,7 +84,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
 
 
 def _measure_by_layer(source: str, tokens: np.ndarray, s: ExtractSettings, config: dict,
-                      weights_fp: dict | None, progress: bool, t0: float
+                      weights_fp: dict | None, progress: bool
                       ) -> tuple[pd.DataFrame, dict]:
     """:func:`measure_checkpoint` of a checkpoint folder one decoder layer at a time
     (:func:`madyn.measure.layerwise.measure_layerwise`); the same table, and metadata
@@ -107,7 +106,7 @@ def _measure_by_layer(source: str, tokens: np.ndarray, s: ExtractSettings, confi
         "n_layers": info["layers"], "median": "lower (torch.median)",
         "extreme_tokens": s.extreme_tokens,
         "attn_implementation": sinks.ATTENTION if s.extreme_tokens else None,
-        "seconds": round(time.monotonic() - t0, 3), "layerwise": True,
+        "layerwise": True,
         "max_memory_gb": s.max_memory_gb,
         "layerwise_info": info,
         **versions(),

@@ -208,6 +208,7 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
                     kept += 1
                     continue
                 dev = dev or held.enter_context(claimed_device(s.device, say=progress))
+                t_ck = time.monotonic()
                 df, meta = measure_checkpoint(ck.source, tokens, replace(s, device=dev),
                                               weights_fp=fp, pickles=list(ck.pickles))
             except Exception as e:  # noqa: BLE001 (skip_bad: whatever fails, named)
@@ -226,7 +227,7 @@ def measure(checkpoints: list[Checkpoint], tokens_path: str, model: str,
             done += 1
             last = df[df["layer"] == df["layer"].max()]["ratio"].mean()
             progress(f"[{model}] step {ck.step} ({i}/{len(checkpoints)}): last-layer "
-                     f"top1/median {last:.1f}, {meta['seconds']:.2f}s "
+                     f"top1/median {last:.1f}, {time.monotonic() - t_ck:.2f}s "
                      f"({time.monotonic() - t0:.0f}s elapsed)")
     progress(f"[{model}] measured {done} checkpoints, kept {kept} up to date"
              + (f", skipped {skipped}" if skipped else "")
