@@ -109,3 +109,34 @@ def test_pin_environment_sets_the_three_variables_when_asked(mode):
     before = dict(env)
     kernels.pin_environment(env)
     assert env == ({**kernels.PINNED, kernels.MODE: "pinned"} if mode == "pinned" else before)
+
+
+@pytest.mark.slow
+def test_the_headline_holds_under_every_instruction_set(tmp_path):
+    """What the docs claim of the default (native) kernels across machines: the embedded
+    suite trained and analysed under each instruction set this machine offers gives a
+    headline within MACHINE_TOLERANCE of the committed one (about 8 min per instruction
+    set on 2 cores)."""
+    from madyn.report.headline import outside_tolerance
+    from tests.isa_headline import COMMITTED, headline_on
+
+    committed = json.loads(COMMITTED.read_text())
+    for m in _offered():
+        doc, _ = headline_on(m, tmp_path / m)
+        assert outside_tolerance(committed, doc) == [], m
+
+
+def test_machine_tolerance_names_what_moves():
+    from madyn.report.headline import outside_tolerance, tolerance
+
+    ref = json.loads((ROOT / "results/embedded/metrics/headline.json").read_text())
+    assert outside_tolerance(ref, ref) == []
+    assert tolerance("suite.n_models") == ("abs", 0.0)
+    moved = json.loads(json.dumps(ref))
+    moved["suite"]["n_models"] += 1
+    moved["growth"]["ratio_mid_mean"] *= 1.5
+    bad = outside_tolerance(ref, moved)
+    assert [b.split(":")[0] for b in bad] == ["growth.ratio_mid_mean", "suite.n_models"]
+    del moved["interventions"]
+    assert any(b.startswith("interventions.kurtosis_cos_sim_rho: ")
+               for b in outside_tolerance(ref, moved))

@@ -154,6 +154,62 @@ def headline(growth: dict, fit: dict, predict: dict, forecast: dict,
     return {k: v for k, v in sections.items() if v}
 
 
+# How far a headline metric may move between x86-64 machines with the same code, params
+# and packages: the default (native) kernels train other floats on other processors
+# (docs/reproducibility.md). (kind, bound): "rel" a relative difference, "abs" an absolute
+# one; a metric not listed (the suite's counts) must be equal. Measured by training the
+# embedded suite under each instruction set forced (tests/isa_headline.py) and on two
+# vendors' machines; the slow test tests/test_reproducibility.py holds the suite to it.
+MACHINE_TOLERANCE: dict[str, tuple[str, float]] = {
+    "growth.": ("rel", 0.10),
+    "kinds.": ("abs", 0.16),
+    "fit.": ("abs", 0.02),
+    "fit.n_failed": ("abs", 0),
+    "predict.": ("abs", 0.3),
+    "forecast.": ("rel", 0.5),
+    "forecast.forecast.r2_unseen": ("abs", 5.0),
+    "forecast.forecast.coverage": ("abs", 0.2),
+    "interventions.": ("abs", 0.5),
+}
+
+
+def flatten(doc: dict, prefix: str = "") -> dict[str, float | int]:
+    """A headline as {"section.metric": number} (``dvc metrics show``'s names)."""
+    out: dict[str, float | int] = {}
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def tolerance(metric: str) -> tuple[str, float]:
+    """``metric``'s :data:`MACHINE_TOLERANCE` entry: its own, else that of the longest
+    prefix ending in "." that names it; ("abs", 0) for a metric none names."""
+    if metric in MACHINE_TOLERANCE:
+        return MACHINE_TOLERANCE[metric]
+    prefixes = [k for k in MACHINE_TOLERANCE if k.endswith(".") and metric.startswith(k)]
+    return MACHINE_TOLERANCE[max(prefixes, key=len)] if prefixes else ("abs", 0.0)
+
+
+def outside_tolerance(reference: dict, other: dict) -> list[str]:
+    """The metrics of headline ``other`` that differ from ``reference`` by more than
+    :data:`MACHINE_TOLERANCE` allows (a metric missing from either: outside), as
+    "name: reference -> other"."""
+    a, b = flatten(reference), flatten(other)
+    bad = []
+    for k in sorted(set(a) | set(b)):
+        if k not in a or k not in b:
+            bad.append(f"{k}: {a.get(k)} -> {b.get(k)}")
+            continue
+        kind, bound = tolerance(k)
+        diff = abs(b[k] - a[k])
+        if diff > (bound * abs(a[k]) if kind == "rel" else bound) + 1e-12:
+            bad.append(f"{k}: {a[k]} -> {b[k]}")
+    return bad
+
+
 def count(metrics: dict) -> int:
     """How many numbers ``metrics`` holds (DVC's columns)."""
     return sum(count(v) if isinstance(v, dict) else 1 for v in metrics.values())
