@@ -111,19 +111,6 @@ def test_released_suite_takes_its_models_from_the_design_space(cfg):
     assert params_file.design_labels(ref) == params_file.design_labels(atlas)
 
 
-def test_full_design_of_a_reference_model_is_its_generated_recipe(cfg):
-    atlas = cfg["suites"]["atlas"]
-    entry = atlas["models"][3]
-    d = params_file.full_design(cfg, "atlas-reference", entry["name"])
-    assert d == params_file.full_design(cfg, "atlas", entry["name"])
-    for k in ("steps", "warmup", "schedule", "batch_size", "beta2", "eps", "lr", "bos",
-              "weight_decay", "family", "layers", "width", "heads", "ff_mult", "seed"):
-        assert d[k] == entry[k], k
-    assert d["seq_len"] == atlas["train"]["seq_len"] and d["design"] == entry["design"]
-    emb = params_file.full_design(cfg, "embedded", "l2-w32-h2")
-    assert emb["lr"] == 0.1 and emb["steps"] == 2000 and emb["schedule"] == "cosine"
-
-
 @pytest.mark.parametrize("edit,match", [
     (lambda s: s["sampler"].update(method="halton"),
      r"suites\.atlas\.design_space\.sampler\.method"),

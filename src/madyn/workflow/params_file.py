@@ -264,22 +264,6 @@ def _expand_design_space_from(cfg: dict) -> bool:
     return done
 
 
-def full_design(cfg: dict, suite_name: str, model: str) -> dict:
-    """Every design axis of ``model`` of suite ``suite_name`` that its suite knows: for a
-    local suite (its own models, or the one a ``design_space_from`` names), the
-    architecture (:class:`ModelSpec` fields) and the resolved training recipe
-    (:class:`TrainSpec` fields, the model's overrides applied) with its ``design`` label;
-    for any other suite, its model entry as written. For predictors that learn from more
-    of the recipe than :func:`known_recipe` states (steps, schedule, warmup, batch size,
-    beta2, weight decay, BOS, ...)."""
-    suite = cfg["suites"][suite_name]
-    origin = cfg["suites"].get(suite.get("design_space_from", suite_name), suite)
-    if origin["source"] != "local":
-        return dict(model_entry(suite, model))
-    return {**model_spec(origin, model).__dict__, **train_spec(origin, model).__dict__,
-            "design": design_label(model_entry(origin, model))}
-
-
 def _set_models(sname: str, suite: dict, models: list[dict]) -> None:
     if "models" in suite and suite["models"] != models:
         key = "design_space" if "design_space" in suite else "design_space_from"
