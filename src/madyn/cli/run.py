@@ -41,9 +41,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("\n".join(times.lines()))
     if not args.suite:
         subprocess.call([run.tool("dvc"), "status"], cwd=root)
-    from madyn.workflow.answer import answer_lines
+    from madyn.workflow.answer import against_committed, answer_lines
 
-    print("\n".join(answer_lines(params_file.results_dir({"suite": name}))))  # cwd: root
+    results = params_file.results_dir({"suite": name})
+    print("\n".join(answer_lines(results)))  # cwd: root
+    if not args.suite and (line := against_committed(root, results)):
+        print(line)
     return 0
 
 

@@ -44,3 +44,35 @@ def front_page(results: str) -> str:
     title = "Run summary" if lines[0].startswith("run summary") else "Headline"
     body = "\n".join(f"    {line}" for line in lines[1:])
     return f"{title}\n{'=' * len(title)}\n\n::\n\n{body}\n"
+
+
+def against_committed(root: Path, results: str) -> str | None:
+    """One line comparing the suite's headline under ``results`` with the one committed in
+    git (HEAD) at the same path, with the cross-machine tolerance in mind
+    (:data:`madyn.report.headline.MACHINE_TOLERANCE`); None where either is missing (not a
+    git checkout, a suite with no committed headline)."""
+    import subprocess
+
+    f = Path(results) / HEADLINE
+    if not (root / f).is_file():
+        return None
+    try:
+        r = subprocess.run(["git", "show", f"HEAD:{f.as_posix()}"], cwd=root,
+                           capture_output=True, text=True, timeout=30)
+        committed = json.loads(r.stdout) if r.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        committed = None
+    if not isinstance(committed, dict):
+        return None
+    from madyn.report.headline import outside_tolerance
+
+    ours = json.loads((root / f).read_text())
+    if ours == committed:
+        return "against the committed headline (git HEAD): identical"
+    bad = outside_tolerance(committed, ours)
+    if not bad:
+        return ("against the committed headline (git HEAD): every metric within the "
+                "tolerance between machines (docs/reproducibility.md)")
+    return (f"against the committed headline (git HEAD): {len(bad)} beyond the tolerance "
+            "between machines (a changed configuration or code; docs/reproducibility.md): "
+            + "; ".join(bad))
