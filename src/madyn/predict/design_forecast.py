@@ -12,8 +12,9 @@ carried forward:
     log y(u) = (1 - w_last) prior(u) + w_last log y_k + w_offset delta,
 
 with the weights (w_offset, w_last) learned per seen fraction and quantity on the
-leave-one-design-out backtest (those that minimise the median final-value error over the
-other designs: cross-fitted, so a design is never scored with weights it helped choose).
+leave-one-design-out backtest (those that minimise the trimmed mean absolute log error of
+the final value over the other designs: cross-fitted, so a design is never scored with
+weights it helped choose).
 (1, 0) is the prior moved to the run's level, (0, 0) the prior alone, (0, 1) the last
 value.
 
@@ -38,6 +39,7 @@ from madyn.predict.forecast import observed_upto, rel_axis
 OFFSET_POINTS = 3
 DEFAULT_WEIGHTS = (1.0, 0.0)  # (w_offset, w_last) where none were learned: the prior moved
 WEIGHT_GRID = np.linspace(0.0, 1.0, 21)  # each weight's candidates
+TRIM = 0.8  # the share of backtest rows (the best) whose mean log error the weights minimise
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -78,18 +80,20 @@ def offset_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray
 
 def fit_weights(prior_final: np.ndarray, delta: np.ndarray, last: np.ndarray,
                 truth: np.ndarray) -> tuple[float, float]:
-    """(w_offset, w_last) on :data:`WEIGHT_GRID` squared that minimise the median relative
-    error of the final value over rows (all logs: the prior's final value, delta, the last
-    seen value, the true final value; one entry per row). (1, 0) when there are no rows."""
+    """(w_offset, w_last) on :data:`WEIGHT_GRID` squared that minimise the mean absolute
+    log error of the final value over the best :data:`TRIM` of the rows (all logs, one
+    entry per row: the prior's final value, delta, the last seen value, the true final
+    value; the worst rows, runs still in their early transient, left out of the loss).
+    :data:`DEFAULT_WEIGHTS` when there are no rows."""
     ok = np.isfinite(prior_final) & np.isfinite(delta) & np.isfinite(last) & np.isfinite(truth)
     if not ok.any():
         return DEFAULT_WEIGHTS
     a, d, lv, t = (np.asarray(x, float)[ok] for x in (prior_final, delta, last, truth))
     wo, wl = (w.ravel() for w in np.meshgrid(WEIGHT_GRID, WEIGHT_GRID, indexing="ij"))
-    pred = (1 - wl)[:, None] * a + wl[:, None] * lv + wo[:, None] * d
-    with np.errstate(over="ignore"):
-        err = np.median(np.abs(np.expm1(pred - t)), axis=1)
-    i = int(np.argmin(err))
+    err = np.sort(np.abs((1 - wl)[:, None] * a + wl[:, None] * lv + wo[:, None] * d - t),
+                  axis=1)
+    keep = max(1, int(TRIM * err.shape[1]))
+    i = int(np.argmin(err[:, :keep].mean(axis=1)))
     return float(wo[i]), float(wl[i])
 
 
