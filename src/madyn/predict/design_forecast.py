@@ -60,6 +60,11 @@ def level_offset(observed: np.ndarray, prior_log: np.ndarray) -> float:
     return float(np.mean(y[k - m:] - prior_log[k - m:k]))
 
 
+def blend(prior_log, last_log, delta, w_offset, w_last):
+    """(1 - w_last) prior + w_last log(last seen) + w_offset delta (logs; arrays broadcast)."""
+    return (1 - w_last) * prior_log + w_last * last_log + w_offset * delta
+
+
 def blend_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray,
                    weights: tuple[float, float] = DEFAULT_WEIGHTS) -> np.ndarray:
     """The point forecast (log, len(u)) on relative steps ``u``: the seen part is the
@@ -69,7 +74,7 @@ def blend_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray,
     k = len(y)
     w_off, w_last = weights
     delta = level_offset(observed, prior_log)
-    return np.r_[y, (1 - w_last) * prior_log[k:] + w_last * y[-1] + w_off * delta]
+    return np.r_[y, blend(prior_log[k:], y[-1], delta, w_off, w_last)]
 
 
 def offset_forecast(u: np.ndarray, observed: np.ndarray, prior_log: np.ndarray
@@ -90,8 +95,7 @@ def fit_weights(prior_final: np.ndarray, delta: np.ndarray, last: np.ndarray,
         return DEFAULT_WEIGHTS
     a, d, lv, t = (np.asarray(x, float)[ok] for x in (prior_final, delta, last, truth))
     wo, wl = (w.ravel() for w in np.meshgrid(WEIGHT_GRID, WEIGHT_GRID, indexing="ij"))
-    err = np.sort(np.abs((1 - wl)[:, None] * a + wl[:, None] * lv + wo[:, None] * d - t),
-                  axis=1)
+    err = np.sort(np.abs(blend(a, lv, d, wo[:, None], wl[:, None]) - t), axis=1)
     keep = max(1, int(TRIM * err.shape[1]))
     i = int(np.argmin(err[:, :keep].mean(axis=1)))
     return float(wo[i]), float(wl[i])
@@ -224,7 +228,7 @@ def cross_fit_blend(table: pd.DataFrame) -> pd.DataFrame:
         for d, gd in g.groupby("design"):
             w_off, w_last = fit_weights(*_parts(g[g["design"] != d]))
             a, dl, lv, t = _parts(gd)
-            pred = (1 - w_last) * a + w_last * lv + w_off * dl
+            pred = blend(a, lv, dl, w_off, w_last)
             scores = [_scores(p, math.exp(tt)) for p, tt in zip(pred, t, strict=True)]
             out.append(gd.assign(method="forecast", w_offset=w_off, w_last=w_last,
                                  final_rel_err=[x["final_rel_err"] for x in scores],
