@@ -63,13 +63,14 @@ def main() -> None:
     args = ap.parse_args()
     machines = args.machines or _offered()
     base = args.keep or Path(tempfile.mkdtemp(prefix="madyn-isa-"))
-    committed = flatten(json.loads(COMMITTED.read_text()))
+    reference = json.loads(COMMITTED.read_text())
+    committed = flatten(reference)
     got = {}
     for m in machines:
         doc, secs = headline_on(m, base / m)
         got[m] = flatten(doc)
         print(f"{m}: {secs / 60:.1f} min; outside the tolerance: "
-              f"{outside_tolerance(json.loads(COMMITTED.read_text()), doc) or 'none'}",
+              f"{outside_tolerance(reference, doc) or 'none'}",
               flush=True)
     print("| metric | committed | " + " | ".join(machines) + " |")
     print("|---|---|" + "---|" * len(machines))
