@@ -169,6 +169,27 @@ def test_leave_one_design_out_never_sees_the_held_out_design():
     np.testing.assert_allclose(got["y_pred"].to_numpy(), want)
 
 
+def test_single_model_designs_reuse_the_leave_one_model_out_fits():
+    """Holding out a design of one model holds out the same rows as leaving that model
+    out: leave-one-design-out reuses those predictions (an atlas's single-seed designs)
+    and gives the rows a fresh fit gives; designs of several seeds are fitted anew."""
+    fit, _, configs = _designed()
+    single = ["lr0.006-s1", "lr0.006-s2", "lr0.06-s1", "lr0.06-s2"]
+    table = build_feature_table(fit[~fit["model"].isin(single)],
+                                {m: c for m, c in configs.items() if m not in single},
+                                "original", "ratio")
+    kinds = ("ridge", "xgb")
+    by_model = lomo_predictions(table, FAST, kinds=kinds)
+    fresh = lomo_predictions(table, FAST, kinds=kinds, group="design")
+    pd.testing.assert_frame_equal(
+        lomo_predictions(table, FAST, kinds=kinds, group="design", by_model=by_model), fresh)
+    marked = lomo_predictions(table, FAST, kinds=kinds, group="design",
+                              by_model=by_model.assign(y_pred=by_model["y_pred"] + 1))
+    moved = marked["y_pred"] != fresh["y_pred"]
+    assert set(marked.loc[moved, "model"]) == {"lr0.006-s0", "lr0.06-s0"}
+    assert moved.sum() == (fresh["model"].isin(["lr0.006-s0", "lr0.06-s0"])).sum()
+
+
 def test_lodo_reported_and_design_beats_mean_curve():
     """With the curves driven by lr, the design features beat the mean curve of the other
     designs when a whole design is held out (lr 0.01, inside the others' range)."""

@@ -133,21 +133,33 @@ def _mean_r2(per_target: dict) -> dict[str, float]:
 
 def lomo_predictions(table: pd.DataFrame, s: PredictSettings,
                      kinds: tuple[str, ...] = MODEL_TYPES, group: str = "model",
-                     workers: int = 1) -> pd.DataFrame:
+                     workers: int = 1, by_model: pd.DataFrame | None = None
+                     ) -> pd.DataFrame:
     """Leave-one-group-out predictions of every target (``group`` "model": one model held
     out at a time; "design": all seeds of one design): columns model, layer, target,
     model_type, y_true, y_pred (sorted by group, model, layer). ``workers`` > 1: the
-    groups in that many processes (the same rows)."""
+    groups in that many processes (the same rows). ``by_model``: this function's rows for
+    ``group`` "model" on the same table and kinds; a group of one model reuses them (the
+    same training rows, so the same fits: a design atlas's single-seed designs)."""
     from functools import partial
 
     from madyn.parallel import map_ordered
 
     d = usable_rows(table)
     groups = d[group].to_numpy()
+    order = sorted(set(groups))
+    known: dict = {}
+    if by_model is not None and group != "model":
+        models = d.groupby(group)["model"].unique()
+        known = {g: by_model[by_model["model"] == models[g][0]] for g in order
+                 if len(models[g]) == 1}
     held_out = partial(_held_out_predictions, d=d, X=feature_matrix(d, feature_columns(d)),
                        groups=groups, s=s, kinds=kinds)
-    out = map_ordered(held_out, sorted(set(groups)), workers)
-    return pd.concat([f for frames in out for f in frames], ignore_index=True)
+    fresh = dict(zip([g for g in order if g not in known],
+                     map_ordered(held_out, [g for g in order if g not in known], workers),
+                     strict=True))
+    frames = [f for g in order for f in ([known[g]] if g in known else fresh[g])]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _held_out_predictions(g, d: pd.DataFrame, X: np.ndarray, groups: np.ndarray,
@@ -310,25 +322,28 @@ def evaluate(table: pd.DataFrame, series: pd.DataFrame | None,
         else:
             metrics["curve_lomo"], extras["lomo_curves"] = curve_lomo(
                 table, series, preds, kinds, s)
-    metrics["lodo"], metrics["curve_lodo"] = leave_one_design_out(table, series, s, workers)
+    metrics["lodo"], metrics["curve_lodo"] = leave_one_design_out(
+        table, series, s, workers, by_model=extras.get("lomo_predictions"))
     metrics = json.loads(json.dumps(jsonable(metrics), allow_nan=False))
     return (metrics, extras) if return_extras else metrics
 
 
 def leave_one_design_out(table: pd.DataFrame, series: pd.DataFrame | None,
-                         s: PredictSettings, workers: int = 1) -> tuple[dict, dict]:
+                         s: PredictSettings, workers: int = 1,
+                         by_model: pd.DataFrame | None = None) -> tuple[dict, dict]:
     """Leave-one-design-out (every seed of a design held out together; the honest test of
     the design features when a suite repeats designs over seeds): parameter metrics, and
     curve-space scores of the best model type and xgb against the ``mean_curve`` baseline
     of the other designs. Skipped (with the reason) unless >= 2 designs and some design
-    has several models."""
+    has several models. ``by_model``: the leave-one-model-out predictions, reused for the
+    designs of one model (:func:`lomo_predictions`)."""
     d = usable_rows(table)
     n_designs, n_models = int(d["design"].nunique()), int(d["model"].nunique())
     if n_designs < 2 or n_designs == n_models:
         why = (f"needs >= 2 designs, found {n_designs}" if n_designs < 2 else
                "every model is its own design: leave-one-design-out is lomo")
         return {"skipped": why}, {"skipped": why}
-    preds = lomo_predictions(table, s, group="design", workers=workers)
+    preds = lomo_predictions(table, s, group="design", workers=workers, by_model=by_model)
     out = {"n_designs": n_designs, "designs": sorted(d["design"].unique().tolist()),
            **lomo_metrics(preds)}
     if series is None:
