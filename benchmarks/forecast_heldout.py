@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from madyn.predict import forecast
-from madyn.stages.forecast import _prior_curves, _prior_rows, load_prior
+from madyn.stages.forecast_prior import load_prior, prior_curves, prior_rows
 
 QUANTITIES = ("ratio", "top1", "median")
 
@@ -32,7 +32,7 @@ def heldout(prior_table: pd.DataFrame, series: list[pd.DataFrame], foreign: floa
         name = str(s["model"].iloc[0])
         table = prior_table[prior_table["model"] != name] if loo else prior_table
         for q in QUANTITIES:
-            prior = list(_prior_curves(table, q).values())
+            prior = list(prior_curves(table, q).values())
             steps, depths, vals = forecast.layer_curves(s, q)
             last = steps[-1]
             u = steps / last
@@ -76,7 +76,7 @@ def main() -> None:
     a = ap.parse_args()
     series = [pd.read_parquet(p) for p in a.heldout]
     if a.leave_one_out:
-        table = pd.concat([_prior_rows(s, QUANTITIES) for s in series], ignore_index=True)
+        table = pd.concat([prior_rows(s, QUANTITIES) for s in series], ignore_index=True)
     else:
         table, _, _ = load_prior(a.prior, None, "", QUANTITIES)  # None: the committed ones
     foreign = a.foreign if a.foreign is not None else (0.0 if a.leave_one_out else 1.0)

@@ -170,7 +170,7 @@ def test_make_prior_and_the_committed_prior_are_read_back(tmp_path):
     d = json.loads((tmp_path / "fc/summary.json").read_text())["prior_distance"]
     assert d["models"]["p0"]["family"] == 0 and d["models"]["p0"]["lr"] == 0
     # the committed prior is there, small, and described
-    from madyn.stages.forecast import DEFAULT_PRIOR_DIR
+    from madyn.stages.forecast_prior import DEFAULT_PRIOR_DIR
 
     committed = sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
     assert committed and sum(p.stat().st_size for p in committed) < 400_000
@@ -272,7 +272,7 @@ def test_design_priors_are_opt_in():
     forecast reads the committed relative-time priors, which carry the last value where
     they are foreign (the slow acceptance test: the atlas design prior's error on a tiny
     Llama was 121 % against the last value's 26 %)."""
-    from madyn.stages.forecast import DEFAULT_PRIOR_DIR, default_priors, design_prior
+    from madyn.stages.forecast_prior import DEFAULT_PRIOR_DIR, default_priors, design_prior
 
     atlas = DEFAULT_PRIOR_DIR / "atlas.parquet"
     assert atlas.is_file() and design_prior([str(atlas)]) is not None

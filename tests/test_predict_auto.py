@@ -80,6 +80,7 @@ def test_forecast_run_from_a_design_prior(suite_dir, tmp_path):
     """make-prior --design-lodo, then a run of a new design forecast from its predicted
     curve: the summary names the design prior, intervals hold the point forecast."""
     from madyn.stages import forecast as fst
+    from madyn.stages import forecast_prior as fpr
 
     doc = {"quantities": {q: {"winner": "eb_shrink", "per_kind": {"eb_shrink": {
         "r2_median": 0.5}}} for q in ("ratio",)},
@@ -91,7 +92,7 @@ def test_forecast_run_from_a_design_prior(suite_dir, tmp_path):
     configs = sorted(map(str, (suite_dir / "configs").glob("*.json")))
     run_name = "l4-w64-h4"
     prior_series = [p for p in series if run_name not in p]
-    man = fst.make_prior(prior_series, str(tmp_path / "p.parquet"), configs,
+    man = fpr.make_prior(prior_series, str(tmp_path / "p.parquet"), configs,
                          quantities=("ratio",), design_lodo=str(tmp_path / "design_lodo.json"))
     assert man["design_prior"]["quantities"]["ratio"]["kind"] == "eb_shrink"
     assert all("features" in m for m in man["models"].values())
@@ -118,7 +119,7 @@ def test_forecast_run_from_a_design_prior(suite_dir, tmp_path):
         assert 0 < f["lo"] <= f["value"] <= f["hi"]
     # a prior that holds the run itself: the run is left out of it (as without a design
     # prior), so its prior is the predictor's curve, never its own series
-    fst.make_prior(series, str(tmp_path / "all.parquet"), configs, quantities=("ratio",),
+    fpr.make_prior(series, str(tmp_path / "all.parquet"), configs, quantities=("ratio",),
                    design_lodo=str(tmp_path / "design_lodo.json"))
     out = fst.forecast_run(str(tmp_path / "run.parquet"), 1200, str(tmp_path / "fc2"), s,
                            prior=[str(tmp_path / "all.parquet")], run_folder=str(folder))

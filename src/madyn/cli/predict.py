@@ -64,13 +64,13 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _forecast_run(args: argparse.Namespace, s, fit) -> int:
     """``madyn forecast --run``: the forecast of a run to its planned last step, or
     (``--score``) the scoring of its archived forecasts."""
-    from madyn.stages import forecast
+    from madyn.stages import forecast, forecast_score
 
     if not args.out_dir:
         raise ValueError("--run needs --out-dir")
     if args.score:
-        doc = forecast.score(args.run, args.out_dir)
-        for line in forecast.score_lines(doc):
+        doc = forecast_score.score(args.run, args.out_dir)
+        for line in forecast_score.score_lines(doc):
             say(line)
         say(f"-> {args.out_dir}/score.json")
         return 0

@@ -141,12 +141,12 @@ def _cmd_design_lodo(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_prior(args: argparse.Namespace) -> int:
-    from madyn.stages import forecast
+    from madyn.stages import forecast_prior
 
-    man = forecast.make_prior(args.series, args.out, args.configs, args.tokens,
-                              json_arg(args.train_json), json_arg(args.models_json),
-                              args.suite, evaluation=json_arg(args.eval_json),
-                              design_lodo=args.design_lodo)
+    man = forecast_prior.make_prior(args.series, args.out, args.configs, args.tokens,
+                                    json_arg(args.train_json), json_arg(args.models_json),
+                                    args.suite, evaluation=json_arg(args.eval_json),
+                                    design_lodo=args.design_lodo)
     say(f"make-prior: {len(man['models'])} models, {man['rows']} rows -> {args.out} "
         f"(manifest {args.out.rsplit('.', 1)[0]}.json)")
     return 0

@@ -1,5 +1,6 @@
 """Forecast stage: the backtest of a complete suite, and the forecast of a run that is
-still training to its planned last step."""
+still training to its planned last step (its priors: :mod:`madyn.stages.forecast_prior`;
+the saved forecasts scored: :mod:`madyn.stages.forecast_score`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ import pandas as pd
 from madyn.io import atomic_path, check_output_folder, mark_output_folder, write_json
 from madyn.predict import forecast
 from madyn.settings import FitSettings, ForecastSettings
+from madyn.stages.forecast_prior import (
+    design_data,
+    design_prior,
+    eval_batch,
+    load_prior,
+    prior_curves,
+)
+from madyn.stages.forecast_score import score
 
 
 def _read(paths: list[str]) -> dict[str, pd.DataFrame]:
@@ -140,184 +149,20 @@ def read_run(path: str, quantities: list[str]) -> pd.DataFrame:
     return run
 
 
-# the committed priors (every make-prior file there is read when --prior is not given)
-DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[3] / "data" / "prior"
 # prior models no farther than this beyond the closest one are the prior (at least
 # CLOSEST_MODELS of them)
 CLOSE_MARGIN = 0.25
+
+
 CLOSEST_MODELS = 3
-PRIOR_COLUMNS = ["model", "quantity", "layer", "depth", "step", "u", "value"]
+
+
 CURVE_COLUMNS = ["quantity", "layer", "step", "seen", "mean", "lo", "hi", "prior_mean",
                  "prior_lo", "prior_hi"]
 
 
 class ForecastRefused(forecast.ForecastError):
     """The prior does not cover the run: the forecast is refused (one line says why)."""
-
-
-def _prior_rows(series: pd.DataFrame, quantities, last_step: int | None = None
-                ) -> pd.DataFrame:
-    """A model's series (long layout) as prior rows: quantity, layer, relative depth
-    (layer + 1) / L, step, relative step u = step / last step, value (the mean)."""
-    d = series[series["statistic"].isin(list(quantities))]
-    n_layers = int(series["layer"].max()) + 1
-    last = float(last_step or series["step"].max())
-    return pd.DataFrame({
-        "model": str(series["model"].iloc[0]), "quantity": d["statistic"].to_numpy(),
-        "layer": d["layer"].to_numpy(int), "depth": (d["layer"].to_numpy(float) + 1) / n_layers,
-        "step": d["step"].to_numpy(int), "u": d["step"].to_numpy(float) / last,
-        "value": d["mean"].to_numpy(float)})
-
-
-def eval_batch(series: pd.DataFrame, tokens: str | None = None) -> dict:
-    """The evaluation batch of a series: ``n_seqs`` (the most sequences of a row),
-    ``seq_len`` and ``tokens_sha256`` (from the tokens ``.npy``, when given)."""
-    from madyn.io import sha256_file
-
-    out: dict = {}
-    if "n" in series:
-        out["n_seqs"] = int(series["n"].max())
-    if tokens:
-        arr = np.load(tokens, mmap_mode="r", allow_pickle=False)
-        out["n_seqs"], out["seq_len"] = int(arr.shape[0]), int(arr.shape[1])
-        out["tokens_sha256"] = sha256_file(tokens)
-    return out
-
-
-def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None = None,
-               tokens: str | None = None, train: dict | None = None,
-               models: list[dict] | None = None, suite: str | None = None,
-               quantities=forecast.FORECAST_QUANTITIES, evaluation: dict | None = None,
-               design_lodo: str | None = None) -> dict:
-    """Write a compact prior (``out``, Parquet: one row per model, quantity, layer and
-    step with relative depth and relative step u = step / last step) and its manifest
-    (``out`` with ``.json``: per model its family, vocab_size, n_layers (from
-    ``config_paths``, matched by file stem), last_step, schedule and peak lr (from
-    ``train``, a suite's train section, and ``models``, its entries), eval batch (the
-    series' sequences, ``tokens``' shape and sha256, then ``evaluation``'s keys n_seqs,
-    seq_len); the suite and package versions). With ``design_lodo`` (a suite's
-    design_lodo.json): per model also its ``design`` label and design ``features``
-    (:func:`madyn.predict.design_curves.model_features`), and ``design_prior``: per
-    quantity the predictor the nested leave-one-design-out chose and the intervals'
-    conformal calibration, so that a run is forecast from its design's predicted curve.
-    Returns the manifest."""
-    import importlib.metadata as md
-
-    from madyn.io import read_json
-
-    configs = {Path(p).stem: read_json(p) for p in config_paths or []}
-    entries = {str(e.get("name")): e for e in models or []}
-    train = dict(train or {})
-    rows, recipes = [], {}
-    for p in series_paths:
-        s = pd.read_parquet(p)
-        name = str(s["model"].iloc[0])
-        cfg, entry = configs.get(name, {}), entries.get(name, {})
-        last = int(s["step"].max())
-        rows.append(_prior_rows(s, quantities, last))
-        r = {"family": cfg.get("model_type"), "vocab_size": cfg.get("vocab_size"),
-             "n_layers": int(s["layer"].max()) + 1, "last_step": last,
-             "schedule": entry.get("schedule", train.get("schedule", "cosine" if train
-                                                         else None)),
-             "lr": entry.get("lr", train.get("lr")),
-             "optimizer": entry.get("optimizer", "adamw" if train else None),
-             "eval": {**eval_batch(s, tokens), **{
-                 k: v for k, v in (evaluation or {}).items() if k in ("n_seqs", "seq_len")}}}
-        recipes[name] = {k: v for k, v in r.items() if v is not None}
-        if design_lodo and cfg:
-            from madyn.predict.design_curves import model_features
-            from madyn.stages.design_lodo import suite_recipes
-            from madyn.workflow.params_file import design_label
-
-            rec = suite_recipes({"train": train, "models": [entry or {"name": name}]})
-            recipes[name]["design"] = design_label(entry) if entry else name
-            recipes[name]["features"] = model_features(cfg, last, rec.get(name))
-    table = pd.concat(rows, ignore_index=True)[PRIOR_COLUMNS]
-    manifest = {"made_by": "madyn step make-prior", "suite": suite,
-                "made_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "quantities": list(quantities), "models": recipes,
-                "train": train, "rows": len(table),
-                "versions": {k: md.version(k) for k in ("madyn", "torch", "transformers")
-                             if _installed(k)}}
-    if design_lodo:
-        doc = read_json(design_lodo)
-        fc = doc.get("forecast", {})
-        manifest["design_prior"] = {
-            "level": fc.get("level"),
-            "quantities": {q: {"kind": v["winner"],
-                               "lodo": v["per_kind"][v["winner"]],
-                               "calibration": fc.get(q, {}).get("calibration", {}),
-                               "weights": fc.get(q, {}).get("weights", {})}
-                           for q, v in doc["quantities"].items()}}
-    with atomic_path(out) as tmp:
-        table.to_parquet(tmp, index=False)
-    write_json(Path(out).with_suffix(".json"), manifest)
-    return manifest
-
-
-def _installed(name: str) -> bool:
-    import importlib.metadata as md
-
-    try:
-        md.version(name)
-    except md.PackageNotFoundError:
-        return False
-    return True
-
-
-def load_prior(prior: list[str] | None, series_paths: list[str] | None, exclude: str,
-               quantities) -> tuple[pd.DataFrame, dict, str]:
-    """The prior's rows (PRIOR_COLUMNS), per model its recipe, and where it came from:
-    ``series_paths`` (series Parquets; recipes know only their last step) when given, else
-    the make-prior files ``prior`` (default: every committed one in DEFAULT_PRIOR_DIR) and
-    their manifests (a model name two of them share is prefixed with its file's stem).
-    The run itself (``exclude``) is left out."""
-    from madyn.io import read_json
-
-    if series_paths:
-        frames = [pd.read_parquet(p) for p in series_paths]
-        frames = [f for f in frames if str(f["model"].iloc[0]) != exclude]
-        rows = [_prior_rows(f, quantities) for f in frames]
-        table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-            columns=PRIOR_COLUMNS)
-        recipes = {str(f["model"].iloc[0]): {"last_step": int(f["step"].max()),
-                                             "eval": eval_batch(f)} for f in frames}
-        return table, recipes, f"{len(frames)} series files"
-    paths = [Path(p) for p in prior] if prior else default_priors()
-    if not paths:
-        raise forecast.ForecastError(f"no prior in {DEFAULT_PRIOR_DIR} (make one with madyn "
-                                     "step make-prior, or pass --series)")
-    tables, recipes = [], {}
-    for path in paths:
-        if not path.is_file():
-            raise forecast.ForecastError(f"--prior {path}: no such file (make one with madyn "
-                                         "step make-prior, or pass --series)")
-        table = pd.read_parquet(path)
-        missing = [c for c in PRIOR_COLUMNS if c not in table]
-        if missing:
-            raise forecast.ForecastError(f"--prior {path}: not a madyn prior (no column(s) "
-                                         f"{missing})")
-        man = path.with_suffix(".json")
-        models = dict(read_json(man).get("models", {})) if man.is_file() else {}
-        if set(table["model"].unique()) & set(recipes):  # a name in two priors
-            table = table.assign(model=path.stem + "/" + table["model"].astype(str))
-            models = {f"{path.stem}/{m}": r for m, r in models.items()}
-        tables.append(table[PRIOR_COLUMNS])
-        recipes.update(models)
-    table = pd.concat(tables, ignore_index=True)
-    table = table[table["model"] != exclude]
-    return table, {m: r for m, r in recipes.items() if m != exclude}, ", ".join(
-        map(str, paths))
-
-
-def _prior_curves(table: pd.DataFrame, quantity: str) -> dict:
-    """model -> (relative steps, relative depths, L x S values) of ``quantity``."""
-    out = {}
-    for m, d in table[table["quantity"] == quantity].groupby("model", sort=True):
-        wide = d.pivot_table(index="depth", columns="u", values="value").sort_index()
-        out[str(m)] = (wide.columns.to_numpy(float), wide.index.to_numpy(float),
-                       wide.to_numpy(float))
-    return out
 
 
 def run_recipe(series: pd.DataFrame, last_step: int, folder: str | None = None,
@@ -472,35 +317,6 @@ def _write_forecast(out: Path, run_path: str, out_dir: str, name: str, last_step
     return summary_doc
 
 
-def default_priors() -> list[Path]:
-    """The committed priors a forecast uses when given none: every ``DEFAULT_PRIOR_DIR``
-    parquet except design priors (make-prior --design-lodo: the atlas's). Those are opt-in
-    (``--prior data/prior/atlas.parquet``): on a 600-step cosine Llama forecast from 25 %,
-    the atlas design prior's final error was 121 % against the last value's 26 %, while
-    these carry the last value (tests/test_forecast_run.py's slow acceptance test)."""
-    from madyn.io import read_json
-
-    return [p for p in sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
-            if not (p.with_suffix(".json").is_file()
-                    and read_json(p.with_suffix(".json")).get("design_prior"))]
-
-
-def design_prior(prior: list[str] | None) -> dict | None:
-    """The first of the priors ``prior`` (given explicitly: design priors are opt-in, see
-    :func:`default_priors`) whose manifest carries a ``design_prior`` (make-prior
-    --design-lodo): {path, manifest, table}; None if none."""
-    from madyn.io import read_json
-
-    for path in [Path(p) for p in prior or []]:
-        man = path.with_suffix(".json")
-        if not (path.is_file() and man.is_file()):
-            continue
-        doc = read_json(man)
-        if doc.get("design_prior") and all("features" in m for m in doc["models"].values()):
-            return {"path": path, "manifest": doc, "table": pd.read_parquet(path)}
-    return None
-
-
 def _run_config(run_folder: str | None) -> dict | None:
     """The run's config.json (its newest checkpoint's, or the folder's own); None when
     there is none or it is not a decoder the architecture reader knows."""
@@ -528,22 +344,6 @@ def _run_config(run_folder: str | None) -> dict | None:
     return None
 
 
-def _design_data(table: pd.DataFrame, manifest: dict, quantity: str):
-    """A design prior's rows of ``quantity`` (:class:`madyn.predict.design_curves.
-    DesignData`) from its table and manifest."""
-    from madyn.predict import design_curves as dc
-
-    curves = {}
-    for m, d in table[table["quantity"] == quantity].groupby("model", sort=True):
-        wide = d.pivot_table(index="layer", columns="step", values="value").sort_index()
-        n = int(wide.index.max()) + 1
-        curves[str(m)] = (wide.columns.to_numpy(float), (wide.index.to_numpy(float) + 1) / n,
-                          wide.to_numpy(float))
-    models = manifest["models"]
-    feats = pd.DataFrame.from_dict({m: models[m]["features"] for m in curves}, orient="index")
-    return dc.design_data(curves, {m: models[m].get("design", m) for m in curves}, feats)
-
-
 def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
                      config: dict, info: dict, s: ForecastSettings, fs: FitSettings
                      ) -> tuple:
@@ -569,7 +369,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
         if q not in dp["quantities"]:
             raise ForecastRefused(f"the design prior has no {q!r}")
         cfg_q = dp["quantities"][q]
-        data = _design_data(design["table"], man, q)
+        data = design_data(design["table"], man, q)
         pred = dc.Predictor(cfg_q["kind"]).fit(data)
         row = {c: feats.get(c, float("nan")) for c in data.X.columns}
         imputed = [c for c in pred.cols if not np.isfinite(row[c])]
@@ -643,7 +443,7 @@ def _forecast_all(run: pd.DataFrame, name: str, last_step: int, table: pd.DataFr
         if last_step <= steps_seen[-1]:
             raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
                                          f"last checkpoint ({k_step})")
-        prior = _prior_curves(table, q)
+        prior = prior_curves(table, q)
         if len(prior) < forecast.MIN_PRIOR_MODELS:
             raise ForecastRefused(f"the prior has {len(prior)} model(s) with {q!r}; a "
                                   f"forecast needs at least {forecast.MIN_PRIOR_MODELS}")
@@ -676,109 +476,6 @@ def _forecast_all(run: pd.DataFrame, name: str, last_step: int, table: pd.DataFr
             if layer == len(depths) // 2:
                 figs[q] = (fc, f"{name} layer {layer}: {q} to step {last_step}")
     return rows, summary, figs, k_step
-
-
-# ---------------------------------------------------------------------------- scoring
-def _interp_log(steps: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """``values`` (positive) at steps ``at``, linear in log value and log(1 + step)."""
-    return np.exp(np.interp(np.log1p(at), np.log1p(steps), np.log(values)))
-
-
-def score_archive(curves: pd.DataFrame, run: pd.DataFrame) -> dict:
-    """One archived forecast (its curves.csv) against the run's series now: per quantity
-    and layer, for the checkpoints after the forecast's last seen step (``later``) and the
-    planned last step when it has arrived (``final``): the share inside the interval
-    (``coverage``), the median absolute error of the forecast (``err_pct``) and of the last
-    value carried forward (``last_value_err_pct``); per quantity and overall, the same
-    over layers (medians of errors, shares of all values)."""
-    out: dict = {"quantities": {}}
-    every = {"later": [], "final": []}
-    for q, dq in curves.groupby("quantity", sort=False):
-        per = {}
-        for layer, d in dq.groupby("layer", sort=True):
-            d = d.sort_values("step")
-            seen = d[d["seen"].astype(bool)]
-            k, last = int(seen["step"].max()), int(d["step"].max())
-            obs = run[(run["statistic"] == q) & (run["layer"] == layer)
-                      & (run["step"] > k) & (run["step"] <= last)].sort_values("step")
-            if obs.empty:
-                continue
-            at, truth = obs["step"].to_numpy(float), obs["mean"].to_numpy(float)
-            st = d["step"].to_numpy(float)
-            mean, lo, hi = (_interp_log(st, d[c].to_numpy(float), at)
-                            for c in ("mean", "lo", "hi"))
-            lv = float(seen.sort_values("step")["mean"].iloc[-1])
-            cells = {}
-            for part, sel in (("later", np.ones(len(at), bool)), ("final", at == last)):
-                if not sel.any():
-                    continue
-                t = truth[sel]
-                cov = (lo[sel] <= t) & (t <= hi[sel])
-                err = np.abs(mean[sel] - t) / t
-                lerr = np.abs(lv - t) / t
-                cells[part] = {"n": int(sel.sum()), "coverage": round(float(cov.mean()), 3),
-                               "err_pct": round(100 * float(np.median(err)), 2),
-                               "last_value_err_pct": round(100 * float(np.median(lerr)), 2)}
-                every[part].append((q, cov, err, lerr))
-            per[str(int(layer))] = cells
-        out["quantities"][q] = {"layers": per, **{
-            part: _cells([e for e in v if e[0] == q]) for part, v in every.items()
-            if any(e[0] == q for e in v)}}
-    out["overall"] = {part: _cells(v) for part, v in every.items() if v}
-    return out
-
-
-def _cells(entries: list) -> dict:
-    """Coverage over all values, median errors over all values, of (q, covered, err,
-    last-value err) entries."""
-    cov = np.concatenate([e[1] for e in entries])
-    err = np.concatenate([e[2] for e in entries])
-    lerr = np.concatenate([e[3] for e in entries])
-    return {"n": int(len(cov)), "coverage": round(float(cov.mean()), 3),
-            "err_pct": round(100 * float(np.median(err)), 2),
-            "last_value_err_pct": round(100 * float(np.median(lerr)), 2)}
-
-
-def score(run_path: str, out_dir: str) -> dict:
-    """Score every forecast archived under ``out_dir``/archive/from_step<k>/ against the
-    run's series now (``run_path``): :func:`score_archive` per archive; writes
-    ``out_dir``/score.json and returns it (archives with nothing arrived since are listed
-    with ``n`` 0)."""
-    run = pd.read_parquet(run_path)
-    seen_to = int(run["step"].max())
-    doc: dict = {"model": str(run["model"].iloc[0]), "observed_to_step": seen_to,
-                 "archives": {}}
-    arch = Path(out_dir) / "archive"
-    for d in sorted(arch.glob("from_step*"), key=lambda p: int(p.name[9:] or 0)):
-        f = d / "curves.csv"
-        if not f.is_file() or not d.name[9:].isdigit():
-            continue
-        if int(d.name[9:]) >= seen_to:
-            doc["archives"][d.name] = {"n": 0, "note": "nothing arrived since"}
-            continue
-        doc["archives"][d.name] = score_archive(pd.read_csv(f), run)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(out_dir) / "score.json", doc)
-    return doc
-
-
-def score_lines(doc: dict) -> list[str]:
-    """What ``madyn forecast --score`` prints: per archive and quantity, the interval's
-    coverage and the median errors of the forecast and the last value, later checkpoints
-    and the final step."""
-    lines = []
-    for name, a in doc["archives"].items():
-        if not a.get("quantities"):
-            lines.append(f"  {name}: {a.get('note', 'nothing to score')}")
-            continue
-        for q, v in list(a["quantities"].items()) + [("all", a.get("overall", {}))]:
-            for part in ("later", "final"):
-                c = v.get(part)
-                if c:
-                    lines.append(f"  {name} {q:6} {part:5}: coverage {c['coverage']:.2f} of "
-                                 f"{c['n']}, error {c['err_pct']:.1f} % (last value "
-                                 f"{c['last_value_err_pct']:.1f} %)")
-    return lines
 
 
 def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
