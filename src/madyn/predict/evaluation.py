@@ -196,12 +196,12 @@ def lomo_metrics(preds: pd.DataFrame) -> dict:
             "best_model_type": best}
 
 
-def _observed(series: pd.DataFrame, model: str, layer: int, quantity: str
-              ) -> tuple[np.ndarray, np.ndarray]:
-    s = series[(series["model"] == model) & (series["layer"] == layer)
-               & (series["quantity"] == quantity) & ~series["flagged"].astype(bool)]
-    s = s.sort_values("step")
-    return s["step"].to_numpy(float), s["value"].to_numpy(float)
+def _observed(series: pd.DataFrame, quantity: str
+              ) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """(model, layer) -> the unflagged steps and values of ``quantity``, by step."""
+    s = series[(series["quantity"] == quantity) & ~series["flagged"].astype(bool)]
+    return {(str(m), int(la)): (g["step"].to_numpy(float), g["value"].to_numpy(float))
+            for (m, la), g in s.sort_values("step", kind="stable").groupby(["model", "layer"])}
 
 
 def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
@@ -217,9 +217,18 @@ def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
     group_of = dict(zip(d["model"], d[group], strict=False))
     per: dict[str, dict] = {k: {} for k in [*kinds, "mean_curve"]}
     curves = []
+    observed = _observed(series, s.quantity)
+    none = (np.array([]), np.array([]))
+    # (model, layer, model type) -> the predicted targets in ``names`` order
+    wide = preds[preds["model_type"].isin(kinds)].pivot_table(
+        index=["model", "layer", "model_type"], columns="target", values="y_pred",
+        aggfunc="first", dropna=False)
+    predicted = {(str(m), int(la), k): row for (m, la, k), row in zip(
+        wide.index, wide[[f"target_{n}" for n in names]].to_numpy(float), strict=True)} \
+        if len(wide) else {}
     for m in sorted(d["model"].unique()):
         layers = d.loc[d["model"] == m, ["layer", "f_depth"]].sort_values("layer")
-        obs = {int(la): _observed(series, m, int(la), s.quantity) for la in layers["layer"]}
+        obs = {int(la): observed.get((str(m), int(la)), none) for la in layers["layer"]}
         if not any(len(v[0]) >= 2 for v in obs.values()):
             for k in per:
                 per[k][m] = {"skipped": f"no observed {s.quantity} series for {m}"}
@@ -239,10 +248,7 @@ def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
                                              s.parametrisation)[0]
                     peak = float(g[int(np.argmax(gc))]) if np.all(np.isfinite(gc)) else math.nan
                 else:
-                    sel = preds[(preds["model"] == m) & (preds["layer"] == la)
-                                & (preds["model_type"] == kind)]
-                    tv = np.array([[sel.loc[sel["target"] == f"target_{n}", "y_pred"].iloc[0]
-                                    for n in names]])
+                    tv = predicted[str(m), int(la), kind][None, :]
                     p = raw_params(tv, names, transforms)[0]
                     pred = curve(s.parametrisation, st, p)
                     peak = curve_peak(s.parametrisation, p, st.min(), st.max())
