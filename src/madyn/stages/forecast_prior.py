@@ -188,9 +188,10 @@ def prior_curves(table: pd.DataFrame, quantity: str) -> dict:
 def default_priors() -> list[Path]:
     """The committed priors a forecast uses when given none: every ``DEFAULT_PRIOR_DIR``
     parquet except design priors (make-prior --design-lodo: the atlas's). Those are opt-in
-    (``--prior data/prior/atlas.parquet``): on a 600-step cosine Llama forecast from 25 %,
-    the atlas design prior's final error was 121 % against the last value's 26 %, while
-    these carry the last value (tests/test_forecast_run.py's slow acceptance test)."""
+    (``--prior data/prior/atlas.parquet``): on a 600-step cosine Llama and a 400-step linear
+    Qwen3 forecast from 25 %, the atlas design prior's final error was 38 % and 33 %
+    against the last value's 26 % and 12 %, while these carry the last value
+    (tests/test_forecast_run.py's slow acceptance scenario; docs/forecasting.md)."""
     from madyn.io import read_json
 
     return [p for p in sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
