@@ -35,6 +35,27 @@ def tiny_model_dir(corpus_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke suite through `madyn run` in a fresh git + DVC repository, built once per
+    session and shared by every module (tests/test_workflow.py's ``make_smoke_run``):
+    tests given it only read it (a test that changes the project takes ``smoke_copy``), so
+    no test depends on which ran before it."""
+    from tests.test_workflow import make_smoke_run
+
+    return make_smoke_run(tmp_path_factory)
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> Path:
+    """A private copy of the finished smoke project (git, DVC cache, Snakemake metadata and
+    file times included) for a test that edits its params, results or weights."""
+    import shutil
+
+    proj, _ = smoke_run
+    return Path(shutil.copytree(proj, tmp_path / "proj", symlinks=True))
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """The SLURM tests last: they install the SLURM client commands, and with those on the
     machine and no controller running, every later `snakemake` start waits 10 s in the SLURM

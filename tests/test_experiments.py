@@ -18,7 +18,7 @@ import yaml
 
 from madyn.report import headline
 from tests.helpers import ROOT
-from tests.test_workflow import BIN, DVC, ENV, SNAKEMAKE, _dvc, _run, smoke_copy, smoke_run  # noqa: F401 (fixtures)
+from tests.test_workflow import BIN, DVC, ENV, SNAKEMAKE, _dvc, _run
 
 MAX_METRICS = 32     # "at most about 30 numbers"
 MAX_COLUMNS = 120    # `dvc exp show` with a couple of experiments
@@ -95,7 +95,7 @@ def test_committed_headline_is_read_by_a_fresh_clone(tmp_path):
     assert not (clone / "results/embedded/metrics/fit.json").exists()  # detail: DVC's cache
 
 
-def test_smoke_headline_curves_and_columns(smoke_run):  # noqa: F811 (the shared fixture)
+def test_smoke_headline_curves_and_columns(smoke_run):
     """After `dvc repro`: one small metrics file, tracked by git and not by DVC's cache;
     the per-layer curves as plot data; `dvc exp show` a few dozen columns."""
     proj, _ = smoke_run
@@ -137,7 +137,7 @@ def _wait_for_queue(proj: Path, timeout: float = 1500) -> str:
 
 
 @pytest.mark.slow
-def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
+def test_queued_sweep_then_compare(smoke_copy, tmp_path):
     """Three learning rates queued, run by `dvc queue start`, compared with `dvc exp show`
     (headline metrics and the swept param, a few dozen columns) and `dvc plots diff`
     (the per-layer curves of each experiment as data: a different lr moves them)."""
@@ -178,7 +178,7 @@ def test_queued_sweep_then_compare(smoke_copy, tmp_path):  # noqa: F811
 # ------------------------------------------------------------------- shared results
 
 @pytest.mark.slow
-def test_push_then_pull_in_another_clone(smoke_copy, tmp_path):  # noqa: F811
+def test_push_then_pull_in_another_clone(smoke_copy, tmp_path):
     """Snakemake alone, then `dvc commit`: DVC is up to date. Clone A (the finished smoke
     project) pushes to a folder remote; clone B, a git clone of A, pulls and has every
     result: `dvc status` clean and Snakemake has nothing to do, nothing recomputed."""

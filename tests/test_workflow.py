@@ -60,25 +60,15 @@ def test_bad_params_fail_before_any_job(tmp_path):
     assert not (proj / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def make_smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The smoke suite through `madyn run` (what `make run` calls: `dvc repro` stage by
-    stage, no extra suite) in a fresh git + DVC repository, built once and shared: tests
-    given it only read it (a test that changes the project takes ``smoke_copy``), so no
-    test depends on which ran before it."""
+    stage, no extra suite) in a fresh git + DVC repository: the session's ``smoke_run``
+    fixture (tests/conftest.py)."""
     proj = copy_workflow(ROOT, tmp_path_factory.mktemp("proj"))
     _git_dvc_init(proj, tmp_path_factory.mktemp("remote"))
     r = _run([str(BIN / "madyn"), "run", "--cores", "2", "--extra-suites"], proj, timeout=1500)
     assert r.returncode == 0, f"madyn run:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return proj, r
-
-
-@pytest.fixture
-def smoke_copy(smoke_run, tmp_path) -> Path:
-    """A private copy of the finished smoke project (git, DVC cache, Snakemake metadata and
-    file times included) for a test that edits its params, results or weights."""
-    proj, _ = smoke_run
-    return Path(shutil.copytree(proj, tmp_path / "proj", symlinks=True))
 
 
 def _git_dvc_init(proj: Path, remote: Path) -> None:
