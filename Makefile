@@ -10,13 +10,14 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 install: $(VENV)/.installed
 
 # pip takes torch (its CPU wheel lies on this disk, where uv does not look) and uv; uv
-# installs the rest, pinned by constraints.txt: the same 197 packages as pip alone, 2.5x
-# faster (40 s against 102 s from empty caches; benchmarks/install.py).
+# installs the rest, pinned by constraints.txt, compiled to bytecode (this machine sets
+# PYTHONDONTWRITEBYTECODE: uncompiled, every job's imports took 3x longer): the same 197
+# packages as pip alone, 47 s against 84 s from empty caches (benchmarks/install.py).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q '$(TORCH)' 'uv==0.13.9'
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -c constraints.txt \
-		-e '.[dev,slurm,docs]'
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(VENV)/bin/python \
+		-c constraints.txt -e '.[dev,slurm,docs]'
 	touch $@
 
 # `make run` is `madyn run` (src/madyn/workflow/run.py): the active suite through DVC, stage

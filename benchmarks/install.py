@@ -41,8 +41,22 @@ def uv_way(venv: Path, torch: str, env: dict) -> None:
     py = str(venv / "bin" / "python")
     _run(["python3", "-m", "venv", str(venv)], env)
     _run([py, "-m", "pip", "install", "-q", torch, "uv==0.13.9"], env)
-    _run([str(venv / "bin" / "uv"), "pip", "install", "-q", "--python", py,
-          "-c", "constraints.txt", "-e", EXTRAS], env)
+    _run([str(venv / "bin" / "uv"), "pip", "install", "-q", "--compile-bytecode",
+          "--python", py, "-c", "constraints.txt", "-e", EXTRAS], env)
+
+
+def import_seconds(venv: Path, repeats: int = 3) -> float:
+    """Median wall seconds of a job's imports (pandas, scikit-learn, Snakemake, madyn's
+    extract stage) in ``venv``: a venv without compiled bytecode pays ~3x here at every
+    job's start (this machine sets PYTHONDONTWRITEBYTECODE, so Python never caches it)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([str(venv / "bin" / "python"), "-c",
+                        "import pandas, sklearn, snakemake, madyn.stages.extract"],
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
 
 
 def freeze(venv: Path) -> set[str]:
@@ -79,6 +93,10 @@ def main() -> None:
                              f"uv only {sorted(b - a)}")
         print(f"same {len(a)} packages at the same versions; "
               f"pip / uv = {times['pip'] / times['uv']:.1f}x")
+        imp = {name: import_seconds(v) for name, v in venvs.items()}
+        print(f"a job's imports: pip {imp['pip']:.2f} s, uv {imp['uv']:.2f} s")
+        if imp["uv"] > 1.5 * imp["pip"]:
+            raise SystemExit("uv's environment starts jobs slower: bytecode not compiled?")
     finally:
         if not args.keep:
             shutil.rmtree(where, ignore_errors=True)
