@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # results/<suite>/logs/make_run.log), the phase times, `dvc status` and the headline.
 # SUITE=name runs that suite with plain Snakemake instead (DVC follows params.yaml's `suite`).
 # The committed design atlas (atlas-reference, 64 models) is not among them: its analysis
-# costs about 14 CPU-minutes (docs/atlas.md), beyond make run's 12 minutes; add it with
-# EXTRA_SUITES="firsttoken-reference atlas-reference" make run.
+# adds about 6 minutes of two quiet cores (17.5 instead of 11.5 minutes; docs/atlas.md);
+# add it with EXTRA_SUITES="firsttoken-reference atlas-reference" make run.
 EXTRA_SUITES ?= firsttoken-reference
 
 run: install            ## the embedded suite through DVC, and the first-token reference beside it, timed
