@@ -155,9 +155,8 @@ def lomo_predictions(table: pd.DataFrame, s: PredictSettings,
                  if len(models[g]) == 1}
     held_out = partial(_held_out_predictions, d=d, X=feature_matrix(d, feature_columns(d)),
                        groups=groups, s=s, kinds=kinds)
-    fresh = dict(zip([g for g in order if g not in known],
-                     map_ordered(held_out, [g for g in order if g not in known], workers),
-                     strict=True))
+    todo = [g for g in order if g not in known]
+    fresh = dict(zip(todo, map_ordered(held_out, todo, workers), strict=True))
     frames = [f for g in order for f in ([known[g]] if g in known else fresh[g])]
     return pd.concat(frames, ignore_index=True)
 
@@ -204,6 +203,19 @@ def _observed(series: pd.DataFrame, quantity: str
             for (m, la), g in s.sort_values("step", kind="stable").groupby(["model", "layer"])}
 
 
+def _predicted_targets(preds: pd.DataFrame, kinds: list[str], names: list[str]
+                       ) -> dict[tuple[str, int, str], np.ndarray]:
+    """(model, layer, model type) -> the predicted targets ``target_<name>`` in ``names``
+    order, for the model types ``kinds`` of :func:`lomo_predictions`' rows."""
+    rows = preds[preds["model_type"].isin(kinds)]
+    if rows.empty:
+        return {}
+    wide = rows.pivot_table(index=["model", "layer", "model_type"], columns="target",
+                            values="y_pred", aggfunc="first", dropna=False)
+    values = wide[[f"target_{n}" for n in names]].to_numpy(float)
+    return {(str(m), int(la), k): v for (m, la, k), v in zip(wide.index, values, strict=True)}
+
+
 def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
                kinds: list[str], s: PredictSettings, group: str = "model"
                ) -> tuple[dict, pd.DataFrame]:
@@ -219,13 +231,7 @@ def curve_lomo(table: pd.DataFrame, series: pd.DataFrame, preds: pd.DataFrame,
     curves = []
     observed = _observed(series, s.quantity)
     none = (np.array([]), np.array([]))
-    # (model, layer, model type) -> the predicted targets in ``names`` order
-    wide = preds[preds["model_type"].isin(kinds)].pivot_table(
-        index=["model", "layer", "model_type"], columns="target", values="y_pred",
-        aggfunc="first", dropna=False)
-    predicted = {(str(m), int(la), k): row for (m, la, k), row in zip(
-        wide.index, wide[[f"target_{n}" for n in names]].to_numpy(float), strict=True)} \
-        if len(wide) else {}
+    predicted = _predicted_targets(preds, kinds, names)
     for m in sorted(d["model"].unique()):
         layers = d.loc[d["model"] == m, ["layer", "f_depth"]].sort_values("layer")
         obs = {int(la): observed.get((str(m), int(la)), none) for la in layers["layer"]}
