@@ -352,6 +352,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
     the figure's layers, the last step seen, the design prior's record)."""
     from madyn.predict import design_curves as dc
     from madyn.predict import design_forecast as dfc
+    from madyn.predict import design_predictors as dpred
 
     man = design["manifest"]
     dp = man["design_prior"]
@@ -370,7 +371,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
             raise ForecastRefused(f"the design prior has no {q!r}")
         cfg_q = dp["quantities"][q]
         data = design_data(design["table"], man, q)
-        pred = dc.Predictor(cfg_q["kind"]).fit(data)
+        pred = dpred.Predictor(cfg_q["kind"]).fit(data)
         row = {c: feats.get(c, float("nan")) for c in data.X.columns}
         imputed = [c for c in pred.cols if not np.isfinite(row[c])]
         for c in imputed:
@@ -378,7 +379,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
         same = [m for m in sorted(set(data.models.tolist()))
                 if all(np.isclose(data.X.loc[m, c], row[c]) for c in pred.cols)]
         if same:
-            prior_grid = dc.mean_log_curves(data.subset(np.isin(data.models, same)), depths)
+            prior_grid = dpred.mean_log_curves(data.subset(np.isin(data.models, same)), depths)
             source = f"the mean of {len(same)} model(s) of the run's design: {same}"
         else:
             prior_grid = pred.predict(pd.DataFrame([row] * len(depths)), depths)

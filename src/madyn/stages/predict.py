@@ -362,7 +362,7 @@ def _predict_auto(feature_table_path: str, config: dict, steps: list[int],
     now), trained on the suite's series beside the feature table, on time relative to
     ``last_step`` (default: the suite's last step). (None, {fallback: why}) when the
     series or configs are not there."""
-    from madyn.predict.design_curves import KINDS
+    from madyn.predict.design_predictors import KINDS
     from madyn.stages import design_lodo
     from madyn.workflow.params_values import design_labels
 
