@@ -73,7 +73,8 @@ STAGE_CODE = {
     "extract": (("extract.smk", "extract_run.smk"), ("stages/extract", "workflow/dvc_stages")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
-    "predict": (("predict.smk", "run.smk"), ("stages/predict", "stages/forecast")),
+    "predict": (("predict.smk", "run.smk"), ("stages/predict", "stages/forecast",
+                                             "stages/forecast_backtest")),
     "report": (("report.smk", "study.smk", "run.smk"), ("stages/report", "stages/effects")),
 }
 
