@@ -67,7 +67,7 @@ def main() -> None:
 
     from madyn.measure.monitor import EVERY, LOG_UNTIL
     from madyn.train.corpus import build_corpus, eval_windows
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="l4-w64-h4")
@@ -78,8 +78,8 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     cfg = params_file.load(str(root / "params.yaml"))
     suite = cfg["suites"]["embedded"]
-    spec = params_file.model_spec(suite, args.model)
-    tspec = params_file.train_spec(suite, args.model)
+    spec = params_values.model_spec(suite, args.model)
+    tspec = params_values.train_spec(suite, args.model)
     if args.steps:
         tspec = dataclasses.replace(tspec, steps=args.steps)
     ex = suite["extract"]

@@ -44,11 +44,11 @@ def worker(model: str, steps: int, corpus: str) -> dict:
     from madyn.measure.checkpoints import load_model
     from madyn.measure.statistics import measure
     from madyn.train.training import train_model
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
-    suite = params_file.active(params_file.load("params.yaml"))
-    spec = params_file.model_spec(suite, model)
-    base = params_file.train_spec(suite, model)
+    suite = params_values.active(params_file.load("params.yaml"))
+    spec = params_values.model_spec(suite, model)
+    base = params_values.train_spec(suite, model)
     train = base.__class__(**{**base.__dict__, "steps": steps, "log_until": 0,
                               "every": steps, "warmup": min(base.warmup, steps // 2)})
     with tempfile.TemporaryDirectory() as out:

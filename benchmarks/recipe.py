@@ -25,13 +25,13 @@ from madyn.measure.checkpoints import load_model
 from madyn.measure.series import middle_layers
 from madyn.measure.statistics import measure
 from madyn.train.training import TrainSpec, train_model
-from madyn.workflow import params_file
+from madyn.workflow import params_file, params_values
 
 
 def run_variant(model: str, suite: dict, results: Path, variant: dict, work: Path) -> str:
     """Train ``model`` with ``variant`` applied, in ``work``; one result line."""
-    spec = params_file.model_spec(suite, model)
-    base = params_file.train_spec(suite, model).__dict__
+    spec = params_values.model_spec(suite, model)
+    base = params_values.train_spec(suite, model).__dict__
     unknown = set(variant) - set(base)
     if unknown:
         raise SystemExit(f"unknown recipe keys {sorted(unknown)}; known: {sorted(base)}")
@@ -56,9 +56,9 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = params_file.load(args.params)
-    suite = params_file.active(cfg)
-    results = Path(params_file.results_dir(cfg))
-    if args.model not in params_file.model_names(suite):
+    suite = params_values.active(cfg)
+    results = Path(params_values.results_dir(cfg))
+    if args.model not in params_values.model_names(suite):
         raise SystemExit(f"no model {args.model!r} in suite {cfg['suite']!r}")
     print(f"{args.model}: {'variant':52s} train    final loss   growth of top1/median")
     with tempfile.TemporaryDirectory() as work:

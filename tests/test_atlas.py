@@ -15,7 +15,7 @@ import pytest
 
 from madyn.io import read_json
 from madyn.train.training import ModelSpec, TrainSpec, checkpoint_steps, lr_at, train_model
-from madyn.workflow import design_space, params_file
+from madyn.workflow import design_space, params_file, params_values
 from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT
 from tests.test_workflow import _snakemake
@@ -83,7 +83,7 @@ def test_expansion_respects_ranges_choices_and_conditions(cfg):
 
 def test_default_atlas_covers_what_the_issue_asks(cfg):
     suite = cfg["suites"]["atlas"]
-    labels = params_file.design_labels(suite)
+    labels = params_values.design_labels(suite)
     counts = {d: list(labels.values()).count(d) for d in set(labels.values())}
     assert len(counts) >= 48 and sum(c >= 3 for c in counts.values()) >= 8
     axes = suite["design_space"]["axes"]
@@ -94,21 +94,21 @@ def test_default_atlas_covers_what_the_issue_asks(cfg):
     assert set(axes["schedule"]["choices"]) == {"cosine", "constant", "linear"}
     lo, hi = axes["lr"]["range"]
     assert axes["lr"]["scale"] == "log" and math.log10(hi / lo) >= 1.5
-    for m in params_file.model_names(suite):  # each model's checkpoints end at its steps
-        t = params_file.train_spec(suite, m)
-        st = params_file.steps(suite, m)
+    for m in params_values.model_names(suite):  # each model's checkpoints end at its steps
+        t = params_values.train_spec(suite, m)
+        st = params_values.steps(suite, m)
         assert st[-1] == t.steps and st == checkpoint_steps(t.steps, t.log_until, t.every)
-    assert len({params_file.train_spec(suite, m).steps for m in labels}) >= 3
+    assert len({params_values.train_spec(suite, m).steps for m in labels}) >= 3
 
 
 def test_released_suite_takes_its_models_from_the_design_space(cfg):
     ref = cfg["suites"]["atlas-reference"]
     atlas = cfg["suites"]["atlas"]
-    assert params_file.model_names(ref) == params_file.model_names(atlas)
+    assert params_values.model_names(ref) == params_values.model_names(atlas)
     m = atlas["models"][0]
-    assert params_file.known_recipe(ref, m["name"]) == params_file.known_recipe(
+    assert params_values.known_recipe(ref, m["name"]) == params_values.known_recipe(
         atlas, m["name"])
-    assert params_file.design_labels(ref) == params_file.design_labels(atlas)
+    assert params_values.design_labels(ref) == params_values.design_labels(atlas)
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -233,8 +233,8 @@ def test_committed_reference_is_the_design_space_expansion(cfg):
     assert man["recipe"]["models"] == cfg["suites"]["atlas"]["models"]
     assert man["recipe"]["design_space"] == cfg["suites"]["atlas"]["design_space"]
     files = params_file.check_released_folder({**cfg, "suite": "atlas-reference"})
-    for m in params_file.model_names(cfg["suites"]["atlas"]):
-        st = params_file.steps(cfg["suites"]["atlas"], m)
+    for m in params_values.model_names(cfg["suites"]["atlas"]):
+        st = params_values.steps(cfg["suites"]["atlas"], m)
         assert sorted(files[m]) == st and man["models"][m]["steps"] == st
 
 

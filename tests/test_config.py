@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from madyn.workflow import params_file
+from madyn.workflow import params_file, params_values
 from tests.helpers import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -15,16 +15,16 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 def test_shipped_params_are_valid():
     cfg = params_file.validate(copy.deepcopy(PARAMS))
-    assert len(params_file.model_names(cfg["suites"]["embedded"])) >= 6
-    assert len(params_file.model_names(cfg["suites"]["smoke"])) == 2
+    assert len(params_values.model_names(cfg["suites"]["embedded"])) >= 6
+    assert len(params_values.model_names(cfg["suites"]["smoke"])) == 2
 
 
 def test_pythia_suite_has_full_schedule_and_study_subset():
     pythia = PARAMS["suites"]["pythia"]
-    full = params_file.hub_schedule(pythia)
+    full = params_values.hub_schedule(pythia)
     assert len(full) == 154 and full[:3] == [0, 1, 2] and full[-1] == 143000
     assert 512 in full and 1000 in full and 768 not in full
-    subset = params_file.steps(pythia)
+    subset = params_values.steps(pythia)
     assert 35 <= len(subset) <= 39 and set(subset) <= set(full)
     assert len(pythia["models"]) == 9
 
@@ -91,11 +91,11 @@ def test_bad_params_name_the_key(path, value, named):
 def test_model_lr_overrides_the_suite_recipe_only_for_that_model():
     cfg = _mutated("suites.smoke.models.1.lr", 0.002)
     suite = params_file.validate(cfg)["suites"]["smoke"]
-    first, second = params_file.model_names(suite)
-    assert params_file.train_spec(suite, second).lr == 0.002
-    assert params_file.train_spec(suite, first).lr == suite["train"]["lr"] \
-        == params_file.train_spec(suite).lr
-    spec = params_file.model_spec(suite, second)
+    first, second = params_values.model_names(suite)
+    assert params_values.train_spec(suite, second).lr == 0.002
+    assert params_values.train_spec(suite, first).lr == suite["train"]["lr"] \
+        == params_values.train_spec(suite).lr
+    spec = params_values.model_spec(suite, second)
     assert not hasattr(spec, "lr") and spec.layers == suite["models"][1]["layers"]
 
 
@@ -104,12 +104,12 @@ def test_design_overrides_apply_to_their_model_only():
     m = cfg["suites"]["smoke"]["models"][1]
     m.update(family="llama", optimizer="sgd", momentum=0.8, seed=7, eps=1e-4)
     suite = params_file.validate(cfg)["suites"]["smoke"]
-    first, second = params_file.model_names(suite)
-    t, t0 = params_file.train_spec(suite, second), params_file.train_spec(suite, first)
+    first, second = params_values.model_names(suite)
+    t, t0 = params_values.train_spec(suite, second), params_values.train_spec(suite, first)
     assert (t.optimizer, t.momentum, t.seed, t.eps) == ("sgd", 0.8, 7, 1e-4)
     assert (t0.optimizer, t0.eps, t0.seed) == ("adamw", 1e-8, suite["train"]["seed"])
-    assert params_file.model_spec(suite, second).family == "llama"
-    assert params_file.model_spec(suite, first).family == "neox"
+    assert params_values.model_spec(suite, second).family == "llama"
+    assert params_values.model_spec(suite, first).family == "neox"
 
 
 @pytest.mark.parametrize("key, value", [("parallel_residual", False), ("rotary_pct", 0.5)])
@@ -136,7 +136,7 @@ def test_design_defaults_are_stated_once():
     assert defs["adam_eps"]["default"] == fields["eps"].default
     assert defs["momentum"]["default"] == fields["momentum"].default
     assert model["parallel_residual"]["default"] == fields["parallel_residual"].default
-    assert set(params_file.TRAIN_OVERRIDES) <= set(model) & set(TrainSpec.__dataclass_fields__)
+    assert set(params_values.TRAIN_OVERRIDES) <= set(model) & set(TrainSpec.__dataclass_fields__)
 
 
 def test_duplicate_model_names_rejected():
@@ -157,7 +157,7 @@ def test_min_points_checked_against_the_active_suite_only():
     cfg = _mutated("fit.min_points", 24)
     params_file.validate(cfg)  # embedded has exactly 24 checkpoints
     cfg["suite"] = "smoke"
-    n_smoke = len(params_file.steps(cfg["suites"]["smoke"]))
+    n_smoke = len(params_values.steps(cfg["suites"]["smoke"]))
     cfg["fit"]["min_points"] = n_smoke + 1
     with pytest.raises(params_file.ConfigError, match=f"exceeds the {n_smoke} checkpoints"):
         params_file.validate(cfg)

@@ -12,6 +12,8 @@ import pytest
 
 from madyn.predict import design_curves as dc
 from madyn.predict import design_forecast as dfc
+from madyn.predict import design_lodo as dl
+from madyn.predict import design_predictors as dp
 
 STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, 100, 150, 200, 250, 300], float)
 
@@ -40,7 +42,7 @@ def _suite(n_designs: int, seeds: int = 2, noise: float = 0.03, slope: float = 1
 
 def test_design_aware_predictors_beat_the_mean_curve_on_unseen_designs():
     data = dc.design_data(*_suite(8))
-    _, doc, _ = dc.lodo(data, ("mean_log", "kernel_ridge", "gp", "eb_shrink"), nested=False)
+    _, doc, _ = dl.lodo(data, ("mean_log", "kernel_ridge", "gp", "eb_shrink"), nested=False)
     per = doc["per_kind"]
     for kind in ("kernel_ridge", "gp", "eb_shrink"):
         assert per[kind]["r2_median"] > per["mean_log"]["r2_median"] + 0.1, (kind, per)
@@ -51,7 +53,7 @@ def test_mean_curve_is_the_other_designs_mean_on_the_grid():
     data = dc.design_data(*_suite(4))
     held = "d01"
     te = data.rows_of_designs([held])
-    pred = dc.fit_predict("mean_log", data.subset(~te), data.subset(te))
+    pred = dp.fit_predict("mean_log", data.subset(~te), data.subset(te))
     # by hand: each other design's seeds averaged, then the designs (same depths here)
     others = [d for d in sorted(set(data.designs)) if d != held]
     per_design = [data.Y[data.designs == d].reshape(2, 3, -1).mean(0) for d in others]
@@ -69,7 +71,7 @@ def test_nested_lodo_never_sees_the_held_out_design():
             curves[m] = (steps, dep, vals * (np.e ** 2 if designs[m] == "d00" else 1.0))
             feats.loc[m, "x_log_lr"] = -2.5
     data = dc.design_data(curves, designs, feats)
-    _, doc, held = dc.lodo(data, ("mean_log", "kernel_ridge", "eb_shrink"), nested=True)
+    _, doc, held = dl.lodo(data, ("mean_log", "kernel_ridge", "eb_shrink"), nested=True)
     assert {s["design"] for s in doc["selections"]} == set(designs.values())
     d0 = data.designs == "d00"
     err_d0 = np.abs(held[d0] - data.Y[d0]).mean()
@@ -77,7 +79,7 @@ def test_nested_lodo_never_sees_the_held_out_design():
     assert err_d0 > 0.5
     # a leave-one-model-out fit (the other seeds seen) would have found it
     one = data.models == "d00-s0"
-    lomo = dc.fit_predict("kernel_ridge", data.subset(~one), data.subset(one))
+    lomo = dp.fit_predict("kernel_ridge", data.subset(~one), data.subset(one))
     assert np.abs(lomo - data.Y[one]).mean() < err_d0
 
 
@@ -85,11 +87,11 @@ def test_conformal_intervals_cover_unseen_synthetic_designs():
     level = 0.9
     # calibrate on one suite's leave-one-design-out backtest, check on new designs
     data = dc.design_data(*_suite(10, seeds=1, noise=0.08, rng_seed=1))
-    _, _, held = dc.lodo(data, ("gp",), nested=False)
+    _, _, held = dl.lodo(data, ("gp",), nested=False)
     bt = dfc.backtest_rows(data, held, (0.25,), early_fit=False)
     q = dfc.calibration(bt, level)["0.25"]
     new = dc.design_data(*_suite(10, seeds=1, noise=0.08, rng_seed=2))
-    pred = dc.fit_predict("gp", data, new)
+    pred = dp.fit_predict("gp", data, new)
     bt_new = dfc.backtest_rows(new, pred, (0.25,), early_fit=False)
     f = bt_new[bt_new["method"] == "forecast"]
     cover = float((f["score"] <= q).mean())
@@ -116,7 +118,7 @@ def test_conformal_quantile_and_half_widths():
 
 def test_sample_efficiency_rows_per_size():
     data = dc.design_data(*_suite(7, seeds=1))
-    eff = dc.sample_efficiency(data, ("mean_log", "eb_shrink"), sizes=(3,), repeats=2)
+    eff = dl.sample_efficiency(data, ("mean_log", "eb_shrink"), sizes=(3,), repeats=2)
     assert sorted(set(eff["n_train"])) == [3, 6]
     assert set(eff["kind"]) == {"mean_log", "eb_shrink"}
     assert (eff["n_layers"] > 0).all()
@@ -145,7 +147,7 @@ def test_blend_weights_span_the_three_estimates():
 def test_cross_fitted_blend_is_no_worse_than_its_parts_on_unseen_designs():
     # levels a design's features cannot tell (seed noise 0.3): early values say part of it
     data = dc.design_data(*_suite(12, seeds=2, noise=0.3, rng_seed=3))
-    _, _, held = dc.lodo(data, ("gp",), nested=False)
+    _, _, held = dl.lodo(data, ("gp",), nested=False)
     bt = dfc.backtest_rows(data, held, (0.1, 0.25), early_fit=False)
     err = bt.groupby(["fraction", "method"])["final_rel_err"].median().unstack()
     for frac, row in err.iterrows():
@@ -158,7 +160,7 @@ def test_cross_fitted_blend_is_no_worse_than_its_parts_on_unseen_designs():
 
 def test_backtest_rows_are_the_same_over_two_processes():
     data = dc.design_data(*_suite(4, seeds=1))
-    _, _, held = dc.lodo(data, ("mean_log",), nested=False)
+    _, _, held = dl.lodo(data, ("mean_log",), nested=False)
     one = dfc.backtest_rows(data, held, (0.25,), early_fit=True)
     two = dfc.backtest_rows(data, held, (0.25,), early_fit=True, workers=2)
     pd.testing.assert_frame_equal(one, two)

@@ -30,6 +30,7 @@ from madyn.predict.regressors import fit_predict
 from madyn.settings import PredictSettings
 from madyn.train.training import FAMILIES, ModelSpec, checkpoint_dir, model_config, train_model
 from madyn.workflow import params_file as madyn_params
+from madyn.workflow import params_values as madyn_values
 from tests.helpers import STEPS, TINY_MODEL, TINY_TRAIN, synthetic_fit_table
 
 FAST = PredictSettings(xgb_n_estimators=40, rf_n_estimators=20, n_boot=4, cv_folds=3,
@@ -97,7 +98,7 @@ def test_design_groups_validated():
                      {"name": "a-s1", "design": "a", "seed": 1, **m},
                      {"name": "b-s0", "design": "b", "lr": 0.006, **m}], base="a")
     madyn_params.validate(ok)
-    assert madyn_params.design_labels(ok["suites"]["x"])["a-s1"] == "a"
+    assert madyn_values.design_labels(ok["suites"]["x"])["a-s1"] == "a"
     with pytest.raises(madyn_params.ConfigError, match=r"suites\.x\.models\.1\.design: .*lr"):
         madyn_params.validate(_suite_cfg([{"name": "a-s0", "design": "a", **m},
                                           {"name": "a-s1", "design": "a", "lr": 0.1, **m}]))

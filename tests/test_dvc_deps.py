@@ -103,7 +103,7 @@ def test_retrain_stale_keeps_models_trained_with_the_current_recipe(tmp_path):
     tampered checkpoint instead of refusing to measure it)."""
     from madyn.io import write_json
     from madyn.train.training import train_record
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
     from madyn.workflow.dvc_stages import stale_trained_models
     from madyn.workflow.scratch_project import copy_workflow
 
@@ -111,10 +111,10 @@ def test_retrain_stale_keeps_models_trained_with_the_current_recipe(tmp_path):
     cfg = yaml.safe_load((tmp_path / "params.yaml").read_text())
     cfg["suite"] = "smoke"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    suite = params_file.active(params_file.load(str(tmp_path / "params.yaml")))
-    (current, other) = params_file.model_names(suite)
+    suite = params_values.active(params_file.load(str(tmp_path / "params.yaml")))
+    (current, other) = params_values.model_names(suite)
     for name in (current, other):
-        train = train_record(params_file.train_spec(suite, name))
+        train = train_record(params_values.train_spec(suite, name))
         if name == other:
             train["lr"] = train["lr"] * 2  # trained with another lr than params.yaml's
         manifest = tmp_path / f"results/smoke/models/{name}/manifest.json"

@@ -10,7 +10,7 @@ import pytest
 
 from madyn.cli.main import main
 from madyn.io import read_json, write_json
-from madyn.predict.design_curves import KINDS
+from madyn.predict.design_predictors import KINDS
 from madyn.predict.features import build_feature_table, write_feature_table
 from tests.helpers import SYNTHETIC_SUITE, neox_config, synthetic_fit_table
 

@@ -21,7 +21,7 @@ from madyn.settings import (
     section_defaults,
 )
 from madyn.stages.report import loss_table
-from madyn.workflow import params_file
+from madyn.workflow import params_file, params_values
 from tests.helpers import ROOT
 
 
@@ -37,7 +37,7 @@ def test_schema_hypotheses_are_the_registry():
 
 def test_defaults_equal_params_yaml(params):
     assert FitSettings() == FitSettings.from_dict(params["fit"])
-    assert PredictSettings() == PredictSettings.from_dict(params_file.predict_settings(params))
+    assert PredictSettings() == PredictSettings.from_dict(params_values.predict_settings(params))
     for section in ("fit", "features", "predict"):
         shipped = {k: v for k, v in params[section].items() if k != "example"}
         assert {k: section_defaults(section)[k] for k in shipped} == shipped
@@ -116,18 +116,18 @@ def _code_files() -> list[Path]:
 
 
 def test_results_paths_are_defined_once():
-    """Where outputs go is written once, params_file.results_dir; every other path under
+    """Where outputs go is written once, params_values.results_dir; every other path under
     results/ is built from it (the workflow's RESULTS, the feature table), never spelled
     out again in the code, the rules or the benchmarks."""
     cfg = {"suite": "smoke", "features": {"parametrisation": "reparam_reg"}}
-    assert params_file.results_dir(cfg) == "results/smoke"
-    assert params_file.feature_table(cfg) == \
+    assert params_values.results_dir(cfg) == "results/smoke"
+    assert params_values.feature_table(cfg) == \
         "results/smoke/features/fitted_param_dataset_reparam_reg.parquet"
     hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in _code_files()
             for n, line in enumerate(f.read_text().splitlines(), 1)
             if _RESULTS_LITERAL.search(line) and not line.lstrip().startswith("#")]
-    assert len(hits) == 1 and hits[0].startswith("src/madyn/workflow/params_file.py:"), hits
-    assert "RESULTS = madyn_params.results_dir(config)" in \
+    assert len(hits) == 1 and hits[0].startswith("src/madyn/workflow/params_values.py:"), hits
+    assert "RESULTS = madyn_values.results_dir(config)" in \
         (ROOT / "workflow/rules/common.smk").read_text()
 
 

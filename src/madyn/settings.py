@@ -121,7 +121,7 @@ class FitSettings:
 class PredictSettings:
     """Settings of the prediction phase: params.yaml's ``predict`` (less ``example``) plus
     the feature table's ``parametrisation`` and ``quantity`` (``features``), as
-    :func:`madyn.workflow.params_file.predict_settings` returns them; defaults: the schema's."""
+    :func:`madyn.workflow.params_values.predict_settings` returns them; defaults: the schema's."""
 
     seed: int = _PREDICT["seed"]
     test_fraction: float = _PREDICT["test_fraction"]

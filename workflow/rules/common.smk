@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from madyn.workflow import params_file as madyn_params
+from madyn.workflow import params_values as madyn_values
 from madyn import io as madyn_io
 from madyn.measure import released as madyn_released
 from madyn.workflow import resources as madyn_resources
@@ -24,13 +25,13 @@ except madyn_params.ConfigError as err:
     sys.exit(f"madyn: {err}")
 
 SUITE = config["suite"]
-SUITE_CFG = madyn_params.with_run_defaults(madyn_params.active(config))
-MODELS = madyn_params.model_names(SUITE_CFG)
-RESULTS = madyn_params.results_dir(config)
+SUITE_CFG = madyn_values.with_run_defaults(madyn_values.active(config))
+MODELS = madyn_values.model_names(SUITE_CFG)
+RESULTS = madyn_values.results_dir(config)
 EXTRACT = SUITE_CFG.get("extract", {})
-FEATURES = madyn_params.feature_table(config)
-RUN_ANALYSIS = madyn_params.is_run_analysis(SUITE_CFG)  # each model one run, on its own
-SYNTHETIC = madyn_params.is_synthetic(SUITE_CFG)  # a synthetic corpus (madyn.train.synthetic)
+FEATURES = madyn_values.feature_table(config)
+RUN_ANALYSIS = madyn_values.is_run_analysis(SUITE_CFG)  # each model one run, on its own
+SYNTHETIC = madyn_values.is_synthetic(SUITE_CFG)  # a synthetic corpus (madyn.train.synthetic)
 NOTHING = "(?!)"  # a wildcard constraint that matches no value
 ENV = "../envs/madyn.yaml"  # every rule's software, for --use-conda (default: the .venv)
 
@@ -51,8 +52,8 @@ def design_args(model):
     """madyn step config-json's --design-json: the model's design label and the recipe its suite
     entry states (the predictors' design features)."""
     recipe = (SRC.recipe(model) if hasattr(SRC, "recipe")
-              else madyn_params.known_recipe(SUITE_CFG, model))
-    record = {"label": madyn_params.design_labels(SUITE_CFG)[model], **recipe}
+              else madyn_values.known_recipe(SUITE_CFG, model))
+    record = {"label": madyn_values.design_labels(SUITE_CFG)[model], **recipe}
     return ["--design-json", json.dumps(record)]
 
 
@@ -119,7 +120,7 @@ class MeasuredSource:
     statistics table per (model, step) as the series' inputs."""
 
     def steps(self, model):
-        return madyn_params.steps(SUITE_CFG, model)
+        return madyn_values.steps(SUITE_CFG, model)
 
     def series_inputs(self, model):
         return [stats_path(model, s) for s in self.steps(model)]
@@ -136,7 +137,7 @@ class LocalSource(MeasuredSource):
         """``corpus``, or ``corpus-nobos`` for a model trained without a synthetic
         corpus's BOS token (its evaluation batch has none either), or ``corpus-bos`` for
         a model trained on a text corpus with one (its batch has it too)."""
-        bos = madyn_params.train_spec(SUITE_CFG, model).bos
+        bos = madyn_values.train_spec(SUITE_CFG, model).bos
         if SYNTHETIC:
             return "corpus-nobos" if bos is False else "corpus"
         return "corpus-bos" if bos else "corpus"
@@ -154,9 +155,9 @@ class LocalSource(MeasuredSource):
         return [str(checkpoint_dir(f"{RESULTS}/models/{model}", self.steps(model)[-1]))]
 
     def config_json(self, model):
-        spec = madyn_params.model_spec(SUITE_CFG, model)
+        spec = madyn_values.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(
-            spec, madyn_params.vocab_size(SUITE_CFG["corpus"]), SUITE_CFG["train"]["seq_len"])
+            spec, madyn_values.vocab_size(SUITE_CFG["corpus"]), SUITE_CFG["train"]["seq_len"])
 
     def export_config(self, model):
         """Where the released export's config.json comes from: the last checkpoint."""
@@ -170,7 +171,7 @@ class HubSource(MeasuredSource):
     measure_jobs = "checkpoint"
 
     def _entry(self, model):
-        return madyn_params.model_entry(SUITE_CFG, model)
+        return madyn_values.model_entry(SUITE_CFG, model)
 
     def repo(self, model):
         return self._entry(model)["repo"]
@@ -232,7 +233,7 @@ class ReleasedSource:
     def config_args(self, model):
         if self._config_file(model).exists():
             return [str(Path(self.root) / model)]
-        return ["--arch-json", json.dumps(dict(madyn_params.model_entry(SUITE_CFG, model)))]
+        return ["--arch-json", json.dumps(dict(madyn_values.model_entry(SUITE_CFG, model)))]
 
     def config_json(self, model):
         f = self._config_file(model)
@@ -241,9 +242,9 @@ class ReleasedSource:
                 return madyn_io.read_json(f)  # a user's file: regular, bounded size
             except (OSError, ValueError) as err:
                 sys.exit(f"madyn: {err}")
-        spec = madyn_params.model_spec(SUITE_CFG, model)
+        spec = madyn_values.model_spec(SUITE_CFG, model)
         return madyn_resources.model_config_dict(
-            spec, madyn_params.model_entry(SUITE_CFG, model)["vocab_size"])
+            spec, madyn_values.model_entry(SUITE_CFG, model)["vocab_size"])
 
 
 class RunSource(MeasuredSource):
@@ -272,7 +273,7 @@ class RunSource(MeasuredSource):
             self.scans[m["name"]] = sc
 
     def _entry(self, model):
-        return madyn_params.model_entry(SUITE_CFG, model)
+        return madyn_values.model_entry(SUITE_CFG, model)
 
     def steps(self, model):
         return self.scans[model].steps
@@ -439,7 +440,7 @@ def forecast_last_step(model):
     step (its entry's ``last_step``, else its trainer's or monitor's ``max_steps``); none
     when unknown (the forecast records the refusal, naming what to set)."""
     scan = SRC.scans[model] if hasattr(SRC, "scans") else None
-    step = madyn_params.planned_last_step(SUITE_CFG, model, scan)
+    step = madyn_values.planned_last_step(SUITE_CFG, model, scan)
     if step is None and scan is None:
         step = max(MODEL_STEPS[model])  # a suite madyn trained or read whole: its last step
     return [] if step is None else ["--last-step", str(step)]

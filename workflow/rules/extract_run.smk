@@ -22,7 +22,7 @@ for _i, _run_model in enumerate(MEASURED_RUN):
             checkpoints=[SRC.checkpoint(_run_model, s) for s in MODEL_STEPS[_run_model]],
             steps=[str(s) for s in MODEL_STEPS[_run_model]],
             pickle=(["--allow-pickle"]
-                    if madyn_params.model_entry(SUITE_CFG, _run_model).get("allow_pickle")
+                    if madyn_values.model_entry(SUITE_CFG, _run_model).get("allow_pickle")
                     else []),
             settings=json.dumps(EXTRACT_SETTINGS.to_dict()),
         threads: EXTRACT_SETTINGS.threads

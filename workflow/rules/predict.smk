@@ -17,7 +17,7 @@ rule evaluate:
         heldout=report(f"{RESULTS}/predict/lomo_heldout_curves.png", category="Prediction",
                        caption="../report/heldout_curves.rst"),
     params:
-        settings=json.dumps(madyn_params.predict_settings(config)),
+        settings=json.dumps(madyn_values.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.pred),
     # the held-out models in parallel (Snakemake caps threads at --cores)
     threads: min(8, len(MODELS))
@@ -81,7 +81,7 @@ rule predict_example:
     params:
         ex=example_args(),
         suite=json.dumps(SUITE_CFG),
-        settings=json.dumps(madyn_params.predict_settings(config)),
+        settings=json.dumps(madyn_values.predict_settings(config)),
         outdir=lambda wc, output: os.path.dirname(output.curves),
     resources:
         mem_mb=2000,

@@ -74,8 +74,8 @@ rule run_summary:
         txt=RUN_SUMMARY,
     params:
         forecasts=lambda wc, input: [f"{m}={f}" for m, f in zip(MODELS, input.forecasts)],
-        thresholds=madyn_params.summary_settings(config)["thresholds"],
-        trend=madyn_params.summary_settings(config)["trend_checkpoints"],
+        thresholds=madyn_values.summary_settings(config)["thresholds"],
+        trend=madyn_values.summary_settings(config)["trend_checkpoints"],
     resources:
         mem_mb=1000,
     log:

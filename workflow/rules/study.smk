@@ -11,7 +11,7 @@ rule effects:
     output:
         **effects_outputs(),
     params:
-        designs=[f"{m}={d}" for m, d in madyn_params.design_labels(SUITE_CFG).items()],
+        designs=[f"{m}={d}" for m, d in madyn_values.design_labels(SUITE_CFG).items()],
         base=["--base", BASE_DESIGN] if BASE_DESIGN else [],
         png=lambda wc, output: ["--out-png", output.png] if BASE_DESIGN else [],
     resources:

@@ -62,15 +62,15 @@ for _suffix, _steps, _models in TRAIN_GROUPS:
             model=one_of(_models),
         params:
             outdir=lambda wc, output: os.path.dirname(output[0]),
-            spec=lambda wc: json.dumps(spec_record(madyn_params.model_spec(SUITE_CFG, wc.model))),
+            spec=lambda wc: json.dumps(spec_record(madyn_values.model_spec(SUITE_CFG, wc.model))),
             train=lambda wc: json.dumps(
-                train_record(madyn_params.train_spec(SUITE_CFG, wc.model))),
+                train_record(madyn_values.train_spec(SUITE_CFG, wc.model))),
             corpus=lambda wc, input: os.path.dirname(input[0]),
         threads: SUITE_CFG.get("threads", 1)
         resources:
             mem_mb=2000,
         # longest job first, so that N cores finish together (not the slowest model last)
-        priority: lambda wc: train_cost(madyn_params.model_spec(SUITE_CFG, wc.model))
+        priority: lambda wc: train_cost(madyn_values.model_spec(SUITE_CFG, wc.model))
         log:
             f"{RESULTS}/logs/train_{{model}}.log",
         conda:

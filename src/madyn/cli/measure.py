@@ -33,14 +33,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_reference(args: argparse.Namespace) -> int:
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
     from madyn.workflow.reference import make_reference
 
     cfg = params_file.load(args.params)
     if args.suite not in cfg["suites"]:
         raise SystemExit(f"madyn make-reference: --suite: no suite {args.suite!r} in "
                          f"{args.params}")
-    results = args.results or f"{params_file.results_dir({**cfg, 'suite': args.suite})}"
+    results = args.results or f"{params_values.results_dir({**cfg, 'suite': args.suite})}"
     try:
         m = make_reference(results, args.out, args.suite, cfg["suites"][args.suite],
                            remake=f"snakemake --cores 2 --config suite={args.suite}")

@@ -44,7 +44,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
     from madyn.settings import FitSettings, ForecastSettings
-    from madyn.stages import forecast
+    from madyn.stages import forecast_backtest
 
     s = ForecastSettings.from_dict(json_arg(args.settings_json))
     fit = FitSettings.from_dict(json_arg(args.fit_settings_json))
@@ -54,9 +54,9 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
         raise ValueError("a backtest needs --series")
     if not (args.out_json and args.out_csv and args.out_png):
         raise ValueError("a backtest needs --out-json, --out-csv and --out-png")
-    summary = forecast.backtest(args.series, args.out_json, args.out_csv, args.out_png, s,
-                                fit, workers=args.threads, skip=args.skip)
-    for line in forecast.backtest_lines(summary, s.quantities):
+    summary = forecast_backtest.backtest(args.series, args.out_json, args.out_csv, args.out_png,
+                                         s, fit, workers=args.threads, skip=args.skip)
+    for line in forecast_backtest.backtest_lines(summary, s.quantities):
         say(line)
     return 0
 

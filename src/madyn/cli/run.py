@@ -23,7 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import subprocess
 
     from madyn.stages import suite
-    from madyn.workflow import params_file, run
+    from madyn.workflow import params_file, params_values, run
 
     root = Path.cwd()
     say(suite.check(args.params))  # a bad params.yaml stops here, before DVC parses it
@@ -43,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         subprocess.call([run.tool("dvc"), "status"], cwd=root)
     from madyn.workflow.answer import against_committed, answer_lines
 
-    results = params_file.results_dir({"suite": name})
+    results = params_values.results_dir({"suite": name})
     print("\n".join(answer_lines(results)))  # cwd: root
     if not args.suite and (line := against_committed(root, results)):
         print(line)

@@ -117,7 +117,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _suite_designs(suite: dict | None, series: list[str]) -> tuple[dict, dict]:
     """(model -> design label, model -> recipe) of a suite section given as JSON."""
     from madyn.stages.design_lodo import suite_recipes
-    from madyn.workflow.params_file import design_labels
+    from madyn.workflow.params_values import design_labels
 
     if not suite:
         return {}, {}
@@ -237,7 +237,7 @@ def register(sub) -> None:
             "What a finished run prints last: results/<suite>/report/run_summary.txt (a "
             "single-run suite) or the headline (metrics/headline.json) as a few lines.")
     c.add_argument("results_dir", metavar="RESULTS", help="the suite's results folder "
-                   "(madyn.workflow.params_file.results_dir)")
+                   "(madyn.workflow.params_values.results_dir)")
 
     c = add(sub, "make-prior", _cmd_make_prior, "a compact forecast prior from a suite's "
              "series", "Per model, quantity (ratio, top1, median), layer and step: the value "

@@ -3,7 +3,7 @@ time relative to its schedule, with intervals calibrated on held-out designs. No
 
 The prior of one layer is a log curve on the run's relative steps: the mean of the other
 seeds of the run's design where the prior suite has them, else the curve a
-:mod:`madyn.predict.design_curves` predictor trained on the suite predicts for the run's
+:mod:`madyn.predict.design_predictors` predictor trained on the suite predicts for the run's
 design features. The forecast blends three estimates of the rest of the run, in log
 space: the prior, the prior moved to the run's level (``delta``, the mean offset of the
 run's last (up to) :data:`OFFSET_POINTS` seen values from the prior) and the last value

@@ -1,6 +1,7 @@
-"""Design-LODO stage: the curve-space predictors of :mod:`madyn.predict.design_curves` under
-nested leave-one-design-out on a suite's series, the sample-efficiency curve, and a
-prediction of a new design's curves by the winner (``madyn predict``'s default)."""
+"""Design-LODO stage: the curve-space predictors of :mod:`madyn.predict.design_predictors`
+under nested leave-one-design-out (:mod:`madyn.predict.design_lodo`) on a suite's series,
+the sample-efficiency curve, and a prediction of a new design's curves by the winner
+(``madyn predict``'s default)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pandas as pd
 
 from madyn.io import atomic_path, read_json, write_json
 from madyn.predict import design_curves as dc
+from madyn.predict import design_lodo as dl
+from madyn.predict import design_predictors as dp
 from madyn.predict.forecast import layer_curves
 
 # the recipe keys a suite states that become design features (model_features)
@@ -68,9 +71,9 @@ def evaluate(series_paths: list[str], config_paths: list[str], designs: dict[str
     tables, backtests = [], []
     for q in quantities:
         data = load(series_paths, config_paths, designs, recipes, q)
-        table, summary, held = dc.lodo(data, dc.KINDS, nested=True, seed=seed,
+        table, summary, held = dl.lodo(data, dp.KINDS, nested=True, seed=seed,
                                        workers=workers)
-        summary["winner"], summary["winner_inner_log_mse"] = dc.winner(data, dc.KINDS, seed)
+        summary["winner"], summary["winner_inner_log_mse"] = dl.winner(data, dp.KINDS, seed)
         summary["features"] = dc.usable_features(data.X, sorted(set(data.models)))
         doc["quantities"][q] = summary
         tables.append(table.assign(quantity=q))
@@ -89,7 +92,7 @@ def evaluate(series_paths: list[str], config_paths: list[str], designs: dict[str
     data = load(series_paths, config_paths, designs, recipes, q0)
     win = doc["quantities"][q0]["winner"]
     kinds = tuple(dict.fromkeys(["mean_log", win]))
-    eff = dc.sample_efficiency(data, kinds, sizes, repeats, seed, workers)
+    eff = dl.sample_efficiency(data, kinds, sizes, repeats, seed, workers)
     doc["sample_efficiency"] = {"quantity": q0, "rows": eff.to_dict(orient="records")}
     doc["seconds"] = round(time.monotonic() - t0, 1)
     with atomic_path(out_csv) as tmp:
@@ -152,19 +155,19 @@ def predict_design(series_paths: list[str], config_paths: list[str],
     grid point. Returns curves (layer, step, pred, lo, hi) and a summary."""
     data = load(series_paths, config_paths, designs, recipes, quantity)
     if kind is None:
-        _, doc, _ = dc.lodo(data, dc.KINDS, nested=False, seed=seed)
+        _, doc, _ = dl.lodo(data, dp.KINDS, nested=False, seed=seed)
         kind = max(doc["per_kind"], key=lambda k: doc["per_kind"][k]["r2_median"])
         measured = doc["per_kind"][kind]
         chosen_by = "leave-one-design-out, computed now (no design_lodo metrics found)"
     else:
         chosen_by = "nested leave-one-design-out (design_lodo metrics)"
-    _, doc, held = dc.lodo(data, (kind,), nested=False, seed=seed)
+    _, doc, held = dl.lodo(data, (kind,), nested=False, seed=seed)
     measured = measured or doc["per_kind"][kind]
     resid = np.abs(held - data.Y)
     n = len(resid)
     qlev = min(1.0, math.ceil((n + 1) * level) / n)
     half = np.quantile(resid, qlev, axis=0)
-    pred = dc.Predictor(kind, seed).fit(data)
+    pred = dp.Predictor(kind, seed).fit(data)
     feats = dc.model_features(config, last_step, query_recipe)
     missing = [c for c in pred.cols if not math.isfinite(feats.get(c, math.nan))]
     if missing:

@@ -1,19 +1,21 @@
-"""Forecast stage: the backtest of a complete suite, and the forecast of a run that is
-still training to its planned last step (its priors: :mod:`madyn.stages.forecast_prior`;
-the saved forecasts scored: :mod:`madyn.stages.forecast_score`)."""
+"""Forecast stage: the forecast of a run that is still training to its planned last step,
+on time relative to the schedules, from a suite prior or a design prior (its priors:
+:mod:`madyn.stages.forecast_prior`; the files it writes:
+:mod:`madyn.stages.forecast_outputs`; the saved forecasts scored:
+:mod:`madyn.stages.forecast_score`; the backtest of a complete suite:
+:mod:`madyn.stages.forecast_backtest`)."""
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from madyn.io import atomic_path, check_output_folder, mark_output_folder, write_json
+from madyn.io import check_output_folder, mark_output_folder
 from madyn.predict import forecast
 from madyn.settings import FitSettings, ForecastSettings
+from madyn.stages.forecast_outputs import refuse, write_forecast, write_refusal
 from madyn.stages.forecast_prior import (
     design_data,
     design_prior,
@@ -22,84 +24,6 @@ from madyn.stages.forecast_prior import (
     prior_curves,
 )
 from madyn.stages.forecast_score import score
-
-
-def _read(paths: list[str]) -> dict[str, pd.DataFrame]:
-    """model -> its series table, each Parquet read once."""
-    frames = [pd.read_parquet(p) for p in paths]
-    return {str(s["model"].iloc[0]): s for s in frames}
-
-
-def _curves(series: dict[str, pd.DataFrame], quantity: str) -> dict:
-    """model -> (steps, depths, L x S values) of ``quantity``."""
-    return {m: forecast.layer_curves(s, quantity) for m, s in series.items()}
-
-
-def _example(curves: dict, table: pd.DataFrame, level: float) -> tuple:
-    """The figure's layer: the model and middle layer whose 25 %-forecast error is the
-    median one, forecast from that truncation (Forecast, truth, title)."""
-    frac = min(table["fraction"].unique(), key=lambda f: abs(f - 0.25))
-    rows = table[(table["method"] == "forecast") & (table["fraction"] == frac)].dropna(
-        subset=["final_rel_err"]).sort_values("final_rel_err")
-    row = rows.iloc[len(rows) // 2]
-    steps, depths, vals = curves[row["model"]]
-    others = [c for m, c in curves.items() if m != row["model"]]
-    samples = forecast.prior_samples(others, float(depths[int(row["layer"])]), steps)
-    truth = vals[int(row["layer"])]
-    fc = forecast.forecast_layer(steps, truth[:int(row["observed"])], samples, level)
-    title = (f"{row['model']} layer {int(row['layer'])}: {row['quantity']} forecast from "
-             f"{int(100 * frac)} % of its steps")
-    return fc, truth, title
-
-
-def backtest(series_paths: list[str], out_json: str, out_csv: str, out_png: str,
-             settings: ForecastSettings | None = None,
-             fit_settings: FitSettings | None = None, workers: int = 1,
-             skip: str | None = None) -> dict:
-    """Truncate every model of a complete suite at each of ``settings.fractions`` and
-    forecast the rest (:func:`madyn.predict.forecast.backtest`, the models in ``workers``
-    processes); write the table (CSV), the summary per quantity (JSON metrics) and a
-    figure. Prints the backtest's cost. ``skip``: the reason the suite has no backtest
-    (its outs record it, as for a suite too small for one)."""
-    s = settings or ForecastSettings()
-    if skip is None and len(series_paths) < forecast.MIN_PRIOR_MODELS + 1:
-        skip = (f"{len(series_paths)} model(s): a backtest needs at least "
-                f"{forecast.MIN_PRIOR_MODELS + 1}")
-    if skip is not None:  # a recorded skip, every out made
-        reason = skip
-        from madyn.report.plots_forecast import plot_skipped
-
-        with atomic_path(out_csv) as tmp:
-            pd.DataFrame(columns=["model", "layer", "fraction", "method"]).to_csv(tmp,
-                                                                                 index=False)
-        plot_skipped(reason, out_png)
-        write_json(out_json, {"skipped": reason, "level": s.level})
-        print(f"madyn forecast: skipped: {reason}", file=sys.stderr)
-        return {"skipped": reason}
-    t0 = time.monotonic()
-    tables, curves, series = [], {}, _read(series_paths)
-    for q in s.quantities:
-        curves[q] = _curves(series, q)
-        tab = forecast.backtest(curves[q], s.fractions, s.level, fit_settings, workers)
-        tables.append(tab.assign(quantity=q))
-    table = pd.concat(tables, ignore_index=True)
-    if table.empty:
-        raise forecast.ForecastError("no layer could be forecast (too few checkpoints?)")
-    summary = {q: forecast.backtest_summary(table[table["quantity"] == q])
-               for q in s.quantities}
-    summary["level"] = s.level
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    from madyn.report.plots_forecast import plot_backtest
-
-    q0 = s.quantities[0]
-    plot_backtest(_example(curves[q0], table[table["quantity"] == q0], s.level),
-                  summary[q0], q0, out_png)
-    write_json(out_json, summary)
-    print(f"madyn forecast: backtest of {len(series_paths)} models, {len(s.quantities)} "
-          f"quantities, {len(s.fractions)} truncations: {time.monotonic() - t0:.1f} s",
-          file=sys.stderr)
-    return summary
 
 
 def _asymptote(steps: np.ndarray, curve: np.ndarray, fit_settings: FitSettings) -> float:
@@ -157,10 +81,6 @@ CLOSE_MARGIN = 0.25
 CLOSEST_MODELS = 3
 
 
-CURVE_COLUMNS = ["quantity", "layer", "step", "seen", "mean", "lo", "hi", "prior_mean",
-                 "prior_lo", "prior_hi"]
-
-
 class ForecastRefused(forecast.ForecastError):
     """The prior does not cover the run: the forecast is refused (one line says why)."""
 
@@ -199,23 +119,6 @@ def _future_steps(seen: np.ndarray, last_step: int, prior_u: np.ndarray) -> np.n
         later = np.round(prior_u * last_step)
     later = later[(later > seen[-1]) & (later < last_step)]
     return np.unique(np.r_[later, float(last_step)])
-
-
-def _write_refusal(out: Path, name: str, last_step: int | None, reason: str, level: float,
-                   distance: dict | None) -> dict:
-    """A recorded refusal: summary.json with ``refused``, curves.csv with its header only,
-    a figure saying why."""
-    from madyn.report.plots_forecast import plot_skipped
-
-    with atomic_path(out / "curves.csv") as tmp:
-        pd.DataFrame(columns=CURVE_COLUMNS).to_csv(tmp, index=False)
-    plot_skipped(f"forecast refused: {reason}", out / "forecast.png")
-    summary = {"model": name, "last_step": last_step, "level": level, "refused": reason,
-               "layers": {}}
-    if distance is not None:
-        summary["prior_distance"] = distance
-    write_json(out / "summary.json", summary)
-    return summary
 
 
 def forecast_run(run_path: str, last_step: int, out_dir: str,
@@ -261,9 +164,9 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
         except forecast.ForecastError as e:
             if not record_refusal:
                 raise
-            return _refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
-        return _write_forecast(out, run_path, out_dir, name, last_step, s, result,
-                               str(design["path"]), distance, design_doc=result[4])
+            return refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
+        return write_forecast(out, run_path, out_dir, name, last_step, s, result,
+                              str(design["path"]), distance, design_doc=result[4])
     try:
         distance = forecast.prior_distance(info, recipes) if recipes else None
         if distance is not None:
@@ -274,47 +177,9 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     except forecast.ForecastError as e:
         if not record_refusal:
             raise
-        return _refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
-    return _write_forecast(out, run_path, out_dir, name, last_step, s, result, source,
-                           distance)
-
-
-def _refuse(out: Path, run_path: str, out_dir: str, name: str, last_step: int, why: str,
-            s: ForecastSettings, distance: dict | None) -> dict:
-    """A refused forecast recorded (--record-refusal) in madyn's own output folder, and the
-    saved forecasts scored as at every forecast; the refusal's summary."""
-    mark_output_folder(out, "madyn forecast --run")
-    summary = _write_refusal(out, name, last_step, why, s.level, distance)
-    score(run_path, out_dir)
-    return summary
-
-
-def _write_forecast(out: Path, run_path: str, out_dir: str, name: str, last_step: int,
-                    s: ForecastSettings, result: tuple, source: str, distance: dict | None,
-                    design_doc: dict | None = None) -> dict:
-    """Write a forecast's curves.csv, its archive copy, forecast.png, summary.json and
-    score.json; returns the summary."""
-    rows, summary, figs, k_step = result[:4]
-    summary_doc = {"model": name, "last_step": last_step, "level": s.level,
-                   "seen_to_step": k_step, "time": "relative: step / planned last step",
-                   "prior": source, "prior_distance": distance, "layers": summary}
-    if design_doc is not None:
-        summary_doc["design_prior"] = design_doc
-    mark_output_folder(out, "madyn forecast --run")
-    curves = pd.concat(rows, ignore_index=True)
-    with atomic_path(out / "curves.csv") as tmp:
-        curves.to_csv(tmp, index=False)
-    arch = out / "archive" / f"from_step{k_step}"
-    arch.mkdir(parents=True, exist_ok=True)
-    with atomic_path(arch / "curves.csv") as tmp:
-        curves.to_csv(tmp, index=False)
-    write_json(arch / "summary.json", summary_doc)
-    from madyn.report.plots_forecast import plot_run
-
-    plot_run(figs, out / "forecast.png")
-    write_json(out / "summary.json", summary_doc)
-    score(run_path, out_dir)
-    return summary_doc
+        return refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
+    return write_forecast(out, run_path, out_dir, name, last_step, s, result, source,
+                          distance)
 
 
 def _run_config(run_folder: str | None) -> dict | None:
@@ -352,6 +217,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
     the figure's layers, the last step seen, the design prior's record)."""
     from madyn.predict import design_curves as dc
     from madyn.predict import design_forecast as dfc
+    from madyn.predict import design_predictors as dpred
 
     man = design["manifest"]
     dp = man["design_prior"]
@@ -370,7 +236,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
             raise ForecastRefused(f"the design prior has no {q!r}")
         cfg_q = dp["quantities"][q]
         data = design_data(design["table"], man, q)
-        pred = dc.Predictor(cfg_q["kind"]).fit(data)
+        pred = dpred.Predictor(cfg_q["kind"]).fit(data)
         row = {c: feats.get(c, float("nan")) for c in data.X.columns}
         imputed = [c for c in pred.cols if not np.isfinite(row[c])]
         for c in imputed:
@@ -378,7 +244,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
         same = [m for m in sorted(set(data.models.tolist()))
                 if all(np.isclose(data.X.loc[m, c], row[c]) for c in pred.cols)]
         if same:
-            prior_grid = dc.mean_log_curves(data.subset(np.isin(data.models, same)), depths)
+            prior_grid = dpred.mean_log_curves(data.subset(np.isin(data.models, same)), depths)
             source = f"the mean of {len(same)} model(s) of the run's design: {same}"
         else:
             prior_grid = pred.predict(pd.DataFrame([row] * len(depths)), depths)
@@ -478,20 +344,6 @@ def _forecast_all(run: pd.DataFrame, name: str, last_step: int, table: pd.DataFr
     return rows, summary, figs, k_step
 
 
-def backtest_lines(summary: dict, quantities: list[str]) -> list[str]:
-    """One line per quantity and truncation of a backtest summary (what ``madyn forecast``
-    prints): each method's final-value error and the forecast interval's coverage; none for
-    a skipped backtest."""
-    lines = []
-    for q in quantities if "skipped" not in summary else ():
-        for frac, methods in summary[q].items():
-            line = ", ".join(f"{m} {v['final_err_pct']:.1f} %" for m, v in methods.items())
-            cov = methods.get("forecast", {}).get("coverage")
-            lines.append(f"  {q:6} {frac:>4} seen: final-value error {line}; forecast "
-                         f"interval coverage {cov}")
-    return lines
-
-
 def record_refusal(run_path: str, out_dir: str, reason: str) -> dict:
     """A run's forecast refused before any forecasting (its planned last step unknown),
     recorded as :func:`forecast_run` records a refusal (``--record-refusal``), and the
@@ -500,6 +352,6 @@ def record_refusal(run_path: str, out_dir: str, reason: str) -> dict:
     name = str(read_run(run_path, [])["model"].iloc[0])
     out = Path(out_dir)
     mark_output_folder(out, "madyn forecast --run")
-    summary = _write_refusal(out, name, None, reason, ForecastSettings().level, None)
+    summary = write_refusal(out, name, None, reason, ForecastSettings().level, None)
     score(run_path, out_dir)
     return summary

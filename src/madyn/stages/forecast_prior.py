@@ -92,7 +92,7 @@ def make_prior(series_paths: list[str], out: str, config_paths: list[str] | None
         if design_lodo and cfg:
             from madyn.predict.design_curves import model_features
             from madyn.stages.design_lodo import suite_recipes
-            from madyn.workflow.params_file import design_label
+            from madyn.workflow.params_values import design_label
 
             rec = suite_recipes({"train": train, "models": [entry or {"name": name}]})
             recipes[name]["design"] = design_label(entry) if entry else name

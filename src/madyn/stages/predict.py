@@ -144,7 +144,7 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
     input, before anything is computed."""
     import json
 
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     suite = None
     if suite_json:
@@ -161,9 +161,9 @@ def query(*, params: str = "params.yaml", settings_json: str | None = None,
             raise InputError(f"--settings-json: {e}") from None
     else:
         cfg = params_file.load(params)
-        settings = PredictSettings.from_dict(params_file.predict_settings(cfg))
-        features = features or params_file.feature_table(cfg)
-        suite = suite or params_file.active(cfg)
+        settings = PredictSettings.from_dict(params_values.predict_settings(cfg))
+        features = features or params_values.feature_table(cfg)
+        suite = suite or params_values.active(cfg)
     shape = (layers, width, heads)
     if config:
         arch = load_config(config)
@@ -362,9 +362,9 @@ def _predict_auto(feature_table_path: str, config: dict, steps: list[int],
     now), trained on the suite's series beside the feature table, on time relative to
     ``last_step`` (default: the suite's last step). (None, {fallback: why}) when the
     series or configs are not there."""
-    from madyn.predict.design_curves import KINDS
+    from madyn.predict.design_predictors import KINDS
     from madyn.stages import design_lodo
-    from madyn.workflow.params_file import design_labels
+    from madyn.workflow.params_values import design_labels
 
     files = suite_files(feature_table_path)
     if len(files["series"]) < 3 or not files["configs"]:

@@ -23,7 +23,7 @@ def check(params: str, suite_name: str | None = None) -> str:
     then one line per model of a released or run suite (what its folder holds). A
     released or run suite's folders are checked as the workflow checks them before it
     plans any job."""
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     cfg = params_file.load(params)
     name = suite_name or cfg["suite"]
@@ -31,18 +31,18 @@ def check(params: str, suite_name: str | None = None) -> str:
         raise ValueError(f"--suite: no suite {name!r} in {params} (suites: "
                          f"{', '.join(cfg['suites'])})")
     cfg = {**cfg, "suite": name}
-    suite = params_file.with_run_defaults(params_file.active(cfg))
-    kind = "single-run" if params_file.is_run_analysis(suite) else "study"
+    suite = params_values.with_run_defaults(params_values.active(cfg))
+    kind = "single-run" if params_values.is_run_analysis(suite) else "study"
     head = (f"{params}: valid. suite={name} ({suite['source']}, {kind}), "
             f"{len(suite['models'])} models")
     if suite["source"] == "released":
         files = params_file.check_released_folder(cfg)
         return "\n".join([head] + [f"  {m}: {len(files[m])} checkpoints "
                                     f"(steps {min(files[m])}-{max(files[m])})"
-                                    for m in params_file.model_names(suite)])
+                                    for m in params_values.model_names(suite)])
     if suite["source"] == "run":
         return "\n".join([head] + _run_lines(cfg, suite))
-    counts = sorted({len(params_file.steps(suite, m)) for m in params_file.model_names(suite)})
+    counts = sorted({len(params_values.steps(suite, m)) for m in params_values.model_names(suite)})
     each = (f"{counts[0]} checkpoints each" if len(counts) == 1
             else f"{counts[0]}-{counts[-1]} checkpoints each")
     if "design_space" not in suite:
@@ -61,14 +61,14 @@ def _run_lines(cfg: dict, suite: dict) -> list[str]:
     skipped, and its planned last step. ValueError naming the entry when its folder holds
     nothing usable or too few checkpoints."""
     from madyn.measure import runs
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     lines = []
     for i, entry in enumerate(suite["models"]):
         where = f"model {entry['name']} (suites.{cfg['suite']}.models.{i}.path)"
         sc = runs.entry_scan(entry, where)
         params_file.check_min_points(cfg, len(sc.steps), f"{where}: {sc.folder}")
-        last = params_file.planned_last_step(suite, entry["name"], sc)
+        last = params_values.planned_last_step(suite, entry["name"], sc)
         what = "monitor tables" if sc.live else "checkpoints"
         lines.append(f"  {entry['name']}: {len(sc.steps)} {what} (steps {sc.steps[0]}-"
                      f"{sc.steps[-1]}), planned last step "
@@ -86,15 +86,15 @@ def train_specs(model: str | None, params: str, spec_json: str | None = None,
     model)."""
     if spec_json:
         return ModelSpec(**json.loads(spec_json)), TrainSpec(**json.loads(train_json))
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     cfg = params_file.load(params)
-    active = params_file.active(cfg)
+    active = params_values.active(cfg)
     if active["source"] != "local":
         raise SystemExit(f"madyn step train: suite {cfg['suite']!r} is not trained locally")
-    if model not in params_file.model_names(active):
+    if model not in params_values.model_names(active):
         raise SystemExit(f"madyn step train: no model {model!r} in suite {cfg['suite']!r}")
-    return params_file.model_spec(active, model), params_file.train_spec(active, model)
+    return params_values.model_spec(active, model), params_values.train_spec(active, model)
 
 
 def corpus(out: str, max_mb: float, heldout_fraction: float, vocab_size: int,

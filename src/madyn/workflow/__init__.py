@@ -1,5 +1,6 @@
-"""The workflow's plumbing: params.yaml read and validated (``params_file``), the DVC
-stages' outs and code dependencies (``dvc_stages``), job resources (``resources``),
+"""The workflow's plumbing: params.yaml read and validated (``params_file``; its schema's
+refusals worded: ``schema_errors``), the plain values read from it (``params_values``), the
+DVC stages' outs and code dependencies (``dvc_stages``), job resources (``resources``),
 released-layout references (``reference``), scratch copies of the project
 (``scratch_project``) and the main job, ``madyn run`` (``run``).
 

@@ -73,7 +73,8 @@ STAGE_CODE = {
     "extract": (("extract.smk", "extract_run.smk"), ("stages/extract", "workflow/dvc_stages")),
     "fit": ("fit.smk", ("stages/fit",)),
     "features": ("features.smk", ("stages/features",)),
-    "predict": (("predict.smk", "run.smk"), ("stages/predict", "stages/forecast")),
+    "predict": (("predict.smk", "run.smk"), ("stages/predict", "stages/forecast",
+                                             "stages/forecast_backtest")),
     "report": (("report.smk", "study.smk", "run.smk"), ("stages/report", "stages/effects")),
 }
 
@@ -117,11 +118,11 @@ def ensure_source_link(root: Path, params: str = "params.yaml") -> str | None:
     never writes, caches or deletes it; checked first by :func:`check_source_folder`), for
     any other source an empty folder. Only a link or an empty folder is ever replaced.
     Returns the path when made (relative to ``root``)."""
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     cfg = params_file.load(str(root / params))
-    suite = params_file.active(cfg)
-    rel = f"{params_file.results_dir(cfg)}/source"
+    suite = params_values.active(cfg)
+    rel = f"{params_values.results_dir(cfg)}/source"
     link = root / rel
     target = ((root / suite["path"]).resolve() if suite["source"] == "released"
               else run_folder(root, suite) if suite["source"] == "run" else None)
@@ -231,25 +232,25 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
     suite stage's ``source`` dependency (:func:`ensure_source_link`) and its own out
     ``source.json``. Returns the paths made (relative to ``root``)."""
     from madyn.io import write_json
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     cfg = params_file.load(str(root / params))
-    suite = params_file.active(cfg)
+    suite = params_values.active(cfg)
     made = []
     if stage == "source":
         if rel := ensure_source_link(root, params):
             made.append(rel)
-        write_json(root / f"{params_file.results_dir(cfg)}/source.json",
+        write_json(root / f"{params_values.results_dir(cfg)}/source.json",
                    {"source": suite["source"], "path": suite.get("path")})
         return made
     for rel in stage_outs(root, stage, cfg["suite"]):
         out = root / rel
-        if suite["source"] == "run" and rel == f"{params_file.results_dir(cfg)}/models":
+        if suite["source"] == "run" and rel == f"{params_values.results_dir(cfg)}/models":
             out.mkdir(parents=True, exist_ok=True)  # madyn's own folder, never a link
-            res = root / params_file.results_dir(cfg)
+            res = root / params_values.results_dir(cfg)
             write_json(out / RUN_MANIFEST, run_manifests(suite, res / "run_hashes.json"))
             continue
-        if suite["source"] == "released" and rel == f"{params_file.results_dir(cfg)}/models":
+        if suite["source"] == "released" and rel == f"{params_values.results_dir(cfg)}/models":
             if out.is_symlink():  # the link to the released folder earlier versions made
                 out.unlink()
             if not out.is_dir():
@@ -257,7 +258,7 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
                 made.append(rel)
             folder = (root / suite["path"]).resolve()
             write_json(out / RELEASED_MANIFEST,
-                       released_manifest(folder, params_file.model_names(suite)))
+                       released_manifest(folder, params_values.model_names(suite)))
             continue
         if out.suffix:  # a file (metrics/growth.json): its phase's Snakemake target writes it
             continue
@@ -270,7 +271,7 @@ def ensure_stage_outs(root: Path, stage: str, params: str = "params.yaml") -> li
 def stale_trained_models(root: Path, params: str = "params.yaml") -> list[str]:
     """Remove the training manifest of every model of the active suite that was trained
     with another recipe than params.yaml's now (its manifest's ``train`` differs from
-    :func:`madyn.workflow.params_file.train_spec`). DVC reruns the suite stage when a training
+    :func:`madyn.workflow.params_values.train_spec`). DVC reruns the suite stage when a training
     param changes, but Snakemake without its metadata (a queued experiment's workspace, a
     fresh clone) sees the checkpoints exist and keeps them; without the manifest (the
     training job's completion marker, madyn's own file) it retrains exactly those models,
@@ -280,19 +281,19 @@ def stale_trained_models(root: Path, params: str = "params.yaml") -> list[str]:
 
     from madyn.io import read_json
     from madyn.train.training import train_record
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
 
     cfg = params_file.load(str(root / params))
-    suite = params_file.active(cfg)
+    suite = params_values.active(cfg)
     if suite["source"] != "local":
         return []
     removed = []
-    for name in params_file.model_names(suite):
-        rel = f"{params_file.results_dir(cfg)}/models/{name}/manifest.json"
+    for name in params_values.model_names(suite):
+        rel = f"{params_values.results_dir(cfg)}/models/{name}/manifest.json"
         manifest = root / rel
         if not manifest.is_file():
             continue
-        want = json.loads(json.dumps(train_record(params_file.train_spec(suite, name))))
+        want = json.loads(json.dumps(train_record(params_values.train_spec(suite, name))))
         if read_json(manifest).get("train") != want:
             manifest.unlink()
             removed.append(rel)
@@ -319,7 +320,7 @@ def stage_code_deps(root: Path, stage: str) -> list[str]:
     files += [root / "workflow/rules" / r for r in rules]
     files += [root / "src/madyn" / f"{m}.py" for m in modules]
     deps = import_closure(root, files, leaves=tuple(cli))
-    deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.workflow.params_file
+    deps.add(Path("src/madyn/schemas/params.schema.yaml"))  # read by madyn.workflow.schema_errors
     return sorted(str(p) for p in deps)
 
 
@@ -371,7 +372,7 @@ def sync_after_snakemake(root: Path, suite: str, params: str = "params.yaml") ->
     import os
     import subprocess
 
-    from madyn.workflow import params_file
+    from madyn.workflow import params_file, params_values
     from madyn.workflow.run import tool
 
     if os.environ.get("DVC_STAGE") or not (root / ".dvc").is_dir():
@@ -381,7 +382,7 @@ def sync_after_snakemake(root: Path, suite: str, params: str = "params.yaml") ->
         return None
     for stage in ("source", "suite", "extract"):
         ensure_stage_outs(root, stage, params)
-    report = f"{params_file.results_dir(cfg)}/report.html"
+    report = f"{params_values.results_dir(cfg)}/report.html"
     for cmd in ([tool("snakemake"), "--nolock", "--report", report],
                 [tool("dvc"), "commit", "--force", "--quiet"]):
         r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)

@@ -1,21 +1,35 @@
-"""Validation of params.yaml and the plain values every phase reads from it.
+"""Reading and validation of params.yaml: a params file parsed safely (a regular file of at
+most :data:`MAX_BYTES`, no key twice, at most :data:`MAX_VALUES` values once its YAML aliases
+are expanded), checked against its schema and the rules the schema cannot state, its
+generated model entries filled in (a ``design_space``, a ``design_space_from``), and a
+released folder checked before any job is planned. Every refusal is one ConfigError naming
+the offending key.
 
 No module reads the YAML itself: the Snakefile (configfile) and the CLI load it, call
-:func:`validate`, and pass plain values down.
+:func:`validate`, and pass plain values down (:mod:`madyn.workflow.params_values`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from madyn.train.training import ModelSpec, TrainSpec, checkpoint_steps, design_record, recipe
+from madyn.train.training import design_record, recipe
+from madyn.workflow.params_values import (
+    active,
+    design_label,
+    design_labels,
+    hub_schedule,
+    model_names,
+    model_spec,
+    steps,
+    train_spec,
+)
+from madyn.workflow.schema_errors import describe, generated_key, nonfinite, validator
 
 
 class ConfigError(ValueError):
@@ -27,34 +41,6 @@ class ConfigError(ValueError):
 MAX_BYTES = 1 << 20
 MAX_VALUES = 100_000
 MAX_DEPTH = 32
-
-
-def _schema() -> dict:
-    from madyn.settings import params_schema
-
-    return params_schema()
-
-
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
-
-
-def _describe(err) -> str:
-    """One readable line for a jsonschema error, naming the key."""
-    if err.validator == "additionalProperties":
-        allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed))
-        keys = ", ".join(_key([*err.absolute_path, e]) for e in extra)
-        return f"unknown key {keys} (allowed here: {', '.join(allowed) or 'none'})"
-    if err.validator == "oneOf" and err.context:
-        # pick the branch that got furthest: the deepest error
-        best = max(err.context, key=lambda e: len(e.absolute_path))
-        return _describe(best)
-    if err.validator == "type" and err.validator_value == "integer":
-        return f"{_key(err.absolute_path)}: {err.instance!r} is not an integer"
-    if err.validator == "pattern" and "description" in err.schema:
-        return f"{_key(err.absolute_path)}: {err.instance!r} is not {err.schema['description']}"
-    return f"{_key(err.absolute_path)}: {err.message}"
 
 
 def _count_values(node: Any, memo: dict[int, int], active: set[int], depth: int = 0
@@ -82,29 +68,6 @@ def _count_values(node: Any, memo: dict[int, int], active: set[int], depth: int 
     return n
 
 
-def _nonfinite(node: Any, path: tuple = ()) -> Iterator[str]:
-    """One message per NaN/inf float anywhere in ``node`` (schema comparisons with NaN are
-    all false, so the schema alone lets them through)."""
-    if isinstance(node, float) and not math.isfinite(node):
-        yield f"{_key(path)}: {node!r} is not a finite number"
-    elif isinstance(node, dict):
-        for k, v in node.items():
-            yield from _nonfinite(v, (*path, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _nonfinite(v, (*path, i))
-
-
-def _validator():
-    """Draft 2020-12 validator whose ``integer`` is a Python int only (not 10.0, not a
-    bool): a float step count would pass the schema and fail later inside range()."""
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-    checker = base.TYPE_CHECKER.redefine("integer", lambda _, inst: type(inst) is int)
-    return jsonschema.validators.extend(base, type_checker=checker)(_schema())
-
-
 def check_min_points(cfg: dict, n_checkpoints: int, where: str) -> None:
     """Refuse ``fit.min_points`` above the ``n_checkpoints`` a series can have (``where``:
     the suite or folder they come from, for the message)."""
@@ -119,7 +82,7 @@ def validate(cfg: Any) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError("params.yaml must be a mapping of keys to values")
     _count_values(cfg, {}, set())
-    bad = list(_nonfinite(cfg))
+    bad = list(nonfinite(cfg))
     if bad:
         raise ConfigError("invalid params.yaml: " + "; ".join(bad))
     _schema_check(cfg)
@@ -187,36 +150,16 @@ def validate(cfg: Any) -> dict:
 def _schema_check(cfg: dict) -> None:
     """ConfigError naming every key the JSON schema refuses; in a model entry generated
     from a ``design_space``, the axis that gave the value (once, with the first model)."""
-    errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(validator().iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if not errors:
         return
     seen: dict[str, list[str]] = {}
     for e in errors:
-        msg, model = _generated_key(cfg, _describe(e), e.absolute_path)
+        msg, model = generated_key(cfg, describe(e), e.absolute_path)
         seen.setdefault(msg, []).extend([model] if model else [])
     raise ConfigError("invalid params.yaml: " + "; ".join(
         msg + (f" (model {ms[0]}" + (f" and {len(ms) - 1} more)" if len(ms) > 1 else ")")
                if ms else "") for msg, ms in seen.items()))
-
-
-def _generated_key(cfg: dict, msg: str, path) -> tuple[str, str | None]:
-    """``msg`` with ``suites.S.models.I.KEY`` renamed ``suites.S.design_space.axes.KEY``
-    when suite S's models are generated from its design space, and that model's name
-    (None for any other message)."""
-    p = list(path)
-    if len(p) >= 4 and p[0] == "suites" and p[2] == "models":
-        suite = cfg["suites"].get(p[1], {})
-        if isinstance(suite, dict) and ("design_space" in suite
-                                        or "design_space_from" in suite):
-            name = str(suite["models"][p[3]].get("name", p[3]))
-            if "design_space_from" in suite:
-                where, key = ".".join(map(str, p[:4])), "design_space_from"
-            elif len(p) > 4:
-                where, key = ".".join(map(str, p[:5])), f"design_space.axes.{p[4]}"
-            else:
-                where, key = ".".join(map(str, p[:4])), "design_space"
-            return msg.replace(where, f"suites.{p[1]}.{key}", 1), name
-    return msg, None
 
 
 def _expand_design_spaces(cfg: dict) -> bool:
@@ -287,19 +230,6 @@ def _check_run_entries(sname: str, suite: dict) -> None:
             raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: {e}") from None
 
 
-def with_run_defaults(suite: dict) -> dict:
-    """A ``run`` suite with the schema's defaults filled in: ``corpus`` and each
-    ``extract`` key (the evaluation text, sequence count and length, seed)."""
-    from madyn.settings import schema_default, section_defaults
-
-    if suite["source"] != "run":
-        return suite
-    out = dict(suite)
-    out.setdefault("corpus", schema_default("$defs.run_suite.corpus"))
-    out["extract"] = {**section_defaults("$defs.run_extract"), **suite.get("extract", {})}
-    return out
-
-
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader that refuses a key given twice in one mapping (YAML forbids it;
     PyYAML and Snakemake would keep the last value, DVC refuses the file)."""
@@ -348,59 +278,6 @@ def load(path: str) -> dict:
     return validate(read(path))
 
 
-def hub_schedule(suite: dict) -> list[int]:
-    """Every step the hub serves for a hub suite (Pythia: 154 revisions)."""
-    s = suite["schedule"]
-    return checkpoint_steps(s["last"], s["log_until"], s["every"])
-
-
-def results_dir(cfg: dict) -> str:
-    """Where the active suite's outputs go: ``results/<suite>`` (the one definition; the
-    workflow and the CLI both ask here)."""
-    return f"results/{cfg['suite']}"
-
-
-def feature_table(cfg: dict) -> str:
-    """The active suite's feature table (Parquet; its CSV copy: the same path, ``.csv``)."""
-    return (f"{results_dir(cfg)}/features/fitted_param_dataset_"
-            f"{cfg['features']['parametrisation']}.parquet")
-
-
-def active(cfg: dict) -> dict:
-    """The suite selected by the top-level ``suite`` key."""
-    return cfg["suites"][cfg["suite"]]
-
-
-def model_names(suite: dict) -> list[str]:
-    return [m["name"] for m in suite["models"]]
-
-
-# model-entry keys that override the suite's train recipe (several seeds of one design
-# point are several model entries)
-TRAIN_OVERRIDES = ("lr", "eps", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
-                   "seed", "bos", "steps", "warmup", "batch_size", "schedule", "min_lr_ratio",
-                   "log_until", "every")
-
-
-def design_label(entry: dict) -> str:
-    """The design point of a model entry: its ``design`` key, else its own name."""
-    return str(entry.get("design", entry["name"]))
-
-
-def design_labels(suite: dict) -> dict[str, str]:
-    """{model name: design label} of every model of ``suite``."""
-    return {m["name"]: design_label(m) for m in suite["models"]}
-
-
-def known_recipe(suite: dict, name: str) -> dict:
-    """What a model entry states of its training recipe (``optimizer``, ``lr``, ``eps``):
-    a local model's resolved recipe; a hub or released model's keys, when given."""
-    if suite["source"] == "local":
-        return recipe(design_record(model_spec(suite, name), train_spec(suite, name)))
-    m = model_entry(suite, name)
-    return {k: m[k] for k in ("optimizer", "lr", "eps") if k in m}
-
-
 def _check_design_groups(sname: str, suite: dict) -> None:
     """ConfigError unless the models sharing a design label differ only in name and seed."""
     first: dict[str, tuple[int, dict]] = {}
@@ -418,61 +295,6 @@ def _check_design_groups(sname: str, suite: dict) -> None:
             raise ConfigError(f"suites.{sname}.models.{i}.design: {label!r} is also "
                               f"models.{j}'s design, but they differ in {diff} (a design's "
                               "models may differ only in seed)")
-
-
-def model_entry(suite: dict, name: str) -> dict:
-    (m,) = [m for m in suite["models"] if m["name"] == name]
-    return m
-
-
-def model_spec(suite: dict, name: str) -> ModelSpec:
-    """The architecture of model ``name`` (its training overrides, such as ``lr``, left
-    out)."""
-    m = model_entry(suite, name)
-    return ModelSpec(**{k: m[k] for k in ModelSpec.__dataclass_fields__ if k in m})
-
-
-def train_spec(suite: dict, name: str | None = None) -> TrainSpec:
-    """The suite's training recipe, with model ``name``'s overrides
-    (:data:`TRAIN_OVERRIDES`) applied."""
-    t = dict(suite["train"])
-    if name is not None:
-        m = model_entry(suite, name)
-        t.update({k: m[k] for k in TRAIN_OVERRIDES if k in m})
-    return TrainSpec(**t)
-
-
-def is_synthetic(suite: dict) -> bool:
-    """Whether a suite trains on a synthetic corpus (its ``corpus`` has a ``kind``)."""
-    return "kind" in suite.get("corpus", {})
-
-
-def vocab_size(corpus: dict) -> int:
-    """Embedding rows of a suite's models: the text corpus's ``vocab_size``, or a
-    synthetic corpus's ``vocab`` plus its (always reserved) BOS token."""
-    return corpus["vocab"] + 1 if "kind" in corpus else corpus["vocab_size"]
-
-
-def steps(suite: dict, name: str | None = None) -> list[int]:
-    """The checkpoint steps to analyse for model ``name`` of ``suite`` (not ``released``
-    or ``run``: those are whatever files the folder holds). A local model's follow its own
-    recipe (its ``steps``, ``log_until`` and ``every`` overrides); without ``name``, the
-    suite's ``train`` schedule."""
-    if suite["source"] in ("released", "run"):
-        raise ValueError(f"a {suite['source']} suite's steps are read from its folder")
-    if suite["source"] == "local":
-        t = train_spec(suite, name)
-        return checkpoint_steps(t.steps, t.log_until, t.every)
-    if suite["analyse_steps"] == "all":
-        return hub_schedule(suite)
-    return sorted(suite["analyse_steps"])
-
-
-def predict_settings(cfg: dict) -> dict:
-    """The predictor settings as plain values: ``predict`` (less ``example``) plus the
-    feature table's parametrisation and quantity (the targets)."""
-    out = {k: v for k, v in cfg["predict"].items() if k != "example"}
-    return {**out, **cfg["features"]}
 
 
 def check_released_folder(cfg: dict) -> dict[str, dict[int, Path]]:
@@ -507,28 +329,3 @@ def check_released_folder(cfg: dict) -> dict[str, dict[int, Path]]:
     return files
 
 
-def is_run_analysis(suite: dict) -> bool:
-    """Is each model of ``suite`` one training run analysed on its own (``analysis: run``,
-    the default of a run suite) rather than a cross-model study?"""
-    return suite.get("analysis", "run" if suite["source"] == "run" else "study") == "run"
-
-
-def summary_settings(cfg: dict) -> dict:
-    """The run summary's settings: params.yaml's ``summary`` over the schema's defaults."""
-    from madyn.settings import section_defaults
-
-    return {**section_defaults("summary"), **cfg.get("summary", {})}
-
-
-def planned_last_step(suite: dict, name: str, scan_: Any | None = None) -> int | None:
-    """Where a model of a single-run suite is forecast to: its entry's ``last_step``, else
-    its run folder's record (``scan_``, a :class:`madyn.measure.runs.RunScan`:
-    :func:`madyn.measure.runs.planned_last_step` of its folder); None when unknown."""
-    entry = model_entry(suite, name)
-    if "last_step" in entry:
-        return int(entry["last_step"])
-    if scan_ is None:
-        return None
-    from madyn.measure.runs import planned_last_step as from_folder
-
-    return from_folder(scan_.folder)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from madyn.io import atomic_path
-from madyn.workflow.params_file import results_dir
+from madyn.workflow.params_values import results_dir
 
 STAGES = ("source", "suite", "extract", "fit", "features", "predict", "report")
 PHASES = ("suite", "extract", "fit", "features", "predict", "report")  # Snakemake <phase>_all
