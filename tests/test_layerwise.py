@@ -18,7 +18,8 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from madyn.measure.checkpoints import CheckpointError, load_model, weight_files
+from madyn.measure.checkpoint_error import CheckpointError
+from madyn.measure.checkpoints import load_model, weight_files
 from madyn.measure.extract import measure_checkpoint
 from madyn.measure.layerwise import (
     ShardReader,

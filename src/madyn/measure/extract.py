@@ -51,7 +51,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     the per-(seq, layer) table and its metadata (weights fingerprint, dtype, device,
     shapes, library versions; no wall time on the default path, so that measuring the same
     weights again writes the same file). Raises
-    :class:`madyn.measure.checkpoints.CheckpointError` or ValueError (bad tokens) naming the
+    :class:`madyn.measure.checkpoint_error.CheckpointError` or ValueError (bad tokens) naming the
     checkpoint.
     """
     s = ExtractSettings.of(settings)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from madyn.measure.checkpoints import CheckpointError, safetensors_header
+from madyn.measure.checkpoint_error import CheckpointError
+from madyn.measure.safetensors_files import safetensors_header
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GB = 1e9  # max_memory_gb counts decimal gigabytes
@@ -126,7 +127,7 @@ class Slab:
 class ShardReader:
     """The tensors of a checkpoint's safetensors files, read one at a time with ``pread``
     (no memory map: the address space grows by the tensor read, not by the shard). The
-    headers are checked first (:func:`madyn.measure.checkpoints.safetensors_header`).
+    headers are checked first (:func:`madyn.measure.safetensors_files.safetensors_header`).
     ``direct``: read with ``O_DIRECT`` where the file system allows it (the disk writes
     into the tensor's memory; no copy through the page cache, which costs CPU that the
     forward pass running beside the reads wants), else buffered. ``bytes_read`` and
