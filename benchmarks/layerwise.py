@@ -65,7 +65,7 @@ def write_checkpoint(shape: str, out: Path) -> int:
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from madyn.measure.layerwise import empty_parameters
+    from madyn.measure.empty_model import empty_parameters
 
     layers, width, ffn, heads, kv, vocab = SHAPES[shape]
     cfg = LlamaConfig(num_hidden_layers=layers, hidden_size=width, intermediate_size=ffn,
@@ -134,11 +134,11 @@ def dd_gbps(path: Path) -> float:
 
 
 def reader_alone_gbps(folder: Path) -> float:
-    """GB/s of :class:`madyn.measure.layerwise.ShardReader` reading every tensor once, in
+    """GB/s of :class:`madyn.measure.shard_reader.ShardReader` reading every tensor once, in
     file order, into one reused slab as the measuring pass does, nothing else running in
     this process (call after dropping the cache)."""
     from madyn.measure.checkpoints import weight_files
-    from madyn.measure.layerwise import ShardReader, Slab
+    from madyn.measure.shard_reader import ShardReader, Slab
 
     r = ShardReader(weight_files(str(folder)))
     try:

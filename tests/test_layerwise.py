@@ -18,15 +18,13 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from madyn.measure.checkpoints import CheckpointError, load_model, weight_files
+from madyn.measure.checkpoint_error import CheckpointError
+from madyn.measure.checkpoints import load_model, weight_files
+from madyn.measure.empty_model import empty_parameters
 from madyn.measure.extract import measure_checkpoint
-from madyn.measure.layerwise import (
-    ShardReader,
-    empty_parameters,
-    measure_layerwise,
-    needs_layerwise,
-    whole_model_bytes,
-)
+from madyn.measure.layerwise import measure_layerwise
+from madyn.measure.memory_estimates import needs_layerwise, whole_model_bytes
+from madyn.measure.shard_reader import ShardReader
 from madyn.measure.statistics import measure
 from madyn.measure.stats_table import STAT_COLUMNS
 from madyn.settings import ExtractSettings

@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from madyn.measure.layerwise import needs_layerwise
+from madyn.measure.memory_estimates import needs_layerwise
 from madyn.workflow.resources import download_windows, extract_plan, peak_disk_gb
 from madyn.workflow.scratch_project import copy_workflow
 from tests.helpers import ROOT

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from madyn.measure import runs
-from madyn.measure.checkpoints import CheckpointError
+from madyn.measure.checkpoint_error import CheckpointError
 from tests.test_hostile_inputs import _lying_length, _truncate, refused
 
 
@@ -85,7 +85,7 @@ def test_planning_a_run_folder_imports_no_torch(run_dir):
 def test_known_activations_are_transformers_own():
     from transformers.activations import ACT2FN
 
-    from madyn.measure.checkpoints import known_activations
+    from madyn.measure.config_values import known_activations
 
     assert known_activations() == frozenset(ACT2FN) and "gelu" in known_activations()
 

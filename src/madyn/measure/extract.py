@@ -19,7 +19,8 @@ from madyn.measure.checkpoints import (
     model_config,
     weight_files,
 )
-from madyn.measure.layerwise import measure_layerwise, needs_layerwise
+from madyn.measure.layerwise import measure_layerwise
+from madyn.measure.memory_estimates import needs_layerwise
 from madyn.measure.statistics import attn_implementation, decoder_layers, measure
 from madyn.settings import ExtractSettings
 
@@ -42,7 +43,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     ``settings``: dtype, device, batch size and ``extreme_tokens`` (see
     :func:`madyn.measure.statistics.measure`); None: the defaults. With
     ``max_memory_gb``, a checkpoint folder whose whole-model estimate exceeds it
-    (:func:`madyn.measure.layerwise.needs_layerwise`) is measured one decoder layer at a
+    (:func:`madyn.measure.memory_estimates.needs_layerwise`) is measured one decoder layer at a
     time (:func:`madyn.measure.layerwise.measure_layerwise`; the same table; metadata
     ``layerwise`` true and ``layerwise_info``).
     ``weights_fp``: the weights' :func:`madyn.measure.checkpoints.fingerprint`, when the caller has
@@ -51,7 +52,7 @@ def measure_checkpoint(source: str, tokens: np.ndarray,
     the per-(seq, layer) table and its metadata (weights fingerprint, dtype, device,
     shapes, library versions; no wall time on the default path, so that measuring the same
     weights again writes the same file). Raises
-    :class:`madyn.measure.checkpoints.CheckpointError` or ValueError (bad tokens) naming the
+    :class:`madyn.measure.checkpoint_error.CheckpointError` or ValueError (bad tokens) naming the
     checkpoint.
     """
     s = ExtractSettings.of(settings)

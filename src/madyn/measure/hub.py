@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from madyn.measure.checkpoints import CheckpointError, check_weight_files, fingerprint
+from madyn.measure.checkpoint_error import CheckpointError
+from madyn.measure.checkpoints import fingerprint
+from madyn.measure.safetensors_files import check_weight_files
 
 # weight files of a hub snapshot (what a suite's extract.delete_downloads removes)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")

@@ -12,375 +12,32 @@ states, measured by the same hooks as the whole-model pass
 (:mod:`madyn.measure.statistics`, :mod:`madyn.measure.sinks`) and freed. What stays in
 memory: the hidden states (N x T x d, in the load dtype), the parts before the first
 layer, one layer, and the statistics. Layers and their modules are found by structure
-(:func:`madyn.measure.statistics.decoder_layers`), never by name.
+(:func:`madyn.measure.statistics.decoder_layers`), never by name. The empty model and
+its loading are :mod:`madyn.measure.empty_model`, the shard reader
+:mod:`madyn.measure.shard_reader`, the memory it takes :mod:`madyn.measure.memory_estimates`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from madyn.measure.checkpoints import CheckpointError, safetensors_header
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-GB = 1e9  # max_memory_gb counts decimal gigabytes
-
-
-# ------------------------------------------------------------------------ estimates
-def activation_bytes(hidden: int, ffn: int, batch: int, seq: int) -> int:
-    """Bytes of one forward pass's activations inside a decoder layer and of the
-    statistics' float32 copies, for ``batch`` x ``seq`` tokens: about 8 float32 copies of
-    the B x T x d hidden states and 3 of the B x T x F MLP hidden units (an upper bound
-    measured on the CPU; the fused attention holds no T x T matrix)."""
-    return batch * seq * (8 * hidden + 3 * ffn) * 4
-
-
-def whole_model_bytes(config: dict, dtype: str, batch: int, seq: int) -> int:
-    """Bytes a whole-model measurement takes: every parameter at ``dtype`` (from
-    :func:`madyn.architecture.architecture`'s count) plus :func:`activation_bytes`."""
-    from madyn.architecture import architecture
-
-    a = architecture(config)
-    return (a["n_params"] * DTYPE_BYTES[dtype]
-            + activation_bytes(a["hidden_size"], a["intermediate_size"], batch, seq))
-
-
-def layerwise_bytes(tensors: dict, layer_prefix: str, dtype: str, hidden: int, ffn: int,
-                    n_seqs: int, batch: int, seq: int) -> int:
-    """Bytes a layer-by-layer measurement takes: the two largest decoder layers (one runs,
-    the next is read) and everything outside the layers (``tensors``: the shards' table,
-    names under ``layer_prefix.N.`` are layers), at ``dtype``; all N x T x d hidden
-    states; one batch's activations."""
-    per_layer: dict[str, int] = {}
-    rest = 0
-    pat = re.compile(re.escape(layer_prefix) + r"\.(\d+)\.")
-    for name, t in tensors.items():
-        m = pat.match(name) if layer_prefix else None
-        if m:
-            per_layer[m[1]] = per_layer.get(m[1], 0) + t["numel"]
-        else:
-            rest += t["numel"]
-    b = DTYPE_BYTES[dtype]
-    two = sum(sorted(per_layer.values())[-2:])
-    return ((two + rest) * b + n_seqs * seq * hidden * b
-            + activation_bytes(hidden, ffn, batch, seq))
-
-
-def needs_layerwise(config: dict, dtype: str, batch: int, seq: int,
-                    max_memory_gb: float | None) -> bool:
-    """Whether a whole-model measurement would exceed ``max_memory_gb`` (None: never)."""
-    if max_memory_gb is None:
-        return False
-    return whole_model_bytes(config, dtype, batch, seq) > max_memory_gb * GB
-
-
-# ------------------------------------------------------------------- reading shards
-_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-                 "U8": "uint8", "BOOL": "bool"}
-
-
-DIRECT_ALIGN = 4096  # bytes: O_DIRECT reads start, end and land on multiples of this
-
-
-def _aligned_empty(nbytes: int):
-    """Fresh uint8 CPU memory of ``nbytes`` starting at a multiple of DIRECT_ALIGN."""
-    import torch
-
-    buf = torch.empty(nbytes + DIRECT_ALIGN, dtype=torch.uint8)
-    off = (-buf.data_ptr()) % DIRECT_ALIGN
-    return buf[off:off + nbytes]
-
-
-class Slab:
-    """Memory for one decoder layer's tensors, reused by every layer read into it (the
-    layers take turns over two slabs: one runs while the next is read)."""
-
-    def __init__(self) -> None:
-        self.buf = None
-        self.at = 0
-
-    def reset(self, nbytes: int) -> None:
-        """Make room for ``nbytes`` (grown when too small) and start from the top."""
-        if self.buf is None or self.buf.numel() < nbytes:
-            self.buf = _aligned_empty(nbytes)
-        self.at = 0
-
-    def take(self, nbytes: int):
-        """The next ``nbytes`` of the slab (aligned), as a uint8 tensor."""
-        if self.buf is None or self.at + nbytes > self.buf.numel():
-            raise MemoryError("slab too small for the layer's tensors")
-        view = self.buf[self.at:self.at + nbytes]
-        self.at += -(-nbytes // DIRECT_ALIGN) * DIRECT_ALIGN
-        return view
-
-
-class ShardReader:
-    """The tensors of a checkpoint's safetensors files, read one at a time with ``pread``
-    (no memory map: the address space grows by the tensor read, not by the shard). The
-    headers are checked first (:func:`madyn.measure.checkpoints.safetensors_header`).
-    ``direct``: read with ``O_DIRECT`` where the file system allows it (the disk writes
-    into the tensor's memory; no copy through the page cache, which costs CPU that the
-    forward pass running beside the reads wants), else buffered. ``bytes_read`` and
-    ``seconds`` count what was read and how long it took."""
-
-    def __init__(self, files: list[Path], direct: bool = True) -> None:
-        self.tensors: dict[str, dict] = {}
-        self._files: dict[str, Path] = {}
-        for f in files:
-            for name, t in safetensors_header(Path(f)).items():
-                self.tensors[name] = t
-                self._files[name] = Path(f)
-        self._fds: dict[Path, tuple[int, int | None]] = {}  # buffered fd, O_DIRECT fd
-        self.direct = direct and hasattr(os, "O_DIRECT")
-        self.bytes_read = 0
-        self.seconds = 0.0
-
-    def _open(self, path: Path) -> tuple[int, int | None]:
-        if path not in self._fds:
-            from madyn.io import open_regular
-
-            with open_regular(path) as f:  # refuses a FIFO or a device, naming it
-                fd = os.dup(f.fileno())
-            dfd = None
-            if self.direct:
-                try:
-                    dfd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-                    if not os.path.samestat(os.fstat(fd), os.fstat(dfd)):
-                        os.close(dfd)  # replaced between the two opens: do not trust it
-                        dfd = None
-                except OSError:
-                    dfd = None
-            self._fds[path] = (fd, dfd)
-        return self._fds[path]
-
-    def read(self, name: str, slab: Slab | None = None):
-        """Tensor ``name`` as a CPU tensor of its stored dtype and shape: in fresh memory,
-        or in ``slab`` (memory reused from layer to layer: the first touch of fresh
-        memory, a page fault per 4 KB, costs more than the disk read itself)."""
-        import torch
-
-        t = self.tensors[name]
-        dtype = _TORCH_DTYPES.get(t["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"{self._files[name]}: tensor {name!r} has dtype "
-                                  f"{t['dtype']}, which madyn does not read layer by layer")
-        t0 = time.monotonic()
-        path = self._files[name]
-        fd, dfd = self._open(path)
-        n, begin = t["offsets"][1] - t["offsets"][0], t["begin"]
-        alloc = slab.take if slab is not None else _aligned_empty
-        raw = None
-        if dfd is not None and n >= DIRECT_ALIGN:
-            a0 = begin // DIRECT_ALIGN * DIRECT_ALIGN
-            a1 = -(-(begin + n) // DIRECT_ALIGN) * DIRECT_ALIGN
-            region = alloc(a1 - a0)
-            try:
-                got = self._pread(dfd, memoryview(region.numpy()), a0, a1 - a0)
-            except OSError:  # a file system that takes O_DIRECT opens but not reads
-                self._fds[path] = (fd, None)
-                os.close(dfd)
-            else:
-                if got < begin + n - a0:
-                    raise CheckpointError(f"{path}: truncated while reading tensor {name!r}")
-                raw = region[begin - a0:begin - a0 + n]
-        if raw is None:
-            raw = alloc(n)
-            if self._pread(fd, memoryview(raw.numpy()), begin, n) < n:
-                raise CheckpointError(f"{path}: truncated while reading tensor {name!r}")
-        self.bytes_read += n
-        self.seconds += time.monotonic() - t0
-        try:
-            return raw.view(getattr(torch, dtype)).reshape(t["shape"])
-        except RuntimeError:  # an offset the dtype cannot view at: copy
-            return raw.clone().view(getattr(torch, dtype)).reshape(t["shape"])
-
-    def span(self, name: str) -> int:
-        """The most bytes :meth:`read` takes from a :class:`Slab` for tensor ``name``."""
-        t = self.tensors[name]
-        return t["offsets"][1] - t["offsets"][0] + 3 * DIRECT_ALIGN
-
-    @staticmethod
-    def _pread(fd: int, view: memoryview, at: int, n: int) -> int:
-        """Read ``n`` bytes at ``at`` into ``view`` (fewer only at the end of the file)."""
-        got = 0
-        while got < n:
-            k = os.preadv(fd, [view[got:n]], at + got)
-            if k <= 0:
-                break
-            got += k
-        return got
-
-    def close(self) -> None:
-        for fd, dfd in self._fds.values():
-            os.close(fd)
-            if dfd is not None:
-                os.close(dfd)
-        self._fds.clear()
-
-
-# ------------------------------------------------------------------------- skeleton
-@contextlib.contextmanager
-def empty_parameters() -> Iterator[None]:
-    """Within the block, every parameter a module registers is moved to the ``meta``
-    device (no memory), while buffers stay where the constructor made them (rotary
-    frequencies, masks: computed, not loaded). torch only (as ``accelerate``'s
-    ``init_empty_weights(include_buffers=False)``). ``torch.empty`` without a device,
-    what ``nn.Linear`` and ``nn.Embedding`` make their weights from, gives meta tensors
-    at once: a 7B model's weights are never allocated, not even for a moment (under
-    ``ulimit -v`` such passing allocations failed now and then)."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    original = torch.nn.Module.register_parameter
-
-    def register(module, name, param):
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            p = module._parameters[name]
-            module._parameters[name] = type(p)(p.to("meta"), requires_grad=False)
-
-    class EmptyOnMeta(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func is torch.empty and kwargs.get("device") in (None, "cpu"):
-                kwargs = {**kwargs, "device": "meta"}
-            return func(*args, **kwargs)
-
-    torch.nn.Module.register_parameter = register
-    try:
-        with EmptyOnMeta():
-            yield
-    finally:
-        torch.nn.Module.register_parameter = original
-
-
-def skeleton(source: str, dtype: str):
-    """The causal LM of the checkpoint folder ``source`` with its parameters on the meta
-    device, in eval mode (built from its config.json; never remote code)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    with empty_parameters():
-        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False,
-                                                 dtype=getattr(torch, dtype))
-    return model.eval()
-
-
-def _ignored(model, kind: str) -> list[re.Pattern]:
-    """The patterns of checkpoint keys transformers' loading ignores when ``kind``
-    (``missing`` / ``unexpected``): the model's own, and, as transformers adds them, the
-    per-layer ``rotary_emb.inv_freq`` and the ``position_ids`` buffers old checkpoints
-    hold (Pythia's)."""
-    pats = set(getattr(model, f"_keys_to_ignore_on_load_{kind}", None) or [])
-    if kind == "unexpected":
-        bufs = [n for n, _ in model.named_buffers()]
-        if any(n.endswith("rotary_emb.inv_freq") for n in bufs):
-            pats.add(r"rotary_emb\.inv_freq")
-        if any(n.endswith("position_ids") for n in bufs):
-            pats.add(r"(^|\.)position_ids$")
-    return [re.compile(p) for p in sorted(pats)]
-
-
-def checkpoint_names(model, body, tensors: dict, where: str) -> dict[str, str]:
-    """For each parameter and persistent buffer of ``body`` (the model's decoder stack, no
-    LM head), by its name in ``body``: the tensor of the shards that holds it (the model's
-    own name, or the same without the base-model prefix). CheckpointError naming
-    ``where`` when a tensor is missing, or the shards hold one under the body's prefix
-    that the model does not have (those transformers itself ignores excepted), as the
-    whole-model load refuses. Tensors outside the body (the LM head, under whatever name
-    the checkpoint gives it) are never read."""
-    prefix = next(n for n, m in model.named_modules() if m is body)
-    pre = f"{prefix}." if prefix else ""
-    names: dict[str, str] = {}
-    missing = []
-    for name in body.state_dict(keep_vars=True):
-        for cand in (pre + name, name):
-            if cand in tensors:
-                names[name] = cand
-                break
-        else:
-            if not any(p.search(pre + name) for p in _ignored(model, "missing")):
-                missing.append(pre + name)
-    used = set(names.values())
-    prefixed = any(n.startswith(pre) for n in tensors)  # else: a base model's shards
-    unexpected = [n for n in tensors if n not in used and (n.startswith(pre) or not prefixed)
-                  and not any(p.search(n) for p in _ignored(model, "unexpected"))]
-    if missing or unexpected:
-        parts = ([f"missing keys {sorted(missing)}"] if missing else []) + \
-            ([f"unexpected keys {sorted(unexpected)}"] if unexpected else [])
-        raise CheckpointError(f"{where}: weights do not match the architecture: "
-                              + "; ".join(parts))
-    return names
-
-
-def read_state(module, names: dict[str, str], reader: ShardReader, device,
-               slab: Slab | None = None) -> dict:
-    """``module``'s parameters and persistent buffers (``names``: their names within
-    ``module`` -> shard tensor names) read from the shards onto ``device`` (into ``slab``
-    when given: the tensors stay views of it), each cast to the dtype the skeleton gives
-    it; CheckpointError naming a tensor whose shape differs."""
-    state = module.state_dict(keep_vars=True)
-    if slab is not None:
-        slab.reset(sum(reader.span(names[k]) for k in state))
-    sd = {}
-    for k, v in state.items():
-        t = reader.read(names[k], slab)
-        if list(t.shape) != list(v.shape):
-            raise CheckpointError(f"{names[k]}: the shards hold {list(t.shape)}, the "
-                                  f"architecture makes {list(v.shape)}")
-        sd[k] = t.to(device=device, dtype=v.dtype)
-    return sd
-
-
-def materialise(module, sd: dict) -> None:
-    """Give ``module`` the tensors ``sd`` (:func:`read_state`) in place of its empty
-    parameters and buffers (``load_state_dict(assign=True)``: no copy; buffers the
-    checkpoint does not hold, such as rotary frequencies, stay as built)."""
-    import torch
-
-    with torch.no_grad():
-        module.load_state_dict(sd, strict=True, assign=True)
-    for p in module.parameters():
-        p.requires_grad_(False)
-
-
-def release(module) -> None:
-    """Free ``module``'s parameters and buffers (back to the meta device), and hand the
-    freed memory back to the system (glibc keeps freed blocks below its 32 MB mmap
-    threshold in its heap, where the next layer's tensors, allocated between
-    activations, do not always fit: resident memory would grow by about one layer per
-    layer)."""
-    module.to_empty(device="meta")
-    _trim()
-
-
-def _trim() -> None:
-    """``malloc_trim(0)`` where the C library has it (glibc); nothing elsewhere."""
-    import ctypes
-    import ctypes.util
-
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        except OSError:
-            _LIBC = False
-    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
-    if trim is not None:
-        trim(0)
-
-
-_LIBC = None
+from madyn.measure.empty_model import (
+    checkpoint_names,
+    load_outer,
+    materialise,
+    read_state,
+    release,
+    skeleton,
+)
+from madyn.measure.memory_estimates import layerwise_bytes
+from madyn.measure.shard_reader import ShardReader, Slab
 
 
 # -------------------------------------------------------------------- layer inputs
@@ -479,7 +136,7 @@ def measure_layerwise(source: str, tokens: np.ndarray, files: list[Path], *,
         # everything of the body outside the decoder layers (embeddings, norms, ...)
         outer = {k: v for k, v in names.items() if not k.startswith(inside)}
         with torch.no_grad():
-            _load_outer(body, outer, reader, dev)
+            load_outer(body, outer, reader, dev)
         hidden_size = config_value(model, ("hidden_size", "n_embd", "d_model"))
         ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
         starts = range(0, len(ids), batch_size)
@@ -547,36 +204,6 @@ def measure_layerwise(source: str, tokens: np.ndarray, files: list[Path], *,
         return stats_frame(coll, len(ids), len(layers)), info
     finally:
         reader.close()
-
-
-def _load_outer(body, outer: dict[str, str], reader: ShardReader, device) -> None:
-    """Load the tensors ``outer`` names (``body``'s parameters and buffers outside the
-    decoder layers: name in ``body`` -> shard tensor), module by module."""
-    owners: dict[str, dict[str, str]] = {}
-    for k, v in outer.items():
-        mod, _, leaf = k.rpartition(".")
-        owners.setdefault(mod, {})[leaf] = v
-    for mod_name, leaves in owners.items():
-        mod = body.get_submodule(mod_name) if mod_name else body
-        _load_direct(mod, leaves, reader, device)
-
-
-def _load_direct(module, leaves: dict[str, str], reader: ShardReader, device) -> None:
-    """Replace ``module``'s own (not its children's) parameters and buffers ``leaves``
-    (name -> shard tensor) with the shards' tensors on ``device``."""
-    import torch
-
-    for leaf, src in leaves.items():
-        cur = getattr(module, leaf)
-        t = reader.read(src)
-        if list(t.shape) != list(cur.shape):
-            raise CheckpointError(f"{src}: the shards hold {list(t.shape)}, the "
-                                  f"architecture makes {list(cur.shape)}")
-        t = t.to(device=device, dtype=cur.dtype)
-        if leaf in module._parameters:
-            module._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
-        else:
-            module._buffers[leaf] = t
 
 
 def _ffn(config, hidden: int) -> int:

@@ -26,14 +26,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from madyn.measure.checkpoints import (
-    CheckpointError,
-    check_config_matches_weights,
-    check_weight_files,
-    config_layers,
-    refuse_remote_code,
-    shard_names,
-)
+from madyn.measure.checkpoint_error import CheckpointError
+from madyn.measure.checkpoints import refuse_remote_code
+from madyn.measure.config_values import config_layers
+from madyn.measure.config_vs_weights import check_config_matches_weights
+from madyn.measure.safetensors_files import check_weight_files, shard_names
 
 LAYOUTS = (r"checkpoint-(\d+)", r"step(\d+)", r"step-(\d+)", r"global_step(\d+)",
            r"iter_(\d+)")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from madyn.io import atomic_path, read_json, sha256_file, write_json
 from madyn.measure import released
-from madyn.measure.checkpoints import CheckpointError
+from madyn.measure.checkpoint_error import CheckpointError
 from madyn.measure.extract import measure_checkpoint
 from madyn.measure.gpus import claimed_device
 from madyn.measure.hub import delete_cached_revision, download_revision
