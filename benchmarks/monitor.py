@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from madyn.measure.monitor import EVERY, LOG_UNTIL
+    from madyn.measure.monitor_inputs import EVERY, LOG_UNTIL
     from madyn.train.corpus import build_corpus, eval_windows
     from madyn.workflow import params_file, params_values
 

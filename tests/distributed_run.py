@@ -138,7 +138,8 @@ def fsdp(corpus: Path, out: Path) -> None:
 
 def fsdp1(corpus: Path, out: Path) -> None:
     """FSDP1: the monitor is refused at construction, on every rank, with one line."""
-    from madyn.measure.monitor import Monitor, MonitorError
+    from madyn.measure.monitor import Monitor
+    from madyn.measure.monitor_inputs import MonitorError
     from tests.trainer_run import probe_tokens
 
     model = _sharded_model(fsdp1=True)

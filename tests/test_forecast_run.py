@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madyn.measure.runs import planned_last_step
+from madyn.measure.run_plan import planned_last_step
 from madyn.predict import forecast
 
 QUANTITIES = ("ratio", "top1", "median")
@@ -199,12 +199,12 @@ def test_planned_last_step_of_a_trainer_run_and_a_monitor_folder(tmp_path, corpu
     (mon / "madyn_monitor.json").write_text(json.dumps({"every": 100}))
     assert planned_last_step(mon) is None
     assert planned_last_step(tmp_path / "missing") is None
-    from madyn.measure.runs import run_info
+    from madyn.measure.run_plan import run_info
 
     info = run_info(tmp_path / "run")
     assert info["family"] == "llama" and info["last_step"] == 30 and info["n_layers"] == 4
     assert 0 < info["lr"] <= 3e-3
-    from madyn.measure.runs import schedule_shape
+    from madyn.measure.run_plan import schedule_shape
 
     peak = 1e-3
     for shape, f in (("cosine", lambda x: 0.5 * (1 + np.cos(np.pi * x))),

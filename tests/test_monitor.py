@@ -435,7 +435,7 @@ def _probe_and_model(corpus_dir):
                                 {"log_until": -1}, {"every": True}])
 def test_bad_schedule_arguments_are_refused_at_construction(corpus_dir, tmp_path, kw):
     pytest.importorskip("lightning")
-    from madyn.measure.monitor import MadynCallback
+    from madyn.measure.monitor_hf import MadynCallback
     from madyn.measure.monitor_lightning import MadynLightningCallback
 
     probe, model = _probe_and_model(corpus_dir)

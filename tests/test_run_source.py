@@ -17,6 +17,7 @@ import pytest
 
 from madyn.measure import runs
 from madyn.measure.checkpoint_error import CheckpointError
+from madyn.measure.run_checkpoints import refuse_distributed
 from tests.test_hostile_inputs import _lying_length, _truncate, refused
 
 
@@ -272,7 +273,7 @@ def test_distributed_refusal_opens_nothing(tmp_path):
     d.mkdir()
     (d / ".metadata").write_text("")
     with pytest.raises(CheckpointError, match="dcp_to_torch_save"):
-        runs.refuse_distributed(d)
+        refuse_distributed(d)
 
 
 def test_dvc_outs_link_the_run_folder_and_write_the_manifest(run_dir, tmp_path):

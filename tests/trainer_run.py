@@ -44,7 +44,7 @@ def train(corpus_dir: Path, out: Path, *, steps: int = 200, save_steps: int = 25
         default_data_collator,
     )
 
-    from madyn.measure.monitor import MadynCallback
+    from madyn.measure.monitor_hf import MadynCallback
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(corpus_dir / "tokenizer"))
     ids = np.load(corpus_dir / "train.npy").astype(np.int64)

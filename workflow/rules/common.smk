@@ -14,6 +14,8 @@ from madyn import io as madyn_io
 from madyn.measure import released as madyn_released
 from madyn.workflow import resources as madyn_resources
 from madyn.measure import runs as madyn_runs
+from madyn.measure import run_checkpoints as madyn_run_checkpoints
+from madyn.measure import run_plan as madyn_run_plan
 from madyn.settings import ExtractSettings
 from madyn.workflow import answer as madyn_answer
 from madyn.workflow import dvc_stages as madyn_dvc_stages
@@ -294,7 +296,7 @@ class RunSource(MeasuredSource):
     def checkpoint_files(self, model, step):
         """What a measuring job reads: config.json and the weight files."""
         d = self.scans[model].checkpoints[int(step)]
-        return [str(d / "config.json")] + [str(f) for f in madyn_runs.weight_files(
+        return [str(d / "config.json")] + [str(f) for f in madyn_run_checkpoints.weight_files(
             d, bool(self._entry(model).get("allow_pickle")))]
 
     def tokens(self, model):
@@ -334,7 +336,7 @@ class RunSource(MeasuredSource):
             sys.exit(f"madyn: {err}")
 
     def recipe(self, model):
-        return madyn_runs.recipe(self.scans[model], self._entry(model))
+        return madyn_run_plan.recipe(self.scans[model], self._entry(model))
 
     def skipped_args(self, model):
         return ["--skipped-json", json.dumps(self.scans[model].skipped)]

@@ -76,7 +76,7 @@ def _forecast_run(args: argparse.Namespace, s, fit) -> int:
         return 0
     last = args.last_step
     if last is None and args.run_folder:
-        from madyn.measure.runs import planned_last_step
+        from madyn.measure.run_plan import planned_last_step
 
         last = planned_last_step(args.run_folder)
     if last is None:

@@ -4,7 +4,8 @@ trains, on a fixed probe batch, into a folder that a ``source: run`` suite reads
 - :class:`Monitor`: a hand-written loop (nanoGPT style): ``mon = Monitor(model, probe,
   "out/madyn")``, then ``mon(step)`` after each optimizer step and ``mon.close()`` at the
   end (or ``with Monitor(...) as mon:``);
-- :class:`MadynCallback`: a ``transformers.TrainerCallback`` for the HF ``Trainer``;
+- :class:`madyn.measure.monitor_hf.MadynCallback`: a ``transformers.TrainerCallback`` for
+  the HF ``Trainer`` (also importable from here, as documented);
 - :mod:`madyn.measure.monitor_lightning`: a Lightning ``Callback`` (needs ``lightning``).
 
 At each step of the schedule (:func:`due`: 0, 1, 2, 4, ... ``log_until``, then every
@@ -29,18 +30,16 @@ the module behind it, eagerly (:mod:`madyn.measure.distributed`).
 The monitor writes only into a folder it made (or one holding its
 ``madyn_monitor.json``); a folder of its own is resumed (a step already recorded is not
 measured again, a different probe is refused). Bad arguments are refused at construction
-with one line (:class:`MonitorError`); a probe that fails while training says so in one
-line and probing stops, training goes on.
+with one line (:class:`MonitorError`, :mod:`madyn.measure.monitor_inputs`); a probe that
+fails while training says so in one line and probing stops, training goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import logging
-import math
 import random
 import sys
 import time
@@ -49,23 +48,25 @@ from pathlib import Path
 import numpy as np
 
 from madyn.measure import distributed
-from madyn.measure.runs import MONITOR_DIR, MONITOR_FILE
+from madyn.measure.monitor_figure import draw_ratios
+from madyn.measure.monitor_inputs import (
+    EVERY,
+    LOG_UNTIL,
+    MonitorError,
+    check_arguments,
+    check_whole,
+    checked_config,
+    checked_probe,
+    recipe_from_optimizer,
+)
+from madyn.measure.runs import MONITOR_FILE
 
-LOG_UNTIL = 64  # the default schedule: 0 and powers of two up to here ...
-EVERY = 100  # ... then every this many steps
 MADE_BY = "madyn.measure.monitor"  # madyn_monitor.json's "made_by": the folder is the monitor's
 FIGURE = "madyn_monitor.png"  # the ratio of each layer against the step
 PROBE_FILE = "probe_tokens.npy"
 # what the monitor writes into its folder (and nothing else)
 OWN_FILES = (MONITOR_FILE, PROBE_FILE, "config.json", FIGURE)
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "block_size",
-                 "max_seq_len")
 log = logging.getLogger("madyn.measure.monitor")
-
-
-class MonitorError(ValueError):
-    """A monitor that cannot be made as asked; the one-line message names the argument or
-    the folder."""
 
 
 def due(step: int, log_until: int = LOG_UNTIL, every: int = EVERY) -> bool:
@@ -74,21 +75,6 @@ def due(step: int, log_until: int = LOG_UNTIL, every: int = EVERY) -> bool:
     if step == 0 or step % every == 0:
         return True
     return step <= log_until and step & (step - 1) == 0
-
-
-def _whole(name: str, value, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise MonitorError(f"Monitor: {name} must be a whole number >= {least}, "
-                           f"got {value!r}")
-
-
-def check_arguments(log_until=LOG_UNTIL, every=EVERY, batch_size=None, **_) -> None:
-    """:class:`MonitorError` naming the argument unless ``log_until`` >= 0, ``every`` >= 1
-    and ``batch_size`` (None: the whole probe) >= 1 are whole numbers."""
-    _whole("log_until", log_until, 0)
-    _whole("every", every, 1)
-    if batch_size is not None:
-        _whole("batch_size", batch_size, 1)
 
 
 @contextlib.contextmanager
@@ -111,131 +97,6 @@ def untouched(model):
         torch.set_rng_state(states[2])
         if states[3] is not None:
             torch.cuda.set_rng_state_all(states[3])
-
-
-def _number(v) -> float | None:
-    try:
-        f = float(v)  # a float, or a 0-d tensor
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def recipe_from_optimizer(optimizer) -> dict:
-    """The recipe a torch optimizer (or a wrapper holding one: Accelerate's, Lightning's)
-    trains with: ``optimizer`` (its class name, lower case: 'adamw', 'sgd'), the peak
-    ``lr`` (a scheduler's ``initial_lr`` when it set one), ``betas``, ``eps`` and the
-    largest ``weight_decay`` of its parameter groups; keys it does not have are left out."""
-    import torch
-
-    opt = optimizer
-    for attr in ("optimizer", "_optimizer"):
-        inner = getattr(opt, attr, None)
-        if isinstance(inner, torch.optim.Optimizer):
-            opt = inner
-    groups = getattr(opt, "param_groups", None) or [{}]
-    g = groups[0]
-    rec: dict = {"optimizer": type(opt).__name__.lower()}
-    lr = _number(g.get("initial_lr", g.get("lr")))
-    if lr is not None:
-        rec["lr"] = lr
-    if isinstance(g.get("betas"), (tuple, list)):
-        rec["betas"] = [float(b) for b in g["betas"]]
-    if _number(g.get("eps")) is not None:
-        rec["eps"] = _number(g["eps"])
-    decays = [_number(x.get("weight_decay")) for x in groups]
-    if decays and all(d is not None for d in decays):
-        rec["weight_decay"] = max(decays)
-    return rec
-
-
-def _plain(v) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, (list, tuple)) and all(_plain(x) for x in v))
-
-
-def config_from_attributes(model) -> dict:
-    """A ``config.json`` dict for a model that is not a transformers model, from the
-    plain attributes of its ``config`` (a nanoGPT ``GPTConfig``: n_layer, n_head, n_embd,
-    block_size, vocab_size, bias, ...); ``block_size`` also as ``n_positions`` (learned
-    positions). Empty when the model has no ``config``."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return {}
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        items = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    elif isinstance(cfg, dict):
-        items = dict(cfg)
-    else:
-        items = dict(getattr(cfg, "__dict__", {}))
-    out = {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in items.items()
-           if not str(k).startswith("_")}
-    out = {k: v for k, v in out.items() if _plain(v)}
-    if "block_size" in out and not any(k in out for k in POSITION_KEYS[:3]):
-        out["n_positions"] = out["block_size"]
-    return out
-
-
-def _checked_config(model, config: dict | None, hf: bool) -> dict:
-    """The architecture to write as ``config.json``: ``config``, a transformers model's
-    own, or :func:`config_from_attributes`; :class:`MonitorError` naming ``config=`` when
-    it does not describe a decoder-only model madyn can analyse."""
-    from madyn.architecture import ArchitectureError, architecture
-
-    if config is not None:
-        if not isinstance(config, dict):
-            raise MonitorError(f"Monitor: config= must be a dict (a config.json), got "
-                               f"{type(config).__name__}")
-        try:
-            architecture(config)
-        except ArchitectureError as e:
-            raise MonitorError(f"Monitor: config= does not describe the model: {e}") from None
-        return dict(config)
-    if hf:
-        return model.config.to_dict()
-    found = config_from_attributes(model)
-    try:
-        architecture(found)
-    except ArchitectureError as e:
-        raise MonitorError(
-            f"Monitor: cannot write config.json for {type(model).__name__} (not a "
-            f"transformers model) from its config attributes: {e}; pass config={{...}} "
-            "with n_layer, n_embd, n_head and vocab_size") from None
-    return found
-
-
-def _input_rows(model, hf: bool) -> int | None:
-    """Rows of the model's input (token) embedding: a transformers model's
-    ``get_input_embeddings()``, else its first ``nn.Embedding`` (nanoGPT's ``wte``)."""
-    import torch
-
-    emb = model.get_input_embeddings() if hf else next(
-        (m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
-    return int(emb.num_embeddings) if isinstance(emb, torch.nn.Embedding) else None
-
-
-def _checked_probe(model, probe, config: dict, hf: bool) -> np.ndarray:
-    """The probe as int64 N x T ids the model can read: ids within its vocabulary (the
-    config's ``vocab_size`` and the input embedding's rows) and T within its positions;
-    ValueError naming the probe otherwise."""
-    from madyn.architecture import _first
-    from madyn.measure.checkpoints import check_tokens
-    from madyn.measure.statistics import config_value
-
-    bounds = [v for v in (config_value(model, ("vocab_size",)),
-                          _first(config, ("vocab_size", "padded_vocab_size")),
-                          _input_rows(model, hf)) if isinstance(v, int) and v > 0]
-    tokens = check_tokens(np.asarray(probe), min(bounds, default=np.iinfo(np.int64).max),
-                          "Monitor probe")
-    found = [(k, config_value(model, (k,))) for k in POSITION_KEYS] + \
-        [(k, config.get(k)) for k in POSITION_KEYS]  # the model's own config first
-    for key, n in found:
-        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-            if tokens.shape[1] > n:
-                raise MonitorError(f"Monitor: probe sequences of {tokens.shape[1]} tokens "
-                                   f"are longer than the model's positions ({key} {n})")
-            break
-    return tokens
 
 
 def _is_ours(folder: Path) -> bool:
@@ -283,7 +144,7 @@ class Monitor:
 
         check_arguments(log_until, every, batch_size)
         if max_steps is not None:
-            _whole("max_steps", max_steps, 0)
+            check_whole("max_steps", max_steps, 0)
         self.model, self.out = model, Path(out)
         inner = distributed.unwrapped(model)
         self.writer = distributed.rank() == 0  # the one process that writes
@@ -297,8 +158,8 @@ class Monitor:
         if extreme_tokens and not self.hf:
             raise MonitorError("Monitor: extreme_tokens=True needs a transformers model "
                                f"({type(model).__name__} is not one)")
-        self.config = _checked_config(inner, config, self.hf)
-        self.probe = _checked_probe(inner, probe, self.config, self.hf)
+        self.config = checked_config(inner, config, self.hf)
+        self.probe = checked_probe(inner, probe, self.config, self.hf)
         self.extreme_tokens = self.hf if extreme_tokens is None else bool(extreme_tokens)
         self.batch_size = batch_size or len(self.probe)
         self.log_until, self.every, self.live = log_until, every, live
@@ -527,39 +388,8 @@ class Monitor:
             print(line, file=sys.stderr, flush=True)
 
     def _draw(self) -> None:
-        """``madyn_monitor.png``: each layer's ratio (mean over the probe) against the
-        step, log scales, plain tick labels and fixed margins (cheap to lay out); drawn on
-        matplotlib's Agg canvas, so the user's pyplot backend is left alone."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
-
-        from madyn.io import atomic_path
-
-        n = len(self.ratios[max(self.ratios)])
-        steps = [s for s in sorted(self.ratios) if len(self.ratios[s]) == n]
-        values = np.array([self.ratios[s] for s in steps])  # steps x layers
-        fig = Figure(figsize=(6.4, 4.0), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for layer in range(n):
-            ax.plot(steps, values[:, layer], marker="o", ms=3, lw=1.2, label=f"layer {layer}")
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
-            axis.set_minor_locator(NullLocator())
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.set_xlabel("step")
-        ax.set_ylabel("ratio top1 / median (mean over the probe)")
-        ax.set_title(f"madyn monitor: {type(self.model).__name__}, last step {steps[-1]}",
-                     fontsize=10)
-        if n <= 12:
-            ax.legend(fontsize=7, ncol=2, loc="upper left")
-        fig.subplots_adjust(left=0.11, right=0.97, top=0.92, bottom=0.12)
-        with atomic_path(self.out / FIGURE) as tmp:
-            fig.savefig(tmp, format="png")
+        """``madyn_monitor.png``, redrawn (:func:`madyn.measure.monitor_figure.draw_ratios`)."""
+        draw_ratios(self.ratios, type(self.model).__name__, self.out / FIGURE)
 
     def _log_live(self, df, step: int) -> None:
         means = df.groupby("layer")[["top1", "median", "ratio"]].mean()
@@ -570,57 +400,11 @@ class Monitor:
         self.live.make_summary()
 
 
-def _callback_base():
-    from transformers import TrainerCallback
+def __getattr__(name: str):
+    """``from madyn.measure.monitor import MadynCallback`` (README, docs/your-own-run.md):
+    :mod:`madyn.measure.monitor_hf`'s, imported on first use (it imports transformers)."""
+    if name == "MadynCallback":
+        from madyn.measure.monitor_hf import MadynCallback
 
-    return TrainerCallback
-
-
-class MadynCallback(_callback_base()):
-    """HF ``Trainer`` callback: a :class:`Monitor` of the trained model, created at the
-    start of training, measuring at the start (step 0, or the step a resumed run starts
-    at, unless recorded), after every optimizer step on the schedule, and at the end of
-    training (the last step). Recorded: the recipe from the Trainer's optimizer (lr,
-    betas, eps, weight decay) and ``TrainingArguments`` (learning-rate schedule, warmup
-    steps), and the planned last step (``max_steps``). Keyword arguments go to
-    :class:`Monitor` (checked here, at construction); ``probe``: N x T token ids;
-    ``out``: the folder (default ``<output_dir>/madyn-monitor``). Under distributed
-    training (``torchrun``) every process makes its monitor: the main process writes, and
-    the others join the probe only when the model is sharded (FSDP)."""
-
-    def __init__(self, probe, out: str | Path | None = None, **monitor_kw) -> None:
-        check_arguments(**monitor_kw)
-        self.probe, self.out_dir, self.kw = probe, out, dict(monitor_kw)
-        self.monitor: Monitor | None = None
-
-    @staticmethod
-    def _recipe(args, state, optimizer) -> dict:
-        if optimizer is not None:
-            rec = recipe_from_optimizer(optimizer)
-        else:
-            optim = str(getattr(args.optim, "value", args.optim))
-            rec = {"optimizer": "adamw" if "adamw" in optim else optim,
-                   "lr": float(args.learning_rate),
-                   "betas": [float(args.adam_beta1), float(args.adam_beta2)],
-                   "eps": float(args.adam_epsilon), "weight_decay": float(args.weight_decay)}
-        rec["lr_scheduler"] = str(getattr(args.lr_scheduler_type, "value",
-                                          args.lr_scheduler_type))
-        if state.max_steps and state.max_steps > 0:
-            rec["warmup_steps"] = int(args.get_warmup_steps(state.max_steps))
-        return rec
-
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
-        kw_ = dict(self.kw)
-        recipe = {**self._recipe(args, state, optimizer), **kw_.pop("recipe", {})}
-        kw_.setdefault("max_steps", state.max_steps if state.max_steps > 0 else None)
-        out = self.out_dir or Path(args.output_dir) / MONITOR_DIR
-        self.monitor = Monitor(model, self.probe, out, recipe=recipe, **kw_)
-        self.monitor(state.global_step, model)
-
-    def on_step_end(self, args, state, control, model=None, **kw):
-        if self.monitor is not None:
-            self.monitor(state.global_step, model)
-
-    def on_train_end(self, args, state, control, model=None, **kw):
-        if self.monitor is not None:
-            self.monitor.close(state.global_step, model)
+        return MadynCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from madyn.measure.monitor import Monitor, check_arguments, recipe_from_optimizer
+from madyn.measure.monitor import Monitor
+from madyn.measure.monitor_inputs import check_arguments, recipe_from_optimizer
 
 
 class MadynLightningCallback(Callback):

@@ -12,6 +12,8 @@ shards named by ``model.safetensors.index.json``); PyTorch pickles only with
 ``allow_pickle`` (then loaded with ``torch.load(weights_only=True)``, never a full
 unpickling). Distributed checkpoints
 (torch DCP, DeepSpeed/Megatron ``mp_rank_*``) are refused naming the converter to run first.
+Those checks are :mod:`madyn.measure.run_checkpoints`; what the run was planned as (recipe,
+last step, schedule) is :mod:`madyn.measure.run_plan`.
 
 Whatever cannot be measured (an incomplete checkpoint still being written, two folders for
 one step, a stray entry, a bad file) is skipped with its reason; a model with no usable
@@ -27,26 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from madyn.measure.checkpoint_error import CheckpointError
-from madyn.measure.checkpoints import refuse_remote_code
-from madyn.measure.config_values import config_layers
-from madyn.measure.config_vs_weights import check_config_matches_weights
-from madyn.measure.safetensors_files import check_weight_files, shard_names
+from madyn.measure.run_checkpoints import check_checkpoint, weight_files
 
 LAYOUTS = (r"checkpoint-(\d+)", r"step(\d+)", r"step-(\d+)", r"global_step(\d+)",
            r"iter_(\d+)")
 MONITOR_FILE = "madyn_monitor.json"  # a folder written by madyn.measure.monitor
 MONITOR_DIR = "madyn-monitor"  # the HF callback's folder inside the Trainer's output_dir
-PICKLES = ("pytorch_model.bin", "*.pt", "*.ckpt", "*.pth")
-# the weight pickles of a checkpoint (a Trainer also writes optimizer.pt, rng_state.pth,
-# training_args.bin: never opened)
-WEIGHT_PICKLES = ("pytorch_model.bin", "pytorch_model-*.bin", "model.pt", "ckpt.pt",
-                  "*.ckpt")
-DCP_CONVERTER = ("python -m torch.distributed.checkpoint.format_utils dcp_to_torch_save "
-                 "<folder> <file.pt> (torchtitan, Lightning FSDP), or OLMo-core's "
-                 "unshard_checkpoint(..., use_safetensors=True), then save it as a Hugging "
-                 "Face folder")
-MP_RANK_CONVERTER = ("GPT-NeoX tools/ckpts/convert_neox_to_hf.py (DeepSpeed global_stepN) "
-                     "or the Megatron-LM/NeMo checkpoint converters (iter_N/mp_rank_XX)")
 
 
 class RunError(ValueError):
@@ -193,89 +181,6 @@ def _trainer_step(folder: Path) -> int | None:
     return g if isinstance(g, int) and not isinstance(g, bool) and g >= 0 else None
 
 
-def refuse_distributed(folder: Path) -> None:
-    """CheckpointError naming the converter when ``folder`` is a distributed checkpoint
-    (torch DCP ``.metadata`` / ``*.distcp``; DeepSpeed or Megatron ``mp_rank_*``). Nothing
-    in it is opened (DCP's ``.metadata`` is a pickle)."""
-    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    if ".metadata" in names or any(n.endswith(".distcp") for n in names) \
-            or any((folder / n).is_dir() and (folder / n / ".metadata").exists()
-                   for n in names if n == "model_and_optim"):
-        raise CheckpointError(f"{folder}: a torch distributed (DCP) checkpoint, which madyn "
-                              f"does not load (its .metadata is a pickle); convert it "
-                              f"first: {DCP_CONVERTER}")
-    if any(n.startswith("mp_rank_") for n in names):
-        raise CheckpointError(f"{folder}: a DeepSpeed/Megatron model-parallel checkpoint "
-                              f"(mp_rank_*), which madyn does not load; convert it to a "
-                              f"Hugging Face folder first: {MP_RANK_CONVERTER}")
-
-
-def pickle_files(folder: Path) -> list[Path]:
-    """The weight pickles of a checkpoint folder (never the optimizer's or the RNG's)."""
-    out: set[Path] = set()
-    for pat in WEIGHT_PICKLES:
-        out |= {p for p in folder.glob(pat) if p.is_file()}
-    return sorted(out)
-
-
-def safetensors_files(folder: Path) -> list[Path]:
-    """The safetensors weight files of a checkpoint: the shards its
-    ``model.safetensors.index.json`` names (each must exist), else every ``*.safetensors``."""
-    idx = folder / "model.safetensors.index.json"
-    if idx.exists():
-        shards = shard_names(idx)
-        missing = [s for s in shards if not os.path.lexists(folder / s)]
-        if missing:
-            raise CheckpointError(f"{idx}: names shard(s) {missing} that are not in the "
-                                  "folder (missing, or still being written)")
-        return check_weight_files([folder / s for s in shards])
-    return check_weight_files(sorted(folder.glob("*.safetensors")))
-
-
-def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
-    """A checkpoint's weight files: its safetensors, else (``allow_pickle``) its weight
-    pickles."""
-    files = safetensors_files(folder)
-    return files or (pickle_files(folder) if allow_pickle else [])
-
-
-def check_checkpoint(folder: Path, allow_pickle: bool = False) -> list[Path]:
-    """Check one checkpoint folder before anything is built from it; returns its weight
-    files (safetensors, or with ``allow_pickle`` its weight pickles when it holds no
-    safetensors). CheckpointError naming the file and the reason otherwise: a distributed
-    checkpoint, no ``config.json`` (still being written), a config that is not a
-    decoder-only causal LM or names ``auto_map`` (custom code), incomplete or lying
-    safetensors headers, a missing shard, layers that differ from the config's."""
-    from madyn.architecture import ArchitectureError, check_decoder_only
-    from madyn.measure.checkpoints import model_config
-
-    refuse_distributed(folder)
-    if not os.path.lexists(folder / "config.json"):  # anything else: read_json names it
-        raise CheckpointError(f"{folder}: no config.json (incomplete: still being written?)")
-    cfg = model_config(str(folder))
-    where = folder / "config.json"
-    refuse_remote_code(cfg, str(folder))
-    try:
-        check_decoder_only(cfg, str(where))
-    except ArchitectureError as e:
-        raise CheckpointError(str(e)) from None
-    files = safetensors_files(folder)
-    if files:
-        check_config_matches_weights(str(folder), cfg, files)
-        return files
-    pickles = pickle_files(folder)
-    if not pickles:
-        raise CheckpointError(f"{folder}: no weight files (*.safetensors; incomplete: still "
-                              "being written?)")
-    if not allow_pickle:
-        raise CheckpointError(
-            f"{folder}: holds only PyTorch pickles ({', '.join(p.name for p in pickles)}); "
-            "madyn reads safetensors, or with allow_pickle: true in the model's entry loads "
-            "them with torch.load(weights_only=True)")
-    config_layers(cfg, str(where))
-    return pickles
-
-
 def scan(folder: str | Path, *, step_pattern: str | None = None,
          allow_pickle: bool = False, where: str = "run") -> RunScan:
     """Find the checkpoints (or live monitor tables) of one run folder; see the module
@@ -347,32 +252,7 @@ def _scan_live(out: RunScan) -> RunScan:
     return out
 
 
-# ------------------------------------------------------------------- recipe and manifest
-def recipe(scan_: RunScan, entry: dict) -> dict:
-    """The training recipe (optimizer, lr, eps) of a run: what the monitor recorded
-    (``madyn_monitor.json``, in a monitor folder or the run's ``madyn-monitor``), else the
-    largest ``learning_rate`` logged in the last checkpoint's ``trainer_state.json`` (the
-    peak when logged often enough); the entry's keys over both."""
-    from madyn.io import read_json
-
-    found: dict = {}
-    monitor = scan_.folder / (MONITOR_FILE if scan_.live else f"{MONITOR_DIR}/{MONITOR_FILE}")
-    try:
-        if monitor.is_file():
-            found = dict(read_json(monitor).get("recipe") or {})
-        else:
-            state = read_json(scan_.last() / "trainer_state.json")
-            lrs = [r["learning_rate"] for r in state.get("log_history", [])
-                   if isinstance(r, dict) and isinstance(r.get("learning_rate"), float)]
-            if lrs:
-                found["lr"] = max(lrs)
-    except (OSError, ValueError, AttributeError):
-        found = {}
-    found = {k: v for k, v in found.items() if k in ("optimizer", "lr", "eps")
-             and v is not None}
-    return {**found, **{k: entry[k] for k in ("optimizer", "lr", "eps") if k in entry}}
-
-
+# ------------------------------------------------------ a model entry: manifest, probe, tokens
 def monitor_probe(scan_: RunScan) -> Path | None:
     """The probe a checkpoint folder's own monitor measured on (``madyn-monitor/
     probe_tokens.npy`` beside the checkpoints), so that the checkpoints are measured on
@@ -430,109 +310,3 @@ def entry_scan(entry: dict, where: str) -> RunScan:
     """:func:`scan` of a suite's model entry (``path``, ``step_pattern``, ``allow_pickle``)."""
     return scan(entry["path"], step_pattern=entry.get("step_pattern"),
                 allow_pickle=bool(entry.get("allow_pickle", False)), where=where)
-
-
-# ------------------------------------------------------------------- the planned schedule
-def _whole(v) -> int | None:
-    """``v`` as a positive whole number of steps, else None."""
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
-
-
-def _checkpoint_states(root: Path) -> list[tuple[int, Path]]:
-    """(step, trainer_state.json) of every ``checkpoint-<N>`` folder of ``root`` that has
-    one, newest first."""
-    out = []
-    for d in root.glob("checkpoint-*"):
-        step = step_of(d.name)
-        if step is not None and (d / "trainer_state.json").is_file():
-            out.append((step, d / "trainer_state.json"))
-    return sorted(out, reverse=True)
-
-
-def planned_last_step(folder: str | Path) -> int | None:
-    """The last step a run was planned to reach: ``max_steps`` of the newest
-    ``checkpoint-*/trainer_state.json`` (HF ``Trainer``), else ``max_steps`` of the
-    monitor's ``madyn_monitor.json`` (in ``folder`` or its ``madyn-monitor``); None when
-    neither says (or the files cannot be read)."""
-    from madyn.io import read_json
-
-    root = Path(folder)
-    if not root.is_dir():
-        return None
-    files = [f for _, f in _checkpoint_states(root)][:1]
-    files += [root / MONITOR_FILE, root / MONITOR_DIR / MONITOR_FILE]
-    for f in files:
-        try:
-            data = read_json(f) if f.is_file() else None
-        except (OSError, ValueError):
-            continue
-        n = _whole(data.get("max_steps")) if isinstance(data, dict) else None
-        if n is not None:
-            return n
-    return None
-
-
-def run_info(folder: str | Path) -> dict:
-    """What a forecast compares with its prior, as far as a run folder says: ``family``
-    (config.json's ``model_type``), ``last_step`` (:func:`planned_last_step`), ``lr`` (peak
-    learning rate: the monitor's recipe or the largest logged in trainer_state.json),
-    ``vocab_size``, ``n_layers``, and ``schedule`` as the learning rates logged in the
-    newest trainer_state.json show it (:func:`schedule_shape`; the Trainer records its
-    ``lr_scheduler_type`` only in ``training_args.bin``, a pickle never opened). Keys that
-    cannot be found are left out."""
-    from madyn.io import read_json
-
-    root = Path(folder)
-    out: dict = {}
-    try:
-        sc = scan(root)
-    except (RunError, OSError, ValueError):
-        return out
-    try:
-        cfg = read_json(sc.last() / "config.json")
-    except (OSError, ValueError):
-        cfg = {}
-    if isinstance(cfg, dict):
-        if isinstance(cfg.get("model_type"), str):
-            out["family"] = cfg["model_type"]
-        for k in ("vocab_size",):
-            if _whole(cfg.get(k)):
-                out[k] = cfg[k]
-        layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-        if _whole(layers):
-            out["n_layers"] = layers
-    if (last := planned_last_step(root)) is not None:
-        out["last_step"] = last
-    r = recipe(sc, {})
-    if isinstance(r.get("lr"), (int, float)):
-        out["lr"] = float(r["lr"])
-    states = _checkpoint_states(root)
-    if states and out.get("last_step"):
-        try:
-            log = read_json(states[0][1]).get("log_history", [])
-        except (OSError, ValueError, AttributeError):
-            log = []
-        pts = [(r["step"], r["learning_rate"]) for r in log if isinstance(r, dict)
-               and isinstance(r.get("step"), int) and isinstance(r.get("learning_rate"),
-                                                                 float)]
-        if (shape := schedule_shape(pts, out["last_step"])) is not None:
-            out["schedule"] = shape
-    return out
-
-
-def schedule_shape(points: list[tuple[int, float]], last_step: int) -> str | None:
-    """The shape of a learning-rate schedule from logged (step, lr) points after its
-    peak: ``constant`` (every later lr within 5 % of the peak), ``cosine`` (a quarter of
-    the way from the peak to ``last_step`` the lr is above 80 % of the peak: cosine 85 %,
-    linear 75 %) or ``linear``; None with fewer than 3 points after the peak."""
-    if not points:
-        return None
-    peak_step, peak = max(points, key=lambda p: p[1])
-    after = [(t, lr) for t, lr in points if t > peak_step]
-    if len(after) < 3 or peak <= 0:
-        return None
-    if min(lr for _, lr in after) >= 0.95 * peak:
-        return "constant"
-    quarter = peak_step + 0.25 * (last_step - peak_step)
-    t, lr = min(after, key=lambda p: abs(p[0] - quarter))
-    return "cosine" if lr / peak > 0.8 else "linear"

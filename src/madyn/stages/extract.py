@@ -111,10 +111,10 @@ def trained_checkpoints(model_dir: str, steps: list[int], outs: list[str]
 def run_checkpoints(folders: list[str], steps: list[int], outs: list[str],
                     allow_pickle: bool = False, skip_bad: bool = False) -> list[Checkpoint]:
     """The checkpoints of a run folder (source: run), each checked first
-    (:func:`madyn.measure.runs.check_checkpoint`); ``folders``, ``steps`` and ``outs`` pair up.
-    ``skip_bad``: a checkpoint its checks refuse is returned with the reason in
-    ``refused`` (its table records the skip) instead of stopping the others."""
-    from madyn.measure.runs import check_checkpoint
+    (:func:`madyn.measure.run_checkpoints.check_checkpoint`); ``folders``, ``steps`` and
+    ``outs`` pair up. ``skip_bad``: a checkpoint its checks refuse is returned with the
+    reason in ``refused`` (its table records the skip) instead of stopping the others."""
+    from madyn.measure.run_checkpoints import check_checkpoint
 
     if not len(folders) == len(steps) == len(outs):
         raise ValueError(f"{len(folders)} checkpoints, {len(steps)} steps and {len(outs)} "

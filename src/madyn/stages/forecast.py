@@ -87,10 +87,10 @@ class ForecastRefused(forecast.ForecastError):
 
 def run_recipe(series: pd.DataFrame, last_step: int, folder: str | None = None,
                tokens: str | None = None, given: dict | None = None) -> dict:
-    """What the forecast knows of the run: its folder's (:func:`madyn.measure.runs.run_info`),
-    the planned ``last_step``, its eval batch (series, ``tokens``), then ``given`` over
-    all."""
-    from madyn.measure.runs import run_info
+    """What the forecast knows of the run: its folder's
+    (:func:`madyn.measure.run_plan.run_info`), the planned ``last_step``, its eval batch
+    (series, ``tokens``), then ``given`` over all."""
+    from madyn.measure.run_plan import run_info
 
     out = run_info(folder) if folder else {}
     out["last_step"] = int(last_step)

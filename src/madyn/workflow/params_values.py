@@ -151,12 +151,12 @@ def summary_settings(cfg: dict) -> dict:
 def planned_last_step(suite: dict, name: str, scan_: Any | None = None) -> int | None:
     """Where a model of a single-run suite is forecast to: its entry's ``last_step``, else
     its run folder's record (``scan_``, a :class:`madyn.measure.runs.RunScan`:
-    :func:`madyn.measure.runs.planned_last_step` of its folder); None when unknown."""
+    :func:`madyn.measure.run_plan.planned_last_step` of its folder); None when unknown."""
     entry = model_entry(suite, name)
     if "last_step" in entry:
         return int(entry["last_step"])
     if scan_ is None:
         return None
-    from madyn.measure.runs import planned_last_step as from_folder
+    from madyn.measure.run_plan import planned_last_step as from_folder
 
     return from_folder(scan_.folder)
