@@ -44,8 +44,8 @@ pull: install           ## every result from the DVC remote, nothing recomputed 
 smoke: install          ## the whole pipeline on the two-model smoke suite
 	snakemake --cores $(CORES) --config suite=smoke
 
-test: install           ## the test suite (slow tests excluded; `pytest -m slow` runs them)
-	python -m pytest -q
+test: install           ## the test suite on two pytest-xdist workers (slow tests excluded; `pytest -m slow` runs them)
+	python -m pytest -q -n 2 --dist loadgroup
 
 lint: install
 	ruff check src tests benchmarks

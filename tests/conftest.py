@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from madyn import kernels
 
@@ -39,11 +43,24 @@ def tiny_model_dir(corpus_dir, tmp_path_factory) -> Path:
 def smoke_run(tmp_path_factory):
     """The smoke suite through `madyn run` in a fresh git + DVC repository, built once per
     session and shared by every module (tests/test_workflow.py's ``make_smoke_run``):
-    tests given it only read it (a test that changes the project takes ``smoke_copy``), so
-    no test depends on which ran before it."""
+    tests given it only read it (a test that runs a command in the project takes
+    ``smoke_copy``), so no test depends on which ran before it. Under pytest-xdist the
+    workers share one: the first to ask builds it, the others wait on a file lock."""
     from tests.test_workflow import make_smoke_run
 
-    return make_smoke_run(tmp_path_factory)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make_smoke_run(tmp_path_factory)
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' common base folder
+    done = shared / "smoke_run.json"
+    with FileLock(str(shared / "smoke_run.lock")):
+        if not done.is_file():
+            proj, r = make_smoke_run(tmp_path_factory)
+            done.write_text(json.dumps({"proj": str(proj), "args": r.args,
+                                        "returncode": r.returncode, "stdout": r.stdout,
+                                        "stderr": r.stderr}))
+    d = json.loads(done.read_text())
+    return Path(d["proj"]), subprocess.CompletedProcess(d["args"], d["returncode"],
+                                                        d["stdout"], d["stderr"])
 
 
 @pytest.fixture
@@ -56,8 +73,42 @@ def smoke_copy(smoke_run, tmp_path) -> Path:
     return Path(shutil.copytree(proj, tmp_path / "proj", symlinks=True))
 
 
+SLURM_STOP_FILE = "MADYN_TEST_SLURM_STOP"  # env: the file whose presence says "stop SLURM"
+
+
+def pytest_configure(config) -> None:
+    """The session's SLURM stop file, named before pytest-xdist starts its workers (they
+    inherit the environment)."""
+    if not hasattr(config, "workerinput") and SLURM_STOP_FILE not in os.environ:
+        os.environ[SLURM_STOP_FILE] = str(Path(tempfile.mkdtemp(prefix="madyn-slurm-"))
+                                          / "stop")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The local SLURM cluster tests/test_slurm.py started, stopped once every test is done
+    (in pytest-xdist's controller, after all workers)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    stop = Path(os.environ.get(SLURM_STOP_FILE, "/nonexistent"))
+    if stop.is_file():
+        cluster_sh = Path(__file__).resolve().parents[1] / "profiles/slurm/local-cluster.sh"
+        subprocess.run(["bash", str(cluster_sh), "stop"], capture_output=True, timeout=120)
+        stop.unlink()
+
+
+# modules whose tests share no module-scoped fixture: under pytest-xdist (`make test`,
+# --dist loadgroup) their tests spread over the workers; every other module's tests stay
+# together on one worker, so its module fixtures are built once
+SPREAD_MODULES = ("tests.test_workflow",)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """The SLURM tests last: they install the SLURM client commands, and with those on the
-    machine and no controller running, every later `snakemake` start waits 10 s in the SLURM
-    executor plugin's `scontrol show config`."""
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)
+    """The SLURM tests first: their run is mostly waiting on SLURM, so under pytest-xdist
+    the other worker's tests fill the cores meanwhile. Each module but SPREAD_MODULES one
+    xdist group (before pytest-xdist reads the groups)."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+    for item in items:
+        module = item.module.__name__
+        if module not in SPREAD_MODULES and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(module))

@@ -95,10 +95,10 @@ def test_committed_headline_is_read_by_a_fresh_clone(tmp_path):
     assert not (clone / "results/embedded/metrics/fit.json").exists()  # detail: DVC's cache
 
 
-def test_smoke_headline_curves_and_columns(smoke_run):
+def test_smoke_headline_curves_and_columns(smoke_copy):
     """After `dvc repro`: one small metrics file, tracked by git and not by DVC's cache;
     the per-layer curves as plot data; `dvc exp show` a few dozen columns."""
-    proj, _ = smoke_run
+    proj = smoke_copy
     path = HEADLINE.format(suite="smoke")
     numbers = _numbers(json.loads((proj / path).read_text()))
     assert len(numbers) <= MAX_METRICS

@@ -123,18 +123,18 @@ def test_madyn_run_fails_naming_a_failed_extra_suite_and_its_log(smoke_copy):
     assert not (smoke_copy / "results/smoke/logs/phase_times.tsv").read_text().count("nosuch")
 
 
-def test_second_run_does_nothing(smoke_run):
-    proj, _ = smoke_run
+def test_second_run_does_nothing(smoke_copy):
+    proj = smoke_copy
     r = _snakemake(proj, "--cores", "2", "-n")
     assert r.returncode == 0
     assert "Nothing to be done" in r.stdout + r.stderr
     assert "up to date" in _dvc(proj, "status").stdout
 
 
-def test_compare_from_an_inactive_venv(smoke_run):
+def test_compare_from_an_inactive_venv(smoke_copy):
     """`madyn compare` finds the dvc installed beside it (PATH without the venv): the
     headline metrics and the active suite's params, not the other suites' or the deps."""
-    proj, _ = smoke_run
+    proj = smoke_copy
     env = {**os.environ, "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "madyn.cli", "compare", "--csv"], cwd=proj,
                        env=env, capture_output=True, text=True, timeout=300)
@@ -209,8 +209,8 @@ def test_predict_cli_on_outside_configs(smoke_run, tmp_path):
     assert not (tmp_path / "bad").exists()  # nothing half-written
 
 
-def test_dvc_plots_and_push(smoke_run, tmp_path):
-    proj, _ = smoke_run
+def test_dvc_plots_and_push(smoke_copy, tmp_path):
+    proj = smoke_copy
     _dvc(proj, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "loss.csv" in html and "peak_heatmaps.png" in html
