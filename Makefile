@@ -45,7 +45,7 @@ smoke: install          ## the whole pipeline on the two-model smoke suite
 	snakemake --cores $(CORES) --config suite=smoke
 
 test: install           ## the test suite on two pytest-xdist workers (slow tests excluded; `pytest -m slow` runs them)
-	python -m pytest -q -n 2 --dist loadgroup
+	python -m pytest -q -n 2
 
 lint: install
 	ruff check src tests benchmarks

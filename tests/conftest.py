@@ -96,19 +96,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         stop.unlink()
 
 
-# modules whose tests share no module-scoped fixture: under pytest-xdist (`make test`,
-# --dist loadgroup) their tests spread over the workers; every other module's tests stay
-# together on one worker, so its module fixtures are built once
-SPREAD_MODULES = ("tests.test_workflow",)
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """The SLURM tests first: their run is mostly waiting on SLURM, so under pytest-xdist
-    the other worker's tests fill the cores meanwhile. Each module but SPREAD_MODULES one
-    xdist group (before pytest-xdist reads the groups)."""
+    """The SLURM test first: its run is mostly waiting on SLURM, so under pytest-xdist
+    (`make test`: two workers, each test sent to the next free one) the other worker's tests
+    fill the cores meanwhile."""
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
-    for item in items:
-        module = item.module.__name__
-        if module not in SPREAD_MODULES and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(module))

@@ -140,7 +140,7 @@ def runs(cluster, tmp_path_factory, request):
     return proj, out, _run_uuid(out), local
 
 
-def test_every_job_ran_as_a_slurm_job(runs):
+def _every_job_ran_as_a_slurm_job(runs) -> None:
     proj, out, uuid, _ = runs
     jobs = _sacct(uuid)
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
@@ -153,13 +153,13 @@ def test_every_job_ran_as_a_slurm_job(runs):
     assert "localrule extract_checkpoint" not in out
 
 
-def test_slurm_results_equal_local_results(runs):
+def _slurm_results_equal_local_results(runs) -> None:
     proj, _, _, ref = runs
     for f in METRICS:
         assert json.loads((proj / f).read_text()) == json.loads((ref / f).read_text()), f
 
 
-def test_second_slurm_run_does_nothing(runs):
+def _second_slurm_run_does_nothing(runs) -> None:
     proj, *_ = runs
     before = len(_sacct())
     r = _run([*SNAKEMAKE, "--profile", "profiles/slurm"], proj)
@@ -170,7 +170,7 @@ def test_second_slurm_run_does_nothing(runs):
     assert len(_sacct()) == before
 
 
-def test_failing_job_is_reported_failed(runs, tmp_path):
+def _failing_job_is_reported_failed(runs, tmp_path: Path) -> None:
     proj, *_ = runs
     (tmp_path / "Snakefile").write_text(
         'rule fail:\n    output: "never.txt"\n'
@@ -182,3 +182,13 @@ def test_failing_job_is_reported_failed(runs, tmp_path):
     assert [(j["Comment"], j["State"]) for j in jobs] == [("rule_fail", "FAILED")], jobs
     assert re.search(r"SLURM-job '\d+' failed, SLURM status is: 'FAILED'", out), out[-3000:]
     assert not (tmp_path / "never.txt").exists()
+
+
+def test_smoke_suite_through_slurm(runs, tmp_path):
+    """One test, so that pytest-xdist runs the whole SLURM check on one worker (its cluster
+    and smoke run are built once): every job a SLURM job, the metrics equal the local run's,
+    a second run submits nothing, a failing job is reported failed."""
+    _every_job_ran_as_a_slurm_job(runs)
+    _slurm_results_equal_local_results(runs)
+    _second_slurm_run_does_nothing(runs)
+    _failing_job_is_reported_failed(runs, tmp_path)
