@@ -89,11 +89,13 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     (in pytest-xdist's controller, after all workers)."""
     if hasattr(session.config, "workerinput"):
         return
-    stop = Path(os.environ.get(SLURM_STOP_FILE, "/nonexistent"))
+    stop = Path(os.environ.get(SLURM_STOP_FILE, "/nonexistent/stop"))
     if stop.is_file():
         cluster_sh = Path(__file__).resolve().parents[1] / "profiles/slurm/local-cluster.sh"
         subprocess.run(["bash", str(cluster_sh), "stop"], capture_output=True, timeout=120)
         stop.unlink()
+    if stop.parent.name.startswith("madyn-slurm-") and stop.parent.is_dir():
+        stop.parent.rmdir()  # the folder pytest_configure made, empty again
 
 
 def pytest_collection_modifyitems(config, items) -> None:
