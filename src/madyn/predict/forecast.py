@@ -139,11 +139,9 @@ def _t_quantile(level: float, dof: int) -> float:
     return float(stats.t.ppf(0.5 + level / 2, max(dof, 1)))
 
 
-def forecast_layer(steps: np.ndarray, observed: np.ndarray, samples: np.ndarray,
-                   level: float = 0.9, seed: int = 0) -> Forecast:
-    """Forecast one layer's curve on ``steps`` (S,) from its first values ``observed``
-    (raw, k < S) and the prior's log samples (M x S). ``level``: the intervals' nominal
-    coverage."""
+def checked_observed(observed: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The run's observed values (k,) as floats: at least 2, fewer than the S steps to
+    forecast to, finite and positive; ForecastError otherwise."""
     observed = np.asarray(observed, float)
     k = len(observed)
     if k < 2:
@@ -152,6 +150,16 @@ def forecast_layer(steps: np.ndarray, observed: np.ndarray, samples: np.ndarray,
         raise ForecastError("nothing left to forecast: the run is observed to its last step")
     if not (np.isfinite(observed).all() and (observed > 0).all()):
         raise ForecastError("observed values must be finite and positive")
+    return observed
+
+
+def forecast_layer(steps: np.ndarray, observed: np.ndarray, samples: np.ndarray,
+                   level: float = 0.9, seed: int = 0) -> Forecast:
+    """Forecast one layer's curve on ``steps`` (S,) from its first values ``observed``
+    (raw, k < S) and the prior's log samples (M x S). ``level``: the intervals' nominal
+    coverage."""
+    observed = checked_observed(observed, steps)
+    k = len(observed)
     mean, cov, nugget = gaussian_prior(samples, steps)
     q = _t_quantile(level, len(samples) - 1)
     mu, sig = condition(mean, cov, nugget, np.log(observed))
@@ -411,14 +419,8 @@ def forecast_relative(steps: np.ndarray, u: np.ndarray, observed: np.ndarray,
     fallback: the run's own recent movement (:func:`run_walk`) continued as a random walk
     on the relative time axis to u, times FALLBACK_SCALE^2. Intervals Student-t with M - 1
     degrees of freedom."""
-    observed = np.asarray(observed, float)
+    observed = checked_observed(observed, steps)
     k = len(observed)
-    if k < 2:
-        raise ForecastError(f"{k} observed checkpoint(s); a forecast needs at least 2")
-    if k >= len(steps):
-        raise ForecastError("nothing left to forecast: the run is observed to its last step")
-    if not (np.isfinite(observed).all() and (observed > 0).all()):
-        raise ForecastError("observed values must be finite and positive")
     m = len(samples)
     if m < MIN_PRIOR_MODELS:
         raise ForecastError(f"{m} prior model(s) reach the run's relative steps; a forecast "

@@ -209,6 +209,18 @@ def _run_config(run_folder: str | None) -> dict | None:
     return None
 
 
+def _seen_curves(run: pd.DataFrame, quantity: str, last_step: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's ``quantity`` per layer as seen so far (:func:`madyn.predict.forecast.
+    layer_curves`: steps (k,), depths (L,), values (L x k)); ForecastError when
+    ``last_step`` is not after its last checkpoint."""
+    steps_seen, depths, vals = forecast.layer_curves(run, quantity)
+    if last_step <= steps_seen[-1]:
+        raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
+                                     f"last checkpoint ({int(steps_seen[-1])})")
+    return steps_seen, depths, vals
+
+
 def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
                      config: dict, info: dict, s: ForecastSettings, fs: FitSettings
                      ) -> tuple:
@@ -227,11 +239,8 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
     rows, summary, figs, record = [], {}, {}, {"quantities": {}}
     k_step = None
     for q in s.quantities:
-        steps_seen, depths, vals = forecast.layer_curves(run, q)
+        steps_seen, depths, vals = _seen_curves(run, q, last_step)
         k_step = int(steps_seen[-1])
-        if last_step <= steps_seen[-1]:
-            raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
-                                         f"last checkpoint ({k_step})")
         if q not in dp["quantities"]:
             raise ForecastRefused(f"the design prior has no {q!r}")
         cfg_q = dp["quantities"][q]
@@ -304,11 +313,8 @@ def _forecast_all(run: pd.DataFrame, name: str, last_step: int, table: pd.DataFr
     rows, summary, figs = [], {}, {}
     k_step = None
     for q in s.quantities:
-        steps_seen, depths, vals = forecast.layer_curves(run, q)
+        steps_seen, depths, vals = _seen_curves(run, q, last_step)
         k_step = int(steps_seen[-1])
-        if last_step <= steps_seen[-1]:
-            raise forecast.ForecastError(f"--last-step {last_step} is not after the run's "
-                                         f"last checkpoint ({k_step})")
         prior = prior_curves(table, q)
         if len(prior) < forecast.MIN_PRIOR_MODELS:
             raise ForecastRefused(f"the prior has {len(prior)} model(s) with {q!r}; a "
