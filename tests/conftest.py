@@ -20,7 +20,7 @@ os.environ[kernels.MODE] = "pinned"
 kernels.pin_environment()
 
 from madyn.train.corpus import build_corpus  # noqa: E402
-from tests.helpers import TINY_MODEL, TINY_TRAIN  # noqa: E402
+from tests.helpers import CLUSTER_SH, SLURM_STOP_FILE, TINY_MODEL, TINY_TRAIN  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +73,6 @@ def smoke_copy(smoke_run, tmp_path) -> Path:
     return Path(shutil.copytree(proj, tmp_path / "proj", symlinks=True))
 
 
-SLURM_STOP_FILE = "MADYN_TEST_SLURM_STOP"  # env: the file whose presence says "stop SLURM"
-
-
 def pytest_configure(config) -> None:
     """The session's SLURM stop file, named before pytest-xdist starts its workers (they
     inherit the environment)."""
@@ -91,8 +88,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         return
     stop = Path(os.environ.get(SLURM_STOP_FILE, "/nonexistent/stop"))
     if stop.is_file():
-        cluster_sh = Path(__file__).resolve().parents[1] / "profiles/slurm/local-cluster.sh"
-        subprocess.run(["bash", str(cluster_sh), "stop"], capture_output=True, timeout=120)
+        subprocess.run(["bash", str(CLUSTER_SH), "stop"], capture_output=True, timeout=120)
         stop.unlink()
     if stop.parent.name.startswith("madyn-slurm-") and stop.parent.is_dir():
         stop.parent.rmdir()  # the folder pytest_configure made, empty again

@@ -15,6 +15,8 @@ from madyn.curves import hypotheses
 from madyn.train.training import ModelSpec, TrainSpec, checkpoint_steps, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SH = ROOT / "profiles/slurm/local-cluster.sh"  # the local SLURM cluster
+SLURM_STOP_FILE = "MADYN_TEST_SLURM_STOP"  # env: the file whose presence says "stop SLURM"
 
 TINY_TRAIN = TrainSpec(steps=12, batch_size=4, seq_len=32, lr=1e-2, warmup=2,
                        min_lr_ratio=0.1, weight_decay=0.0, beta1=0.9, beta2=0.95, seed=0,

@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 
 from madyn.workflow.scratch_project import copy_workflow
-from tests.conftest import SLURM_STOP_FILE as STOP_FILE
-from tests.helpers import ROOT
+from tests.helpers import CLUSTER_SH, ROOT, SLURM_STOP_FILE
 
 pytestmark = pytest.mark.slurm
 
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-CLUSTER_SH = ROOT / "profiles/slurm/local-cluster.sh"
 ENV = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", "")}
 METRICS = ("results/smoke/metrics/growth.json", "results/smoke/metrics/fit.json")
 SINCE = (datetime.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
@@ -111,7 +109,7 @@ def cluster(request):
         yield
     finally:
         if not was_up:  # stopped when the whole session ends (tests/conftest.py)
-            Path(os.environ[STOP_FILE]).write_text("started by tests/test_slurm.py\n")
+            Path(os.environ[SLURM_STOP_FILE]).write_text("started by tests/test_slurm.py\n")
         if planted:
             foreign.unlink(missing_ok=True)
 

@@ -370,7 +370,7 @@ class Monitor:
             self._log_live(df, step)
         if self.figure:
             t1 = time.perf_counter()
-            self._draw()
+            draw_ratios(self.ratios, type(self.model).__name__, self.out / FIGURE)
             self.figure_seconds += time.perf_counter() - t1
         took = time.perf_counter() - t0
         self.seconds += took
@@ -386,10 +386,6 @@ class Monitor:
         log.info(line)
         if self.verbose:
             print(line, file=sys.stderr, flush=True)
-
-    def _draw(self) -> None:
-        """``madyn_monitor.png``, redrawn (:func:`madyn.measure.monitor_figure.draw_ratios`)."""
-        draw_ratios(self.ratios, type(self.model).__name__, self.out / FIGURE)
 
     def _log_live(self, df, step: int) -> None:
         means = df.groupby("layer")[["top1", "median", "ratio"]].mean()
