@@ -191,7 +191,9 @@ def default_priors() -> list[Path]:
     (``--prior data/prior/atlas.parquet``): on a 600-step cosine Llama and a 400-step linear
     Qwen3 forecast from 25 %, the atlas design prior's final error was 38 % and 33 %
     against the last value's 26 % and 12 %, while these carry the last value
-    (tests/test_forecast_run.py's slow acceptance scenario; docs/forecasting.md)."""
+    (tests/test_forecast_run.py's slow acceptance scenario); on the 27 interventions runs
+    its median forecasts were 2-3x off with 68 % coverage (benchmarks/prior_transfer.py;
+    docs/forecasting.md)."""
     from madyn.io import read_json
 
     return [p for p in sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
