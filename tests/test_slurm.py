@@ -116,30 +116,21 @@ def cluster(request):
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory, request):
-    """The smoke suite through the SLURM profile, and meanwhile (to use the cores the SLURM
-    run leaves idle between status checks) a local run of the metrics it is compared on.
-    Returns (SLURM project, its Snakemake output, its run id, local project)."""
-    local = copy_workflow(ROOT, tmp_path_factory.mktemp("local"), suite="smoke")
-    with open(local / "snakemake.log", "w") as log:
-        ref = subprocess.Popen([*SNAKEMAKE, "--cores", "2", *METRICS], cwd=local, env=ENV,
-                               stdout=log, stderr=subprocess.STDOUT)
+    """The smoke suite through the SLURM profile: (SLURM project, its Snakemake output, its
+    run id). Its metrics are compared with the session's local smoke run (``smoke_run``,
+    built once for every module; under pytest-xdist usually by the other worker meanwhile)."""
     proj = copy_workflow(ROOT, tmp_path_factory.mktemp("slurm"), suite="smoke")
     t0 = time.monotonic()
-    try:
-        # --quiet host: the job blocks ("rule x:") the workflow profile hides
-        r = _run([*SNAKEMAKE, "--profile", "profiles/slurm", "--quiet", "host"], proj)
-        _say(request, f"smoke suite through SLURM: {time.monotonic() - t0:.0f} s")
-    finally:
-        ref_rc = ref.wait(timeout=900)
-        _say(request, f"and the local run of {len(METRICS)} metrics: {time.monotonic() - t0:.0f} s")
+    # --quiet host: the job blocks ("rule x:") the workflow profile hides
+    r = _run([*SNAKEMAKE, "--profile", "profiles/slurm", "--quiet", "host"], proj)
+    _say(request, f"smoke suite through SLURM: {time.monotonic() - t0:.0f} s")
     out = r.stdout + r.stderr
     assert r.returncode == 0, f"SLURM run failed:\n{out[-6000:]}"
-    assert ref_rc == 0, f"local run failed:\n{(local / 'snakemake.log').read_text()[-4000:]}"
-    return proj, out, _run_uuid(out), local
+    return proj, out, _run_uuid(out)
 
 
 def _every_job_ran_as_a_slurm_job(runs) -> None:
-    proj, out, uuid, _ = runs
+    proj, out, uuid = runs
     jobs = _sacct(uuid)
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
     rules = _rules_run(out)
@@ -151,10 +142,10 @@ def _every_job_ran_as_a_slurm_job(runs) -> None:
     assert "localrule extract_checkpoint" not in out
 
 
-def _slurm_results_equal_local_results(runs) -> None:
-    proj, _, _, ref = runs
+def _slurm_results_equal_local_results(runs, local: Path) -> None:
+    proj, *_ = runs
     for f in METRICS:
-        assert json.loads((proj / f).read_text()) == json.loads((ref / f).read_text()), f
+        assert json.loads((proj / f).read_text()) == json.loads((local / f).read_text()), f
 
 
 def _second_slurm_run_does_nothing(runs) -> None:
@@ -182,11 +173,13 @@ def _failing_job_is_reported_failed(runs, tmp_path: Path) -> None:
     assert not (tmp_path / "never.txt").exists()
 
 
-def test_smoke_suite_through_slurm(runs, tmp_path):
+def test_smoke_suite_through_slurm(runs, tmp_path, request):
     """One test, so that pytest-xdist runs the whole SLURM check on one worker (its cluster
-    and smoke run are built once): every job a SLURM job, the metrics equal the local run's,
-    a second run submits nothing, a failing job is reported failed."""
+    and smoke run are built once): every job a SLURM job, the metrics equal the local smoke
+    run's (asked for only now, so that the cluster and its run start first), a second run
+    submits nothing, a failing job is reported failed."""
     _every_job_ran_as_a_slurm_job(runs)
-    _slurm_results_equal_local_results(runs)
+    local, _ = request.getfixturevalue("smoke_run")
+    _slurm_results_equal_local_results(runs, local)
     _second_slurm_run_does_nothing(runs)
     _failing_job_is_reported_failed(runs, tmp_path)

@@ -497,7 +497,8 @@ def test_user_files_in_released_folder_survive_dvc(smoke_run, tmp_path):
     arr[:, 0, 0] *= 1.1
     write_exp2(to_table(arr), victim)
     assert "results/study/source" in _dvc(rel, "status").stdout
-    assert {"suite", "extract", "fit"} <= _stages_run(_dvc(rel, "repro").stdout)
+    # up to the fit stage: what the edit reruns first (the later stages add only time)
+    assert _stages_run(_dvc(rel, "repro", "fit").stdout) == {"suite", "extract", "fit"}
     assert read_json(models / "released_manifest.json")["files"] != manifest
     survived("dvc repro after an edit")
 
