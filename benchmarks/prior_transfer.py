@@ -14,7 +14,6 @@ The suite's results must hold series/<model>.parquet and configs/<model>.json (`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 from functools import partial
@@ -43,7 +42,11 @@ def one_run(job: tuple[str, float], results: Path, recipes: dict, priors: dict) 
     k = observed_upto(steps.astype(float), frac * last)
     if k < 2 or k >= len(steps):
         return []
-    rows = []
+    truths = {q: layer_curves(series, q)[2] for q in FORECAST_QUANTITIES}  # L x S each
+    rows = [{"model": model, "fraction": frac, "quantity": q, "layer": layer,
+             "prior": "last value", "covered": math.nan,
+             "err": abs(vals[layer, k - 1] - vals[layer, -1]) / vals[layer, -1]}
+            for q, vals in truths.items() for layer in range(len(vals))]
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run.parquet"
         series[series["step"] <= steps[k - 1]].to_parquet(run, index=False)
@@ -53,24 +56,17 @@ def one_run(job: tuple[str, float], results: Path, recipes: dict, priors: dict) 
         rec = {key: v for key, v in recipes.get(model, {}).items() if key in RECIPE}
         for label, prior in priors.items():
             out = Path(tmp) / label
-            forecast_run(str(run), last, str(out), prior=prior, run_folder=str(folder),
-                         recipe=rec, record_refusal=True)
-            doc = json.loads((out / "summary.json").read_text())
-            for q in FORECAST_QUANTITIES:
-                _, _, vals = layer_curves(series, q)
+            layers = forecast_run(str(run), last, str(out), prior=prior,
+                                  run_folder=str(folder), recipe=rec,
+                                  record_refusal=True)["layers"]  # summary.json's
+            for q, vals in truths.items():
                 for layer, truth in enumerate(vals[:, -1]):
-                    f = doc["layers"].get(q, {}).get(str(layer), {}).get("final")
-                    base = {"model": model, "fraction": frac, "quantity": q, "layer": layer}
-                    if label == next(iter(priors)):
-                        rows.append({**base, "prior": "last value", "covered": math.nan,
-                                     "err": abs(vals[layer, k - 1] - truth) / truth})
-                    if not f:
-                        rows.append({**base, "prior": label, "err": math.nan,
-                                     "covered": math.nan})
-                        continue
-                    rows.append({**base, "prior": label,
-                                 "err": abs(f["value"] - truth) / truth,
-                                 "covered": float(f["lo"] <= truth <= f["hi"])})
+                    f = layers.get(q, {}).get(str(layer), {}).get("final")
+                    rows.append({"model": model, "fraction": frac, "quantity": q,
+                                 "layer": layer, "prior": label,
+                                 "err": abs(f["value"] - truth) / truth if f else math.nan,
+                                 "covered": float(f["lo"] <= truth <= f["hi"]) if f
+                                 else math.nan})
     return rows
 
 

@@ -84,7 +84,8 @@ def cluster(request):
     """A running local SLURM cluster; skipped where packages cannot be installed, unless CI.
     A cluster that was not up before is stopped when the test session ends, not after this
     module (a running one is left as is): with the SLURM client installed and no controller,
-    every `snakemake` start waits 10 s in the executor plugin's `scontrol show config`, so
+    every `snakemake` start waits in the executor plugin's `scontrol show config` (2 s with
+    local-cluster.sh's MessageTimeout=3, 9 s with SLURM's default), so
     the tests running beside or after these (pytest-xdist) keep it up."""
     was_up = subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True,
                             timeout=60).returncode == 0
