@@ -267,15 +267,90 @@ def test_a_trainer_run_forecast_from_a_quarter_holds(family, steps, schedule, tm
     assert final["err_pct"] <= final["last_value_err_pct"], final
 
 
-def test_design_priors_are_opt_in():
-    """The committed atlas design prior is used only when passed (--prior): by default a
-    forecast reads the committed relative-time priors, which carry the last value where
-    they are foreign (the slow acceptance scenario: the atlas design prior's error on a tiny
-    Llama was 38 % against the last value's 26 %, on a Qwen3 33 % against 12 %)."""
-    from madyn.stages.forecast_prior import DEFAULT_PRIOR_DIR, default_priors, design_prior
+ATLAS_RUN = "a10-llama-l4w96-lr2e-2-t800-s0"  # a design of the atlas with one seed
 
-    atlas = DEFAULT_PRIOR_DIR / "atlas.parquet"
-    assert atlas.is_file() and design_prior([str(atlas)]) is not None
-    defaults = default_priors()
-    assert defaults and atlas not in defaults
-    assert design_prior(None) is None and design_prior([str(p) for p in defaults]) is None
+
+def _atlas_run(tmp_path: Path, seq_len: int = 32) -> tuple[Path, Path, Path, dict, int]:
+    """One committed atlas model as a run seen to a quarter of its 800 steps: (series,
+    folder with its config.json, the tokens it was measured on (20 x ``seq_len``), its
+    recipe, its last step)."""
+    from madyn.io import read_json, write_json
+    from madyn.stages.forecast_prior import DEFAULT_PRIOR_DIR
+
+    t = pd.read_parquet(DEFAULT_PRIOR_DIR / "atlas.parquet")
+    t = t[t["model"] == ATLAS_RUN]
+    last = int(t["step"].max())
+    run = tmp_path / "run.parquet"
+    t[t["step"] <= last // 4].rename(columns={"quantity": "statistic", "value": "mean"})[
+        ["model", "step", "layer", "statistic", "mean"]].to_parquet(run)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    write_json(folder / "config.json",
+               read_json(root / "data/reference/atlas" / ATLAS_RUN / "config.json"))
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.zeros((20, seq_len), np.int64))
+    man = read_json(DEFAULT_PRIOR_DIR / "atlas.json")["models"][ATLAS_RUN]
+    recipe = {k: man[k] for k in ("lr", "optimizer") if k in man}
+    return run, folder, tokens, recipe, last
+
+
+def test_outside_design_space_names_each_reason():
+    """A run inside the atlas's design space has no reason; each way out of it is named
+    as a person states it: another evaluation batch (or none known), another vocabulary,
+    a schedule longer than any of the atlas's, SGD where every atlas model used AdamW."""
+    from madyn.io import read_json
+    from madyn.stages.forecast_prior import DEFAULT_PRIOR_DIR, outside_design_space
+
+    man = read_json(DEFAULT_PRIOR_DIR / "atlas.json")
+    feats = dict(man["models"][ATLAS_RUN]["features"])
+    atlas_eval = {"n_seqs": 20, "seq_len": 32}
+    assert outside_design_space(man, feats, atlas_eval, 300) == []
+    assert outside_design_space(man, feats, {"n_seqs": 10, "seq_len": 128}, 300) == [
+        "evaluation batch 10 x 128, the prior's 20 x 32 (sequences x tokens)"]
+    assert "unknown (give --run-tokens)" in outside_design_space(
+        man, feats, {"n_seqs": 20}, 300)[0]
+    assert outside_design_space(man, feats, atlas_eval, 50304) == [
+        "vocabulary 50304, the prior's 300"]
+    longer = {**feats, "x_log_steps": 3.0, "x_sgd": 1.0, "x_log_eps": 0.0}  # SGD: eps 1
+    assert outside_design_space(man, longer, atlas_eval, 300) == [
+        "sgd 1, the prior's 0", "steps 1000, the prior's 200-800"]
+
+
+def test_the_atlas_is_the_default_prior_inside_its_design_space(tmp_path):
+    """Given no prior, a run inside the committed atlas's design space is forecast from its
+    design's predicted curve (the atlas); the same run measured on other windows is
+    outside it and gets the relative-time priors, the reason in summary.json and on
+    stderr; --prior atlas uses the atlas all the same, the reason recorded."""
+    from madyn.settings import ForecastSettings
+    from madyn.stages.forecast import forecast_run
+
+    s = ForecastSettings.from_dict({"quantities": ["ratio"]})
+    run, folder, tokens, recipe, last = _atlas_run(tmp_path)
+    out = forecast_run(str(run), last, str(tmp_path / "in"), s, run_folder=str(folder),
+                       run_tokens=str(tokens), recipe=recipe)
+    assert out["prior"].endswith("atlas.parquet")
+    dp = out["design_prior"]
+    assert dp["used"] and dp["outside"] == [] and dp["path"].endswith("atlas.parquet")
+    assert "prediction for the run's design" in dp["quantities"]["ratio"]["prior"]
+    f = out["layers"]["ratio"]["0"]["final"]
+    assert 0 < f["lo"] < f["value"] < f["hi"]
+
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    run, folder, tokens, recipe, last = _atlas_run(wide, seq_len=128)
+    r = _madyn("forecast", "--run", run, "--last-step", last, "--run-folder", folder,
+               "--run-tokens", tokens, "--run-recipe", json.dumps(recipe),
+               "--out-dir", wide / "fc")
+    assert r.returncode == 0, r.stderr
+    out = json.loads((wide / "fc/summary.json").read_text())
+    assert "atlas" not in out["prior"] and "embedded.parquet" in out["prior"]
+    assert out["design_prior"]["used"] is False
+    assert out["design_prior"]["outside"] == [
+        "evaluation batch 20 x 128, the prior's 20 x 32 (sequences x tokens)"]
+    assert "outside the design space" in r.stderr and "20 x 128" in r.stderr
+
+    out = forecast_run(str(run), last, str(wide / "given"), s, run_folder=str(folder),
+                       run_tokens=str(tokens), recipe=recipe,
+                       prior=[out["design_prior"]["path"]])
+    assert out["design_prior"]["used"] and "20 x 128" in out["design_prior"]["outside"][0]

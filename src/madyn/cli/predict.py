@@ -96,6 +96,11 @@ def _forecast_run(args: argparse.Namespace, s, fit) -> int:
     if summary.get("refused"):
         say(f"madyn forecast: refused: {summary['refused']} (recorded in {args.out_dir})")
         return 0
+    dp = summary.get("design_prior") or {}
+    if dp.get("outside"):
+        say(f"madyn forecast: the run is outside the design space of {dp['path']}: "
+            f"{'; '.join(dp['outside'])}" + ("" if dp["used"] else
+                                               " (the relative-time priors instead)"))
     dist = summary.get("prior_distance") or {}
     say(f"madyn forecast: prior {summary['prior']}: foreign {dist.get('foreign', 'unknown')}"
         " (0: the run's own recipe, 1: entirely foreign; intervals widened by it)")
@@ -165,7 +170,9 @@ def register(sub) -> list[tuple[str, str]]:
     c.add_argument("--last-step", type=int, help="the run's planned last step (default: "
                    "max_steps from --run-folder)")
     c.add_argument("--prior", nargs="+", help="with --run: priors made by madyn step "
-                   "make-prior (default: the committed ones, data/prior/*.parquet)")
+                   "make-prior (default: the committed ones, data/prior/*.parquet: the atlas "
+                   "design prior for a run inside its design space, else the relative-time "
+                   "ones)")
     c.add_argument("--run-folder", help="with --run: the run's folder (checkpoints or "
                    "monitor), for its family, vocabulary, peak lr and planned last step")
     c.add_argument("--run-tokens", help="with --run: the .npy the run was measured on "

@@ -17,10 +17,12 @@ from madyn.predict import forecast
 from madyn.settings import FitSettings, ForecastSettings
 from madyn.stages.forecast_outputs import refuse, write_forecast, write_refusal
 from madyn.stages.forecast_prior import (
+    default_design_priors,
     design_data,
     design_prior,
     eval_batch,
     load_prior,
+    outside_design_space,
     prior_curves,
 )
 from madyn.stages.forecast_score import score
@@ -129,11 +131,13 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
                  record_refusal: bool = False) -> dict:
     """Forecast a run still training (its series so far: ``run_path``) to its planned
     ``last_step``, on time relative to the schedules (:func:`madyn.predict.forecast.
-    forecast_relative`), with the prior ``prior`` (a make-prior file; default the committed
-    one) or the models of ``series_paths``. Writes ``curves.csv`` (quantity, layer, step,
+    forecast_relative`), with the prior ``prior`` (make-prior files; default the committed
+    ones: the design prior for a run inside its design space, :func:`_design_choice`) or
+    the models of ``series_paths``. Writes ``curves.csv`` (quantity, layer, step,
     seen, mean, lo, hi, prior_mean, prior_lo, prior_hi), ``summary.json`` (per quantity and
     layer: final value, asymptote, peak step, each with its interval, the share of draws
-    peaking before ``last_step``; ``prior_distance``: how far the prior is from the run),
+    peaking before ``last_step``; ``prior_distance``: how far the prior is from the run;
+    ``design_prior``: whether a design prior was used, and why the run is outside it),
     ``forecast.png``, a copy of the curves under ``archive/from_step<k>/`` (k: the last
     step seen) and ``score.json`` (:func:`score`: the earlier archived forecasts against
     what arrived since). A prior that does not cover the run raises ForecastRefused; with
@@ -150,9 +154,8 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
     # a prior that cannot be read is bad input, never a recorded refusal
     table, recipes, source = load_prior(prior, series_paths, name, s.quantities)
     info = run_recipe(run, last_step, run_folder, run_tokens, recipe)
-    design = None if series_paths or not prior else design_prior(prior)
-    run_config = _run_config(run_folder) if design else None
-    if design and run_config is not None:
+    design, note = _design_choice(prior, series_paths, run_folder, last_step, info)
+    if design:
         # how far the design prior's models are from the run: recorded, not used to pick
         dm = {m: r for m, r in design["manifest"]["models"].items() if m != name}
         # the run itself is never its own prior (as load_prior leaves it out)
@@ -160,13 +163,14 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
                   "manifest": {**design["manifest"], "models": dm}}
         distance = forecast.prior_distance(info, dm) if dm else None
         try:
-            result = _forecast_design(run, name, last_step, design, run_config, info, s, fs)
+            result = _forecast_design(run, name, last_step, design, design["config"], info,
+                                      s, fs)
         except forecast.ForecastError as e:
             if not record_refusal:
                 raise
             return refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
         return write_forecast(out, run_path, out_dir, name, last_step, s, result,
-                              str(design["path"]), distance, design_doc=result[4])
+                              str(design["path"]), distance, design_doc={**result[4], **note})
     try:
         distance = forecast.prior_distance(info, recipes) if recipes else None
         if distance is not None:
@@ -179,7 +183,43 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
             raise
         return refuse(out, run_path, out_dir, name, last_step, str(e), s, distance)
     return write_forecast(out, run_path, out_dir, name, last_step, s, result, source,
-                          distance)
+                          distance, design_doc=note)
+
+
+def _design_choice(prior: list[str] | None, series_paths: list[str] | None,
+                   run_folder: str | None, last_step: int, info: dict
+                   ) -> tuple[dict | None, dict | None]:
+    """(the design prior the run is forecast from, with the run's ``config``, or None;
+    the record of that choice, or None when no design prior was in question). Given no
+    prior, the committed design prior (the atlas) is used for a run inside its design
+    space (:func:`outside_design_space`) whose config.json is found, the relative-time
+    priors otherwise; a design prior given with --prior is used whenever the run's
+    config.json is found, the reasons it is outside recorded."""
+    if series_paths:
+        return None, None
+    design = design_prior(prior or [str(p) for p in default_design_priors()])
+    if design is None:
+        return None, None
+    config = _run_config(run_folder)
+    if config is None:
+        why = ["no config.json of the run (give --run-folder)"]
+    else:
+        why = outside_design_space(design["manifest"], _design_features(config, last_step, info),
+                                   info.get("eval", {}), config.get("vocab_size"))
+    record = {"path": str(design["path"]), "outside": why}
+    if config is None or (why and not prior):
+        return None, {**record, "used": False}
+    return {**design, "config": config}, {**record, "used": True}
+
+
+def _design_features(config: dict, last_step: int, info: dict) -> dict:
+    """The run's design features (:func:`madyn.predict.design_curves.model_features`) from
+    its config.json, planned last step and what the forecast knows of its recipe."""
+    from madyn.predict import design_curves as dc
+
+    rec = {k: info[k] for k in ("lr", "schedule", "optimizer", "eps", "warmup",
+                                "weight_decay", "beta2", "batch_size", "bos") if k in info}
+    return dc.model_features(config, float(last_step), rec)
 
 
 def _run_config(run_folder: str | None) -> dict | None:
@@ -233,9 +273,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
 
     man = design["manifest"]
     dp = man["design_prior"]
-    rec = {k: info[k] for k in ("lr", "schedule", "optimizer", "eps", "warmup",
-                                "weight_decay", "beta2", "batch_size", "bos") if k in info}
-    feats = dc.model_features(config, float(last_step), rec)
+    feats = _design_features(config, last_step, info)
     rows, summary, figs, record = [], {}, {}, {"quantities": {}}
     k_step = None
     for q in s.quantities:

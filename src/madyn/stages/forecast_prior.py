@@ -185,26 +185,85 @@ def prior_curves(table: pd.DataFrame, quantity: str) -> dict:
     return out
 
 
-def default_priors() -> list[Path]:
-    """The committed priors a forecast uses when given none: every ``DEFAULT_PRIOR_DIR``
-    parquet except design priors (make-prior --design-lodo: the atlas's). Those are opt-in
-    (``--prior data/prior/atlas.parquet``): on a 600-step cosine Llama and a 400-step linear
-    Qwen3 forecast from 25 %, the atlas design prior's final error was 38 % and 33 %
-    against the last value's 26 % and 12 %, while these carry the last value
-    (tests/test_forecast_run.py's slow acceptance scenario); on the 27 interventions runs
-    its median forecasts were 2-3x off with 68 % coverage (benchmarks/prior_transfer.py;
-    docs/forecasting.md)."""
+def _committed(design: bool) -> list[Path]:
+    """The ``DEFAULT_PRIOR_DIR`` parquets that are (``design``) or are not design priors
+    (make-prior --design-lodo: their manifest carries ``design_prior``)."""
     from madyn.io import read_json
 
     return [p for p in sorted(DEFAULT_PRIOR_DIR.glob("*.parquet"))
-            if not (p.with_suffix(".json").is_file()
-                    and read_json(p.with_suffix(".json")).get("design_prior"))]
+            if design == bool(p.with_suffix(".json").is_file()
+                              and read_json(p.with_suffix(".json")).get("design_prior"))]
+
+
+def default_priors() -> list[Path]:
+    """The committed relative-time priors (every ``DEFAULT_PRIOR_DIR`` parquet but the
+    design priors): a forecast given no prior reads them for a run outside the committed
+    design prior's design space (:func:`outside_design_space`)."""
+    return _committed(design=False)
+
+
+def default_design_priors() -> list[Path]:
+    """The committed design priors (the atlas's): a forecast given no prior uses the first
+    for a run inside its design space."""
+    return _committed(design=True)
+
+
+# a design feature as a person states it: feature -> (name, its value from the feature's)
+FEATURE_NAMES = {
+    "x_log2_width": ("width", lambda v: 2 ** v), "x_log2_layers": ("layers", lambda v: 2 ** v),
+    "x_log_params": ("parameters", lambda v: 10 ** v), "x_log_lr": ("peak lr", lambda v: 10 ** v),
+    "x_log_eps": ("Adam eps", lambda v: 10 ** v), "x_log_steps": ("steps", lambda v: 10 ** v),
+    "x_log_1m_beta2": ("beta2", lambda v: 1 - 10 ** v),
+    "x_log2_batch": ("batch size", lambda v: 2 ** v)}
+RANGE_TOL = 1e-6  # a feature this far beyond the prior's range (in its own units) is inside
+
+
+def _named(feature: str, v: float) -> tuple[str, float]:
+    """(what a design feature is called, its value as a person states it)."""
+    name, back = FEATURE_NAMES.get(feature, (feature.removeprefix("x_"), float))
+    return name, float(back(v))
+
+
+def outside_design_space(manifest: dict, features: dict, run_eval: dict,
+                         vocab_size: int | None) -> list[str]:
+    """Why a run is outside a design prior's design space, one short reason each (empty:
+    inside): it was measured on another evaluation batch than the prior's models (n_seqs
+    x seq_len; unknown counts as another: the absolute levels depend on it), its
+    vocabulary size is not theirs, or one of its design ``features``
+    (:func:`madyn.predict.design_curves.model_features`) lies outside the range the
+    prior's models span (each feature all of them state; one the run does not state is
+    imputed by the forecast, not judged here)."""
+    models = list(manifest["models"].values())
+    out = []
+    batches = sorted({(m.get("eval", {}).get("n_seqs"), m.get("eval", {}).get("seq_len"))
+                      for m in models})
+    mine = (run_eval.get("n_seqs"), run_eval.get("seq_len"))
+    if mine not in batches:
+        theirs = " or ".join(f"{n} x {t}" for n, t in batches)
+        stated = ("unknown (give --run-tokens)" if None in mine
+                  else f"{mine[0]} x {mine[1]}")
+        out.append(f"evaluation batch {stated}, the prior's {theirs} (sequences x tokens)")
+    vocabs = sorted({m.get("vocab_size") for m in models} - {None})
+    if vocabs and vocab_size not in vocabs:
+        out.append(f"vocabulary {vocab_size}, the prior's {', '.join(map(str, vocabs))}")
+    table = pd.DataFrame([m["features"] for m in models], dtype=float)
+    for c in table.columns:
+        col = table[c].to_numpy(float)
+        v = features.get(c)
+        if (v is None or not np.isfinite(v) or not np.isfinite(col).all()
+                or (c == "x_log_eps" and features.get("x_sgd") == 1.0)):  # SGD: no eps
+            continue
+        lo, hi = float(col.min()), float(col.max())
+        if v < lo - RANGE_TOL or v > hi + RANGE_TOL:
+            name, x = _named(c, v)
+            a, b = sorted((_named(c, lo)[1], _named(c, hi)[1]))
+            out.append(f"{name} {x:.4g}, the prior's {a:.4g}" + (f"-{b:.4g}" if b > a else ""))
+    return out
 
 
 def design_prior(prior: list[str] | None) -> dict | None:
-    """The first of the priors ``prior`` (given explicitly: design priors are opt-in, see
-    :func:`default_priors`) whose manifest carries a ``design_prior`` (make-prior
-    --design-lodo): {path, manifest, table}; None if none."""
+    """The first of the priors ``prior`` whose manifest carries a ``design_prior``
+    (make-prior --design-lodo): {path, manifest, table}; None if none."""
     from madyn.io import read_json
 
     for path in [Path(p) for p in prior or []]:
