@@ -76,6 +76,21 @@ def test_the_dag_holds_no_cross_model_job(project):
     assert not {"growth", "predict", "forecast", "interventions"} & set(headline)
 
 
+def test_each_run_says_why_the_atlas_is_not_its_prior(project):
+    """A run suite's forecast considers the committed atlas design prior first: this run
+    (a short run measured on a few 32-token windows, not the atlas's 20) is outside its
+    design space, so it is forecast from the relative-time priors, the reasons recorded
+    (the monitor folder's run is complete: its forecast is a recorded refusal)."""
+    proj, _ = project
+    s = json.loads((proj / "results/mine/forecast/trainer/summary.json").read_text())
+    assert "refused" not in s, s.get("refused")
+    dp = s["design_prior"]
+    assert dp["used"] is False and dp["path"].endswith("atlas.parquet")
+    assert [r for r in dp["outside"] if r.startswith("evaluation batch ")
+            and r.endswith(" x 32 (sequences x tokens)") and "20 x 32" not in r[:20]]
+    assert "atlas" not in s["prior"]
+
+
 def test_it_ends_with_the_run_summary(project):
     proj, r = project
     tail = r.stdout[r.stdout.index("run summary ("):]
