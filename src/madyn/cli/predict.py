@@ -102,8 +102,14 @@ def _forecast_run(args: argparse.Namespace, s, fit) -> int:
             f"{'; '.join(dp['outside'])}" + ("" if dp["used"] else
                                                " (the relative-time priors instead)"))
     dist = summary.get("prior_distance") or {}
-    say(f"madyn forecast: prior {summary['prior']}: foreign {dist.get('foreign', 'unknown')}"
-        " (0: the run's own recipe, 1: entirely foreign; intervals widened by it)")
+    if dp.get("used"):
+        kinds = ", ".join(f"{q} {v['kind']}" for q, v in dp.get("quantities", {}).items())
+        say(f"madyn forecast: prior {summary['prior']}: the run's design predicted ({kinds}),"
+            " intervals calibrated on designs left out")
+    else:
+        say(f"madyn forecast: prior {summary['prior']}: foreign "
+            f"{dist.get('foreign', 'unknown')} (0: the run's own recipe, 1: entirely foreign;"
+            " intervals widened by it)")
     say(f"madyn forecast: {args.run} to step {last} -> {args.out_dir}")
     return 0
 
