@@ -308,10 +308,16 @@ def test_outside_design_space_names_each_reason():
     assert outside_design_space(man, feats, atlas_eval, 300) == []
     assert outside_design_space(man, feats, {"n_seqs": 10, "seq_len": 128}, 300) == [
         "evaluation batch 10 x 128, the prior's 20 x 32 (sequences x tokens)"]
-    assert "unknown (give --run-tokens)" in outside_design_space(
-        man, feats, {"n_seqs": 20}, 300)[0]
+    assert outside_design_space(man, feats, {"n_seqs": 20}, 300) == [
+        "evaluation batch 20 x ?, the prior's 20 x 32 (sequences x tokens) (give --run-tokens)"]
     assert outside_design_space(man, feats, atlas_eval, 50304) == [
         "vocabulary 50304, the prior's 300"]
+    # a prior that does not state its windows' length constrains only the sequences
+    loose = {**man, "models": {m: {**r, "eval": {"n_seqs": 20}}
+                               for m, r in man["models"].items()}}
+    assert outside_design_space(loose, feats, {"n_seqs": 20, "seq_len": 128}, 300) == []
+    assert outside_design_space(loose, feats, {"n_seqs": 10}, 300) == [
+        "evaluation batch 10 x ?, the prior's 20 x ? (sequences x tokens) (give --run-tokens)"]
     longer = {**feats, "x_log_steps": 3.0, "x_sgd": 1.0, "x_log_eps": 0.0}  # SGD: eps 1
     assert outside_design_space(man, longer, atlas_eval, 300) == [
         "sgd 1, the prior's 0", "steps 1000, the prior's 200-800"]

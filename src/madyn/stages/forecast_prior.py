@@ -235,14 +235,19 @@ def outside_design_space(manifest: dict, features: dict, run_eval: dict,
     imputed by the forecast, not judged here)."""
     models = list(manifest["models"].values())
     out = []
-    batches = sorted({(m.get("eval", {}).get("n_seqs"), m.get("eval", {}).get("seq_len"))
-                      for m in models})
-    mine = (run_eval.get("n_seqs"), run_eval.get("seq_len"))
-    if mine not in batches:
-        theirs = " or ".join(f"{n} x {t}" for n, t in batches)
-        stated = ("unknown (give --run-tokens)" if None in mine
-                  else f"{mine[0]} x {mine[1]}")
-        out.append(f"evaluation batch {stated}, the prior's {theirs} (sequences x tokens)")
+    keys = ("n_seqs", "seq_len")
+    batches = {tuple((m.get("eval") or {}).get(k) for k in keys) for m in models}
+    mine = tuple(run_eval.get(k) for k in keys)
+    # a component the prior does not state constrains nothing
+    if not any(all(b is None or b == r for b, r in zip(batch, mine, strict=True))
+               for batch in batches):
+        def said(b: tuple) -> str:
+            return " x ".join("?" if x is None else str(x) for x in b)
+
+        theirs = " or ".join(sorted(map(said, batches)))
+        tell = " (give --run-tokens)" if None in mine else ""
+        out.append(f"evaluation batch {said(mine)}, the prior's {theirs} (sequences x "
+                   f"tokens){tell}")
     vocabs = sorted({m.get("vocab_size") for m in models} - {None})
     if vocabs and vocab_size not in vocabs:
         out.append(f"vocabulary {vocab_size}, the prior's {', '.join(map(str, vocabs))}")
