@@ -29,16 +29,13 @@ import pandas as pd
 from madyn.parallel import map_ordered
 from madyn.predict.forecast import FORECAST_QUANTITIES, layer_curves, observed_upto
 
-RECIPE = ("lr", "schedule", "optimizer", "eps", "warmup", "weight_decay", "beta2",
-          "batch_size", "bos")
-
 
 def one_run(job: tuple[str, float], results: Path, recipes: dict, priors: dict,
             evaluation: dict | None = None) -> list[dict]:
     """Rows (model, fraction, prior, quantity, layer, err, covered) of one truncated run,
     forecast with every prior of ``priors`` (label -> list of prior files or None);
     ``evaluation``: the suite's evaluation batch (n_seqs, seq_len), told to the forecast."""
-    from madyn.stages.forecast import forecast_run
+    from madyn.stages.forecast import DESIGN_RECIPE_KEYS, forecast_run
 
     model, frac = job
     series = pd.read_parquet(results / "series" / f"{model}.parquet")
@@ -58,7 +55,8 @@ def one_run(job: tuple[str, float], results: Path, recipes: dict, priors: dict,
         folder = Path(tmp) / "folder"
         folder.mkdir()
         (folder / "config.json").write_text((results / "configs" / f"{model}.json").read_text())
-        rec = {key: v for key, v in recipes.get(model, {}).items() if key in RECIPE}
+        rec = {key: v for key, v in recipes.get(model, {}).items()
+               if key in DESIGN_RECIPE_KEYS}
         if evaluation:
             rec["eval"] = evaluation
         for label, prior in priors.items():

@@ -163,8 +163,7 @@ def forecast_run(run_path: str, last_step: int, out_dir: str,
                   "manifest": {**design["manifest"], "models": dm}}
         distance = forecast.prior_distance(info, dm) if dm else None
         try:
-            result = _forecast_design(run, name, last_step, design, design["config"], info,
-                                      s, fs)
+            result = _forecast_design(run, name, last_step, design, info, s, fs)
         except forecast.ForecastError as e:
             if not record_refusal:
                 raise
@@ -212,13 +211,17 @@ def _design_choice(prior: list[str] | None, series_paths: list[str] | None,
     return {**design, "config": config}, {**record, "used": True}
 
 
+# the recipe keys of a run (``--run-recipe``, its folder) that are design features
+DESIGN_RECIPE_KEYS = ("lr", "schedule", "optimizer", "eps", "warmup", "weight_decay", "beta2",
+                      "batch_size", "bos")
+
+
 def _design_features(config: dict, last_step: int, info: dict) -> dict:
     """The run's design features (:func:`madyn.predict.design_curves.model_features`) from
     its config.json, planned last step and what the forecast knows of its recipe."""
     from madyn.predict import design_curves as dc
 
-    rec = {k: info[k] for k in ("lr", "schedule", "optimizer", "eps", "warmup",
-                                "weight_decay", "beta2", "batch_size", "bos") if k in info}
+    rec = {k: info[k] for k in DESIGN_RECIPE_KEYS if k in info}
     return dc.model_features(config, float(last_step), rec)
 
 
@@ -262,10 +265,10 @@ def _seen_curves(run: pd.DataFrame, quantity: str, last_step: int
 
 
 def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
-                     config: dict, info: dict, s: ForecastSettings, fs: FitSettings
-                     ) -> tuple:
+                     info: dict, s: ForecastSettings, fs: FitSettings) -> tuple:
     """Every quantity's and layer's forecast from the run's design's predicted curve
-    (:mod:`madyn.predict.design_forecast`): (curve rows, summary per quantity and layer,
+    (:mod:`madyn.predict.design_forecast`; ``design``: :func:`_design_choice`'s, with the
+    run's ``config``): (curve rows, summary per quantity and layer,
     the figure's layers, the last step seen, the design prior's record)."""
     from madyn.predict import design_curves as dc
     from madyn.predict import design_forecast as dfc
@@ -273,7 +276,7 @@ def _forecast_design(run: pd.DataFrame, name: str, last_step: int, design: dict,
 
     man = design["manifest"]
     dp = man["design_prior"]
-    feats = _design_features(config, last_step, info)
+    feats = _design_features(design["config"], last_step, info)
     rows, summary, figs, record = [], {}, {}, {"quantities": {}}
     k_step = None
     for q in s.quantities:
