@@ -55,6 +55,17 @@ def test_expansion_is_deterministic_and_counts_designs_and_seeds(cfg):
         assert all(m["name"] == f"{m['design']}-s{m['seed']}" for m in ms)
 
 
+@pytest.mark.parametrize("n, d, seed", [(48, 16, 0), (5, 3, 7), (100, 1, 123), (1, 4, 0)])
+def test_latin_hypercube_is_scipys_to_the_bit(n, d, seed):
+    """madyn draws the hypercube itself (importing scipy.stats costs about 1 s at every
+    params check); the designs must stay scipy's, the ones the committed atlas trained."""
+    from scipy.stats import qmc
+
+    ours = design_space.latin_hypercube(n, d, seed)
+    assert np.array_equal(ours, qmc.LatinHypercube(d, seed=seed).random(n))
+    assert ours.shape == (n, d) and ours.min() >= 0 and ours.max() < 1
+
+
 def test_expansion_respects_ranges_choices_and_conditions(cfg):
     space = cfg["suites"]["atlas"]["design_space"]
     axes = space["axes"]

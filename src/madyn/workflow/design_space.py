@@ -23,15 +23,30 @@ DERIVED = ("warmup_fraction",)
 
 def _unit_draw(n: int, d: int, method: str, seed: int):
     """n x d points in [0, 1): a scrambled Sobol sequence's first n, or a Latin hypercube."""
-    import warnings
-
-    from scipy.stats import qmc
-
     if method == "sobol":
+        import warnings
+
+        from scipy.stats import qmc
+
         with warnings.catch_warnings():  # n need not be a power of two here
             warnings.simplefilter("ignore", UserWarning)
             return qmc.Sobol(d, scramble=True, seed=seed).random(n)
-    return qmc.LatinHypercube(d, seed=seed).random(n)
+    return latin_hypercube(n, d, seed)
+
+
+def latin_hypercube(n: int, d: int, seed: int):
+    """n x d Latin hypercube points in [0, 1): ``scipy.stats.qmc.LatinHypercube(d,
+    seed=seed).random(n)`` (scrambled, strength 1) to the bit, written out here because
+    importing ``scipy.stats`` costs about 1 s, paid at every check of params.yaml (each
+    Snakemake start and DVC stage); a test compares the two."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    within = rng.uniform(size=(n, d))  # where in its stratum each point lies
+    strata = np.tile(np.arange(1, n + 1), (d, 1))
+    for i in range(d):
+        rng.shuffle(strata[i, :])
+    return (strata.T - within) / n
 
 
 def _value(axis: dict, u: float) -> Any:
