@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from madyn.settings import SAFE_LOADER
 from madyn.train.training import design_record, recipe
 from madyn.workflow.params_values import (
     active,
@@ -230,7 +231,7 @@ def _check_run_entries(sname: str, suite: dict) -> None:
             raise ConfigError(f"suites.{sname}.models.{i}.step_pattern: {e}") from None
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(SAFE_LOADER):
     """YAML's safe loader that refuses a key given twice in one mapping (YAML forbids it;
     PyYAML and Snakemake would keep the last value, DVC refuses the file)."""
 
