@@ -66,10 +66,15 @@ def test_latin_hypercube_is_scipys_to_the_bit(n, d, seed):
     assert ours.shape == (n, d) and ours.min() >= 0 and ours.max() < 1
 
 
-def test_expansion_respects_ranges_choices_and_conditions(cfg):
-    space = cfg["suites"]["atlas"]["design_space"]
+@pytest.mark.parametrize("method", ["lhs", "sobol"])
+def test_expansion_respects_ranges_choices_and_conditions(cfg, method):
+    space = {**cfg["suites"]["atlas"]["design_space"], "sampler": {"method": method, "seed": 0}}
     axes = space["axes"]
     points = design_space.designs(space)
+    assert points == design_space.designs(copy.deepcopy(space))  # the same on every call
+    assert len(points) == space["n_designs"]
+    other = "sobol" if method == "lhs" else "lhs"
+    assert points != design_space.designs({**space, "sampler": {"method": other, "seed": 0}})
     for d in points:
         for name, axis in axes.items():
             if name == "warmup_fraction":
