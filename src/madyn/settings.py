@@ -20,6 +20,7 @@ import yaml
 # params.yaml are parsed by every madyn process), else the pure-Python one; same values
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
 @lru_cache(maxsize=1)
 def params_schema() -> dict:
     """The params.yaml JSON schema (parsed YAML)."""

@@ -37,6 +37,9 @@ def _asymptote(steps: np.ndarray, curve: np.ndarray, fit_settings: FitSettings) 
 
 
 SERIES_COLUMNS = ("model", "step", "layer", "statistic", "mean")
+# the recipe keys of a run (``--run-recipe``, its folder) that are design features
+DESIGN_RECIPE_KEYS = ("lr", "schedule", "optimizer", "eps", "warmup", "weight_decay", "beta2",
+                      "batch_size", "bos")
 
 
 def read_run(path: str, quantities: list[str]) -> pd.DataFrame:
@@ -209,11 +212,6 @@ def _design_choice(prior: list[str] | None, series_paths: list[str] | None,
     if config is None or (why and not prior):
         return None, {**record, "used": False}
     return {**design, "config": config}, {**record, "used": True}
-
-
-# the recipe keys of a run (``--run-recipe``, its folder) that are design features
-DESIGN_RECIPE_KEYS = ("lr", "schedule", "optimizer", "eps", "warmup", "weight_decay", "beta2",
-                      "batch_size", "bos")
 
 
 def _design_features(config: dict, last_step: int, info: dict) -> dict:

@@ -13,7 +13,8 @@ import pandas as pd
 from madyn.io import atomic_path, write_json
 from madyn.predict import forecast
 
-# the committed priors (every make-prior file there is read when --prior is not given)
+# the committed priors, read when --prior is not given: a design prior (the atlas's) for a
+# run inside its design space, every other one (the relative-time priors) otherwise
 DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[3] / "data" / "prior"
 
 
@@ -134,7 +135,8 @@ def load_prior(prior: list[str] | None, series_paths: list[str] | None, exclude:
                quantities) -> tuple[pd.DataFrame, dict, str]:
     """The prior's rows (PRIOR_COLUMNS), per model its recipe, and where it came from:
     ``series_paths`` (series Parquets; recipes know only their last step) when given, else
-    the make-prior files ``prior`` (default: every committed one in DEFAULT_PRIOR_DIR) and
+    the make-prior files ``prior`` (default: the committed relative-time ones,
+    :func:`default_priors`) and
     their manifests (a model name two of them share is prefixed with its file's stem).
     The run itself (``exclude``) is left out."""
     from madyn.io import read_json
