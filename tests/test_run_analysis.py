@@ -79,8 +79,7 @@ def test_the_dag_holds_no_cross_model_job(project):
 def test_each_run_says_why_the_atlas_is_not_its_prior(project):
     """A run suite's forecast considers the committed atlas design prior first: this run
     (a short run measured on a few 32-token windows, not the atlas's 20) is outside its
-    design space, so it is forecast from the relative-time priors, the reasons recorded
-    (the monitor folder's run is complete: its forecast is a recorded refusal)."""
+    design space, so it is forecast from the relative-time priors, the reasons recorded."""
     proj, _ = project
     s = json.loads((proj / "results/mine/forecast/trainer/summary.json").read_text())
     assert "refused" not in s, s.get("refused")
